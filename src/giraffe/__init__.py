@@ -1,0 +1,1 @@
+"""giraffe: a complete, readable language-model system."""

@@ -1,0 +1,157 @@
+"""Model configuration: one frozen dataclass that describes every decoder giraffe runs.
+
+A `ModelConfig` covers GPT-2 (learned positions, LayerNorm, GELU, biases, tied
+embeddings) and the Llama family (RoPE, RMSNorm, SwiGLU, grouped-query attention):
+Llama, Mistral, Qwen2 (q/k/v biases), SmolLM. Presets are plain data.
+
+It does not know about files: reading `config.json` or GGUF metadata into a
+`ModelConfig` lives in `giraffe.formats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ARCHITECTURES = ("llama", "gpt2")  # families whose wiring `giraffe.models.decoder` knows
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, inconsistent or unsupported."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "llama"  # family: "llama" (also Mistral, Qwen2, SmolLM) or "gpt2"
+    vocab_size: int = 32000  # rows of the token embedding
+    hidden_size: int = 512  # width of the residual stream (d_model)
+    n_layers: int = 8  # transformer blocks
+    n_heads: int = 8  # query heads
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads
+    head_dim: int | None = None  # per-head width; None = hidden_size // n_heads
+    intermediate_size: int = 1376  # MLP hidden width
+    max_position_embeddings: int = 2048  # context length the model was trained for
+    norm: str = "rmsnorm"  # "rmsnorm" (Llama) or "layernorm" (GPT-2)
+    norm_eps: float = 1e-5  # epsilon inside the normalisation
+    mlp: str = (
+        "gated"  # "gated" = SwiGLU-style gate*up (Llama), "plain" = up -> act -> down (GPT-2)
+    )
+    activation: str = "silu"  # "silu", "gelu" (erf) or "gelu_tanh" (GPT-2's gelu_new)
+    position: str = "rope"  # "rope" (rotary, Su et al. 2021) or "learned" (GPT-2)
+    rope_theta: float = 10000.0  # RoPE base frequency
+    rope_scaling: tuple[tuple[str, float], ...] | None = (
+        None  # e.g. (("rope_type","llama3"),...), as sorted items
+    )
+    attention_bias: bool = False  # biases on q/k/v projections (Qwen2, GPT-2)
+    attention_out_bias: bool = False  # bias on the output projection (GPT-2)
+    mlp_bias: bool = False  # biases on MLP projections (GPT-2)
+    norm_bias: bool = False  # LayerNorm with a bias (GPT-2)
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+    sliding_window: int | None = None  # Mistral-style local attention span; None = full
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"architecture {self.arch!r} is not supported; giraffe runs {', '.join(ARCHITECTURES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"
+            )
+        if self.head_dim is None and self.hidden_size % self.n_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) is not divisible by n_heads ({self.n_heads}); "
+                "set head_dim explicitly"
+            )
+        if self.position == "rope" and self.dim_per_head % 2:
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
+        _check_choice("norm", self.norm, ("rmsnorm", "layernorm"))
+        _check_choice("mlp", self.mlp, ("gated", "plain"))
+        _check_choice("activation", self.activation, ("silu", "gelu", "gelu_tanh"))
+        _check_choice("position", self.position, ("rope", "learned"))
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.n_heads
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, float] | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not supported; choose one of {allowed}")
+
+
+# Presets are data: named configs, never subclasses.
+PRESETS: dict[str, ModelConfig] = {
+    "llama-tiny": ModelConfig(
+        arch="llama",
+        vocab_size=512,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    ),
+    "gpt2-tiny": ModelConfig(
+        arch="gpt2",
+        vocab_size=512,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=256,
+        norm="layernorm",
+        mlp="plain",
+        activation="gelu_tanh",
+        position="learned",
+        attention_bias=True,
+        attention_out_bias=True,
+        mlp_bias=True,
+        norm_bias=True,
+    ),
+    "smollm2-135m": ModelConfig(
+        arch="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        intermediate_size=1536,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+    ),
+    "gpt2-124m": ModelConfig(
+        arch="gpt2",
+        vocab_size=50257,
+        hidden_size=768,
+        n_layers=12,
+        n_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1024,
+        norm="layernorm",
+        mlp="plain",
+        activation="gelu_tanh",
+        position="learned",
+        attention_bias=True,
+        attention_out_bias=True,
+        mlp_bias=True,
+        norm_bias=True,
+    ),
+}

@@ -1,0 +1,188 @@
+"""GGUF files (llama.cpp's format), read and written with the `gguf` package.
+
+Reading: the architecture metadata becomes a `ModelConfig`; every tensor is dequantized
+to float32 with `gguf.quants` (all block types the package knows) and renamed through
+`giraffe.formats.names`, undoing llama.cpp's RoPE row permutation for Llama.
+Writing: float32/float16 tensors plus architecture metadata (no tokenizer, no
+quantization yet). This module does not build tokenizers; `giraffe.tokenizer` reads
+the same file for that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from giraffe.config import ConfigError, ModelConfig
+from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.formats.names import GGUF_ROPE_PERMUTED
+from giraffe.models import Decoder
+
+# general.architecture -> giraffe family
+GGUF_FAMILIES = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2": "gpt2"}
+
+
+def open_gguf(path: str | os.PathLike):
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist or is not a file")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/struct errors on a damaged file
+        raise WeightsError(
+            f"{path} is not a readable GGUF file ({e}); re-download or re-convert it"
+        ) from None
+
+
+def field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    value = f.contents()
+    return value
+
+
+def config_from_gguf(reader, source: str = "GGUF") -> ModelConfig:
+    arch = field(reader, "general.architecture")
+    if arch not in GGUF_FAMILIES:
+        known = ", ".join(sorted(GGUF_FAMILIES))
+        raise ConfigError(
+            f"{source}: architecture {arch!r} is not supported (giraffe runs {known})"
+        )
+
+    def get(key, default=None):
+        value = field(reader, f"{arch}.{key}", default)
+        if value is None:
+            raise ConfigError(f"{source}: metadata key {arch}.{key} is missing")
+        return value
+
+    tensors = {t.name for t in reader.tensors}
+    n_heads = int(get("attention.head_count"))
+    width = int(get("embedding_length"))
+    vocab = field(reader, f"{arch}.vocab_size") or _embedding_rows(reader)
+    common = dict(
+        vocab_size=int(vocab),
+        hidden_size=width,
+        n_layers=int(get("block_count")),
+        n_heads=n_heads,
+        intermediate_size=int(get("feed_forward_length")),
+        max_position_embeddings=int(get("context_length", 2048)),
+        tie_embeddings="output.weight" not in tensors,
+    )
+    if GGUF_FAMILIES[arch] == "gpt2":
+        return ModelConfig(
+            arch="gpt2",
+            norm="layernorm",
+            mlp="plain",
+            activation="gelu_tanh",
+            position="learned",
+            norm_eps=float(get("attention.layer_norm_epsilon", 1e-5)),
+            attention_bias=True,
+            attention_out_bias=True,
+            mlp_bias=True,
+            norm_bias=True,
+            **common,
+        )
+    head_dim = field(reader, f"{arch}.attention.key_length") or field(
+        reader, f"{arch}.rope.dimension_count"
+    )
+    return ModelConfig(
+        arch="llama",
+        n_kv_heads=int(get("attention.head_count_kv", n_heads)),
+        head_dim=int(head_dim) if head_dim else None,
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        attention_bias="blk.0.attn_q.bias" in tensors,
+        attention_out_bias="blk.0.attn_output.bias" in tensors,
+        sliding_window=field(reader, f"{arch}.attention.sliding_window"),
+        **common,
+    )
+
+
+def _embedding_rows(reader) -> int:
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            return int(t.shape[1])
+    raise WeightsError("GGUF file has no token_embd.weight tensor")
+
+
+def tensor_to_torch(t) -> torch.Tensor:
+    """Dequantize one GGUF tensor to float32 in torch's (rows, cols) order."""
+    from gguf.quants import dequantize
+
+    shape = tuple(int(n) for n in reversed(t.shape))  # ggml lists the fastest dimension first
+    try:
+        data = dequantize(t.data, t.tensor_type)
+    except NotImplementedError:
+        raise WeightsError(
+            f"tensor {t.name}: block type {t.tensor_type.name} cannot be dequantized by the gguf package"
+        ) from None
+    # A copy: the reader maps the file read-only, and torch wants writable memory.
+    return torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
+
+
+def load_gguf(path: str | os.PathLike) -> Decoder:
+    reader = open_gguf(path)
+    cfg = config_from_gguf(reader, str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    arch = field(reader, "general.architecture")
+    return assemble(
+        cfg,
+        "gguf",
+        by_name,
+        lambda n: tensor_to_torch(by_name[n]),
+        str(path),
+        rope_permuted=arch in GGUF_ROPE_PERMUTED,
+    )
+
+
+def save_gguf(
+    model: Decoder, path: str | os.PathLike, dtype: str = "f32", name: str = "giraffe"
+) -> Path:
+    """Write the model's weights and architecture metadata (float32 or float16)."""
+    import gguf
+
+    cfg = model.config
+    arch = "gpt2" if cfg.arch == "gpt2" else ("qwen2" if cfg.attention_bias else "llama")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_name(name)
+    _write_hparams(writer, cfg)
+    for tname, tensor in disassemble(
+        model, "gguf", rope_permuted=arch in GGUF_ROPE_PERMUTED
+    ).items():
+        array = tensor.float().numpy()
+        # ggml keeps 1-D tensors (norms, biases) in float32 whatever the file type.
+        if dtype == "f16" and array.ndim > 1:
+            array = array.astype(np.float16)
+        writer.add_tensor(tname, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def _write_hparams(writer, cfg: ModelConfig) -> None:
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.n_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_vocab_size(cfg.vocab_size)
+    if cfg.arch == "gpt2":
+        writer.add_layer_norm_eps(cfg.norm_eps)
+        return
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_key_length(cfg.dim_per_head)
+    writer.add_value_length(cfg.dim_per_head)
+    writer.add_rope_dimension_count(cfg.dim_per_head)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)

@@ -1,0 +1,228 @@
+"""Hugging Face model folders: `config.json` + `*.safetensors` (sharded or not), both ways.
+
+A giraffe model folder *is* a Hugging Face folder, so what giraffe saves `transformers`
+loads and the reverse. This module maps config.json fields to `ModelConfig` and moves
+tensors; names go through `giraffe.formats.names`. It does not handle tokenizers or
+generation defaults beyond writing the JSON it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from giraffe.config import ConfigError, ModelConfig
+from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.models import Decoder
+
+# model_type in config.json -> giraffe family
+HF_FAMILIES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "smollm": "llama",
+    "gpt2": "gpt2",
+}
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: a Hugging Face model folder needs it") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def config_from_hf(raw: dict, source: str = "config.json") -> ModelConfig:
+    model_type = raw.get("model_type")
+    if model_type not in HF_FAMILIES:
+        known = ", ".join(sorted(HF_FAMILIES))
+        raise ConfigError(
+            f"{source}: model_type {model_type!r} is not supported (giraffe runs {known})"
+        )
+    if HF_FAMILIES[model_type] == "gpt2":
+        return _gpt2_config(raw)
+    return _llama_config(raw, model_type)
+
+
+def _llama_config(raw: dict, model_type: str) -> ModelConfig:
+    act = raw.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(
+            f"config.json: hidden_act {act!r} is not supported for {model_type} (only silu)"
+        )
+    rope = raw.get("rope_parameters") or {}
+    scaling = raw.get("rope_scaling") or (
+        rope if rope.get("rope_type", "default") != "default" else None
+    )
+    if scaling:
+        scaling = tuple(
+            sorted((k, v) for k, v in scaling.items() if isinstance(v, (int, float, str)))
+        )
+    is_qwen2 = model_type == "qwen2"
+    window = raw.get("sliding_window")
+    if is_qwen2 and not raw.get("use_sliding_window", False):
+        window = None
+    return ModelConfig(
+        arch="llama",
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        n_layers=raw["num_hidden_layers"],
+        n_heads=raw["num_attention_heads"],
+        n_kv_heads=raw.get("num_key_value_heads") or raw["num_attention_heads"],
+        head_dim=raw.get("head_dim"),
+        intermediate_size=raw["intermediate_size"],
+        max_position_embeddings=raw.get("max_position_embeddings", 2048),
+        norm_eps=raw.get("rms_norm_eps", 1e-6),
+        rope_theta=float(raw.get("rope_theta", rope.get("rope_theta", 10000.0))),
+        rope_scaling=scaling or None,
+        attention_bias=is_qwen2 or bool(raw.get("attention_bias", False)),
+        attention_out_bias=(not is_qwen2) and bool(raw.get("attention_bias", False)),
+        mlp_bias=bool(raw.get("mlp_bias", False)),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        sliding_window=window,
+    )
+
+
+def _gpt2_config(raw: dict) -> ModelConfig:
+    act = raw.get("activation_function", "gelu_new")
+    acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+    if act not in acts:
+        raise ConfigError(f"config.json: activation_function {act!r} is not supported for gpt2")
+    width = raw["n_embd"]
+    return ModelConfig(
+        arch="gpt2",
+        vocab_size=raw["vocab_size"],
+        hidden_size=width,
+        n_layers=raw["n_layer"],
+        n_heads=raw["n_head"],
+        intermediate_size=raw.get("n_inner") or 4 * width,
+        max_position_embeddings=raw.get("n_positions", 1024),
+        norm="layernorm",
+        norm_eps=raw.get("layer_norm_epsilon", 1e-5),
+        mlp="plain",
+        activation=acts[act],
+        position="learned",
+        attention_bias=True,
+        attention_out_bias=True,
+        mlp_bias=True,
+        norm_bias=True,
+        tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
+    )
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    if cfg.arch == "gpt2":
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.hidden_size,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.intermediate_size,
+            "n_positions": cfg.max_position_embeddings,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu"}[cfg.activation],
+            "tie_word_embeddings": cfg.tie_embeddings,
+        }
+    # q/k/v biases without an output bias is exactly Qwen2's layout.
+    model_type = "qwen2" if cfg.attention_bias and not cfg.attention_out_bias else "llama"
+    if model_type == "llama" and cfg.sliding_window:
+        model_type = "mistral"
+    out = {
+        "model_type": model_type,
+        "architectures": [
+            {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[model_type] + "ForCausalLM"
+        ],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.dim_per_head,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": cfg.attention_out_bias,
+        "mlp_bias": cfg.mlp_bias,
+        "sliding_window": cfg.sliding_window,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = cfg.rope_scaling_dict
+    return out
+
+
+def weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        return [folder / s for s in shards]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise WeightsError(
+            f"{folder} has no *.safetensors weights (pytorch .bin files are not read)"
+        )
+    return files
+
+
+def load_hf(folder: str | os.PathLike) -> Decoder:
+    folder = Path(folder)
+    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+    handles, where = {}, {}
+    for path in weight_files(folder):
+        try:
+            handles[path] = safe_open(str(path), framework="pt")
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise WeightsError(f"{path} is not a readable safetensors file ({e})") from None
+        for key in handles[path].keys():
+            where[_canonical(key, cfg)] = (path, key)
+    fetch = lambda name: handles[where[name][0]].get_tensor(where[name][1])  # noqa: E731
+    return assemble(cfg, "hf", where, fetch, str(folder))
+
+
+def _canonical(key: str, cfg: ModelConfig) -> str:
+    # The original GPT-2 checkpoints name tensors without the "transformer." prefix.
+    if cfg.arch == "gpt2" and not key.startswith(("transformer.", "lm_head.")):
+        return "transformer." + key
+    return key
+
+
+def save_hf(
+    model: Decoder, folder: str | os.PathLike, extra_json: dict[str, dict] | None = None
+) -> Path:
+    """Write config.json + model.safetensors (+ any extra JSON files), each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = disassemble(model, "hf")
+    atomic_write(
+        folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
+    )
+    files = {"config.json": {**config_to_hf(model.config), "torch_dtype": "float32"}}
+    files.update(extra_json or {})
+    for name, data in files.items():
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(folder / name, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))
+    return folder
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over `path`: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,173 @@
+"""THE one table of external tensor names: giraffe <-> Hugging Face <-> GGUF.
+
+Each `Rule` says which giraffe parameter(s) one external tensor holds and how its
+layout differs (transposed Conv1D weights, fused q/k/v, llama.cpp's permuted RoPE
+rows). Every loader and writer goes through `to_giraffe` / `from_giraffe`; no other
+module spells an external tensor name. This module does not read files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from giraffe.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: tuple[str, ...]  # giraffe names; several when the external tensor is fused
+    theirs: str  # external name; "{i}" stands for the layer index
+    layout: str = (
+        "same"  # "same" | "conv1d" (stored (in, out)) | "rope_q" | "rope_k" (GGUF row permutation)
+    )
+
+
+def _r(ours: str | tuple[str, ...], theirs: str, layout: str = "same") -> Rule:
+    return Rule(ours if isinstance(ours, tuple) else (ours,), theirs, layout)
+
+
+_QKV = tuple(f"layers.{{i}}.attn.{p}_proj" for p in "qkv")
+
+# Per-layer templates use {i}; biases are listed and simply skipped when absent.
+TABLES: dict[tuple[str, str], list[Rule]] = {
+    ("hf", "llama"): [
+        _r("embed.weight", "model.embed_tokens.weight"),
+        _r("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        *[
+            _r(f"layers.{{i}}.attn.{p}.{w}", f"model.layers.{{i}}.self_attn.{p}.{w}")
+            for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+            for w in ("weight", "bias")
+        ],
+        _r("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        *[
+            _r(f"layers.{{i}}.mlp.{p}.{w}", f"model.layers.{{i}}.mlp.{p}.{w}")
+            for p in ("gate_proj", "up_proj", "down_proj")
+            for w in ("weight", "bias")
+        ],
+        _r("norm.weight", "model.norm.weight"),
+        _r("lm_head.weight", "lm_head.weight"),
+    ],
+    ("hf", "gpt2"): [
+        _r("embed.weight", "transformer.wte.weight"),
+        _r("pos_embed.weight", "transformer.wpe.weight"),
+        *[
+            _r(f"layers.{{i}}.{ours}.{w}", f"transformer.h.{{i}}.{theirs}.{w}")
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2"))
+            for w in ("weight", "bias")
+        ],
+        _r(tuple(f"{n}.weight" for n in _QKV), "transformer.h.{i}.attn.c_attn.weight", "conv1d"),
+        _r(tuple(f"{n}.bias" for n in _QKV), "transformer.h.{i}.attn.c_attn.bias"),
+        _r("layers.{i}.attn.o_proj.weight", "transformer.h.{i}.attn.c_proj.weight", "conv1d"),
+        _r("layers.{i}.attn.o_proj.bias", "transformer.h.{i}.attn.c_proj.bias"),
+        _r("layers.{i}.mlp.up_proj.weight", "transformer.h.{i}.mlp.c_fc.weight", "conv1d"),
+        _r("layers.{i}.mlp.up_proj.bias", "transformer.h.{i}.mlp.c_fc.bias"),
+        _r("layers.{i}.mlp.down_proj.weight", "transformer.h.{i}.mlp.c_proj.weight", "conv1d"),
+        _r("layers.{i}.mlp.down_proj.bias", "transformer.h.{i}.mlp.c_proj.bias"),
+        _r("norm.weight", "transformer.ln_f.weight"),
+        _r("norm.bias", "transformer.ln_f.bias"),
+        _r("lm_head.weight", "lm_head.weight"),
+    ],
+    ("gguf", "llama"): [
+        _r("embed.weight", "token_embd.weight"),
+        _r("layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight"),
+        _r("layers.{i}.attn.q_proj.weight", "blk.{i}.attn_q.weight", "rope_q"),
+        _r("layers.{i}.attn.k_proj.weight", "blk.{i}.attn_k.weight", "rope_k"),
+        _r("layers.{i}.attn.q_proj.bias", "blk.{i}.attn_q.bias", "rope_q"),
+        _r("layers.{i}.attn.k_proj.bias", "blk.{i}.attn_k.bias", "rope_k"),
+        _r("layers.{i}.attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+        _r("layers.{i}.attn.v_proj.bias", "blk.{i}.attn_v.bias"),
+        _r("layers.{i}.attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+        _r("layers.{i}.attn.o_proj.bias", "blk.{i}.attn_output.bias"),
+        _r("layers.{i}.mlp_norm.weight", "blk.{i}.ffn_norm.weight"),
+        _r("layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+        _r("layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+        _r("layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+        _r("norm.weight", "output_norm.weight"),
+        _r("lm_head.weight", "output.weight"),
+    ],
+    ("gguf", "gpt2"): [
+        _r("embed.weight", "token_embd.weight"),
+        _r("pos_embed.weight", "position_embd.weight"),
+        *[
+            _r(f"layers.{{i}}.{ours}.{w}", f"blk.{{i}}.{theirs}.{w}")
+            for ours, theirs in (
+                ("attn_norm", "attn_norm"),
+                ("mlp_norm", "ffn_norm"),
+                ("attn.o_proj", "attn_output"),
+                ("mlp.up_proj", "ffn_up"),
+                ("mlp.down_proj", "ffn_down"),
+            )
+            for w in ("weight", "bias")
+        ],
+        _r(tuple(f"{n}.weight" for n in _QKV), "blk.{i}.attn_qkv.weight"),
+        _r(tuple(f"{n}.bias" for n in _QKV), "blk.{i}.attn_qkv.bias"),
+        _r("norm.weight", "output_norm.weight"),
+        _r("norm.bias", "output_norm.bias"),
+        _r("lm_head.weight", "output.weight"),
+    ],
+}
+
+# Qwen2 GGUF files use the Llama names but Hugging Face's rotary layout (no permutation).
+GGUF_ROPE_PERMUTED = {"llama"}
+
+# Buffers some checkpoints carry that hold no weights giraffe needs.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
+
+
+def expand(fmt: str, cfg: ModelConfig) -> list[Rule]:
+    """The table for this format and family with {i} filled in for every layer."""
+    rules = []
+    for rule in TABLES[(fmt, cfg.arch)]:
+        layers = range(cfg.n_layers) if "{i}" in rule.theirs else [None]
+        for i in layers:
+            ours = tuple(n.format(i=i) for n in rule.ours)
+            rules.append(Rule(ours, rule.theirs.format(i=i), rule.layout))
+    return rules
+
+
+def to_giraffe(
+    rule: Rule, tensor: torch.Tensor, cfg: ModelConfig, rope_permuted: bool = False
+) -> dict[str, torch.Tensor]:
+    """Convert one external tensor into the giraffe parameter(s) it holds."""
+    if rule.layout == "conv1d":
+        tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
+    elif rule.layout in ("rope_q", "rope_k") and rope_permuted:
+        tensor = _unpermute_rope(tensor, _rope_heads(rule, cfg))
+    if len(rule.ours) == 1:
+        return {rule.ours[0]: tensor.contiguous()}
+    sizes = _fused_sizes(cfg)
+    return {n: t.contiguous() for n, t in zip(rule.ours, tensor.split(sizes, dim=0), strict=True)}
+
+
+def from_giraffe(
+    rule: Rule, params: dict[str, torch.Tensor], cfg: ModelConfig, rope_permuted: bool = False
+) -> torch.Tensor:
+    """The external tensor for this rule, built from giraffe parameters (inverse of to_giraffe)."""
+    tensor = torch.cat([params[n] for n in rule.ours], dim=0)
+    if rule.layout == "conv1d":
+        tensor = tensor.t()
+    elif rule.layout in ("rope_q", "rope_k") and rope_permuted:
+        tensor = _permute_rope(tensor, _rope_heads(rule, cfg))
+    return tensor.contiguous()
+
+
+def _rope_heads(rule: Rule, cfg: ModelConfig) -> int:
+    return cfg.n_heads if rule.layout == "rope_q" else cfg.kv_heads
+
+
+def _fused_sizes(cfg: ModelConfig) -> list[int]:
+    d = cfg.dim_per_head
+    return [cfg.n_heads * d, cfg.kv_heads * d, cfg.kv_heads * d]
+
+
+def _permute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """HF rotate-half rows -> llama.cpp adjacent pairs (as llama.cpp's converter does)."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _unpermute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)

@@ -1,0 +1,103 @@
+"""Multi-head / grouped-query self-attention with causal, padding and sliding-window masks.
+
+`attend` is the fast path (torch's fused scaled_dot_product_attention); `attend_reference`
+is the plain softmax(QK^T / sqrt(d)) V written out, which also returns the attention
+weights for the explainers. Tests hold the two equal. This module does not know where
+positions come from (it receives RoPE tables) or how a cache is laid out beyond `KVCache`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from giraffe.nn.kv_cache import KVCache
+from giraffe.nn.positions import apply_rotary
+
+
+def build_mask(
+    q_start: int, q_len: int, k_len: int, key_mask: torch.Tensor | None, window: int | None
+) -> torch.Tensor:
+    """Boolean (B|1, 1, T, S) mask, True = may attend, over cache slots.
+
+    A query at slot s sees keys at slots <= s (causal), within `window` if set, and only
+    keys whose `key_mask` is True (False marks left padding). Every query may always see
+    itself, so a padding row is never all-masked (that would give NaN, not just garbage).
+    """
+    q_slots = torch.arange(q_start, q_start + q_len)[:, None]  # (T, 1)
+    k_slots = torch.arange(k_len)[None, :]  # (1, S)
+    allowed = k_slots <= q_slots
+    if window is not None:
+        allowed &= k_slots > q_slots - window
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :k_len]  # (B, 1, T, S)
+    return allowed | (k_slots == q_slots)[None, None]
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    # q: (B, H, T, D); k, v: (B, H_kv, S, D); grouped-query heads share k/v (Ainslie et al. 2023)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=True
+    )
+
+
+def attend_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook computation; returns (output (B,H,T,D), weights (B,H,T,S))."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is None and causal:
+        mask = build_mask(k.shape[2] - q.shape[2], q.shape[2], k.shape[2], None, None)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class Attention(nn.Module):
+    def __init__(
+        self, dim: int, n_heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_bias: bool
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        causal: bool,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        keep_weights: list | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = (
+            self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, Hkv, S, D), S = filled + T
+        if keep_weights is None:
+            out = attend(q, k, v, mask, causal)
+        else:
+            out, weights = attend_reference(q, k, v, mask, causal)
+            keep_weights.append(weights)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(out)

@@ -1,0 +1,33 @@
+"""Position-wise feed-forward blocks: gated (SwiGLU, Shazeer 2020) and plain (GPT-2).
+
+Knows only widths and an activation name; nothing about checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    # GPT-2's "gelu_new" is the tanh approximation (Hendrycks & Gimpel 2016).
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, kind: str, activation: str, bias: bool) -> None:
+        super().__init__()
+        self.gated = kind == "gated"
+        self.act = ACTIVATIONS[activation]
+        if self.gated:
+            self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
