@@ -1,0 +1,32 @@
+"""Describe a model from its metadata alone (no weights loaded): config and file facts.
+
+Used by `giraffe info`; it reads headers, never tensor data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from giraffe.config import ModelConfig
+from giraffe.formats.gguf import config_from_gguf, open_gguf
+from giraffe.formats.hf import config_from_hf, read_json, weight_files
+from giraffe.formats.registry import resolve
+
+
+def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
+    path = resolve(name_or_path)
+    if path.is_dir():
+        cfg = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+        files = weight_files(path)
+        size = sum(f.stat().st_size for f in files)
+        return cfg, {"format": "Hugging Face folder", "path": str(path), "file_bytes": size}
+    reader = open_gguf(path)
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    details = {
+        "format": "GGUF",
+        "path": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "tensor_types": ", ".join(f"{n} x {t}" for t, n in types.most_common()),
+    }
+    return config_from_gguf(reader, str(path)), details
