@@ -16,7 +16,7 @@ LAYERS = {
     "models": 2,
     "tokenizer": 2,
     "formats": 3,
-    "quant": 3,
+    "quant": 2,
     "generate": 3,
     "lm": 4,
     "train": 5,

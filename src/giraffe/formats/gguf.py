@@ -20,6 +20,7 @@ from giraffe.config import ConfigError, ModelConfig
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
+from giraffe.quant.blocks import dequantize
 
 # general.architecture -> giraffe family
 GGUF_FAMILIES = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2": "gpt2"}
@@ -113,21 +114,16 @@ def _embedding_rows(reader) -> int:
 
 def tensor_to_torch(t) -> torch.Tensor:
     """Dequantize one GGUF tensor to float32 in torch's (rows, cols) order."""
-    from gguf.quants import dequantize
-
     shape = tuple(int(n) for n in reversed(t.shape))  # ggml lists the fastest dimension first
     try:
-        data = dequantize(t.data, t.tensor_type)
-    except NotImplementedError:
-        raise WeightsError(
-            f"tensor {t.name}: block type {t.tensor_type.name} cannot be dequantized by the gguf package"
-        ) from None
-    # A copy: the reader maps the file read-only, and torch wants writable memory.
-    return torch.from_numpy(np.array(data, dtype=np.float32).reshape(shape))
+        return dequantize(t.data, t.tensor_type.name, shape)
+    except ValueError as e:
+        raise WeightsError(f"tensor {t.name}: {e}") from None
 
 
-def load_gguf(path: str | os.PathLike) -> Decoder:
-    reader = open_gguf(path)
+def load_gguf(path: str | os.PathLike, reader=None) -> Decoder:
+    """Load weights; pass an already opened `reader` to avoid parsing the header twice."""
+    reader = reader or open_gguf(path)
     cfg = config_from_gguf(reader, str(path))
     by_name = {t.name: t for t in reader.tensors}
     arch = field(reader, "general.architecture")

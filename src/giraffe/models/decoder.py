@@ -56,7 +56,8 @@ class Decoder(nn.Module):
         self.lm_head = (
             None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
-        self.apply(_init_weights)
+        if not self.embed.weight.is_meta:  # built on "meta" only to receive loaded weights
+            self.apply(_init_weights)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, **kw) -> torch.Tensor:
         logits = self.head(self.hidden(ids, **kw))  # (B, T, V)
