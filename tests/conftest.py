@@ -26,3 +26,45 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+TINY_TEXT = (
+    "No, I am not a giraffe. The giraffe is the tallest animal. Giraffes eat leaves from "
+    "tall trees and sleep standing up. 0123456789 " * 20
+)
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny random Llama with a real byte-level BPE tokenizer, as a Hugging Face folder."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from giraffe.config import PRESETS
+    from giraffe.formats import save_hf
+    from giraffe.models import Decoder
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([TINY_TEXT], trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|im_end|>", "bos_token": None, "chat_template": CHATML})
+    )
+    torch.manual_seed(0)
+    cfg = PRESETS["llama-tiny"].replace(vocab_size=tok.get_vocab_size())
+    save_hf(Decoder(cfg), folder)
+    return folder

@@ -27,7 +27,9 @@ def dequantize(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> torch.Tens
         return torch.from_numpy(raw.view(np.float16).astype(np.float32).reshape(shape))
     if kind not in BYTES_PER_BLOCK:
         return _dequantize_with_gguf(raw, kind, shape)
-    blocks = torch.from_numpy(np.array(raw, copy=True).reshape(-1, BYTES_PER_BLOCK[kind]))  # (N, bytes)
+    blocks = torch.from_numpy(
+        np.array(raw, copy=True).reshape(-1, BYTES_PER_BLOCK[kind])
+    )  # (N, bytes)
     d = blocks[:, :2].contiguous().view(torch.float16).float()  # (N, 1)
     if kind == "Q8_0":
         q = blocks[:, 2:].contiguous().view(torch.int8).float()  # (N, 32)
@@ -50,5 +52,7 @@ def _dequantize_with_gguf(raw: np.ndarray, kind: str, shape: tuple[int, ...]) ->
     try:
         values = gguf_dequantize(raw, GGMLQuantizationType[kind])
     except (NotImplementedError, KeyError):
-        raise ValueError(f"block type {kind} cannot be dequantized (the gguf package lacks it)") from None
+        raise ValueError(
+            f"block type {kind} cannot be dequantized (the gguf package lacks it)"
+        ) from None
     return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))

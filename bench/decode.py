@@ -1,0 +1,172 @@
+"""Benchmark: load time, prefill tok/s (512-token prompt), decode tok/s (128 tokens), peak RSS.
+
+Runs giraffe and, when installed, `transformers` on the same GGUF file, each in its own
+process (so peak RSS is its own), with the same thread count, in the same run, and
+prints one JSON object with medians and giraffe/peer ratios. Timings on shared
+machines are noisy: compare the ratio, not the absolute numbers.
+
+    python bench/decode.py [--model smollm2-135m-instruct] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TEXT = (
+    "The giraffe is a large African hoofed mammal belonging to the genus Giraffa. It is the "
+    "tallest living terrestrial animal and the largest ruminant on Earth. Its chief "
+    "distinguishing characteristics are its extremely long neck and legs, horn-like ossicones, "
+    "and spotted coat patterns. "
+)
+
+
+def prompt_ids(tokenizer_encode, n: int) -> list[int]:
+    ids = tokenizer_encode(TEXT * 40)
+    if len(ids) < n:
+        raise SystemExit(f"benchmark text too short: {len(ids)} < {n} tokens")
+    return ids[:n]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_giraffe(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
+    t0 = time.perf_counter()
+    import giraffe
+    from giraffe.generate.engine import DecodeSession
+    from giraffe.generate.params import DecodingConfig
+
+    lm = giraffe.load(model)
+    load_s = time.perf_counter() - t0
+    long_ids = prompt_ids(lm.tokenizer.encode, prefill_n)
+    short_ids = long_ids[:8]
+
+    def run(ids, n):
+        cfg = DecodingConfig(max_new_tokens=n, temperature=0.0, ignore_eos=True)
+        stamps = [time.perf_counter()]
+        for _ in DecodeSession(lm.model, [ids], cfg):
+            stamps.append(time.perf_counter())
+        return stamps
+
+    prefill, decode = [], []
+    run(short_ids, 4)  # warm-up
+    for _ in range(repeats):
+        s = run(long_ids, 1)
+        prefill.append(prefill_n / (s[1] - s[0]))
+        s = run(short_ids, decode_n)
+        decode.append((decode_n - 1) / (s[-1] - s[1]))
+    return _summary(load_s, prefill, decode)
+
+
+def worker_transformers(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
+    from pathlib import Path
+
+    t0 = time.perf_counter()
+    import torch
+    import transformers
+
+    from giraffe.formats.registry import resolve
+
+    path = Path(resolve(model))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, torch_dtype=torch.float32
+    ).eval()
+    load_s = time.perf_counter() - t0
+    tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    long_ids = torch.tensor([prompt_ids(lambda t: tok(t)["input_ids"], prefill_n)])
+    short_ids = long_ids[:, :8]
+
+    def timed(ids, n):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - start
+
+    prefill, decode = [], []
+    timed(short_ids, 4)
+    for _ in range(repeats):
+        prefill.append(prefill_n / timed(long_ids, 1))
+        first = timed(short_ids, 1)
+        decode.append((decode_n - 1) / (timed(short_ids, decode_n) - first))
+    return _summary(load_s, prefill, decode)
+
+
+def _summary(load_s, prefill, decode) -> dict:
+    return {
+        "load_s": round(load_s, 2),
+        "prefill_tok_s": round(statistics.median(prefill), 1),
+        "decode_tok_s": round(statistics.median(decode), 1),
+        "prefill_runs": [round(x, 1) for x in prefill],
+        "decode_runs": [round(x, 1) for x in decode],
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+
+
+WORKERS = {"giraffe": worker_giraffe, "transformers": worker_transformers}
+
+
+def run_worker(name: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--model",
+        args.model,
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prefill-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--worker", choices=sorted(WORKERS))
+    args = p.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        fn = WORKERS[args.worker]
+        print(json.dumps(fn(args.model, args.repeats, args.prefill_tokens, args.decode_tokens)))
+        return
+    result = {"model": args.model, "threads": args.threads, "giraffe": run_worker("giraffe", args)}
+    if importlib.util.find_spec("transformers"):
+        peer = run_worker("transformers", args)
+        result["transformers"] = peer
+        ours = result["giraffe"]
+        if "error" not in peer and "error" not in ours:
+            result["ratio_vs_transformers"] = {
+                k: round(ours[k] / peer[k], 2)
+                for k in ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mib")
+            }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

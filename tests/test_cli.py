@@ -1,0 +1,108 @@
+"""The `giraffe` command as a user runs it: real processes, real files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from giraffe.config import PRESETS
+
+
+def giraffe(*args, input=None):
+    cmd = [sys.executable, "-m", "giraffe.cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=300)
+
+
+def assert_clean_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_generate_json(tiny_folder):
+    r = giraffe(
+        "generate", tiny_folder, "The giraffe", "--json", "--max-new-tokens", 6, "--temperature", 0
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) >= {"text", "token_ids", "logprobs", "finish_reason"}
+    assert 1 <= len(out["token_ids"]) <= 6 and len(out["logprobs"]) == len(out["token_ids"])
+    assert all(lp <= 0 for lp in out["logprobs"])
+
+
+def test_generate_streams_text(tiny_folder):
+    r = giraffe("generate", tiny_folder, "The giraffe", "--max-new-tokens", 5, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    again = giraffe("generate", tiny_folder, "The giraffe", "--max-new-tokens", 5, "--seed", 3)
+    assert r.stdout == again.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["generate", "/no/such/model.gguf", "hi"], ["/no/such/model.gguf"]),
+        (["generate", "no-such-alias", "hi"], ["no-such-alias", "smollm2-135m-instruct"]),
+        (["generate", "{tiny}", ""], ["empty"]),
+        (["generate", "{tiny}", "giraffe " * 400], ["context"]),
+        (["generate", "{tiny}", "hi", "--temperature", "-1"], ["temperature"]),
+        (["generate", "{tiny}", "hi", "--top-p", "1.5"], ["top_p"]),
+        (["generate", "{tiny}", "hi", "--top-p", "0"], ["top_p"]),
+        (["generate", "{tiny}", "hi", "--max-new-tokens", "0"], ["max_new_tokens"]),
+    ],
+)
+def test_bad_input_gets_one_line(tiny_folder, args, words):
+    args = [str(tiny_folder) if a == "{tiny}" else a for a in args]
+    assert_clean_error(giraffe(*args), *words)
+
+
+def test_corrupt_and_unsupported_models(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    assert_clean_error(giraffe("generate", bad, "hi"), "broken.gguf")
+    (tmp_path / "mamba").mkdir()
+    (tmp_path / "mamba" / "config.json").write_text('{"model_type": "mamba"}')
+    assert_clean_error(giraffe("generate", tmp_path / "mamba", "hi"), "mamba", "not supported")
+
+
+def test_info_json(smollm2_gguf):
+    r = giraffe("info", "smollm2-135m-instruct", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert sum(out["parameters"].values()) == 134_515_008
+    assert "Q4_1" in out["file"]["tensor_types"]
+
+
+def test_info_table_mentions_formats(tiny_folder):
+    r = giraffe("info", tiny_folder)
+    assert r.returncode == 0, r.stderr
+    for word in ("fp32", "int4", "KV cache"):
+        assert word in r.stdout
+
+
+def test_tokenize_cl100k():
+    r = giraffe("tokenize", "cl100k_base", "No, I am not a giraffe.", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ids"] == [2822, 11, 358, 1097, 539, 264, 41389, 38880, 13]
+
+
+def test_models_lists_registry():
+    r = giraffe("models")
+    assert r.returncode == 0 and "smollm2-135m-instruct" in r.stdout and "minilm-l6" in r.stdout
+
+
+def test_chat_session_with_commands(tiny_folder):
+    script = "hello\n/params temperature=0 max_new_tokens=4\nagain\n/system Be brief.\nhi\n/reset\n/quit\n"
+    r = giraffe("chat", tiny_folder, "--max-new-tokens", 4, input=script)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("tokens/s") == 3
+    assert "conversation cleared" in r.stderr
+
+
+def test_tiny_preset_context_is_what_the_error_test_assumes():
+    assert PRESETS["llama-tiny"].max_position_embeddings < 400
