@@ -61,7 +61,8 @@ def test_greedy_continuation_matches_transformers(ours, reference, prompt):
             pad_token_id=2,
         )
     expected = out[0, len(ids) :].tolist()
-    got = ours.complete(ids, max_new_tokens=32, temperature=0.0, ignore_eos=True)
+    # min_new_tokens bans the stop tokens on both sides, so all 32 tokens are compared.
+    got = ours.complete(ids, max_new_tokens=32, min_new_tokens=32, temperature=0.0)
     assert got.token_ids == expected
 
 

@@ -6,7 +6,10 @@
   alone, then GPT-2's regex. An unknown pre type is an error: guessing gives wrong ids.
 - "llama": SentencePiece-style vocabulary with scores and <0xNN> byte fallback. llama.cpp
   merges the adjacent pair whose joined text has the highest score; a BPE whose merges
-  are ranked by that score does the same, so that is what is built here.
+  are ranked by that score does the same, so that is what is built here. (One known
+  difference: a character missing from the vocabulary falls back to bytes at once here,
+  while llama.cpp could still merge it into a longer piece; real SentencePiece
+  vocabularies contain every character of their pieces.)
 Control and user-defined tokens become added tokens, parsed inside text as llama.cpp's
 `parse_special=True` does. This module reads metadata only, never tensors.
 """
