@@ -200,6 +200,8 @@ class LanguageModel:
     def _generation_config(self) -> dict:
         tok = self.tokenizer
         out = {k: v for k, v in self.defaults.items() if k in GENERATION_CONFIG_KEYS}
+        if out.get("temperature", 0) > 0:
+            out.setdefault("do_sample", True)  # transformers ignores temperature without it
         out.update(bos_token_id=tok.bos_id, eos_token_id=sorted(tok.stop_ids) or tok.eos_id)
         return out
 

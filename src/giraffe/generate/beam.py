@@ -3,16 +3,18 @@
 Keeps the `num_beams` highest log-probability continuations; a beam that emits a stop
 token becomes a finished hypothesis scored sum(logprob) / length**length_penalty, with
 the length counting the generated tokens including the stop token (as Hugging Face
-does). Deterministic only: beam *sampling* is not offered. It does not know text.
+does). Deterministic only: beam *sampling* is not offered, so the sampling knobs are
+ignored while penalties and n-gram bans still apply. It does not know text.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from giraffe.generate.engine import GenerationError, check_prompts
+from giraffe.generate.engine import check_prompts
 from giraffe.generate.params import DecodingConfig
 from giraffe.generate.samplers import process_logits
 
@@ -33,10 +35,8 @@ class _Hypothesis:
 
 @torch.inference_mode()
 def beam_search(model, prompt: list[int], cfg: DecodingConfig, stop_ids=()) -> BeamResult:
-    if cfg.sampling:
-        raise GenerationError(
-            "beam search is deterministic: set temperature=0 (or do_sample=False)"
-        )
+    # Beam search is deterministic: temperature/top-k/top-p/min-p do not apply (penalties do).
+    cfg = dataclasses.replace(cfg, do_sample=False)
     context = model.config.max_position_embeddings
     check_prompts([prompt], context)
     K, L = cfg.num_beams, len(prompt)
