@@ -28,6 +28,9 @@ def tiny_hf_model(kind: str):
         elif kind == "qwen2":
             cfg = tf.Qwen2Config(rope_theta=1e6, tie_word_embeddings=True, **llama_like)
             model = tf.Qwen2ForCausalLM(cfg)
+        elif kind == "mistral":
+            cfg = tf.MistralConfig(sliding_window=5, tie_word_embeddings=False, **llama_like)
+            model = tf.MistralForCausalLM(cfg)
         else:
             raise ValueError(kind)
     with torch.no_grad():  # random init leaves biases at zero: make them count

@@ -11,7 +11,7 @@ from giraffe.formats.assemble import WeightsError
 from giraffe.formats.gguf import load_gguf, save_gguf
 from giraffe.formats.hf import load_hf, save_hf
 
-KINDS = ["llama", "qwen2", "gpt2"]
+KINDS = ["llama", "qwen2", "gpt2", "mistral"]
 
 
 def ours(model, ids):

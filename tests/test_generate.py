@@ -163,3 +163,14 @@ def test_beam_search_prefers_finished_hypothesis_when_it_scores_best():
     cfg = DecodingConfig(max_new_tokens=5, temperature=0.0, num_beams=3)
     result = beam_search(model, [0], cfg, stop_ids=[3])
     assert result.finish_reason == "stop" and result.token_ids == []
+
+
+def test_sliding_window_cached_equals_recomputation():
+    torch.manual_seed(2)
+    model = Decoder(PRESETS["llama-tiny"].replace(sliding_window=4)).eval()
+    prompt = [5, 17, 42, 99, 7, 3, 8]
+    assert run(model, [prompt], max_new_tokens=10, temperature=0.0) == [
+        greedy_uncached(model, prompt, 10)
+    ]
+    padded = run(model, [prompt, [1, 2]], max_new_tokens=6, temperature=0.0)
+    assert padded[1] == greedy_uncached(model, [1, 2], 6)

@@ -54,6 +54,8 @@ def test_token_strings_show_partial_bytes(smollm2):
     ids = smollm2.encode("🦒 hi")
     shown = smollm2.token_strings(ids)
     assert shown[-1] == " hi" and shown[0].startswith("<0x")
+    partial = smollm2.token_strings(smollm2.encode("12345 🦒"))
+    assert " <0xF0><0x9F>" in partial  # a space and half an emoji in one token
 
 
 def test_cl100k_base_matches_openai():

@@ -75,6 +75,8 @@ class ChatSession:
             for piece in stream:
                 pieces.append(piece)
                 print(piece, end="", flush=True)
+        except KeyboardInterrupt:  # stop this answer, keep the chat (and what was said)
+            self.console.print("[dim] (stopped)[/dim]", end="")
         except ValueError as e:  # e.g. the conversation outgrew the context
             self.messages.pop()
             self.console.print(f"\n[red]{e}[/red]")

@@ -139,6 +139,6 @@ def chat(args) -> None:
         lm = load(model)
     console.print(
         f"[dim]{lm!r} loaded in {time.perf_counter() - t0:.1f} s. "
-        "Commands: /reset /system TEXT /params [k=v ...] /quit[/dim]"
+        "Commands: /reset /system TEXT /params \\[k=v ...] /quit; Ctrl-C stops an answer[/dim]"
     )
     ChatSession(lm, args.system, args.decoding, console).run()

@@ -182,3 +182,5 @@ def _write_hparams(writer, cfg: ModelConfig) -> None:
     writer.add_rope_dimension_count(cfg.dim_per_head)
     writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    if cfg.sliding_window:
+        writer.add_sliding_window(cfg.sliding_window)

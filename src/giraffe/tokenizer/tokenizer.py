@@ -72,11 +72,13 @@ class Tokenizer:
         """A readable piece per id; bytes that are not a whole character show as <0xNN>."""
         out = []
         for i in ids:
-            raw = self._backend.token_bytes(int(i))
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append("".join(f"<0x{b:02X}>" for b in raw))
+            # surrogateescape keeps undecodable bytes as U+DC80..U+DCFF, shown as <0xNN>
+            text = self._backend.token_bytes(int(i)).decode("utf-8", errors="surrogateescape")
+            out.append(
+                "".join(
+                    f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text
+                )
+            )
         return out
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
