@@ -97,10 +97,22 @@ def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{field}={value!r} is not supported; choose one of {allowed}")
 
 
+# GPT-2's wiring (Radford et al. 2019), shared by its presets.
+GPT2_WIRING = dict(
+    arch="gpt2",
+    norm="layernorm",
+    mlp="plain",
+    activation="gelu_tanh",
+    position="learned",
+    attention_bias=True,
+    attention_out_bias=True,
+    mlp_bias=True,
+    norm_bias=True,
+)
+
 # Presets are data: named configs, never subclasses.
 PRESETS: dict[str, ModelConfig] = {
     "llama-tiny": ModelConfig(
-        arch="llama",
         vocab_size=512,
         hidden_size=64,
         n_layers=2,
@@ -110,24 +122,15 @@ PRESETS: dict[str, ModelConfig] = {
         max_position_embeddings=256,
     ),
     "gpt2-tiny": ModelConfig(
-        arch="gpt2",
+        **GPT2_WIRING,
         vocab_size=512,
         hidden_size=64,
         n_layers=2,
         n_heads=4,
         intermediate_size=256,
         max_position_embeddings=256,
-        norm="layernorm",
-        mlp="plain",
-        activation="gelu_tanh",
-        position="learned",
-        attention_bias=True,
-        attention_out_bias=True,
-        mlp_bias=True,
-        norm_bias=True,
     ),
     "smollm2-135m": ModelConfig(
-        arch="llama",
         vocab_size=49152,
         hidden_size=576,
         n_layers=30,
@@ -138,20 +141,12 @@ PRESETS: dict[str, ModelConfig] = {
         rope_theta=100000.0,
     ),
     "gpt2-124m": ModelConfig(
-        arch="gpt2",
+        **GPT2_WIRING,
         vocab_size=50257,
         hidden_size=768,
         n_layers=12,
         n_heads=12,
         intermediate_size=3072,
         max_position_embeddings=1024,
-        norm="layernorm",
-        mlp="plain",
-        activation="gelu_tanh",
-        position="learned",
-        attention_bias=True,
-        attention_out_bias=True,
-        mlp_bias=True,
-        norm_bias=True,
     ),
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giraffe.config import ConfigError, ModelConfig
+from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
@@ -76,19 +76,8 @@ def config_from_gguf(reader, source: str = "GGUF") -> ModelConfig:
         tie_embeddings="output.weight" not in tensors,
     )
     if GGUF_FAMILIES[arch] == "gpt2":
-        return ModelConfig(
-            arch="gpt2",
-            norm="layernorm",
-            mlp="plain",
-            activation="gelu_tanh",
-            position="learned",
-            norm_eps=float(get("attention.layer_norm_epsilon", 1e-5)),
-            attention_bias=True,
-            attention_out_bias=True,
-            mlp_bias=True,
-            norm_bias=True,
-            **common,
-        )
+        eps = float(get("attention.layer_norm_epsilon", 1e-5))
+        return ModelConfig(**GPT2_WIRING, norm_eps=eps, **common)
     head_dim = field(reader, f"{arch}.attention.key_length") or field(
         reader, f"{arch}.rope.dimension_count"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from giraffe.config import ConfigError, ModelConfig
+from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
 from giraffe.models import Decoder
 
@@ -97,22 +97,14 @@ def _gpt2_config(raw: dict) -> ModelConfig:
         raise ConfigError(f"config.json: activation_function {act!r} is not supported for gpt2")
     width = raw["n_embd"]
     return ModelConfig(
-        arch="gpt2",
+        **{**GPT2_WIRING, "activation": acts[act]},
         vocab_size=raw["vocab_size"],
         hidden_size=width,
         n_layers=raw["n_layer"],
         n_heads=raw["n_head"],
         intermediate_size=raw.get("n_inner") or 4 * width,
         max_position_embeddings=raw.get("n_positions", 1024),
-        norm="layernorm",
         norm_eps=raw.get("layer_norm_epsilon", 1e-5),
-        mlp="plain",
-        activation=acts[act],
-        position="learned",
-        attention_bias=True,
-        attention_out_bias=True,
-        mlp_bias=True,
-        norm_bias=True,
         tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
     )
 
