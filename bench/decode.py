@@ -1,6 +1,7 @@
 """Benchmark: load time, prefill tok/s (512-token prompt), decode tok/s (128 tokens), peak RSS.
 
-Runs giraffe and, when installed, `transformers` on the same GGUF file, each in its own
+Runs giraffe (packed blocks, and dequantized float32) and, when installed, `transformers`
+and llama.cpp (`llama-cpp-python`) on the same GGUF file, each in its own
 process (so peak RSS is its own), with the same thread count, in the same run, and
 prints one JSON object with medians and giraffe/peer ratios. Timings on shared
 machines are noisy: compare the ratio, not the absolute numbers.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -38,13 +40,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_giraffe(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
+def worker_giraffe(model, repeats, prefill_n, decode_n, packed=True) -> dict:
     t0 = time.perf_counter()
     import giraffe
     from giraffe.generate.engine import DecodeSession
     from giraffe.generate.params import DecodingConfig
 
-    lm = giraffe.load(model)
+    lm = giraffe.load(model, packed=packed)
     load_s = time.perf_counter() - t0
     long_ids = prompt_ids(lm.tokenizer.encode, prefill_n)
     short_ids = long_ids[:8]
@@ -117,7 +119,55 @@ def _summary(load_s, prefill, decode) -> dict:
     }
 
 
-WORKERS = {"giraffe": worker_giraffe, "transformers": worker_transformers}
+def worker_llama_cpp(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
+    t0 = time.perf_counter()
+    import llama_cpp
+
+    from giraffe.formats.registry import resolve
+
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    llm = llama_cpp.Llama(
+        model_path=str(resolve(model)),
+        n_ctx=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        verbose=False,
+    )
+    load_s = time.perf_counter() - t0
+    long_ids = prompt_ids(lambda t: llm.tokenize(t.encode(), add_bos=False), prefill_n)
+    short_ids = long_ids[:8]
+
+    def run(ids, n):
+        llm.reset()
+        stamps = [time.perf_counter()]
+        for k, _ in enumerate(llm.generate(ids, temp=0.0, reset=True)):
+            stamps.append(time.perf_counter())
+            if k + 1 == n:
+                break
+        return stamps
+
+    prefill, decode = [], []
+    run(short_ids, 4)
+    for _ in range(repeats):
+        s = run(long_ids, 1)
+        prefill.append(prefill_n / (s[1] - s[0]))
+        s = run(short_ids, decode_n)
+        decode.append((decode_n - 1) / (s[-1] - s[1]))
+    return _summary(load_s, prefill, decode)
+
+
+def worker_giraffe_float(model, repeats, prefill_n, decode_n) -> dict:
+    return worker_giraffe(model, repeats, prefill_n, decode_n, packed=False)
+
+
+WORKERS = {
+    "giraffe": worker_giraffe,  # GGUF blocks kept packed, compiled kernel
+    "giraffe-float": worker_giraffe_float,  # everything dequantized to float32
+    "transformers": worker_transformers,
+    "llama.cpp": worker_llama_cpp,
+}
+PEERS = {"transformers": "transformers", "llama.cpp": "llama_cpp"}  # peer -> module that must exist
 
 
 def run_worker(name: str, args) -> dict:
@@ -151,20 +201,23 @@ def main() -> None:
     if args.worker:
         import torch
 
+        os.environ["BENCH_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
         fn = WORKERS[args.worker]
         print(json.dumps(fn(args.model, args.repeats, args.prefill_tokens, args.decode_tokens)))
         return
-    result = {"model": args.model, "threads": args.threads, "giraffe": run_worker("giraffe", args)}
-    if importlib.util.find_spec("transformers"):
-        peer = run_worker("transformers", args)
-        result["transformers"] = peer
-        ours = result["giraffe"]
-        if "error" not in peer and "error" not in ours:
-            result["ratio_vs_transformers"] = {
-                k: round(ours[k] / peer[k], 2)
-                for k in ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mib")
-            }
+    result = {"model": args.model, "threads": args.threads}
+    for name in ("giraffe", "giraffe-float"):
+        result[name] = run_worker(name, args)
+    for peer, module in PEERS.items():
+        if not importlib.util.find_spec(module):
+            continue
+        result[peer] = run_worker(peer, args)
+        for ours in ("giraffe", "giraffe-float"):
+            a, b = result[ours], result[peer]
+            if "error" not in a and "error" not in b:
+                keys = ("prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_mib")
+                result[f"ratio_{ours}_vs_{peer}"] = {k: round(a[k] / b[k], 2) for k in keys}
     print(json.dumps(result, indent=2))
 
 

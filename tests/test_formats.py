@@ -90,3 +90,18 @@ def test_corrupt_files_are_reported(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
+def test_quantized_gguf_packed_equals_dequantized(tmp_path, kind, preset):
+    from giraffe.config import PRESETS
+    from giraffe.models import Decoder
+    from giraffe.quant.linear import QuantEmbedding, QuantLinear
+
+    path = save_gguf(Decoder(PRESETS[preset]), tmp_path / "q.gguf", dtype=kind)
+    reference, packed = load_gguf(path), load_gguf(path, packed=True)
+    assert isinstance(packed.layers[1].attn.k_proj, QuantLinear)
+    assert isinstance(packed.embed, QuantEmbedding)
+    ids = torch.randint(0, 512, (2, 9))
+    assert (ours(packed, ids) - ours(reference, ids)).abs().max() <= 1e-4

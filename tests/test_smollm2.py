@@ -21,7 +21,13 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def ours(smollm2_gguf):
-    return giraffe.load("smollm2-135m-instruct")
+    # Dequantized to float32, exactly what transformers computes from the same file.
+    return giraffe.load("smollm2-135m-instruct", packed=False)
+
+
+@pytest.fixture(scope="module")
+def packed(smollm2_gguf):
+    return giraffe.load("smollm2-135m-instruct", packed=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +83,16 @@ def test_chat_answers_and_streams_the_same_text(ours):
 def test_same_seed_same_text(ours):
     kw = dict(max_new_tokens=20, temperature=0.9, top_p=0.95, seed=123)
     assert ours.generate("The giraffe is", **kw) == ours.generate("The giraffe is", **kw)
+
+
+def test_packed_model_matches_the_dequantized_reference(ours, packed):
+    from giraffe.quant.linear import QuantLinear
+
+    assert isinstance(packed.model.layers[0].mlp.up_proj, QuantLinear)
+    ids = ours.tokenizer.encode(PROMPTS[1])
+    for start in range(0, len(ids), 8):  # short chunks take the packed kernel, not the fallback
+        prefix = ids[: start + 8]
+        diff = (packed.logits(prefix)[-1] - ours.logits(prefix)[-1]).abs().max().item()
+        assert diff <= 2e-3, (start, diff)
+    kw = dict(max_new_tokens=32, min_new_tokens=32, temperature=0.0)
+    assert packed.complete(ids, **kw).token_ids == ours.complete(ids, **kw).token_ids

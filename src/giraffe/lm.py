@@ -25,6 +25,7 @@ from giraffe.generate.engine import DecodeSession, GenerationError
 from giraffe.generate.params import DecodingConfig
 from giraffe.generate.stops import StopText
 from giraffe.models import Decoder
+from giraffe.quant import kernels
 from giraffe.tokenizer import Tokenizer, load_tokenizer_file, tokenizer_from_gguf
 from giraffe.tokenizer.chat import render_chat, resolve_template
 
@@ -220,12 +221,21 @@ def _check_ids(ids, vocab: int) -> None:
         raise GenerationError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
 
 
-def load(name_or_path: str | os.PathLike = DEFAULT_CHAT_MODEL) -> LanguageModel:
-    """A registered alias, a .gguf file or a Hugging Face folder -> LanguageModel."""
+def load(
+    name_or_path: str | os.PathLike = DEFAULT_CHAT_MODEL, packed: bool | None = None
+) -> LanguageModel:
+    """A registered alias, a .gguf file or a Hugging Face folder -> LanguageModel.
+
+    packed: keep GGUF Q8_0/Q4_0/Q4_1 weights in their blocks and multiply with the
+    compiled kernel (about 3x faster decoding, a fraction of the memory); None = when
+    the kernel is available. packed=False dequantizes everything to float32, the
+    reference that `transformers` also computes.
+    """
     path = resolve(name_or_path)
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
-        model, tokenizer = load_gguf(path, reader), tokenizer_from_gguf(reader)
+        packed = kernels.available() if packed is None else packed
+        model, tokenizer = load_gguf(path, reader, packed), tokenizer_from_gguf(reader)
     else:
         model, tokenizer = load_weights(path), load_tokenizer_file(path)
     defaults = dict(REGISTERED_DEFAULTS.get(str(name_or_path), {}))

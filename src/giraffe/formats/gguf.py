@@ -18,6 +18,7 @@ import torch
 
 from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.formats.gguf_packed import install_packed, packable
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
@@ -110,26 +111,38 @@ def tensor_to_torch(t) -> torch.Tensor:
         raise WeightsError(f"tensor {t.name}: {e}") from None
 
 
-def load_gguf(path: str | os.PathLike, reader=None) -> Decoder:
-    """Load weights; pass an already opened `reader` to avoid parsing the header twice."""
+def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Decoder:
+    """Load weights; pass an already opened `reader` to avoid parsing the header twice.
+
+    packed=True keeps Q8_0/Q4_0/Q4_1 matrices in their blocks (`giraffe.quant.linear`)
+    instead of dequantizing them to float32: a quarter to a sixth of the memory traffic.
+    """
     reader = reader or open_gguf(path)
     cfg = config_from_gguf(reader, str(path))
     by_name = {t.name: t for t in reader.tensors}
-    arch = field(reader, "general.architecture")
-    return assemble(
-        cfg,
-        "gguf",
-        by_name,
-        lambda n: tensor_to_torch(by_name[n]),
-        str(path),
-        rope_permuted=arch in GGUF_ROPE_PERMUTED,
-    )
+    permuted = field(reader, "general.architecture") in GGUF_ROPE_PERMUTED
+    keep = packable(cfg, by_name) if packed else {}
+
+    def fetch(name: str) -> torch.Tensor:
+        if name in keep:  # a shape-only stand-in; the packed layer replaces it below
+            return torch.empty(tuple(int(n) for n in reversed(by_name[name].shape)), device="meta")
+        return tensor_to_torch(by_name[name])
+
+    model = assemble(cfg, "gguf", by_name, fetch, str(path), rope_permuted=permuted)
+    for rule in keep.values():
+        install_packed(model, rule, by_name[rule.theirs], permuted)
+    return model
 
 
 def save_gguf(
     model: Decoder, path: str | os.PathLike, dtype: str = "f32", name: str = "giraffe"
 ) -> Path:
-    """Write the model's weights and architecture metadata (float32 or float16)."""
+    """Write the model's weights and architecture metadata.
+
+    dtype: "f32", "f16", or a ggml block type ("q8_0", "q4_0", "q4_1") for 2-D weights
+    whose rows divide into blocks of 32 (others stay float32, as llama.cpp does);
+    blocks come from the `gguf` package's quantizers, bit for bit llama.cpp's.
+    """
     import gguf
 
     cfg = model.config
@@ -142,17 +155,29 @@ def save_gguf(
     for tname, tensor in disassemble(
         model, "gguf", rope_permuted=arch in GGUF_ROPE_PERMUTED
     ).items():
-        array = tensor.float().numpy()
-        # ggml keeps 1-D tensors (norms, biases) in float32 whatever the file type.
-        if dtype == "f16" and array.ndim > 1:
-            array = array.astype(np.float16)
-        writer.add_tensor(tname, array)
+        _add_tensor(writer, tname, tensor.float().numpy(), dtype.upper())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     os.replace(tmp, path)
     return path
+
+
+def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> None:
+    import gguf
+    from gguf.quants import quantize
+
+    # ggml keeps 1-D tensors (norms, biases) in float32 whatever the file type.
+    if array.ndim < 2 or dtype == "F32":
+        writer.add_tensor(name, array)
+    elif dtype == "F16":
+        writer.add_tensor(name, array.astype(np.float16))
+    elif array.shape[-1] % 32:
+        writer.add_tensor(name, array)  # rows that do not split into blocks stay float32
+    else:
+        qtype = gguf.GGMLQuantizationType[dtype]
+        writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
 
 
 def _write_hparams(writer, cfg: ModelConfig) -> None:

@@ -99,8 +99,11 @@ class Decoder(nn.Module):
         return self.norm(x)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        weight = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight)  # (B, T, V)
+        if self.lm_head is not None:
+            return self.lm_head(h)  # (B, T, V)
+        # Tied: a packed embedding multiplies from its own blocks (see giraffe.quant.linear).
+        project = getattr(self.embed, "project", None)
+        return project(h) if project is not None else F.linear(h, self.embed.weight)
 
     def _mask(self, start: int, T: int, key_mask: torch.Tensor | None):
         window = self.config.sliding_window
@@ -121,7 +124,7 @@ class Decoder(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         cfg = self.config
-        dtype = self.embed.weight.dtype
+        dtype = self.norm.weight.dtype  # the embedding may be packed bytes
         return KVCache(cfg.n_layers, batch, cfg.kv_heads, max_len, cfg.dim_per_head, dtype)
 
     def num_parameters(self) -> int:

@@ -1,0 +1,72 @@
+"""`QuantLinear` and `QuantEmbedding`: layers whose weights stay packed in ggml blocks.
+
+The reference path is the definition: dequantize the blocks, then an ordinary float32
+matmul (or row lookup). The fast path multiplies straight from the packed bytes with the
+compiled kernel (`giraffe.quant.kernels`); tests hold the two equal to rounding. Large
+batches of rows (prefill) dequantize once per call and use torch's float matmul, which
+is faster there. Knows nothing of file names: a loader hands it bytes and a block type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from giraffe.quant import kernels
+from giraffe.quant.blocks import BYTES_PER_BLOCK, dequantize
+
+KERNEL_KINDS = ("Q8_0", "Q4_0", "Q4_1")
+# Above this many input rows, dequantize-then-matmul beats the matrix-vector kernel.
+KERNEL_MAX_ROWS = 16
+
+
+class QuantLinear(nn.Module):
+    def __init__(
+        self, packed: torch.Tensor, kind: str, in_features: int, out_features: int, bias=None
+    ):
+        super().__init__()
+        if kind in BYTES_PER_BLOCK and packed.shape != (
+            out_features,
+            in_features // 32 * BYTES_PER_BLOCK[kind],
+        ):
+            raise ValueError(
+                f"{kind} weight of {out_features}x{in_features} needs "
+                f"{in_features // 32 * BYTES_PER_BLOCK[kind]} bytes per row, got {tuple(packed.shape)}"
+            )
+        self.register_buffer(
+            "packed", packed.contiguous(), persistent=False
+        )  # (out, bytes per row) uint8
+        self.kind, self.in_features, self.out_features = kind, in_features, out_features
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.packed.numpy(), self.kind, (self.out_features, self.in_features))
+
+    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        fast = not reference and self.kind in KERNEL_KINDS and rows <= KERNEL_MAX_ROWS
+        if fast and x.dtype == torch.float32 and kernels.available():
+            y = kernels.qmatmul(self.packed, self.kind, self.out_features, self.in_features, x)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, {self.kind} packed"
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding kept packed; `project` is the tied output head (h @ E^T)."""
+
+    def __init__(self, packed: torch.Tensor, kind: str, vocab: int, dim: int):
+        super().__init__()
+        self.table = QuantLinear(packed, kind, dim, vocab)
+        self.weight_kind, self.num_embeddings, self.embedding_dim = kind, vocab, dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.table.packed[ids.flatten()]  # (N, bytes per row): only the rows asked for
+        values = dequantize(rows.numpy(), self.weight_kind, (ids.numel(), self.embedding_dim))
+        return values.reshape(*ids.shape, self.embedding_dim)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.table(h)

@@ -1,0 +1,70 @@
+"""Packed layers: the compiled kernel against dequantize-then-matmul, for every block type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
+
+from giraffe.quant import kernels
+from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear
+
+# Relative to the output's scale: float32 accumulation in another order.
+TOLERANCE = {"Q8_0": 2e-6, "Q4_0": 2e-6, "Q4_1": 2e-6}
+
+
+def packed_weight(kind, rows=96, cols=256, seed=0):
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    return torch.from_numpy(quantize(w, GGMLQuantizationType[kind]))
+
+
+def test_kernel_builds_here():
+    assert kernels.available(), "gcc should build the kernel on this machine"
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_kernel_equals_dequantize_then_matmul(kind, rows):
+    layer = QuantLinear(packed_weight(kind), kind, 256, 96, bias=torch.randn(96))
+    x = torch.randn(2, rows, 256)
+    reference = F.linear(x, layer.dequantized_weight(), layer.bias)
+    got = kernels.qmatmul(layer.packed, kind, 96, 256, x) + layer.bias
+    scale = reference.abs().max()
+    assert ((got - reference).abs().max() / scale) <= TOLERANCE[kind]
+    assert ((layer(x) - reference).abs().max() / scale) <= TOLERANCE[kind]
+
+
+def test_dequantized_weight_equals_gguf(tmp_path):
+    from gguf.quants import dequantize
+
+    raw = packed_weight("Q4_1")
+    layer = QuantLinear(raw, "Q4_1", 256, 96)
+    assert torch.equal(
+        layer.dequantized_weight(),
+        torch.from_numpy(dequantize(raw.numpy(), GGMLQuantizationType.Q4_1)),
+    )
+
+
+def test_embedding_rows_and_tied_projection():
+    raw = packed_weight("Q8_0", rows=50, cols=64)
+    emb = QuantEmbedding(raw, "Q8_0", 50, 64)
+    table = emb.table.dequantized_weight()
+    ids = torch.tensor([[3, 7, 3], [49, 0, 1]])
+    assert torch.equal(emb(ids), table[ids])
+    h = torch.randn(1, 64)
+    assert torch.allclose(emb.project(h), h @ table.T, atol=1e-4)
+
+
+def test_wrong_byte_count_is_reported():
+    with pytest.raises(ValueError, match="bytes per row"):
+        QuantLinear(packed_weight("Q4_0"), "Q4_0", 128, 96)
+
+
+def test_fallback_without_kernel(monkeypatch):
+    layer = QuantLinear(packed_weight("Q4_0"), "Q4_0", 256, 96)
+    x = torch.randn(1, 256)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    assert torch.allclose(layer(x), F.linear(x, layer.dequantized_weight()), atol=0, rtol=0)
