@@ -68,3 +68,21 @@ def test_fallback_without_kernel(monkeypatch):
     x = torch.randn(1, 256)
     monkeypatch.setattr(kernels, "available", lambda: False)
     assert torch.allclose(layer(x), F.linear(x, layer.dequantized_weight()), atol=0, rtol=0)
+
+
+def test_fused_projection_equals_separate_layers():
+    from giraffe.quant.linear import FusedQuant
+
+    parts = [
+        QuantLinear(packed_weight("Q4_1", rows=r, seed=r), "Q4_1", 256, r, bias=torch.randn(r))
+        for r in (64, 32, 32)
+    ]
+    x = torch.randn(1, 2, 256)
+    separate = [p(x) for p in parts]
+    fused = FusedQuant.of(parts)
+    assert fused is not None
+    for a, b in zip(fused(x), separate, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert all(p.packed.data_ptr() != 0 for p in parts)  # parts now view the shared buffer
+    assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    assert FusedQuant.of([parts[0], QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)]) is None

@@ -18,7 +18,7 @@ import torch
 
 from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
-from giraffe.formats.gguf_packed import install_packed, packable
+from giraffe.formats.gguf_packed import fuse_projections, install_packed, packable
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
@@ -131,6 +131,8 @@ def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Dec
     model = assemble(cfg, "gguf", by_name, fetch, str(path), rope_permuted=permuted)
     for rule in keep.values():
         install_packed(model, rule, by_name[rule.theirs], permuted)
+    if keep:
+        fuse_projections(model)
     return model
 
 

@@ -14,7 +14,7 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
-from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear
+from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantEmbedding, QuantLinear
 
 
 def packable(cfg: ModelConfig, tensors: dict) -> dict[str, names.Rule]:
@@ -42,3 +42,12 @@ def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None
         else:
             new = QuantLinear(rows, kind, in_features, rows.shape[0], old.bias)
         setattr(owner, attr, new)
+
+
+def fuse_projections(model) -> None:
+    """One kernel call for q/k/v and one for gate/up in every layer, where all are packed alike."""
+    for block in model.layers:
+        attn, mlp = block.attn, block.mlp
+        attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj])
+        if mlp.gated:
+            mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj])

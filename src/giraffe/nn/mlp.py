@@ -26,8 +26,15 @@ class MLP(nn.Module):
             self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        # Optional single call computing (gate, up); set by loaders of packed weights.
+        self.fused_gate_up = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = (
+                self.fused_gate_up(x)
+                if self.fused_gate_up
+                else (self.gate_proj(x), self.up_proj(x))
+            )
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))

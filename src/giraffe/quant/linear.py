@@ -70,3 +70,40 @@ class QuantEmbedding(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         return self.table(h)
+
+
+class FusedQuant:
+    """Several packed projections of the same input as one kernel call (q/k/v, gate/up).
+
+    Not an nn.Module on purpose: it owns no parameters, so state dicts and savers never
+    see it. The parts' buffers become views of one concatenated buffer (no extra memory).
+    Whoever replaces one of the parts (e.g. with a LoRA layer) must drop the fusion.
+    """
+
+    def __init__(self, parts: list[QuantLinear]) -> None:
+        self.kind, self.in_features = parts[0].kind, parts[0].in_features
+        self.sizes = [p.out_features for p in parts]
+        self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
+        biases = [p.bias for p in parts]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        start = 0
+        for p, n in zip(parts, self.sizes, strict=True):
+            p.packed = self.packed[start : start + n]
+            start += n
+        self.parts = parts
+
+    @staticmethod
+    def of(parts) -> FusedQuant | None:
+        """A fusion when every part is packed alike and the kernel runs here, else None."""
+        ok = all(isinstance(p, QuantLinear) for p in parts) and kernels.available()
+        if not ok or len({(p.kind, p.in_features, p.bias is None) for p in parts}) != 1:
+            return None
+        return FusedQuant(parts) if parts[0].kind in KERNEL_KINDS else None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.numel() // self.in_features > KERNEL_MAX_ROWS or x.dtype != torch.float32:
+            return tuple(p(x) for p in self.parts)
+        y = kernels.qmatmul(self.packed, self.kind, sum(self.sizes), self.in_features, x)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.split(self.sizes, dim=-1)
