@@ -206,7 +206,9 @@ def main() -> None:
         fn = WORKERS[args.worker]
         print(json.dumps(fn(args.model, args.repeats, args.prefill_tokens, args.decode_tokens)))
         return
-    result = {"model": args.model, "threads": args.threads}
+    from machine import machine_facts
+
+    result = {"machine": machine_facts(), "model": args.model, "threads": args.threads}
     for name in ("giraffe", "giraffe-float"):
         result[name] = run_worker(name, args)
     for peer, module in PEERS.items():

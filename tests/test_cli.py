@@ -106,3 +106,14 @@ def test_chat_session_with_commands(tiny_folder):
 
 def test_tiny_preset_context_is_what_the_error_test_assumes():
     assert PRESETS["llama-tiny"].max_position_embeddings < 400
+
+
+def test_eval_perplexity(tiny_folder, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("No, I am not a giraffe. The giraffe is the tallest animal. " * 10)
+    r = giraffe("eval", tiny_folder, "--perplexity", text, "--ctx", 16, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tokens_scored"] == out["windows"] * 8 and out["perplexity"] > 1
+    missing = giraffe("eval", tiny_folder, "--perplexity", tmp_path / "nope.txt")
+    assert_clean_error(missing, "nope.txt")

