@@ -86,3 +86,16 @@ def test_fused_projection_equals_separate_layers():
     assert all(p.packed.data_ptr() != 0 for p in parts)  # parts now view the shared buffer
     assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
     assert FusedQuant.of([parts[0], QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)]) is None
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_int8_activation_kernel_is_close_to_reference(kind):
+    if not kernels.int8_available():
+        pytest.skip("this CPU has no AVX-512 VNNI; the int8 kernel was not built")
+    layer = QuantLinear(packed_weight(kind), kind, 256, 96)
+    x = torch.randn(3, 256)
+    reference = F.linear(x, layer.dequantized_weight())
+    got = kernels.qmatmul(layer.packed, kind, 96, 256, x, int8=True)
+    # int8 rounding of activations: |error| <= sum |w| * dx / 2 per block; in practice < 1.5%
+    assert ((got - reference).abs().max() / reference.abs().max()) < 0.015
+    assert not torch.equal(got, kernels.qmatmul(layer.packed, kind, 96, 256, x))

@@ -43,7 +43,18 @@ def _build(cc: str) -> Path:
         "giraffe: compiling the quantized matmul kernel (once, a few seconds)...", file=sys.stderr
     )
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(tmp)]
+    cmd = [
+        cc,
+        "-O3",
+        "-march=native",
+        "-fopenmp",
+        "-shared",
+        "-fPIC",
+        str(SOURCE),
+        "-o",
+        str(tmp),
+        "-lm",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -74,30 +85,34 @@ def _library():
     except OSError as e:
         print(f"giraffe: {e}; using the slower pure-torch path", file=sys.stderr)
         return None
-    fn = lib.giraffe_qmatmul
-    fn.restype = ctypes.c_int
-    fn.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    return fn
+    argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]  # fmt: skip
+    functions = {"float": lib.giraffe_qmatmul}
+    if lib.giraffe_has_int8():
+        functions["int8"] = lib.giraffe_qmatmul_int8
+    for fn in functions.values():
+        fn.restype, fn.argtypes = ctypes.c_int, argtypes
+    return functions
 
 
 def available() -> bool:
     return _library() is not None
 
 
+def int8_available() -> bool:
+    """Whether the int8-activation kernel (AVX-512 VNNI) was built for this CPU."""
+    return available() and "int8" in _library()
+
+
 def qmatmul(
-    packed: torch.Tensor, kind: str, n_out: int, n_in: int, x: torch.Tensor
+    packed: torch.Tensor, kind: str, n_out: int, n_in: int, x: torch.Tensor, int8: bool = False
 ) -> torch.Tensor:
-    """x (..., n_in) float32 @ W^T for packed W (n_out rows of blocks) -> (..., n_out)."""
-    fn = _library()
+    """x (..., n_in) float32 @ W^T for packed W (n_out rows of blocks) -> (..., n_out).
+
+    int8=True first rounds x to int8 per block of 32, as llama.cpp does: faster, and
+    numerically llama.cpp's result rather than the float reference's.
+    """
+    fn = _library()["int8" if int8 else "float"]
     flat = x.reshape(-1, n_in).contiguous()  # (M, n_in)
     out = torch.empty(flat.shape[0], n_out, dtype=torch.float32)
     status = fn(
