@@ -12,6 +12,7 @@ SRC = Path(giraffe.__file__).parent
 # Layer of each top-level part; a module may import only its own part or lower layers.
 LAYERS = {
     "config": 0,
+    "files": 0,
     "nn": 1,
     "models": 2,
     "tokenizer": 2,

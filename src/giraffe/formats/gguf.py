@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
+from giraffe.files.gguf_reader import FastGGUFReader, GGUFFormatError
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
 from giraffe.formats.gguf_packed import fuse_projections, install_packed, packable
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
@@ -28,14 +29,14 @@ GGUF_FAMILIES = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2":
 
 
 def open_gguf(path: str | os.PathLike):
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path} does not exist or is not a file")
     try:
-        return gguf.GGUFReader(str(path))
-    except Exception as e:  # the reader raises ValueError/struct errors on a damaged file
+        return FastGGUFReader(path)
+    except GGUFFormatError as e:
+        raise WeightsError(f"{e}; re-download or re-convert it") from None
+    except (OSError, ValueError) as e:
         raise WeightsError(
             f"{path} is not a readable GGUF file ({e}); re-download or re-convert it"
         ) from None

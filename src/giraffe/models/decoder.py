@@ -46,9 +46,9 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed = _embedding(cfg.vocab_size, cfg.hidden_size)
         if cfg.position == "learned":
-            self.pos_embed = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+            self.pos_embed = _embedding(cfg.max_position_embeddings, cfg.hidden_size)
         else:
             self.rotary = Rotary(cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling_dict)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -129,6 +129,12 @@ class Decoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    # Given storage, nn.Embedding skips its own random init (_init_weights does it), which
+    # on the meta device would import torch._dynamo: over a second per model load.
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
 
 
 def _init_weights(module: nn.Module) -> None:

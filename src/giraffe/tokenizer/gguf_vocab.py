@@ -21,6 +21,7 @@ import os
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
+from giraffe.files.gguf_reader import FastGGUFReader
 from giraffe.tokenizer.tokenizer import (
     STOP_TOKEN_TEXTS,
     SpecialTokens,
@@ -63,13 +64,11 @@ def gguf_metadata(path_or_reader) -> dict[str, object]:
 def _reader(path_or_reader):
     if not isinstance(path_or_reader, (str, os.PathLike)):
         return path_or_reader
-    import gguf
-
     try:
-        return gguf.GGUFReader(str(path_or_reader))
+        return FastGGUFReader(path_or_reader)
     except FileNotFoundError:
         raise TokenizerError(f"{path_or_reader} not found") from None
-    except Exception as e:
+    except (OSError, ValueError) as e:
         raise TokenizerError(f"{path_or_reader} is not a readable GGUF file ({e})") from None
 
 

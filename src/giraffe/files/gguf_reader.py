@@ -1,0 +1,127 @@
+"""A fast GGUF reader: header, metadata and tensor views over one memory map.
+
+The `gguf` package's reader builds a numpy view per array item, which takes seconds
+for a 49k-token vocabulary; this one walks the header once with `struct` and reads
+string arrays in a tight loop. It offers the small part of `gguf.GGUFReader`'s
+interface giraffe uses (`fields[key].contents()`, `tensors` with name, shape,
+tensor_type and data), and a test holds both readers equal. Tensor data are views
+into the map, never copies. Writing stays with the `gguf` package.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+# GGUF value types (gguf spec): code -> (struct format, numpy dtype)
+SCALARS = {
+    0: ("<B", np.uint8), 1: ("<b", np.int8), 2: ("<H", np.uint16), 3: ("<h", np.int16),
+    4: ("<I", np.uint32), 5: ("<i", np.int32), 6: ("<f", np.float32), 7: ("<?", np.bool_),
+    10: ("<Q", np.uint64), 11: ("<q", np.int64), 12: ("<d", np.float64),
+}  # fmt: skip
+STRING, ARRAY = 8, 9
+
+
+class GGUFFormatError(ValueError):
+    """The file is not GGUF, or its header is damaged or truncated."""
+
+
+@dataclass
+class Field:
+    value: object
+
+    def contents(self):
+        return self.value
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: np.ndarray  # ggml order: fastest-varying dimension first
+    tensor_type: GGMLQuantizationType
+    data: np.ndarray  # uint8 (rows, bytes per row) for block types; typed for F32/F16
+
+
+class FastGGUFReader:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._buf = memoryview(self._map)
+        self._pos = 0
+        try:
+            self._read_header()
+        except (struct.error, IndexError, UnicodeDecodeError, KeyError, ValueError) as e:
+            raise GGUFFormatError(f"{self.path}: damaged or truncated GGUF header ({e})") from None
+
+    def _read_header(self) -> None:
+        if bytes(self._buf[:4]) != b"GGUF":
+            raise GGUFFormatError(f"{self.path} is not a GGUF file (bad magic bytes)")
+        self._pos = 4
+        version, n_tensors, n_kv = self._unpack("<IQQ")
+        if version not in (2, 3):
+            raise GGUFFormatError(f"{self.path}: GGUF version {version} is not supported (2 or 3)")
+        self.fields = {}
+        for _ in range(n_kv):
+            key = self._string()
+            self.fields[key] = Field(self._value(self._unpack("<I")[0]))
+        infos = [self._tensor_info() for _ in range(n_tensors)]
+        align = int(self.fields.get("general.alignment", Field(32)).value)
+        start = -(-self._pos // align) * align
+        self.tensors = [
+            self._tensor(name, dims, kind, start + offset) for name, dims, kind, offset in infos
+        ]
+
+    def _unpack(self, fmt: str):
+        values = struct.unpack_from(fmt, self._buf, self._pos)
+        self._pos += struct.calcsize(fmt)
+        return values
+
+    def _string(self) -> str:
+        (n,) = self._unpack("<Q")
+        text = bytes(self._buf[self._pos : self._pos + n]).decode("utf-8")
+        self._pos += n
+        return text
+
+    def _value(self, kind: int):
+        if kind == STRING:
+            return self._string()
+        if kind == ARRAY:
+            item, count = self._unpack("<IQ")
+            if item == STRING:
+                return [self._string() for _ in range(count)]
+            if item == ARRAY:
+                return [self._value(self._unpack("<I")[0]) for _ in range(count)]
+            dtype = np.dtype(SCALARS[item][1])
+            values = np.frombuffer(self._buf, dtype=dtype, count=count, offset=self._pos)
+            self._pos += count * dtype.itemsize
+            return values.tolist()
+        return self._unpack(SCALARS[kind][0])[0]
+
+    def _tensor_info(self):
+        name = self._string()
+        (n_dims,) = self._unpack("<I")
+        dims = self._unpack(f"<{n_dims}Q")
+        kind, offset = self._unpack("<IQ")
+        return name, dims, GGMLQuantizationType(kind), offset
+
+    def _tensor(self, name, dims, kind, offset) -> TensorInfo:
+        block, type_size = GGML_QUANT_SIZES[kind]
+        n = int(np.prod(dims))
+        size = n // block * type_size
+        if offset + size > len(self._map):
+            raise GGUFFormatError(
+                f"{self.path}: tensor {name} runs past the end of the file (truncated?)"
+            )
+        raw = self._map[offset : offset + size]
+        rows = list(reversed(dims))
+        if kind == GGMLQuantizationType.F32:
+            data = raw.view(np.float32).reshape(rows)
+        elif kind == GGMLQuantizationType.F16:
+            data = raw.view(np.float16).reshape(rows)
+        else:
+            data = raw.reshape(*rows[:-1], rows[-1] // block * type_size)
+        return TensorInfo(name, np.array(dims, dtype=np.uint64), kind, data)
