@@ -113,18 +113,20 @@ def qmatmul(
     numerically llama.cpp's result rather than the float reference's.
     """
     fn = _library()["int8" if int8 else "float"]
-    flat = x.reshape(-1, n_in).contiguous()  # (M, n_in)
-    out = torch.empty(flat.shape[0], n_out, dtype=torch.float32)
+    x = x.contiguous()
+    rows = x.numel() // n_in
+    out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float32)  # (..., n_out)
+    threads = torch.get_num_threads()
     status = fn(
         packed.data_ptr(),
         KIND_CODES[kind],
         n_out,
         n_in,
-        flat.data_ptr(),
-        flat.shape[0],
+        x.data_ptr(),
+        rows,
         out.data_ptr(),
-        torch.get_num_threads(),
+        threads,
     )
     if status != 0:
         raise ValueError(f"quantized matmul rejected its input ({kind}, {n_out}x{n_in})")
-    return out.reshape(*x.shape[:-1], n_out)
+    return out
