@@ -105,3 +105,12 @@ def test_quantized_gguf_packed_equals_dequantized(tmp_path, kind, preset):
     assert isinstance(packed.embed, QuantEmbedding)
     ids = torch.randint(0, 512, (2, 9))
     assert (ours(packed, ids) - ours(reference, ids)).abs().max() <= 1e-4
+
+
+def test_sharded_folder_loads(tmp_path):
+    reference = tiny_hf_model("llama")
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    ids = torch.randint(0, 300, (1, 11))
+    assert (ours(load_hf(tmp_path), ids) - hf_logits(reference, ids)).abs().max() <= 1e-4
