@@ -174,3 +174,14 @@ def test_sliding_window_cached_equals_recomputation():
     ]
     padded = run(model, [prompt, [1, 2]], max_new_tokens=6, temperature=0.0)
     assert padded[1] == greedy_uncached(model, [1, 2], 6)
+
+
+def test_rotary_roll_form_equals_rotate_half():
+    from giraffe.nn.positions import Rotary, apply_rotary, rotate_half
+
+    rotary = Rotary(16, 10000.0)
+    cos, signed_sin = rotary(torch.arange(7)[None])
+    freqs = torch.arange(7)[:, None].float() * rotary.inv_freq
+    sin = torch.cat((freqs, freqs), -1).sin()[None, None]
+    x = torch.randn(2, 3, 7, 16)
+    assert torch.equal(apply_rotary(x, cos, signed_sin), x * cos + rotate_half(x) * sin)

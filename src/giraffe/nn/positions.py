@@ -57,17 +57,24 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # positions: (B, T) int -> cos, sin: (B, 1, T, D), broadcast over heads
+        """positions (B, T) -> (cos, signed sin), each (B, 1, T, D), broadcast over heads."""
         freqs = positions[..., None].float() * self.inv_freq  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
-        return emb.cos()[:, None], emb.sin()[:, None]
+        sin, half = emb.sin(), emb.shape[-1] // 2
+        # rotate_half(x) * sin == roll(x) * sin with its first half negated (see apply_rotary)
+        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return emb.cos()[:, None], signed_sin[:, None]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1): the textbook form, kept for reading and tests."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (B, 1, T, D)
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, written as one roll: fewer ops per layer, same numbers.
+
+    x: (B, H, T, D); cos, signed_sin: (B, 1, T, D) from `Rotary`.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
