@@ -58,14 +58,7 @@ def worker_giraffe(model, repeats, prefill_n, decode_n, packed=True) -> dict:
             stamps.append(time.perf_counter())
         return stamps
 
-    prefill, decode = [], []
-    run(short_ids, 4)  # warm-up
-    for _ in range(repeats):
-        s = run(long_ids, 1)
-        prefill.append(prefill_n / (s[1] - s[0]))
-        s = run(short_ids, decode_n)
-        decode.append((decode_n - 1) / (s[-1] - s[1]))
-    return _summary(load_s, prefill, decode)
+    return measure(run, long_ids, short_ids, repeats, prefill_n, decode_n, load_s)
 
 
 def worker_transformers(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
@@ -108,6 +101,18 @@ def worker_transformers(model: str, repeats: int, prefill_n: int, decode_n: int)
     return _summary(load_s, prefill, decode)
 
 
+def measure(run, long_ids, short_ids, repeats, prefill_n, decode_n, load_s) -> dict:
+    """run(ids, n) -> timestamps: the start, then one per generated token."""
+    prefill, decode = [], []
+    run(short_ids, 4)  # warm-up
+    for _ in range(repeats):
+        s = run(long_ids, 1)
+        prefill.append(prefill_n / (s[1] - s[0]))
+        s = run(short_ids, decode_n)
+        decode.append((decode_n - 1) / (s[-1] - s[1]))
+    return _summary(load_s, prefill, decode)
+
+
 def _summary(load_s, prefill, decode) -> dict:
     return {
         "load_s": round(load_s, 2),
@@ -147,14 +152,7 @@ def worker_llama_cpp(model: str, repeats: int, prefill_n: int, decode_n: int) ->
                 break
         return stamps
 
-    prefill, decode = [], []
-    run(short_ids, 4)
-    for _ in range(repeats):
-        s = run(long_ids, 1)
-        prefill.append(prefill_n / (s[1] - s[0]))
-        s = run(short_ids, decode_n)
-        decode.append((decode_n - 1) / (s[-1] - s[1]))
-    return _summary(load_s, prefill, decode)
+    return measure(run, long_ids, short_ids, repeats, prefill_n, decode_n, load_s)
 
 
 def worker_giraffe_float(model, repeats, prefill_n, decode_n) -> dict:
