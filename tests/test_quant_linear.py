@@ -99,3 +99,48 @@ def test_int8_activation_kernel_is_close_to_reference(kind):
     # int8 rounding of activations: |error| <= sum |w| * dx / 2 per block; in practice < 1.5%
     assert ((got - reference).abs().max() / reference.abs().max()) < 0.015
     assert not torch.equal(got, kernels.qmatmul(layer.packed, kind, 96, 256, x))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_compiled_decode_step_equals_module_path(tmp_path, window):
+    from giraffe.config import PRESETS
+    from giraffe.formats.gguf import load_gguf, save_gguf
+    from giraffe.models import Decoder
+
+    torch.manual_seed(0)
+    cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
+    path = save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q8_0")
+    model = load_gguf(path, packed=True)
+    assert model.fast_decode is not None
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    caches, outputs = [], []
+    for fast in (model.fast_decode, None):
+        model.fast_decode = fast
+        cache = model.new_cache(1, 32)
+        with torch.inference_mode():
+            model.hidden(prompt, cache=cache)
+            steps = [model.hidden(torch.tensor([[t]]), cache=cache) for t in (9, 2, 6, 5, 3, 5, 8)]
+        caches.append(cache)
+        outputs.append(torch.cat(steps, dim=1))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    assert caches[0].length == caches[1].length == 12
+    assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5)
+
+
+def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
+    from giraffe.config import PRESETS
+    from giraffe.formats.gguf import load_gguf, save_gguf
+    from giraffe.models import Decoder
+
+    path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype="q4_0")
+    model = load_gguf(path, packed=True)
+    cache = model.new_cache(2, 8)
+    with torch.inference_mode():
+        model.hidden(torch.tensor([[1, 2], [3, 4]]), cache=cache)
+        assert model.fast_decode(model, torch.tensor([[5], [6]]), cache, None) is None  # batch of 2
+    assert (
+        load_gguf(
+            save_gguf(Decoder(PRESETS["gpt2-tiny"]), tmp_path / "g.gguf", dtype="q8_0"), packed=True
+        ).fast_decode
+        is None
+    )

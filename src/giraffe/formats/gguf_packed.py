@@ -14,6 +14,7 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
+from giraffe.quant.decode_step import FastDecode
 from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantEmbedding, QuantLinear
 
 
@@ -51,3 +52,4 @@ def fuse_projections(model) -> None:
         attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj])
         if mlp.gated:
             mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj])
+    model.fast_decode = FastDecode.build(model)

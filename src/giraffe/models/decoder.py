@@ -56,6 +56,8 @@ class Decoder(nn.Module):
         self.lm_head = (
             None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
+        # Optional compiled one-token step (giraffe.quant.decode_step); set by packed loaders.
+        self.fast_decode = None
         if not self.embed.weight.is_meta:  # built on "meta" only to receive loaded weights
             self.apply(_init_weights)
 
@@ -81,6 +83,16 @@ class Decoder(nn.Module):
         attention_weights: pass a list to receive each layer's (B, H, T, S) weights
         (switches to the reference attention path; costs nothing when None).
         """
+        fast = self.fast_decode
+        if (
+            fast is not None
+            and cache is not None
+            and key_mask is None
+            and attention_weights is None
+        ):
+            h = fast(self, ids, cache, positions)  # None when it cannot take this call
+            if h is not None:
+                return h
         B, T = ids.shape
         start = cache.length if cache is not None else 0
         if positions is None:

@@ -130,3 +130,37 @@ def qmatmul(
     if status != 0:
         raise ValueError(f"quantized matmul rejected its input ({kind}, {n_out}x{n_in})")
     return out
+
+
+@lru_cache(maxsize=1)
+def decode_layer_function():
+    """The whole-layer decode step (csrc/qmatmul.c), or None without the kernel library."""
+    if _library() is None:
+        return None
+    fn = ctypes.CDLL(str(_build(_compiler()))).giraffe_decode_layer
+    fn.restype = ctypes.c_int
+    p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    fn.argtypes = [
+        p,
+        i64,
+        p,
+        p,
+        ctypes.c_float,
+        p,
+        p,
+        p,
+        p,
+        i,
+        i,
+        i,
+        p,
+        p,
+        p,
+        p,
+        i64,
+        i64,
+        i64,
+        p,
+        i,
+    ]
+    return fn

@@ -178,3 +178,106 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
     free(xsum);
     return 0;
 }
+
+/* ---- One whole decoder layer for one token (batch 1): the decode step without Python ----
+ * Llama-family pre-norm block: x += o_proj(attn(rope(qkv(rmsnorm(x))))); then
+ * x += down(silu(gate(h)) * up(h)) with h = rmsnorm(x). The KV cache of this layer is
+ * (Hkv, S_max, D) contiguous; the new key/value go to slot `slot`, attention sees
+ * slots 0..slot. cos/sin are the rotary tables for this position, sin with its first
+ * half negated (rotate-half layout: out = x*cos + roll(x, D/2)*sin).
+ */
+typedef struct {
+    const uint8_t *w; int kind; int64_t n_out, n_in; const float *bias;
+} packed_matrix;
+
+static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
+}
+
+static void matvec(const packed_matrix *m, const float *x, float *y, int n_threads) {
+    giraffe_qmatmul(m->w, m->kind, m->n_out, m->n_in, x, 1, y, n_threads);
+    if (m->bias) for (int64_t i = 0; i < m->n_out; i++) y[i] += m->bias[i];
+}
+
+static void rope(float *v, int heads, int d, const float *cos, const float *sin) {
+    float tmp[512];
+    const int half = d / 2;
+    for (int h = 0; h < heads; h++) {
+        float *x = v + h * d;
+        for (int i = 0; i < d; i++) tmp[i] = x[i];
+        for (int i = 0; i < d; i++) x[i] = tmp[i] * cos[i] + tmp[(i + half) % d] * sin[i];
+    }
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+#ifdef __AVX512F__
+    if (n % 16 == 0) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+/* softmax(q . k_s / sqrt(d)) over slots first..slot, then the weighted sum of v_s. */
+static void attend_head(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot,
+                        int d, float scale, float *scores, float *out) {
+    float best = -INFINITY, total = 0.0f;
+    for (int64_t s = first; s <= slot; s++) {
+        scores[s] = dot(q, kc + s * d, d) * scale;
+        if (scores[s] > best) best = scores[s];
+    }
+    for (int64_t s = first; s <= slot; s++) { scores[s] = expf(scores[s] - best); total += scores[s]; }
+    for (int i = 0; i < d; i++) out[i] = 0.0f;
+    for (int64_t s = first; s <= slot; s++) {
+        const float p = scores[s] / total, *v = vc + s * d;
+        for (int i = 0; i < d; i++) out[i] += p * v[i];
+    }
+}
+
+int giraffe_decode_layer(float *x, int64_t dim, const float *attn_norm, const float *mlp_norm, float eps,
+                         const packed_matrix *qkv, const packed_matrix *o, const packed_matrix *gate_up,
+                         const packed_matrix *down, int n_heads, int kv_heads, int head_dim,
+                         const float *cos, const float *sin, float *k_cache, float *v_cache,
+                         int64_t slot, int64_t max_len, int64_t window, float *scratch, int n_threads) {
+    if (head_dim > 512 || slot >= max_len) return -1;
+    const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
+    const int64_t hidden = gate_up->n_out / 2;
+    float *h = scratch, *proj = h + dim, *att = proj + q_size + 2 * kv_size, *scores = att + q_size;
+    float *mlp = scores + (int64_t)n_heads * max_len;  /* gate|up, 2*hidden */
+    rmsnorm(x, attn_norm, eps, dim, h);
+    matvec(qkv, h, proj, n_threads);
+    float *q = proj, *k = proj + q_size, *v = k + kv_size;
+    rope(q, n_heads, head_dim, cos, sin);
+    rope(k, kv_heads, head_dim, cos, sin);
+    for (int g = 0; g < kv_heads; g++) {
+        memcpy(k_cache + ((int64_t)g * max_len + slot) * head_dim, k + g * head_dim, sizeof(float) * head_dim);
+        memcpy(v_cache + ((int64_t)g * max_len + slot) * head_dim, v + g * head_dim, sizeof(float) * head_dim);
+    }
+    const int group = n_heads / kv_heads;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int hd = 0; hd < n_heads; hd++) {
+        attend_head(q + hd * head_dim, k_cache + (int64_t)(hd / group) * max_len * head_dim,
+                    v_cache + (int64_t)(hd / group) * max_len * head_dim, first, slot, head_dim, scale,
+                    scores + hd * max_len, att + hd * head_dim);
+    }
+    matvec(o, att, h, n_threads);
+    for (int64_t i = 0; i < dim; i++) x[i] += h[i];
+    rmsnorm(x, mlp_norm, eps, dim, h);
+    matvec(gate_up, h, mlp, n_threads);
+    for (int64_t i = 0; i < hidden; i++) {
+        const float g = mlp[i];
+        mlp[i] = g / (1.0f + expf(-g)) * mlp[hidden + i];
+    }
+    matvec(down, mlp, h, n_threads);
+    for (int64_t i = 0; i < dim; i++) x[i] += h[i];
+    return 0;
+}

@@ -1,0 +1,101 @@
+"""One token through a whole packed Llama-family decoder with one compiled call per layer.
+
+The plain path runs ~35 small torch ops per layer; for a 135M model at batch 1 their
+dispatch costs as much as the matrix products. `FastDecode` hands each layer to
+`giraffe_decode_layer` (csrc/qmatmul.c): norms, fused q/k/v, RoPE, the KV-cache write,
+attention over the cache, o_proj, SwiGLU and the residuals. It only takes the cases it
+can do exactly as the model would (batch 1, one new token, no padding mask, no
+attention maps asked for, every projection packed); everything else returns None and
+the model runs its ordinary path. Tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from giraffe.quant import kernels
+from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear
+
+
+class PackedMatrix(ctypes.Structure):
+    _fields_ = [
+        ("w", ctypes.c_void_p),
+        ("kind", ctypes.c_int),
+        ("n_out", ctypes.c_int64),
+        ("n_in", ctypes.c_int64),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
+def _matrix(m) -> PackedMatrix:
+    out = m.out_features if isinstance(m, QuantLinear) else sum(m.sizes)
+    bias = None if m.bias is None else m.bias.detach().contiguous()
+    matrix = PackedMatrix(
+        m.packed.data_ptr(), kernels.KIND_CODES[m.kind], out, m.in_features,
+        None if bias is None else bias.data_ptr(),
+    )  # fmt: skip
+    matrix._keep = bias  # the struct holds a raw pointer: keep the tensor alive
+    return matrix
+
+
+class FastDecode:
+    def __init__(self, model, layers: list[tuple]) -> None:
+        self.cfg = model.config
+        self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
+        self.fn = kernels.decode_layer_function()
+        self.scratch = torch.empty(0)
+
+    @staticmethod
+    def build(model) -> FastDecode | None:
+        """A FastDecode when every layer qualifies, else None."""
+        cfg = model.config
+        plain = cfg.arch == "llama" and cfg.mlp == "gated" and cfg.activation == "silu"
+        if not plain or cfg.norm != "rmsnorm" or kernels.decode_layer_function() is None:
+            return None
+        layers = []
+        for block in model.layers:
+            attn, mlp = block.attn, block.mlp
+            parts = [attn.fused_qkv, attn.o_proj, mlp.fused_gate_up, mlp.down_proj]
+            if not all(
+                isinstance(p, (FusedQuant, QuantLinear)) and p.kind in KERNEL_KINDS for p in parts
+            ):
+                return None
+            norms = (block.attn_norm.weight.detach(), block.mlp_norm.weight.detach())
+            layers.append((*norms, *[_matrix(p) for p in parts]))
+        return FastDecode(model, layers)
+
+    def __call__(self, model, ids, cache, positions) -> torch.Tensor | None:
+        if ids.shape != (1, 1) or cache.batch != 1 or torch.is_grad_enabled():
+            return None
+        cfg = self.cfg
+        slot = cache.length
+        if positions is None:
+            positions = torch.tensor([[slot]])
+        x = model.embed(ids).reshape(-1).contiguous().float()  # (C,)
+        cos, sin = (t.reshape(-1).contiguous() for t in model.rotary(positions))  # (D,)
+        self._ensure_scratch(cache.max_len)
+        window = cfg.sliding_window or 0
+        for i, (attn_norm, mlp_norm, qkv, o, gate_up, down) in enumerate(self.layers):
+            status = self.fn(
+                x.data_ptr(), cfg.hidden_size, attn_norm.data_ptr(), mlp_norm.data_ptr(),
+                ctypes.c_float(cfg.norm_eps), ctypes.byref(qkv), ctypes.byref(o),
+                ctypes.byref(gate_up), ctypes.byref(down), cfg.n_heads, cfg.kv_heads,
+                cfg.dim_per_head, cos.data_ptr(), sin.data_ptr(), cache.k[i, 0].data_ptr(),
+                cache.v[i, 0].data_ptr(), slot, cache.max_len, window, self.scratch.data_ptr(),
+                torch.get_num_threads(),
+            )  # fmt: skip
+            if status != 0:
+                raise ValueError(f"the compiled decode step rejected layer {i} (slot {slot})")
+        cache.advance(1)
+        return model.norm(x.view(1, 1, -1))
+
+    def _ensure_scratch(self, max_len: int) -> None:
+        cfg = self.cfg
+        q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
+        need = (
+            2 * cfg.hidden_size + 2 * q + 2 * kv + cfg.n_heads * max_len + 2 * cfg.intermediate_size
+        )
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(need)
