@@ -74,6 +74,10 @@ class LanguageModel:
         """Next-token scores after every prefix: (len(ids), vocab) float32."""
         if len(ids) == 0:
             raise GenerationError("logits() needs at least one token id")
+        if len(ids) > self.config.max_position_embeddings:
+            raise GenerationError(
+                f"{len(ids)} tokens exceed the model's context of {self.config.max_position_embeddings}"
+            )
         _check_ids(ids, self.config.vocab_size)
         return self.model(torch.tensor([list(ids)]))[0].float()
 

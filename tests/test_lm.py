@@ -1,0 +1,80 @@
+"""The Python API on a tiny model with a real tokenizer: the facade's promises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import giraffe
+from giraffe.generate import DecodingError, GenerationError
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_folder):
+    return giraffe.load(tiny_folder)
+
+
+def test_logits_shape_and_errors(lm):
+    ids = lm.tokenizer.encode("No, I am not a giraffe.")
+    scores = lm.logits(ids)
+    assert scores.shape == (len(ids), lm.config.vocab_size) and scores.dtype == torch.float32
+    with pytest.raises(GenerationError, match="at least one"):
+        lm.logits([])
+    with pytest.raises(GenerationError, match="context"):
+        lm.logits([1] * (lm.config.max_position_embeddings + 1))
+    with pytest.raises(GenerationError, match="outside the vocabulary"):
+        lm.logits([10**6])
+
+
+def test_text_and_ids_prompts_agree(lm):
+    ids = lm.tokenizer.encode("The giraffe")
+    kw = dict(max_new_tokens=8, temperature=0.0)
+    assert lm.generate("The giraffe", **kw) == lm.generate(ids, **kw)
+
+
+def test_stream_equals_complete_and_batch_equals_single(lm):
+    kw = dict(max_new_tokens=10, temperature=0.8, seed=4)
+    full = lm.complete("The giraffe", **kw)
+    assert "".join(lm.generate("The giraffe", stream=True, **kw)) == full.text
+    assert lm.tokenizer.decode(full.token_ids) == full.text
+    prompts = ["The giraffe", "No, I am"]
+    greedy = dict(max_new_tokens=6, temperature=0.0)
+    assert lm.generate(prompts, **greedy) == [lm.generate(p, **greedy) for p in prompts]
+
+
+def test_stop_string_cuts_the_text(lm):
+    free = lm.complete("The giraffe", max_new_tokens=12, temperature=0.0)
+    stop = free.text[3:6]
+    cut = lm.complete("The giraffe", max_new_tokens=12, temperature=0.0, stop=[stop])
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.index(stop)]
+
+
+def test_logprobs_line_up_with_tokens(lm):
+    r = lm.complete("The giraffe", max_new_tokens=5, temperature=0.0, logprobs=True, top_logprobs=3)
+    assert len(r.logprobs) == len(r.token_ids) == len(r.top_logprobs)
+    assert all(top[0][0] == t for top, t in zip(r.top_logprobs, r.token_ids, strict=True))
+
+
+def test_chat_uses_the_template_and_bad_values_are_named(lm):
+    messages = [{"role": "user", "content": "hi"}]
+    assert lm.render_chat(messages).endswith("<|im_start|>assistant\n")
+    assert isinstance(lm.chat(messages, max_new_tokens=4, temperature=0.0), str)
+    with pytest.raises(DecodingError, match="top_p"):
+        lm.generate("hi", top_p=2.0)
+    with pytest.raises(GenerationError, match="empty"):
+        lm.generate("")
+
+
+def test_save_and_load_round_trip(lm, tmp_path):
+    lm.save(tmp_path / "copy")
+    again = giraffe.load(tmp_path / "copy")
+    ids = lm.tokenizer.encode("No, I am not a giraffe.")
+    assert again.tokenizer.encode("No, I am not a giraffe.") == ids
+    assert torch.equal(again.logits(ids), lm.logits(ids))
+    assert again.tokenizer.chat_template == lm.tokenizer.chat_template
+
+
+def test_load_tokenizer_alone(tiny_folder):
+    tok = giraffe.load_tokenizer(tiny_folder)
+    assert tok.decode(tok.encode("giraffe")) == "giraffe"
+    assert giraffe.load_tokenizer("cl100k_base").encode("giraffe") == [70, 404, 38880]
