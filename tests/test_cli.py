@@ -117,3 +117,27 @@ def test_eval_perplexity(tiny_folder, tmp_path):
     assert out["tokens_scored"] == out["windows"] * 8 and out["perplexity"] > 1
     missing = giraffe("eval", tiny_folder, "--perplexity", tmp_path / "nope.txt")
     assert_clean_error(missing, "nope.txt")
+
+
+def test_quantize_writes_a_runnable_gguf(tiny_folder, tmp_path):
+    import giraffe as api
+
+    out = tmp_path / "tiny-q8.gguf"
+    r = giraffe("quantize", tiny_folder, "--to", "q8_0", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "bits per weight" in r.stdout
+    original, quantized = api.load(tiny_folder), api.load(out)
+    text = "No, I am not a giraffe. 0123 <|im_end|>"
+    assert quantized.tokenizer.encode(text) == original.tokenizer.encode(text)
+    assert quantized.tokenizer.chat_template == original.tokenizer.chat_template
+    ids = original.tokenizer.encode(text)
+    diff = (quantized.logits(ids) - original.logits(ids)).abs().max()
+    assert 0 < diff < 0.05  # Q8_0 rounding: small but real
+    again = giraffe("quantize", out, "--to", "q4_0", "--out", tmp_path / "twice.gguf")
+    assert_clean_error(again, "already quantized", "Q8_0")
+
+
+def test_quantize_rejects_bad_output_name(tiny_folder, tmp_path):
+    assert_clean_error(
+        giraffe("quantize", tiny_folder, "--to", "q8_0", "--out", tmp_path / "x.bin"), ".gguf"
+    )

@@ -1,16 +1,37 @@
-"""Tokenizers against their oracles: llama.cpp's ids for SmolLM2, tiktoken for cl100k_base."""
+"""Tokenizers against their oracles: llama.cpp's ids for GGUF vocabularies, tiktoken for cl100k.
+
+The llama.cpp ids live in fixtures/smollm2_llamacpp_tokens.json (made by the script beside
+it): SmolLM2's real vocabulary, the same vocabulary under every other supported
+pre-tokenizer, and a small SentencePiece-style vocabulary with llama.cpp's ids and text.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 
-from giraffe.tokenizer import TokenizerError, load_tokenizer_file, tokenizer_from_gguf
+from giraffe.tokenizer import (
+    TokenizerError,
+    gguf_metadata,
+    load_tokenizer_file,
+    tokenizer_from_gguf,
+)
+from giraffe.tokenizer.gguf_vocab import PRE_TOKENIZERS, tokenizer_from_metadata
 
-FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_llamacpp_tokens.json"
-CASES = json.loads(FIXTURE.read_text(encoding="utf-8"))["cases"]
+FIXTURE = json.loads(
+    (Path(__file__).parent / "fixtures" / "smollm2_llamacpp_tokens.json").read_text("utf-8")
+)
+CASES = FIXTURE["cases"]
+TEXTS = [c["text"] for c in CASES]
+SPM = FIXTURE["spm"]
+STREAM_TEXT = "Emoji 🦒🦒👨‍👩‍👧‍👦 and ÆØÅ őű ñ 长颈鹿 — done.<|im_end|> ok"
+
+
+def short(text: str) -> str:
+    return repr(text[:24])
 
 
 @pytest.fixture(scope="module")
@@ -18,29 +39,124 @@ def smollm2(smollm2_gguf):
     return tokenizer_from_gguf(smollm2_gguf)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["text"][:20] for c in CASES])
+@pytest.fixture(scope="module")
+def smollm2_meta(smollm2_gguf):
+    return gguf_metadata(smollm2_gguf)
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory):
+    """The fixture's SentencePiece-style vocabulary, written to and read from a GGUF file."""
+    import gguf
+
+    path = tmp_path_factory.mktemp("spm") / "spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(SPM["tokens"])
+    w.add_token_scores(SPM["scores"])
+    w.add_token_types(SPM["token_type"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokenizer_from_gguf(path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[short(c["text"]) for c in CASES])
 def test_smollm2_ids_equal_llama_cpp(smollm2, case):
     assert smollm2.encode(case["text"]) == case["ids"]
     assert smollm2.decode(case["ids"]) == case["text"]
 
 
+@pytest.mark.parametrize("pre", sorted(FIXTURE["pre_types"]))
+def test_every_pre_tokenizer_equals_llama_cpp(smollm2_meta, pre):
+    meta = {**smollm2_meta, "tokenizer.ggml.pre": pre}
+    if pre not in PRE_TOKENIZERS:  # llama.cpp knows it, giraffe refuses it rather than guess
+        with pytest.raises(TokenizerError, match=f"pre-tokenizer '{pre}'.*not supported"):
+            tokenizer_from_metadata(meta, "test.gguf")
+        return
+    tok = tokenizer_from_metadata(meta, "test.gguf")
+    for text, ids in zip(TEXTS, FIXTURE["pre_types"][pre], strict=True):
+        assert tok.encode(text) == ids, text
+
+
+@pytest.mark.parametrize("case", SPM["cases"], ids=[short(c["text"]) for c in SPM["cases"]])
+def test_sentencepiece_vocabulary_equals_llama_cpp(spm, case):
+    assert spm.encode(case["text"]) == case["ids"]
+    assert spm.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
+    assert spm.decode(case["ids"]) == case["decoded"]  # llama.cpp's own detokenize
+
+
 def test_smollm2_special_tokens_and_template(smollm2):
-    assert smollm2.vocab_size == 49152
-    assert smollm2.eos_token == "<|im_end|>" and 2 in smollm2.stop_ids
-    assert smollm2.special_tokens["<|im_start|>"] == 1
-    assert "<|im_start|>" in smollm2.chat_template
+    assert smollm2.vocab_size == len(smollm2) == 49152
+    assert smollm2.bos_token == "<|im_start|>" and smollm2.eos_token == "<|im_end|>"
+    assert smollm2.stop_ids == {0, 2}  # <|endoftext|> and <|im_end|>
+    assert smollm2.special_tokens["<|im_start|>"] == 1 and smollm2.pad_id == 2
+    assert "<|im_start|>" in smollm2.chat_template and not smollm2.add_bos
+    assert smollm2.encode("hi", add_special_tokens=True) == smollm2.encode("hi")
     ids = smollm2.encode("<|im_end|>")
     assert ids == [2] and smollm2.decode(ids, skip_special_tokens=True) == ""
 
 
-def test_stream_decoder_never_emits_half_characters(smollm2):
-    text = "Emoji 🦒👨‍👩‍👧‍👦 and ÆØÅ őű ñ 长颈鹿 — done."
-    ids = smollm2.encode(text)
-    stream = smollm2.stream_decoder()
-    pieces = [stream.push(i) for i in ids] + [stream.flush()]
-    assert all("\ufffd" not in p for p in pieces)
-    assert "".join(pieces) == text
-    assert sum(1 for p in pieces if p) < len(ids)  # some tokens held back partial bytes
+def test_gguf_flags_add_bos_and_eos(smollm2_meta):
+    meta = {**smollm2_meta, "tokenizer.ggml.pre": "llama-bpe"}
+    del meta["tokenizer.ggml.add_bos_token"]
+    llama3 = tokenizer_from_metadata(meta)
+    assert llama3.add_bos and llama3.encode("hi", add_special_tokens=True)[0] == 1  # the default
+    both = tokenizer_from_metadata({**smollm2_meta, "tokenizer.ggml.add_bos_token": True,
+                                    "tokenizer.ggml.add_eos_token": True})  # fmt: skip
+    ids = both.encode("hi", add_special_tokens=True)
+    assert ids[0] == 1 and ids[-1] == 2 and ids[1:-1] == both.encode("hi")
+
+
+def pieces(tok, ids, **kw) -> list[str]:
+    stream = tok.stream_decoder(**kw)
+    return [stream.push(i) for i in ids] + [stream.flush()]
+
+
+@pytest.mark.parametrize("which", ["smollm2", "spm", "cl100k"])
+def test_stream_decoder_never_emits_half_characters(smollm2, spm, which):
+    tok = {"smollm2": smollm2, "spm": spm, "cl100k": load_tokenizer_file("cl100k_base")}[which]
+    for text in [STREAM_TEXT, *TEXTS]:
+        ids = tok.encode(text)
+        out = pieces(tok, ids)
+        assert all("\ufffd" not in p for p in out), text
+        assert "".join(out) == tok.decode(ids, skip_special_tokens=True), text
+        kept = pieces(tok, ids, skip_special_tokens=False)
+        assert "".join(kept) == tok.decode(ids), text
+    ids = tok.encode(STREAM_TEXT)
+    assert sum(1 for p in pieces(tok, ids) if p) < len(ids)  # partial bytes were held back
+
+
+def test_stream_decoder_random_texts_and_ids(smollm2, spm):
+    rng = random.Random(0)
+    chunks = [
+        "a",
+        "giraffe",
+        " ",
+        "  ",
+        "é",
+        "ñ",
+        "🦒",
+        "长颈鹿",
+        "\n",
+        "👨‍👩‍👧",
+        "<|im_end|>",
+        "7",
+    ]
+    for tok in (smollm2, spm):
+        for _ in range(40):
+            text = "".join(rng.choice(chunks) for _ in range(rng.randrange(1, 20)))
+            ids = tok.encode(text)
+            assert "".join(pieces(tok, ids)) == tok.decode(ids, skip_special_tokens=True), text
+        for _ in range(40):  # any ids: where decode(all) is clean text, the stream gives exactly it
+            ids = [rng.randrange(len(tok)) for _ in range(rng.randrange(1, 30))]
+            full = tok.decode(ids, skip_special_tokens=True)
+            if "\ufffd" not in full:
+                assert "".join(pieces(tok, ids)) == full, ids
 
 
 def test_stream_decoder_flushes_an_incomplete_character(smollm2):
@@ -50,12 +166,15 @@ def test_stream_decoder_flushes_an_incomplete_character(smollm2):
     assert stream.flush() == "\ufffd"
 
 
-def test_token_strings_show_partial_bytes(smollm2):
+def test_token_strings_show_partial_bytes(smollm2, spm):
     ids = smollm2.encode("🦒 hi")
     shown = smollm2.token_strings(ids)
     assert shown[-1] == " hi" and shown[0].startswith("<0x")
     partial = smollm2.token_strings(smollm2.encode("12345 🦒"))
     assert " <0xF0><0x9F>" in partial  # a space and half an emoji in one token
+    assert spm.token_strings(spm.encode("🦒 tall")) == [
+        " ", "<0xF0>", "<0x9F>", "<0xA6>", "<0x92>", " tall"
+    ]  # fmt: skip
 
 
 def test_cl100k_base_matches_openai():
@@ -68,128 +187,155 @@ def test_cl100k_base_matches_openai():
     sample = "Ünïcödé 🦒 and code: def f(x): return x**2 <|endoftext|>"
     assert tok.encode(sample) == reference.encode(sample, allowed_special="all")
     assert tok.decode(tok.encode(sample)) == sample
+    assert tok.eos_token == "<|endoftext|>" and tok.stop_ids == {tok.eos_id}
+    assert tok.token_strings(tok.encode(" giraffe")) == [" gir", "affe"]
 
 
-def _tiny_bpe_folder(tmp_path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _tiny_bpe_folder(folder: Path, template_processing: bool = False) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_end|>", "<s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(["the giraffe eats leaves, the giraffe sleeps"] * 10, trainer)
-    tmp_path.mkdir(parents=True)
-    tok.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "eos_token": {"content": "<|im_end|>"},
-                "chat_template": "{{ messages[0]['content'] }}",
-            }
+    if template_processing:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
         )
+    folder.mkdir(parents=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"eos_token": {"content": "<|im_end|>"}, "bos_token": "<s>"}
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "chat_template": "{{ messages[0]['content'] }}"})
     )
-    return tmp_path
+    return folder
 
 
 def test_hf_folder_and_save_round_trip(tmp_path):
-    folder = _tiny_bpe_folder(tmp_path / "a")
-    tok = load_tokenizer_file(folder)
-    assert tok.eos_token == "<|im_end|>" and tok.stop_ids >= {tok.eos_id}
+    tok = load_tokenizer_file(_tiny_bpe_folder(tmp_path / "a"))
+    assert tok.eos_token == "<|im_end|>" and tok.stop_ids == {tok.eos_id, 0}
     ids = tok.encode("the giraffe<|im_end|>")
     assert ids[-1] == tok.eos_id and tok.decode(ids) == "the giraffe<|im_end|>"
+    assert not tok.add_bos and tok.encode("the", add_special_tokens=True) == tok.encode("the")
     tok.save(tmp_path / "b")
-    again = load_tokenizer_file(tmp_path / "b")
+    again = load_tokenizer_file(tmp_path / "b" / "tokenizer.json")
     assert again.encode("the giraffe sleeps") == tok.encode("the giraffe sleeps")
     assert again.chat_template == tok.chat_template and again.eos_id == tok.eos_id
 
 
-def spm_reference(text: str, vocab: dict[str, int], scores: list[float]) -> list[int]:
-    """llama.cpp's SentencePiece algorithm, plainly: merge the best-scoring adjacent pair."""
-    symbols = list("\u2581" + text.replace(" ", "\u2581"))
-    while True:
-        best = None
-        for i in range(len(symbols) - 1):
-            joined = symbols[i] + symbols[i + 1]
-            if joined in vocab and (best is None or scores[vocab[joined]] > best[0]):
-                best = (scores[vocab[joined]], i)
-        if best is None:
-            break
-        i = best[1]
-        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
-    ids = []
-    for s in symbols:
-        ids += [vocab[s]] if s in vocab else [vocab[f"<0x{b:02X}>"] for b in s.encode()]
-    return ids
+def test_add_bos_follows_the_post_processor(tmp_path):
+    tok = load_tokenizer_file(_tiny_bpe_folder(tmp_path / "a", template_processing=True))
+    assert tok.add_bos and tok.encode("the", add_special_tokens=True)[0] == tok.bos_id
 
 
-def test_sentencepiece_vocabulary_matches_score_merging(tmp_path):
+def test_gguf_metadata_equals_the_gguf_reader(tmp_path, smollm2_gguf):
     import gguf
+    import numpy as np
 
-    pieces = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)]]
-    pieces += list("\u2581abcdefghilnorst")  # every character of the merged pieces
-    pieces += [
-        "\u2581g",
-        "ir",
-        "af",
-        "fe",
-        "\u2581gir",
-        "aff",
-        "\u2581giraffe",
-        "\u2581t",
-        "he",
-        "\u2581the",
-        "st",
-        "\u2581a",
-        "ll",
-        "ea",
-        "\u2581tall",
-        "es",
-        "est",
-        "\u2581tallest",
-    ]
-    scores = [0.0] * len(pieces)
-    for rank, p in enumerate(pieces[259:]):
-        scores[259 + rank] = -float(rank) if len(p) > 1 else -1000.0
-    types = [2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 259)
-    path = tmp_path / "spm.gguf"
+    path = tmp_path / "types.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    scalars = {
+        "u8": (7, gguf.GGUFValueType.UINT8), "i8": (-7, gguf.GGUFValueType.INT8),
+        "u16": (700, gguf.GGUFValueType.UINT16), "i16": (-700, gguf.GGUFValueType.INT16),
+        "u32": (70000, gguf.GGUFValueType.UINT32), "i32": (-70000, gguf.GGUFValueType.INT32),
+        "u64": (2**40, gguf.GGUFValueType.UINT64), "i64": (-(2**40), gguf.GGUFValueType.INT64),
+        "f32": (0.1, gguf.GGUFValueType.FLOAT32), "f64": (0.1, gguf.GGUFValueType.FLOAT64),
+        "yes": (True, gguf.GGUFValueType.BOOL), "text": ("giraffe 🦒", gguf.GGUFValueType.STRING),
+    }  # fmt: skip
+    for key, (value, kind) in scalars.items():
+        w.add_key_value(key, value, kind)
+    w.add_array("words", ["a", "", "🦒", "é"])
+    w.add_array("ints", [1, -2, 3])
+    w.add_array("floats", [0.5, -1.25])
+    w.add_array("flags", [True, False])
+    w.add_array("u8s", np.array([1, 255], dtype=np.uint8).tolist())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    tok = tokenizer_from_gguf(path)
-    vocab = {p: i for i, p in enumerate(pieces)}
-    for text in ["the giraffe", "the tallest giraffe", "a tall gift", "caffe latte", "giraffe ü"]:
-        assert tok.encode(text) == spm_reference(text, vocab, scores), text
-        assert tok.decode(tok.encode(text)) == text
-    assert tok.encode("the", add_special_tokens=True)[0] == 1
+    meta = gguf_metadata(path)
+    reference = gguf_metadata(gguf.GGUFReader(path))  # (test_gguf_reader compares SmolLM2's)
+    assert meta == reference and list(meta) == list(reference)
+    for value in [*meta.values(), *gguf_metadata(smollm2_gguf).values()]:
+        items = value if isinstance(value, list) else [value]
+        assert all(type(v) in (str, int, float, bool) for v in items)  # no numpy scalars
+    assert meta["f32"] == pytest.approx(0.1) and meta["f64"] == 0.1 and meta["yes"] is True
+    assert meta["words"] == ["a", "", "🦒", "é"] and meta["i64"] == -(2**40)
 
 
-def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(TokenizerError, match="not found"):
+def test_gguf_vocabulary_written_back_tokenizes_the_same(smollm2, tmp_path):
+    from giraffe.config import PRESETS
+    from giraffe.formats.gguf import save_gguf
+    from giraffe.models import Decoder
+    from giraffe.tokenizer import gguf_tokenizer_fields
+
+    fields = gguf_tokenizer_fields(smollm2)
+    assert fields["pre"] == "smollm" and len(fields["tokens"]) == 49152
+    model = Decoder(PRESETS["llama-tiny"].replace(vocab_size=49152))
+    again = tokenizer_from_gguf(save_gguf(model, tmp_path / "v.gguf", tokenizer=fields))
+    for case in CASES:
+        assert again.encode(case["text"]) == case["ids"]
+    assert again.chat_template == smollm2.chat_template and again.stop_ids == smollm2.stop_ids
+
+
+def test_pre_tokenizer_name_comes_from_behaviour(smollm2_meta):
+    from giraffe.tokenizer import gguf_tokenizer_fields
+
+    tok = tokenizer_from_metadata({**smollm2_meta, "tokenizer.ggml.pre": "pixtral"})
+    tok.gguf_pre = None  # as if read from a tokenizer.json: llama.cpp's name for what it does
+    assert gguf_tokenizer_fields(tok)["pre"] == "llama-bpe"
+
+
+def test_tiktoken_cannot_be_written_to_gguf():
+    from giraffe.tokenizer import gguf_tokenizer_fields
+
+    with pytest.raises(TokenizerError, match="tiktoken"):
+        gguf_tokenizer_fields(load_tokenizer_file("cl100k_base"))
+
+
+def test_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(TokenizerError, match="nothing not found.*cl100k_base"):
         load_tokenizer_file(tmp_path / "nothing")
+    with pytest.raises(TokenizerError, match="not found"):
+        load_tokenizer_file(tmp_path / "missing.gguf")
     (tmp_path / "tokenizer.json").write_text("{broken")
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         load_tokenizer_file(tmp_path)
-    import gguf
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00")
+    with pytest.raises(TokenizerError, match="bad.gguf is not a readable GGUF file"):
+        load_tokenizer_file(tmp_path / "bad.gguf")
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "tokenizer.model").write_bytes(b"\x00")
+    with pytest.raises(TokenizerError, match="SentencePiece tokenizer.model"):
+        load_tokenizer_file(tmp_path / "spm")
 
-    path = tmp_path / "bert.gguf"
-    w = gguf.GGUFWriter(str(path), "bert")
-    w.add_tokenizer_model("bert")
-    w.add_token_list(["[PAD]", "a"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    with pytest.raises(TokenizerError, match="'bert' is not supported"):
-        tokenizer_from_gguf(path)
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model": "bert"}, "'bert' is not supported"),
+        ({"model": None}, "no tokenizer.ggml.model"),
+        ({"tokens": None}, "carries no vocabulary"),
+        ({"pre": "giraffe-9000"}, "'giraffe-9000'.*not supported.*smollm"),
+        ({"merges": None}, "needs tokenizer.ggml.merges"),
+        ({"token_type": [1, 1]}, "token_type has fewer entries"),
+        ({"tokens": ["a", "b", "a"], "merges": ["a b"]}, "'a' appears twice"),
+        ({"add_bos_token": True, "bos_token_id": None}, "add_bos_token is true"),
+    ],
+)
+def test_gguf_errors_name_the_problem(smollm2_meta, fields, message):
+    meta = {**smollm2_meta, **{f"tokenizer.ggml.{k}": v for k, v in fields.items()}}
+    if fields.get("tokens"):
+        meta.pop("tokenizer.ggml.token_type")
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer_from_metadata(meta, "model.gguf")
+
+
+def test_decode_refuses_ids_outside_the_vocabulary(smollm2):
+    with pytest.raises(TokenizerError, match="49152 is outside the vocabulary"):
+        smollm2.decode([1, 49152])

