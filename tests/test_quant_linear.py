@@ -144,3 +144,27 @@ def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
         ).fast_decode
         is None
     )
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_c_dequantize_equals_gguf_bit_for_bit(kind):
+    from gguf.quants import dequantize as gguf_dequantize
+
+    raw = packed_weight(kind)
+    expected = torch.from_numpy(gguf_dequantize(raw.numpy(), GGMLQuantizationType[kind]))
+    assert torch.equal(kernels.dequantize(raw, kind, 96, 256), expected)
+
+
+def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct():
+    layer = QuantLinear(packed_weight("Q4_1"), "Q4_1", 256, 96)
+    other = QuantLinear(packed_weight("Q8_0", seed=1), "Q8_0", 256, 96)
+    x = torch.randn(40, 256)  # above KERNEL_MAX_ROWS: dequantize-then-matmul
+    with torch.no_grad():
+        a = layer(x)
+        other(x)  # reuses the shared buffer
+        assert torch.equal(a, F.linear(x, layer.dequantized_weight()))
+    x.requires_grad_(True)
+    y = layer(x)
+    other(x.detach())
+    y.sum().backward()
+    assert torch.allclose(x.grad, layer.dequantized_weight().sum(0).expand(40, -1), atol=1e-5)

@@ -164,3 +164,44 @@ def decode_layer_function():
         i,
     ]
     return fn
+
+
+@lru_cache(maxsize=1)
+def _dequantize_function():
+    if _library() is None:
+        return None
+    fn = ctypes.CDLL(str(_build(_compiler()))).giraffe_dequantize
+    fn.restype = ctypes.c_int
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    return fn
+
+
+def dequantize(
+    packed: torch.Tensor, kind: str, n_out: int, n_in: int, out: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Packed blocks -> float32 (n_out, n_in) in C (into `out` if given); None without the kernel."""
+    fn = _dequantize_function()
+    if fn is None or kind not in KIND_CODES:
+        return None
+    packed = packed.contiguous()
+    out = torch.empty(n_out, n_in, dtype=torch.float32) if out is None else out
+    if (
+        fn(
+            packed.data_ptr(),
+            KIND_CODES[kind],
+            n_out,
+            n_in,
+            out.data_ptr(),
+            torch.get_num_threads(),
+        )
+        != 0
+    ):
+        raise ValueError(f"dequantize rejected its input ({kind}, {n_out}x{n_in})")
+    return out

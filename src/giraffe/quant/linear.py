@@ -53,6 +53,9 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def dequantized_weight(self) -> torch.Tensor:
+        fast = kernels.dequantize(self.packed, self.kind, self.out_features, self.in_features)
+        if fast is not None:  # the C unpacker: ~10x quicker, same numbers (tested)
+            return fast
         return dequantize(self.packed.numpy(), self.kind, (self.out_features, self.in_features))
 
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -68,10 +71,32 @@ class QuantLinear(nn.Module):
                 use_int8_activations(),
             )
             return y if self.bias is None else y + self.bias
+        # The shared buffer is only safe when autograd keeps no reference to the weight.
+        if not reference and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            weight = kernels.dequantize(
+                self.packed, self.kind, self.out_features, self.in_features, _scratch(self)
+            )
+            if weight is not None:
+                return F.linear(x, weight, self.bias)
         return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, {self.kind} packed"
+
+
+# One reusable float buffer for the unpacked weight of large-batch calls: a fresh 10 MB
+# allocation per layer per call spends more time in page faults than in unpacking.
+SCRATCH_MAX = 16 * 2**20  # floats; larger weights (e.g. a 49k-row head) get their own
+_SCRATCH: list[torch.Tensor] = [torch.empty(0)]
+
+
+def _scratch(layer: QuantLinear) -> torch.Tensor | None:
+    n = layer.out_features * layer.in_features
+    if n > SCRATCH_MAX:
+        return None
+    if _SCRATCH[0].numel() < n:
+        _SCRATCH[0] = torch.empty(n)
+    return _SCRATCH[0][:n].view(layer.out_features, layer.in_features)
 
 
 class QuantEmbedding(nn.Module):

@@ -281,3 +281,30 @@ int giraffe_decode_layer(float *x, int64_t dim, const float *attn_norm, const fl
     for (int64_t i = 0; i < dim; i++) x[i] += h[i];
     return 0;
 }
+
+/* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does:
+ * Q8_0 d*q, Q4_0 d*(q-8), Q4_1 d*q+m. Used where a float matmul wins (many input rows). */
+int giraffe_dequantize(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, float *out, int n_threads) {
+    if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
+    const int64_t n_blocks = n_in / 32, bytes = BLOCK_BYTES[kind];
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t o = 0; o < n_out; o++) {
+        for (int64_t b = 0; b < n_blocks; b++) {
+            const uint8_t *blk = w + (o * n_blocks + b) * bytes;
+            float *y = out + o * n_in + 32 * b;
+            const float d = fp16_to_fp32(read_u16(blk));
+            if (kind == Q8_0) {
+                for (int j = 0; j < 32; j++) y[j] = d * (float)(int8_t)blk[2 + j];
+            } else {
+                const uint8_t *q = blk + (kind == Q4_1 ? 4 : 2);
+                const float m = kind == Q4_1 ? fp16_to_fp32(read_u16(blk + 2)) : 0.0f;
+                if (kind == Q4_0) {
+                    for (int j = 0; j < 16; j++) { y[j] = d * (float)((q[j] & 0x0F) - 8); y[j + 16] = d * (float)((q[j] >> 4) - 8); }
+                } else {
+                    for (int j = 0; j < 16; j++) { y[j] = d * (float)(q[j] & 0x0F) + m; y[j + 16] = d * (float)(q[j] >> 4) + m; }
+                }
+            }
+        }
+    }
+    return 0;
+}
