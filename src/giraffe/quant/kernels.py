@@ -73,8 +73,21 @@ def _cpu_flags() -> str:
     return ""
 
 
+# C signatures: name in the library -> argument types (every function returns int status).
+_P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_MATMUL = [_P, _I, _I64, _I64, _P, _I64, _P, _I]
+SIGNATURES = {
+    "giraffe_qmatmul": _MATMUL,
+    "giraffe_qmatmul_int8": _MATMUL,
+    "giraffe_dequantize": [_P, _I, _I64, _I64, _P, _I],
+    "giraffe_decode_layer": [_P, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
+                             _P, _P, _P, _P, _I64, _I64, _I64, _P, _I],
+}  # fmt: skip
+
+
 @lru_cache(maxsize=1)
-def _library():
+def _library() -> dict | None:
+    """Name -> ctypes function of the compiled library, or None (no compiler, opted out)."""
     if os.environ.get("GIRAFFE_NO_KERNELS") == "1":
         return None
     cc = _compiler()
@@ -85,14 +98,19 @@ def _library():
     except OSError as e:
         print(f"giraffe: {e}; using the slower pure-torch path", file=sys.stderr)
         return None
-    argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]  # fmt: skip
-    functions = {"float": lib.giraffe_qmatmul}
-    if lib.giraffe_has_int8():
-        functions["int8"] = lib.giraffe_qmatmul_int8
-    for fn in functions.values():
+    functions = {}
+    for name, argtypes in SIGNATURES.items():
+        if name == "giraffe_qmatmul_int8" and not lib.giraffe_has_int8():
+            continue  # built without AVX-512 VNNI
+        fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
+        functions[name] = fn
     return functions
+
+
+def _function(name: str):
+    functions = _library()
+    return None if functions is None else functions.get(name)
 
 
 def available() -> bool:
@@ -101,7 +119,7 @@ def available() -> bool:
 
 def int8_available() -> bool:
     """Whether the int8-activation kernel (AVX-512 VNNI) was built for this CPU."""
-    return available() and "int8" in _library()
+    return _function("giraffe_qmatmul_int8") is not None
 
 
 def qmatmul(
@@ -112,7 +130,7 @@ def qmatmul(
     int8=True first rounds x to int8 per block of 32, as llama.cpp does: faster, and
     numerically llama.cpp's result rather than the float reference's.
     """
-    fn = _library()["int8" if int8 else "float"]
+    fn = _function("giraffe_qmatmul_int8" if int8 else "giraffe_qmatmul")
     x = x.contiguous()
     rows = x.numel() // n_in
     out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float32)  # (..., n_out)
@@ -132,62 +150,16 @@ def qmatmul(
     return out
 
 
-@lru_cache(maxsize=1)
 def decode_layer_function():
     """The whole-layer decode step (csrc/qmatmul.c), or None without the kernel library."""
-    if _library() is None:
-        return None
-    fn = ctypes.CDLL(str(_build(_compiler()))).giraffe_decode_layer
-    fn.restype = ctypes.c_int
-    p, i64, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    fn.argtypes = [
-        p,
-        i64,
-        p,
-        p,
-        ctypes.c_float,
-        p,
-        p,
-        p,
-        p,
-        i,
-        i,
-        i,
-        p,
-        p,
-        p,
-        p,
-        i64,
-        i64,
-        i64,
-        p,
-        i,
-    ]
-    return fn
-
-
-@lru_cache(maxsize=1)
-def _dequantize_function():
-    if _library() is None:
-        return None
-    fn = ctypes.CDLL(str(_build(_compiler()))).giraffe_dequantize
-    fn.restype = ctypes.c_int
-    fn.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int64,
-        ctypes.c_int64,
-        ctypes.c_void_p,
-        ctypes.c_int,
-    ]
-    return fn
+    return _function("giraffe_decode_layer")
 
 
 def dequantize(
     packed: torch.Tensor, kind: str, n_out: int, n_in: int, out: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """Packed blocks -> float32 (n_out, n_in) in C (into `out` if given); None without the kernel."""
-    fn = _dequantize_function()
+    fn = _function("giraffe_dequantize")
     if fn is None or kind not in KIND_CODES:
         return None
     packed = packed.contiguous()
