@@ -21,7 +21,7 @@ from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
 from giraffe.formats.hf import read_json
 from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
 from giraffe.generate.beam import beam_search
-from giraffe.generate.engine import DecodeSession, GenerationError
+from giraffe.generate.engine import DecodeSession, GenerationError, TokenEvent
 from giraffe.generate.params import DecodingConfig
 from giraffe.generate.stops import StopText
 from giraffe.models import Decoder
@@ -55,6 +55,26 @@ class Completion:
     logprobs: list[float] | None = None  # per generated token, when asked for
     top_logprobs: list[list[tuple[int, float]]] | None = None  # alternatives per token
     pieces: list[str] = field(default_factory=list)  # the text each token added
+
+
+class TextStream:
+    """One sequence's token events -> text pieces: whole characters, stop strings cut off."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings, stop_ids: set[int]) -> None:
+        self.decoder = tokenizer.stream_decoder()
+        self.stops = StopText(tuple(stop_strings))
+        self.stop_ids = stop_ids
+
+    def push(self, event: TokenEvent) -> tuple[str, bool]:
+        """(text safe to show, whether a stop string ended it); a hit sets finish_reason."""
+        token = event.token_id
+        text = "" if token in self.stop_ids else self.decoder.push(token)
+        piece, hit = self.stops.push(text)
+        if hit:
+            event.finish_reason = "stop"
+        elif event.finish_reason:
+            piece += self.stops.push(self.decoder.flush())[0] + self.stops.flush()
+        return piece, hit
 
 
 class LanguageModel:
@@ -154,19 +174,16 @@ class LanguageModel:
     def _events(self, prompts, cfg: DecodingConfig, seeds):
         """Yield (row, text piece, TokenEvent) in order; a piece may be '' (held back)."""
         session = DecodeSession(self.model, prompts, cfg, self.tokenizer.stop_ids, seeds)
-        decoders = [self.tokenizer.stream_decoder() for _ in prompts]
-        stops = [StopText(cfg.stop) for _ in prompts]
-        stop_ids = self._stop_ids(cfg)
+        texts = [self.text_stream(cfg) for _ in prompts]
         for events in session:
             for ev in events:
-                text = "" if ev.token_id in stop_ids else decoders[ev.row].push(ev.token_id)
-                piece, hit = stops[ev.row].push(text)
+                piece, hit = texts[ev.row].push(ev)
                 if hit:
                     session.finish(ev.row)
-                    ev.finish_reason = "stop"
-                elif ev.finish_reason:
-                    piece += stops[ev.row].push(decoders[ev.row].flush())[0] + stops[ev.row].flush()
                 yield ev.row, piece, ev
+
+    def text_stream(self, cfg: DecodingConfig) -> TextStream:
+        return TextStream(self.tokenizer, cfg.stop, self._stop_ids(cfg))
 
     def _beam(self, ids: list[int], cfg: DecodingConfig) -> Completion:
         result = beam_search(self.model, ids, cfg, self.tokenizer.stop_ids)

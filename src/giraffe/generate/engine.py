@@ -11,25 +11,17 @@ row early with `finish(row)`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from giraffe.generate.params import DecodingConfig
-from giraffe.generate.samplers import choose, logprobs_of, process_logits
+from giraffe.generate.sequence import SequenceState, TokenEvent
+
+__all__ = ["DecodeSession", "GenerationError", "TokenEvent", "check_prompts"]
 
 
 class GenerationError(ValueError):
     """The request cannot be generated as asked (empty prompt, too long for the context)."""
-
-
-@dataclass
-class TokenEvent:
-    row: int  # which prompt of the batch
-    token_id: int  # the chosen token (a stop token is reported but is not part of the output)
-    logprob: float | None  # log-probability of token_id under the model, when asked for
-    top: list[tuple[int, float]] | None  # the top alternatives (id, logprob), when asked for
-    finish_reason: str | None  # "stop" (stop token), "length", or None while the row goes on
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
@@ -59,14 +51,15 @@ class DecodeSession:
         self.prompt_len = max(len(p) for p in prompts)
         # Never run past the position table / trained context: the last rows finish "length".
         self.budget = min(cfg.max_new_tokens, context - self.prompt_len)
-        self.stop_ids = set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(stop_ids))
-        self.generators = _generators(cfg, seeds, self.B)
-        self.finished = [False] * self.B
-        self.sequences = [list(p) for p in prompts]  # prompt + generated, for n-gram bans
+        seeds = list(seeds) if seeds is not None else [None] * self.B
+        V = model.config.vocab_size
+        self.rows = [
+            SequenceState(p, cfg, V, self.budget, stop_ids, seed, row)
+            for row, (p, seed) in enumerate(zip(prompts, seeds, strict=True))
+        ]
         self._setup(prompts)
 
     def _setup(self, prompts) -> None:
-        V = self.model.config.vocab_size
         B, L = self.B, self.prompt_len
         self.ids = torch.zeros(B, L, dtype=torch.long)
         self.key_mask = torch.zeros(B, L + self.budget, dtype=torch.bool)  # (B, S)
@@ -76,14 +69,10 @@ class DecodeSession:
         self.padded = any(len(p) != L for p in prompts)
         pad = (L - torch.tensor([len(p) for p in prompts]))[:, None]  # (B, 1)
         self.positions = (torch.arange(L)[None] - pad).clamp(min=0)  # (B, L)
-        self.seen = torch.zeros(B, V, dtype=torch.bool)  # prompt + generated (repetition penalty)
-        for i, p in enumerate(prompts):
-            self.seen[i, torch.tensor(p)] = True
-        self.counts = torch.zeros(B, V, dtype=torch.long)  # generated only (OpenAI penalties)
 
     def finish(self, row: int) -> None:
         """End a row early (e.g. the caller saw a stop string)."""
-        self.finished[row] = True
+        self.rows[row].finished = True
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         end = self.cache.length + ids.shape[1]
@@ -99,63 +88,21 @@ class DecodeSession:
         logits = self._forward(self.ids, self.positions)
         last_pos = self.positions[:, -1:]
         for step in range(self.budget):
-            chosen, events = self._choose(logits, step)
+            chosen, events = self._choose(logits)
             yield events
-            if all(self.finished) or step + 1 == self.budget:
+            if all(r.finished for r in self.rows) or step + 1 == self.budget:
                 return
             last_pos = last_pos + 1
             logits = self._forward(chosen[:, None], last_pos)
 
-    def _choose(self, logits: torch.Tensor, step: int) -> tuple[torch.Tensor, list[TokenEvent]]:
-        cfg = self.cfg
-        processed = process_logits(
-            logits,
-            cfg,
-            seen_mask=self.seen,
-            counts=self.counts,
-            sequences=self.sequences,
-            n_generated=step,
-            eos_ids=sorted(self.stop_ids),
-        )
-        chosen = torch.cat(
-            [choose(processed[i : i + 1], cfg, g) for i, g in enumerate(self.generators)]
-        )
-        want = cfg.logprobs or cfg.top_logprobs > 0
-        lp = logprobs_of(logits, chosen, cfg.top_logprobs) if want else None
+    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
+        """One event per live row; a finished row is fed its last token again (ignored)."""
+        chosen = torch.tensor([r.tokens[-1] for r in self.rows])  # (B,)
         events = []
-        for row in range(self.B):
-            if self.finished[row]:
+        for row, state in enumerate(self.rows):
+            if state.finished:
                 continue
-            events.append(self._record(row, int(chosen[row]), lp, step))
+            event = state.step(logits[row : row + 1])
+            chosen[row] = event.token_id
+            events.append(event)
         return chosen, events
-
-    def _record(self, row: int, token: int, lp, step: int) -> TokenEvent:
-        self.seen[row, token] = True
-        self.counts[row, token] += 1
-        self.sequences[row].append(token)
-        reason = None
-        if token in self.stop_ids:
-            reason = "stop"
-        elif step + 1 == self.budget:
-            reason = "length"
-        if reason:
-            self.finished[row] = True
-        logprob = top = None
-        if lp is not None:
-            chosen_lp, top_ids, top_lps = lp
-            logprob = float(chosen_lp[row])
-            top = [(int(t), float(v)) for t, v in zip(top_ids[row], top_lps[row], strict=True)]
-        return TokenEvent(row, token, logprob, top, reason)
-
-
-def _generators(cfg: DecodingConfig, seeds, batch: int) -> list[torch.Generator | None]:
-    """One random stream per row, so a row samples the same tokens alone or in a batch."""
-    if not cfg.sampling:
-        return [None] * batch
-    seeds = list(seeds) if seeds is not None else [cfg.seed] * batch
-    gens = []
-    for seed in seeds:
-        g = torch.Generator()
-        g.manual_seed(seed) if seed is not None else g.seed()
-        gens.append(g)
-    return gens

@@ -75,11 +75,14 @@ class Decoder(nn.Module):
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         attention_weights: list | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, T, C).
 
         positions: (B, T) position ids; default = cache slots (no padding).
         key_mask: (B, S) bool over cache slots, False at left padding.
+        attn_mask: (B, 1, T, S) bool, replaces the mask built here (callers whose rows
+        have different cache lengths, e.g. `giraffe.nn.slot_cache.BatchView`).
         attention_weights: pass a list to receive each layer's (B, H, T, S) weights
         (switches to the reference attention path; costs nothing when None).
         """
@@ -88,6 +91,7 @@ class Decoder(nn.Module):
             fast is not None
             and cache is not None
             and key_mask is None
+            and attn_mask is None
             and attention_weights is None
         ):
             h = fast(self, ids, cache, positions)  # None when it cannot take this call
@@ -103,7 +107,9 @@ class Decoder(nn.Module):
             x = x + self.pos_embed(positions)
         else:
             rope = self.rotary(positions)
-        mask, causal = self._mask(start, T, key_mask)
+        mask, causal = (
+            (attn_mask, False) if attn_mask is not None else self._mask(start, T, key_mask)
+        )
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, mask, causal, cache, i, attention_weights)
         if cache is not None:
