@@ -1,0 +1,271 @@
+"""Continuous batching: requests join the running batch between decode steps and leave when done.
+
+One worker thread owns the model and a `SlotCache`. Each turn of its loop it (1) drops
+cancelled and expired jobs, freeing their rows at once, (2) admits waiting jobs into free
+rows: a prefill of that prompt alone, whose logits give the job its first token, then
+(3) runs one decode step for every running job together - one token each, every row at
+its own length. A job with one row left decodes through the compiled one-token step.
+Results go back through each job's `deliver` callback, called on the worker thread; the
+web layer turns them into server-sent events.
+
+Failures stay local: an exception while sampling or detokenizing one job fails that job
+only; an exception in the shared forward pass fails the jobs of that step (their cache
+rows are then unknown) and the loop goes on. It does not know HTTP, JSON or chat
+templates: a job is token ids plus a `DecodingConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from giraffe.generate.engine import GenerationError
+from giraffe.generate.params import DecodingConfig
+from giraffe.generate.sequence import SequenceState, TokenEvent
+from giraffe.lm import LanguageModel, TextStream
+from giraffe.nn.slot_cache import BatchView, RowView, SlotCache
+
+
+class QueueFull(RuntimeError):
+    """Too many requests are waiting; the client should retry later."""
+
+
+class JobTimeout(TimeoutError):
+    """The request ran past its deadline."""
+
+
+@dataclass
+class Update:
+    """One step of one job, as delivered to whoever submitted it."""
+
+    text: str = ""  # text this token made safe to show (may be "")
+    event: TokenEvent | None = None  # the token; None for a final error-only update
+    in_output: bool = True  # False for a stop token: it ends the text, is not part of it
+    done: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: list[int]
+    cfg: DecodingConfig
+    deliver: Callable[[Update], None]
+    seed: int | None = None
+    deadline: float | None = None  # time.monotonic() after which the job fails
+    cancelled: bool = False
+    generated: int = 0
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class Running:
+    job: Job
+    state: SequenceState
+    text: TextStream
+    next_token: int = -1
+
+
+class Scheduler:
+    def __init__(
+        self,
+        lm: LanguageModel,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        max_context: int | None = None,
+    ) -> None:
+        cfg = lm.config
+        self.lm, self.model = lm, lm.model
+        self.context = min(cfg.max_position_embeddings, max_context or cfg.max_position_embeddings)
+        dtype = self.model.norm.weight.dtype
+        self.cache = SlotCache(
+            cfg.n_layers, max_batch, cfg.kv_heads, self.context, cfg.dim_per_head, dtype
+        )
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.waiting: deque[Job] = deque()
+        self.running: list[Running] = []  # index == cache row
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.steps = 0
+        self.batch_sizes: dict[int, int] = {}  # rows per decode step -> how many steps
+        self.thread = threading.Thread(target=self._loop, name="giraffe-scheduler", daemon=True)
+        self.thread.start()
+
+    # ---- called from other threads ----------------------------------------------------
+    def submit(self, job: Job) -> None:
+        if not job.prompt:
+            raise GenerationError("the prompt is empty: give at least one token")
+        if len(job.prompt) >= self.context:
+            raise GenerationError(
+                f"the prompt has {len(job.prompt)} tokens but this server's context is "
+                f"{self.context}: shorten it to leave room for the answer"
+            )
+        with self.wake:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(
+                    f"{len(self.waiting)} requests are already waiting (the limit): retry later"
+                )
+            self.waiting.append(job)
+            self.wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job (client gone): its row is freed before the next step."""
+        with self.wake:
+            job.cancelled = True
+            self.wake.notify()
+
+    def stats(self) -> dict:
+        with self.wake:
+            return {
+                "running": len(self.running),
+                "waiting": len(self.waiting),
+                "max_batch": self.max_batch,
+                "max_queue": self.max_queue,
+                "context": self.context,
+                "decode_steps": self.steps,
+                "batch_sizes": dict(self.batch_sizes),
+            }
+
+    def close(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+    # ---- the worker thread ------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.wake:
+                while not self.stopping and not self.waiting and not self.running:
+                    self.wake.wait()
+                if self.stopping:
+                    break
+                arrivals = self._take_arrivals()
+            self._drop_finished(self._expired_or_cancelled())
+            with torch.inference_mode():
+                for job in arrivals:
+                    self._admit(job)
+                if self.running:
+                    self._step()
+        for r in self.running:
+            self._fail(r.job, RuntimeError("the server is shutting down"))
+
+    def _take_arrivals(self) -> list[Job]:
+        free = self.max_batch - len(self.running)
+        arrivals = []
+        while self.waiting and len(arrivals) < free:
+            job = self.waiting.popleft()
+            if not job.cancelled:
+                arrivals.append(job)
+        return arrivals
+
+    def _expired_or_cancelled(self) -> set[int]:
+        now, gone = time.monotonic(), set()
+        for row, r in enumerate(self.running):
+            if r.job.cancelled:
+                gone.add(row)
+            elif r.job.deadline is not None and now > r.job.deadline:
+                self._fail(r.job, JobTimeout("the request ran past its time limit"))
+                gone.add(row)
+        return gone
+
+    def _admit(self, job: Job) -> None:
+        row = len(self.running)
+        self.cache.clear(row)
+        try:
+            if job.cfg.num_beams > 1:
+                return self._beam(job)
+            budget = min(job.cfg.max_new_tokens, self.context - len(job.prompt))
+            state = SequenceState(
+                job.prompt, job.cfg, self.model.config.vocab_size, budget,
+                self.lm.tokenizer.stop_ids, job.seed,
+            )  # fmt: skip
+            running = Running(job, state, self.lm.text_stream(job.cfg))
+            h = self.model.hidden(torch.tensor([job.prompt]), cache=RowView(self.cache, row))
+            logits = self.model.head(h[:, -1]).float()  # (1, V)
+        except Exception as e:  # noqa: BLE001 - the job fails, the server goes on
+            self.cache.clear(row)
+            return self._fail(job, e)
+        self.running.append(running)
+        if self._emit(running, logits):
+            self._drop_finished({row})
+
+    def _beam(self, job: Job) -> None:
+        """Beam search keeps its own beams and cache: it runs alone, between steps."""
+        result = self.lm.complete(job.prompt, **_as_kwargs(job.cfg))
+        for i, token in enumerate(result.token_ids):
+            last = i == len(result.token_ids) - 1
+            event = TokenEvent(0, token, None, None, result.finish_reason if last else None)
+            _deliver(job, Update(result.text if last else "", event, done=last))
+        if not result.token_ids:
+            _deliver(job, Update(result.text, None, done=True))
+
+    def _step(self) -> None:
+        n = len(self.running)
+        self.steps += 1
+        self.batch_sizes[n] = self.batch_sizes.get(n, 0) + 1
+        tokens = torch.tensor([[r.next_token] for r in self.running])  # (n, 1)
+        positions = self.cache.lengths[:n, None].clone()  # rows start at slot 0
+        try:
+            if n == 1:  # a batch of one: the compiled one-token step can take it
+                h = self.model.hidden(tokens, cache=RowView(self.cache, 0), positions=positions)
+            else:
+                mask = self.cache.slot_mask(n, self.model.config.sliding_window)
+                view = BatchView(self.cache, n)
+                h = self.model.hidden(tokens, cache=view, positions=positions, attn_mask=mask)
+            logits = self.model.head(h[:, -1]).float()  # (n, V)
+        except Exception as e:  # noqa: BLE001 - these rows' caches are now unknown
+            for r in self.running:
+                self._fail(r.job, e)
+            self._drop_finished(set(range(n)))
+            return
+        finished = {
+            row for row, r in enumerate(self.running) if self._emit(r, logits[row : row + 1])
+        }
+        self._drop_finished(finished)
+
+    def _emit(self, r: Running, logits: torch.Tensor) -> bool:
+        """Sample this job's next token and deliver it; True when the job is over."""
+        try:
+            event = r.state.step(logits)
+            text, hit = r.text.push(event)
+        except Exception as e:  # noqa: BLE001 - one bad job must not stop the others
+            self._fail(r.job, e)
+            return True
+        done = r.state.finished or hit
+        r.job.generated += 1
+        r.next_token = event.token_id
+        in_output = not (event.finish_reason == "stop" and event.token_id in r.text.stop_ids)
+        _deliver(r.job, Update(text, event, in_output, done))
+        return done
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        _deliver(job, Update(done=True, error=error))
+
+    def _drop_finished(self, rows: set[int]) -> None:
+        """Free rows; the last running row moves into each hole so rows stay 0..n-1."""
+        for row in sorted(rows, reverse=True):
+            last = len(self.running) - 1
+            if row != last:
+                self.cache.move(last, row)
+                self.running[row] = self.running[last]
+            self.running.pop()
+            self.cache.clear(last)
+
+
+def _deliver(job: Job, update: Update) -> None:
+    """A receiver that fails (its client is gone) cancels its own job, nobody else's."""
+    try:
+        job.deliver(update)
+    except Exception:  # noqa: BLE001
+        job.cancelled = True
+
+
+def _as_kwargs(cfg: DecodingConfig) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
