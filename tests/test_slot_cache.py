@@ -26,7 +26,7 @@ def slot_cache(model, rows=4, length=64):
 
 
 def prefill(model, cache, row, ids):
-    h = model.hidden(torch.tensor([ids]), cache=RowView(cache, row))
+    h = model.hidden(torch.tensor([ids]), cache=RowView(cache, row, len(ids)))
     return model.head(h[:, -1])[0]
 
 
@@ -83,7 +83,7 @@ def test_a_row_that_leaves_is_replaced_by_the_last_and_a_new_one_joins():
 def test_full_cache_names_the_sizes():
     model = make_model()
     cache = slot_cache(model, rows=1, length=4)
-    with pytest.raises(ValueError, match="5 slots needed, 4 allocated"):
+    with pytest.raises(ValueError, match="5 slots needed, room for 4"):
         prefill(model, cache, 0, [1, 2, 3, 4, 5])
 
 
@@ -110,8 +110,22 @@ def test_row_view_takes_the_compiled_decode_step_on_packed_weights(tmp_path):
     for _ in ("fast path", "module path"):
         cache = slot_cache(model, rows=2)
         prefill(model, cache, 1, ids)
-        h = model.hidden(torch.tensor([[5]]), cache=RowView(cache, 1))
+        h = model.hidden(torch.tensor([[5]]), cache=RowView(cache, 1, 1))
         outputs.append(model.head(h)[0, -1])
         model.fast_decode = None
     assert taken == [False, True]  # prefill declined (4 tokens), the one-token step taken
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)
+
+
+@torch.inference_mode()
+def test_the_cache_grows_as_rows_get_longer_and_keeps_what_it_held():
+    model = make_model()
+    cache = slot_cache(model, rows=2, length=700)
+    assert cache.allocated == 256
+    short, long = list(range(1, 40)), [(7 * i) % 90 + 1 for i in range(300)]
+    prefill(model, cache, 0, short)
+    prefill(model, cache, 1, long)  # needs 300 slots: grows to 512, row 0 is kept
+    assert cache.allocated == 512
+    logits = batched_step(model, cache, [3, 4])
+    torch.testing.assert_close(logits[0], full_logits(model, short + [3]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits[1], full_logits(model, long + [4]), atol=1e-4, rtol=0)

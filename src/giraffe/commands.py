@@ -193,3 +193,54 @@ def chat(args) -> None:
         "Commands: /reset /system TEXT /params \\[k=v ...] /quit; Ctrl-C stops an answer[/dim]"
     )
     ChatSession(lm, args.system, args.decoding, console).run()
+
+
+def serve(args) -> None:
+    import os
+
+    import uvicorn
+
+    from giraffe.serve.app import Server, ServeSettings, create_app
+
+    model = args.model or registry.DEFAULT_CHAT_MODEL
+    api_key = args.api_key or os.environ.get("GIRAFFE_API_KEY") or None
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback and api_key is None:
+        print(
+            f"giraffe serve: warning: listening on {args.host} without an API key; "
+            "anyone who can reach this port can use the model (set --api-key)",
+            file=sys.stderr,
+        )
+    settings = ServeSettings(
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens_limit=args.max_tokens_limit,
+        request_timeout_s=args.timeout,
+        cors_origins=tuple(args.cors_origin or ()),
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_context=args.ctx,
+    )
+    lm = load(model)
+    embedder = embed_id = None
+    if args.embed_model:
+        embedder, embed_id = load(args.embed_model), model_id(args.embed_model)
+        if not hasattr(embedder, "embed"):
+            raise ValueError(f"{args.embed_model} is not a sentence-embedding model")
+    server = Server(lm, model_id(model), embedder, embed_id, settings)
+    app = create_app(server)
+    print(
+        f"giraffe serve: {model_id(model)} on http://{args.host}:{args.port} "
+        f"(OpenAI API at /v1, web page at /; {settings.max_batch} slots x "
+        f"{server.scheduler.context} tokens)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def model_id(name: str) -> str:
+    """The name clients use: the alias as given, or a file/folder's own name."""
+    from pathlib import Path
+
+    return name if name in registry.REGISTRY else Path(name).name

@@ -2,9 +2,11 @@
 
 Continuous batching (Yu et al. 2022, "Orca") lets requests join and leave a running
 batch between decode steps, so unlike `KVCache` the rows do not share one length.
-`SlotCache` keeps (L, B_max, H_kv, S_max, D) buffers and a length per row; the live rows
+`SlotCache` keeps (L, B_max, H_kv, S, D) buffers and a length per row; the live rows
 are always rows 0..n-1 (a leaving row is replaced by the last one), so a batched step
-reads a plain view of the buffer, never a gathered copy.
+reads a plain view of the buffer, never a gathered copy. S grows by doubling up to
+`max_len` as the longest row needs it, so memory follows use, not the worst case
+(16 rows x 4096 tokens of SmolLM2 would be 3 GB up front).
 
 Two views speak the `KVCache` protocol (`length`, `batch`, `max_len`, `k`, `v`,
 `write`, `advance`) to the model:
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+INITIAL_SLOTS = 256
+
 
 class SlotCache:
     def __init__(
@@ -32,11 +36,27 @@ class SlotCache:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         # zeros, not empty: masked slots get weight 0, and 0 * NaN garbage would be NaN.
-        shape = (n_layers, max_batch, kv_heads, max_len, head_dim)  # (L, B, H, S, D)
-        self.k = torch.zeros(shape, dtype=dtype)
+        shape = (n_layers, max_batch, kv_heads, min(max_len, INITIAL_SLOTS), head_dim)
+        self.k = torch.zeros(shape, dtype=dtype)  # (L, B, H, S, D)
         self.v = torch.zeros(shape, dtype=dtype)
         self.max_len = max_len
         self.lengths = torch.zeros(max_batch, dtype=torch.long)  # filled slots per row
+
+    @property
+    def allocated(self) -> int:
+        return self.k.shape[3]
+
+    def reserve(self, slots: int) -> None:
+        """Make room for `slots` per row (call before taking views: growing moves the buffers)."""
+        _check_room(slots, self.max_len)
+        if slots <= self.allocated:
+            return
+        new = min(self.max_len, max(slots, 2 * self.allocated))
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            grown = old.new_zeros(*old.shape[:3], new, old.shape[4])
+            grown[:, :, :, : old.shape[3]] = old
+            setattr(self, name, grown)
 
     @property
     def max_batch(self) -> int:
@@ -72,13 +92,14 @@ class SlotCache:
 
 
 class RowView:
-    """One row of a SlotCache, as a batch-1 `KVCache`."""
+    """One row of a SlotCache, as a batch-1 `KVCache` with room for `new_tokens` more."""
 
-    def __init__(self, cache: SlotCache, row: int) -> None:
+    def __init__(self, cache: SlotCache, row: int, new_tokens: int) -> None:
+        cache.reserve(int(cache.lengths[row]) + new_tokens)
         self.cache, self.row = cache, row
         self.k = cache.k[:, row : row + 1]  # (L, 1, H, S, D); k[i, 0] is contiguous
         self.v = cache.v[:, row : row + 1]
-        self.max_len = cache.max_len
+        self.max_len = cache.allocated  # the row stride the compiled step must use
 
     batch = 1
 
@@ -103,13 +124,13 @@ class BatchView:
     """Rows 0..n-1 of a SlotCache for a one-token step, each writing at its own length."""
 
     def __init__(self, cache: SlotCache, n: int) -> None:
-        self.cache, self.batch = cache, n
-        self.k, self.v = cache.k[:, :n], cache.v[:, :n]
-        self.max_len = cache.max_len
-        self.rows = torch.arange(n)
         self.slots = cache.lengths[:n].clone()  # where each row's new token goes
         self.span = int(self.slots.max()) + 1  # S: keys up to the longest row
-        _check_room(self.span, self.max_len)
+        cache.reserve(self.span)
+        self.cache, self.batch = cache, n
+        self.k, self.v = cache.k[:, :n], cache.v[:, :n]
+        self.max_len = cache.allocated
+        self.rows = torch.arange(n)
 
     @property
     def length(self) -> int:
@@ -130,6 +151,6 @@ class BatchView:
 def _check_room(end: int, max_len: int) -> None:
     if end > max_len:
         raise ValueError(
-            f"KV cache full: {end} slots needed, {max_len} allocated; "
-            "allocate a larger cache or shorten the prompt"
+            f"KV cache full: {end} slots needed, room for {max_len}; "
+            "use a longer context or a shorter prompt"
         )

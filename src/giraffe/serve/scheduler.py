@@ -187,7 +187,9 @@ class Scheduler:
                 self.lm.tokenizer.stop_ids, job.seed,
             )  # fmt: skip
             running = Running(job, state, self.lm.text_stream(job.cfg))
-            h = self.model.hidden(torch.tensor([job.prompt]), cache=RowView(self.cache, row))
+            h = self.model.hidden(
+                torch.tensor([job.prompt]), cache=RowView(self.cache, row, len(job.prompt))
+            )
             logits = self.model.head(h[:, -1]).float()  # (1, V)
         except Exception as e:  # noqa: BLE001 - the job fails, the server goes on
             self.cache.clear(row)
@@ -214,7 +216,7 @@ class Scheduler:
         positions = self.cache.lengths[:n, None].clone()  # rows start at slot 0
         try:
             if n == 1:  # a batch of one: the compiled one-token step can take it
-                h = self.model.hidden(tokens, cache=RowView(self.cache, 0), positions=positions)
+                h = self.model.hidden(tokens, cache=RowView(self.cache, 0, 1), positions=positions)
             else:
                 mask = self.cache.slot_mask(n, self.model.config.sliding_window)
                 view = BatchView(self.cache, n)

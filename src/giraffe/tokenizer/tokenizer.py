@@ -84,7 +84,7 @@ class Tokenizer:
         out = []
         for i in ids:
             # surrogateescape keeps undecodable bytes as U+DC80..U+DCFF, shown as <0xNN>
-            text = self._token_bytes(int(i)).decode("utf-8", errors="surrogateescape")
+            text = self.token_bytes(int(i)).decode("utf-8", errors="surrogateescape")
             out.append(
                 "".join(
                     f"<0x{ord(c) - 0xDC00:02X}>" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text
@@ -128,7 +128,8 @@ class Tokenizer:
             json.dumps(config, indent=2, ensure_ascii=False) + "\n"
         )
 
-    def _token_bytes(self, i: int) -> bytes:
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes of one token (a byte-level piece may be part of a character)."""
         if not 0 <= i < self.vocab_size:
             raise TokenizerError(
                 f"token id {i} is outside the vocabulary of {self.name} (0..{self.vocab_size - 1})"

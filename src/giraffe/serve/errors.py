@@ -1,0 +1,130 @@
+"""Errors in OpenAI's shape, request-size limits and the optional API key.
+
+Every failure the server reports - bad JSON, a wrong type, an unknown model, a prompt
+over the context, a full queue, a missing key - leaves as
+`{"error": {"message", "type", "param", "code"}}` with the status code OpenAI uses, so
+clients raise their usual exceptions. It does not know models or generation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from giraffe.serve.responses import error_body
+
+log = logging.getLogger("giraffe.serve")
+
+KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_overloaded",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict:
+        return error_body(
+            self.message, KINDS.get(self.status, "server_error"), self.param, self.code
+        )
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": "1"} if self.status in (429, 503) else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The first problem pydantic found, as one sentence naming the field."""
+    first = exc.errors()[0]
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON: " + first.get("msg", ""), None
+    param = ".".join(loc) or None
+    where = f"'{param}'" if param else "the request body"
+    return f"{where}: {first.get('msg', 'invalid value')}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = validation_message(exc)
+        return APIError(400, message, param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return APIError(exc.status_code, message).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("request failed: %s %s", request.method, request.url.path)
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+
+def check_api_key(request: Request, api_key: str | None) -> None:
+    """Bearer key, compared in constant time so response timing reveals nothing about it."""
+    if api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes with 413, before reading them whole."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        limit = f"the request body is larger than the server's limit ({self.limit} bytes)"
+        await APIError(413, limit).response()(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
