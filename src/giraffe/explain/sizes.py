@@ -1,15 +1,93 @@
-"""How big is a model? Parameters by part, memory per number format, KV cache per token.
+"""How big is a model? Parameters by part, memory per number format, KV cache, FLOPs, what fits.
 
-The "7B parameters x 2 bytes = 14 GB" arithmetic, done for a real config. Works from a
-`ModelConfig` alone (no weights needed); it does not measure a running process.
+The "7B parameters x 2 bytes = 14 GB" arithmetic, done for a real config or a
+hypothetical one (`SIZE_PRESETS`: well-known models giraffe does not ship). Works from a
+`ModelConfig` alone (no weights needed); it does not measure a running process, and its
+memory figures leave out activations, the framework and the operating system.
 """
 
 from __future__ import annotations
 
-from giraffe.config import ModelConfig
+from giraffe.config import PRESETS, ModelConfig
 
-# Bytes per weight; the 4-bit figure includes one fp16 scale per 32 weights (ggml Q4_0: 18 B / 32).
-FORMATS = {"fp32": 4.0, "fp16/bf16": 2.0, "int8 (Q8_0)": 34 / 32, "int4 (Q4_0)": 18 / 32}
+GIB = 1024**3
+
+# Bytes per weight, block scales included (ggml block layouts: Q8_0 = 34 B per 32 weights,
+# Q5_K = 176 B per 256, Q4_K = 144 B per 256, Q4_0 = 18 B per 32).
+FORMATS = {
+    "fp32": 4.0,
+    "fp16/bf16": 2.0,
+    "int8 (Q8_0)": 34 / 32,
+    "Q5_K": 176 / 256,
+    "Q4_K": 144 / 256,
+    "int4 (Q4_0)": 18 / 32,
+}
+
+# Hypothetical configs for "what would it cost?" (values from each model's config.json).
+SIZE_PRESETS: dict[str, ModelConfig] = {
+    "llama2-7b": ModelConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        intermediate_size=11008,
+        max_position_embeddings=4096,
+        tie_embeddings=False,
+    ),
+    "llama2-13b": ModelConfig(
+        vocab_size=32000,
+        hidden_size=5120,
+        n_layers=40,
+        n_heads=40,
+        intermediate_size=13824,
+        max_position_embeddings=4096,
+        tie_embeddings=False,
+    ),
+    "llama3-8b": ModelConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        intermediate_size=14336,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+    ),
+    "mistral-7b": ModelConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        intermediate_size=14336,
+        max_position_embeddings=32768,
+        tie_embeddings=False,
+        sliding_window=4096,
+    ),
+    "qwen2-0.5b": ModelConfig(
+        vocab_size=151936,
+        hidden_size=896,
+        n_layers=24,
+        n_heads=14,
+        n_kv_heads=2,
+        intermediate_size=4864,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        attention_bias=True,
+        norm_eps=1e-6,
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    """A named config from `SIZE_PRESETS` or giraffe's own `PRESETS`."""
+    every = {**PRESETS, **SIZE_PRESETS}
+    if name not in every:
+        raise ValueError(
+            f"there is no preset called {name!r}; choose one of {', '.join(sorted(every))}."
+        )
+    return every[name]
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
@@ -45,6 +123,11 @@ def kv_cache_bytes(cfg: ModelConfig, tokens: int, bytes_per_value: float = 4.0) 
     return 2 * cfg.n_layers * cfg.kv_heads * cfg.dim_per_head * tokens * bytes_per_value
 
 
+def cached_tokens(cfg: ModelConfig, context: int) -> int:
+    """Tokens a cache must hold for `context`: a sliding window caps it (Mistral)."""
+    return min(context, cfg.sliding_window) if cfg.sliding_window else context
+
+
 def memory_table(cfg: ModelConfig) -> list[dict]:
     n = total_parameters(cfg)
     return [
@@ -60,9 +143,95 @@ def memory_table(cfg: ModelConfig) -> list[dict]:
     ]
 
 
+def matmul_parameters(cfg: ModelConfig) -> int:
+    """Weights each token is multiplied by: every projection and the output head.
+
+    Embedding and position rows are looked up, not multiplied, so they cost no FLOPs;
+    a tied head still is a (V x C) matmul. Biases and norms are negligible and left out.
+    """
+    C, q, kv = cfg.hidden_size, cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
+    attn = 2 * C * q + 2 * C * kv
+    mlp = (3 if cfg.mlp == "gated" else 2) * C * cfg.intermediate_size
+    return cfg.n_layers * (attn + mlp) + cfg.vocab_size * C
+
+
+def flops_per_token(cfg: ModelConfig, context: int = 0) -> int:
+    """Forward FLOPs for one new token that attends to `context` earlier tokens.
+
+    2 FLOPs (multiply + add) per matmul weight (Kaplan et al. 2020, "2N"), plus the
+    attention itself: q.k scores and the weighted sum of v, 2 x 2 x layers x heads x
+    head_dim per attended token.
+    """
+    attended = cached_tokens(cfg, context)
+    attention = 4 * cfg.n_layers * cfg.n_heads * cfg.dim_per_head * attended
+    return 2 * matmul_parameters(cfg) + attention
+
+
+def what_fits(cfg: ModelConfig, ram_bytes: float, kv_bytes_per_value: float = 2.0) -> list[dict]:
+    """Per weight format: weights, what is left of `ram_bytes`, and how long a context fits.
+
+    The KV cache is counted at `kv_bytes_per_value` (fp16 by default, as llama.cpp keeps it).
+    """
+    context = cfg.max_position_embeddings
+    per_token = kv_cache_bytes(cfg, 1, kv_bytes_per_value)
+    full = kv_cache_bytes(cfg, cached_tokens(cfg, context), kv_bytes_per_value)
+    rows = []
+    for row in memory_table(cfg):
+        left = ram_bytes - row["weights_bytes"]
+        tokens = max(0, int(left // per_token)) if left > 0 else 0
+        rows.append(
+            {
+                "format": row["format"],
+                "weights_bytes": row["weights_bytes"],
+                "left_bytes": left,
+                "max_context_tokens": min(tokens, context),
+                "fits_weights": left > 0,
+                "fits_full_context": left >= full,
+            }
+        )
+    return rows
+
+
+def size_report(cfg: ModelConfig, ram_gib: float | None = None) -> dict:
+    """Everything `giraffe explain sizes` prints, as plain data."""
+    context = cfg.max_position_embeddings
+    report = {
+        "config": cfg.to_dict(),
+        "parameters": parameter_counts(cfg),
+        "total_parameters": total_parameters(cfg),
+        "memory": memory_table(cfg),
+        "kv_cache": {
+            "bytes_per_token_fp16": kv_cache_bytes(cfg, 1, 2.0),
+            "bytes_per_token_fp32": kv_cache_bytes(cfg, 1, 4.0),
+            "context": context,
+            "cached_tokens_at_full_context": cached_tokens(cfg, context),
+            "bytes_full_context_fp16": kv_cache_bytes(cfg, cached_tokens(cfg, context), 2.0),
+        },
+        "flops_per_token": {
+            "first_token": flops_per_token(cfg, 0),
+            "at_full_context": flops_per_token(cfg, context),
+        },
+    }
+    if ram_gib is not None:
+        if ram_gib <= 0:
+            raise ValueError(f"--ram must be a positive number of GiB, got {ram_gib}.")
+        report["ram_gib"] = ram_gib
+        report["what_fits"] = what_fits(cfg, ram_gib * GIB)
+    return report
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def human_count(n: float) -> str:
+    """1234567 -> '1.23 M' (for FLOPs and parameters in tables)."""
+    for unit in ("", " K", " M", " G", " T"):
+        if abs(n) < 1000 or unit == " T":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g} T"
