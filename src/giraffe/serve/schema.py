@@ -2,7 +2,7 @@
 
 Field names, types and defaults follow OpenAI's API reference, so that the official
 clients work unchanged; giraffe's extra knobs (`top_k`, `min_p`, `repetition_penalty`,
-`no_repeat_ngram_size`, `num_beams`) are accepted as extra body fields. Unknown fields
+`no_repeat_ngram_size`, `num_beams`, `ignore_eos`) are accepted as extra body fields. Unknown fields
 are ignored, as clients send many optional ones; fields giraffe cannot honour (tools,
 logit_bias, echo, suffix) are refused by name rather than silently dropped. It does
 not know the model, the scheduler or HTTP.
@@ -48,6 +48,7 @@ class SamplingFields(BaseModel):
     repetition_penalty: Annotated[StrictFloat, Field(gt=0)] | None = None
     no_repeat_ngram_size: Annotated[StrictInt, Field(ge=0)] | None = None
     num_beams: Annotated[StrictInt, Field(ge=1, le=8)] | None = None
+    ignore_eos: StrictBool | None = None  # as llama.cpp's server: keep going past end-of-text
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
@@ -62,6 +63,7 @@ class SamplingFields(BaseModel):
         for name in (
             "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed",
             "top_k", "min_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams",
+            "ignore_eos",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
