@@ -1,0 +1,139 @@
+"""Token embeddings up close: cosine similarities, nearest neighbours, a 2-D PCA map.
+
+A word is looked up in the model's input embedding table. A word the tokenizer splits
+into several tokens is represented by the mean of its tokens' rows (a crude but common
+stand-in; the result says so). Byte-level BPE vocabularies store most words with their
+leading space ("Ġgiraffe"), so by default a word is also tried with a space in front and
+the form with fewer tokens wins; the chosen pieces are reported.
+
+Works on float and packed (GGUF-quantized) embeddings alike: rows are read through the
+embedding's forward, which dequantizes packed rows. It does not know sentence encoders
+(giraffe has none yet) and says nothing about contextual meaning: these are the static
+vectors a token starts from, before any attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class WordVector:
+    word: str  # as the user typed it
+    ids: list[int]  # the tokens it became
+    pieces: list[str]  # readable form of those tokens
+    vector: torch.Tensor  # (C,) float32: the row, or the mean of the rows
+
+    @property
+    def note(self) -> str:
+        shown = " + ".join(repr(p) for p in self.pieces)
+        if len(self.ids) == 1:
+            return f"one token: {shown}"
+        return f"mean of {len(self.ids)} token embeddings: {shown}"
+
+
+@torch.inference_mode()
+def embedding_rows(model, ids) -> torch.Tensor:
+    """(N, C) float32 rows of the input embedding, dequantized if the table is packed."""
+    return model.embed(torch.as_tensor(list(ids), dtype=torch.long)).float()
+
+
+@torch.inference_mode()
+def embedding_matrix(model, chunk: int = 8192) -> torch.Tensor:
+    """(V, C) float32 table; packed tables are dequantized `chunk` rows at a time."""
+    if isinstance(model.embed, nn.Embedding):
+        return model.embed.weight.detach().float()
+    V = model.config.vocab_size
+    return torch.cat(
+        [embedding_rows(model, range(s, min(s + chunk, V))) for s in range(0, V, chunk)]
+    )
+
+
+def word_vector(lm, word: str, try_space: bool = True) -> WordVector:
+    if not word.strip():
+        raise ValueError("an empty word has no embedding; give one or more words.")
+    tok = lm.tokenizer
+    ids = tok.encode(word)
+    if try_space and not word.startswith(" "):
+        spaced = tok.encode(" " + word)
+        if 0 < len(spaced) < len(ids):
+            ids = spaced
+    if not ids:
+        raise ValueError(f"the tokenizer turns {word!r} into no tokens at all.")
+    rows = embedding_rows(lm.model, ids)  # (n, C)
+    return WordVector(word, ids, tok.token_strings(ids), rows.mean(0))
+
+
+def word_vectors(lm, words, try_space: bool = True) -> list[WordVector]:
+    if not words:
+        raise ValueError("give at least one word.")
+    return [word_vector(lm, w, try_space) for w in words]
+
+
+def cosine_matrix(vectors: list[WordVector]) -> torch.Tensor:
+    """(n, n) cosine similarity between every pair of words."""
+    x = F.normalize(torch.stack([v.vector for v in vectors]), dim=-1)  # (n, C)
+    return x @ x.T
+
+
+def nearest_tokens(lm, vector: WordVector, n: int = 8, table: torch.Tensor | None = None):
+    """The n vocabulary tokens closest in cosine to the word, its own tokens left out.
+
+    Returns [(id, readable piece, cosine)], best first. Pass `table` (from
+    `embedding_matrix`) to reuse one dequantized table for many words.
+    """
+    if n < 1:
+        raise ValueError(f"the number of neighbours must be at least 1, got {n}.")
+    table = embedding_matrix(lm.model) if table is None else table
+    cos = F.normalize(table, dim=-1) @ F.normalize(vector.vector, dim=0)  # (V,)
+    cos[vector.ids] = float("-inf")
+    best = cos.topk(min(n, cos.numel() - len(set(vector.ids))))
+    ids = best.indices.tolist()
+    pieces = lm.tokenizer.token_strings(ids)
+    return list(zip(ids, pieces, best.values.tolist(), strict=True))
+
+
+def pca_2d(vectors: list[WordVector]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 2) coordinates on the two main axes of the words' spread, and the share of
+    variance each axis explains. Exact SVD: n words are few, so no randomised PCA needed."""
+    if len(vectors) < 2:
+        raise ValueError("a 2-D projection needs at least two words.")
+    x = torch.stack([v.vector for v in vectors]).double()  # (n, C)
+    x = x - x.mean(0)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    coords = x @ vh[:2].T  # (n, 2) (or (n, 1) for two words: pad below)
+    if coords.shape[1] < 2:
+        coords = F.pad(coords, (0, 2 - coords.shape[1]))
+    var = s**2
+    share = (var / var.sum().clamp_min(1e-30))[:2]
+    return coords.float(), F.pad(share, (0, 2 - share.numel())).float()
+
+
+def write_png(vectors: list[WordVector], path: str | Path, title: str = "embeddings") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coords, share = pca_2d(vectors)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.scatter(coords[:, 0], coords[:, 1], color="#3b6bb0")
+    for v, (x, y) in zip(vectors, coords.tolist(), strict=True):
+        label = v.word + ("*" if len(v.ids) > 1 else "")
+        ax.annotate(label.replace("$", r"\$"), (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(f"PC 1 ({share[0]:.0%} of the spread)")
+    ax.set_ylabel(f"PC 2 ({share[1]:.0%} of the spread)")
+    ax.set_title(
+        title + ("\n* = mean of several tokens" if any(len(v.ids) > 1 for v in vectors) else "")
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
