@@ -18,10 +18,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/giraffe pull smollm2-135m-instruct minilm-l6
 	touch $(STAMP)
 
+# The browser tests drive the system's Chromium (Debian's package); install it when missing.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "note: the browser tests need Chromium: sudo apt-get install chromium"; fi
+
 chat: $(STAMP)
 	$(BIN)/giraffe chat $(MODEL)
 
-test: $(STAMP) lint pytest
+test: $(STAMP) $(CHROMIUM) lint pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,0 +1,125 @@
+"""The web page in a real headless Chromium (Playwright), against a real server process.
+
+Set GIRAFFE_SCREENSHOTS=DIR to keep the screenshots (docs/ holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from serve_process import running_server
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def url(smollm2_gguf):
+    with running_server(MODEL, "--ctx", "2048") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does it)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+                  "--disable-component-update", "--no-first-run"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    outside = []
+    page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    assert not outside, f"the page fetched from outside the server: {outside}"
+    assert not errors, f"JavaScript errors: {errors}"
+    context.close()
+
+
+def shot(page, name, tmp_path) -> Path:
+    folder = Path(os.environ.get("GIRAFFE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000  # a real picture, not a blank page
+    return path
+
+
+def test_chat_streams_an_answer_and_keeps_the_conversation(page, tmp_path):
+    page.click("#system-box summary")
+    page.fill("#system", "You are a helpful assistant.")
+    page.locator("#tab-chat input[name=temperature]").fill("0")
+    page.fill("#chat-input", "What is the capital of France?")
+    page.click("#send")
+    answer = page.locator(".message.assistant").last
+    page.wait_for_selector(".message.assistant[data-state=done]", timeout=60_000)
+    assert "Paris" in answer.inner_text()
+    assert int(answer.get_attribute("data-chunks")) > 3  # arrived in pieces, not at once
+    assert answer.get_attribute("data-finish") in ("stop", "length")
+    shot(page, "chat.png", tmp_path)
+    page.reload()  # the conversation is kept in the browser
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.locator(".message").count() == 2
+    page.click("#clear")
+    assert page.locator(".message").count() == 0
+
+
+def test_stop_ends_an_answer_early(page):
+    page.fill("#chat-input", "Write a long story about a giraffe.")
+    page.locator("#tab-chat input[name=max_tokens]").fill("1000")
+    page.click("#send")
+    page.wait_for_function(
+        "document.querySelector('.message.assistant')?.dataset.chunks > 5", timeout=60_000
+    )
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant[data-state=done]")
+    assert page.locator(".message.assistant").get_attribute("data-finish") == "stopped"
+    page.click("#clear")
+
+
+def test_playground_shows_token_probabilities_and_alternatives(page, tmp_path):
+    page.click("#tabbtn-playground")
+    page.locator("#tab-playground input[name=temperature]").fill("0")
+    page.locator("#tab-playground input[name=max_tokens]").fill("24")
+    page.click("#complete")
+    page.wait_for_selector("#completion[data-state=done]", timeout=60_000)
+    tokens = page.locator("#completion .tok")
+    assert tokens.count() >= 5
+    tokens.nth(2).click()
+    detail = page.locator("#token-detail")
+    assert "% probability" in detail.inner_text()
+    rows = detail.locator("table.alternatives tr")
+    assert rows.count() == 5
+    assert detail.locator("tr.chosen").count() == 1  # greedy: the chosen one is among the top 5
+    shot(page, "playground.png", tmp_path)
+
+
+def test_tokenizer_view_colours_tokens_as_you_type(page, tmp_path):
+    page.click("#tabbtn-tokenizer")
+    from giraffe.lm import load_tokenizer
+
+    text = "Giraffes are tall."
+    ids = load_tokenizer(MODEL).encode(text)
+    page.fill("#tok-input", text)
+    page.wait_for_function(f"document.querySelector('#tok-output').dataset.count === '{len(ids)}'")
+    chips = page.locator("#tok-output .chip")
+    assert [int(chips.nth(i).locator(".id").inner_text()) for i in range(len(ids))] == ids
+    shot(page, "tokenizer.png", tmp_path)
