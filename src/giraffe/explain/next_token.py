@@ -167,6 +167,8 @@ def write_reshape_png(
 
     order = shaped[0].probs.topk(min(n, shaped[0].probs.numel())).indices.tolist()
     labels = [repr(s)[1:-1].replace("$", r"\$") for s in token_strings(order)]
+    # One shared scale (so panels compare), fitted to the largest bar (so small ones show).
+    top = max(float(s.probs[order].max()) for s in shaped)
     fig, axes = plt.subplots(
         1, len(shaped), figsize=(3.2 * len(shaped), 4), sharey=True, squeeze=False
     )
@@ -175,7 +177,10 @@ def write_reshape_png(
         ax.barh(range(len(order)), values, color="#3b6bb0")
         ax.set_yticks(range(len(order)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, min(1.0, top * 1.25))
+        for y, v in enumerate(values):
+            if v > 0:
+                ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
         ax.set_title(f"{s.label}\n{s.kept} tokens kept, H={s.entropy_bits:.2f} bits", fontsize=9)
         ax.set_xlabel("probability")
     if title:

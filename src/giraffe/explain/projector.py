@@ -3,8 +3,9 @@
 A word is looked up in the model's input embedding table. A word the tokenizer splits
 into several tokens is represented by the mean of its tokens' rows (a crude but common
 stand-in; the result says so). Byte-level BPE vocabularies store most words with their
-leading space ("Ġgiraffe"), so by default a word is also tried with a space in front and
-the form with fewer tokens wins; the chosen pieces are reported.
+leading space ("Ġgiraffe"), the form a word has mid-sentence, so by default a word is
+also tried with a space in front, and that form wins unless it needs more tokens; the
+chosen pieces are reported.
 
 Works on float and packed (GGUF-quantized) embeddings alike: rows are read through the
 embedding's forward, which dequantizes packed rows. It does not know sentence encoders
@@ -61,7 +62,7 @@ def word_vector(lm, word: str, try_space: bool = True) -> WordVector:
     ids = tok.encode(word)
     if try_space and not word.startswith(" "):
         spaced = tok.encode(" " + word)
-        if 0 < len(spaced) < len(ids):
+        if 0 < len(spaced) <= len(ids):
             ids = spaced
     if not ids:
         raise ValueError(f"the tokenizer turns {word!r} into no tokens at all.")
@@ -131,6 +132,7 @@ def write_png(vectors: list[WordVector], path: str | Path, title: str = "embeddi
     ax.set_title(
         title + ("\n* = mean of several tokens" if any(len(v.ids) > 1 for v in vectors) else "")
     )
+    ax.margins(0.15)  # room for the labels at the edges
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

@@ -156,7 +156,7 @@ def matmul_parameters(cfg: ModelConfig) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, context: int = 0) -> int:
-    """Forward FLOPs for one new token that attends to `context` earlier tokens.
+    """Forward FLOPs for one new token whose attention reads `context` keys (itself included).
 
     2 FLOPs (multiply + add) per matmul weight (Kaplan et al. 2020, "2N"), plus the
     attention itself: q.k scores and the weighted sum of v, 2 x 2 x layers x heads x
