@@ -1,8 +1,10 @@
-"""Turn a bag of external tensors into a giraffe `Decoder`, and a `Decoder` back into one.
+"""Turn a bag of external tensors into a giraffe model, and a model back into one.
 
 Shared by the Hugging Face and GGUF paths: it walks the name table, reports missing and
-unexpected tensors by name, and builds the model without first filling it with random
-weights. It does not know how tensors are stored on disk.
+unexpected tensors by name, and builds the model (`Decoder` or `Encoder`, as the config's
+kind says) without first filling it with random weights. An encoder checkpoint without
+masked-LM head tensors (MiniLM) gives an `Encoder` without that head. It does not know
+how tensors are stored on disk.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
-from giraffe.models import Decoder
+from giraffe.models import Decoder, Encoder, build_model
 
 
 class WeightsError(ValueError):
@@ -27,8 +29,8 @@ def assemble(
     fetch: Callable[[str], torch.Tensor],
     source: str,
     rope_permuted: bool = False,
-) -> Decoder:
-    """Build a Decoder from external tensors: `fetch(name)` returns one as float32."""
+) -> Decoder | Encoder:
+    """Build a model from external tensors: `fetch(name)` returns one as float32."""
     available = set(available)
     expected = _expected_parameters(cfg)
     params: dict[str, torch.Tensor] = {}
@@ -38,15 +40,21 @@ def assemble(
             continue
         params.update(names.to_giraffe(rule, fetch(rule.theirs).float(), cfg, rope_permuted))
         used.add(rule.theirs)
+    kw = {}
+    if cfg.kind == "encoder":  # a checkpoint without MLM head tensors gives no head
+        kw["mlm_head"] = any(n.startswith("mlm_head.") for n in params)
+        expected = _expected_parameters(cfg, **kw)
     _check_complete(expected, params, available - used, source, cfg)
     with torch.device("meta"):
-        model = Decoder(cfg)
+        model = build_model(cfg, **kw)
     model.load_state_dict(params, strict=True, assign=True)
     model.reset_buffers()
     return model.eval()
 
 
-def disassemble(model: Decoder, fmt: str, rope_permuted: bool = False) -> dict[str, torch.Tensor]:
+def disassemble(
+    model: Decoder | Encoder, fmt: str, rope_permuted: bool = False
+) -> dict[str, torch.Tensor]:
     """External name -> tensor for every parameter of the model (inverse of `assemble`)."""
     cfg = model.config
     params = {k: v.detach() for k, v in model.state_dict().items()}
@@ -57,9 +65,9 @@ def disassemble(model: Decoder, fmt: str, rope_permuted: bool = False) -> dict[s
     return out
 
 
-def _expected_parameters(cfg: ModelConfig) -> set[str]:
+def _expected_parameters(cfg: ModelConfig, **kw) -> set[str]:
     with torch.device("meta"):
-        return set(Decoder(cfg).state_dict())
+        return set(build_model(cfg, **kw).state_dict())
 
 
 def _check_complete(expected, params, leftover, source, cfg) -> None:
@@ -79,5 +87,5 @@ def _check_complete(expected, params, leftover, source, cfg) -> None:
 
 def _ignorable(name: str, cfg: ModelConfig) -> bool:
     # A tied model may still carry a copy of the output head.
-    tied_head = cfg.tie_embeddings and name in ("lm_head.weight", "output.weight")
+    tied_head = cfg.tie_embeddings and name in names.TIED_HEAD_NAMES
     return tied_head or name.endswith(names.IGNORED_SUFFIXES)

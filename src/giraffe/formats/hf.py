@@ -3,7 +3,8 @@
 A giraffe model folder *is* a Hugging Face folder, so what giraffe saves `transformers`
 loads and the reverse. This module maps config.json fields to `ModelConfig` and moves
 tensors; names go through `giraffe.formats.names`. It does not handle tokenizers or
-generation defaults beyond writing the JSON it is given.
+generation defaults beyond writing the JSON it is given, nor what an encoder's
+sentence-transformers modules (pooling, normalisation) say: that is `giraffe.embedder`'s.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
+from giraffe.config import ARCHITECTURES, BERT_WIRING, GPT2_WIRING, ConfigError, ModelConfig
+from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
-from giraffe.models import Decoder
+from giraffe.models import Decoder, Encoder
 
 # model_type in config.json -> giraffe family
 HF_FAMILIES = {
@@ -27,7 +29,10 @@ HF_FAMILIES = {
     "qwen2": "llama",
     "smollm": "llama",
     "gpt2": "gpt2",
+    "bert": "bert",
 }
+# Hugging Face's names for the activations giraffe has.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def read_json(path: Path) -> dict:
@@ -48,7 +53,22 @@ def config_from_hf(raw: dict, source: str = "config.json") -> ModelConfig:
         )
     if HF_FAMILIES[model_type] == "gpt2":
         return _gpt2_config(raw)
+    if HF_FAMILIES[model_type] == "bert":
+        return _bert_config(raw, source)
     return _llama_config(raw, model_type)
+
+
+def model_kind(path: Path) -> str:
+    """ "encoder" or "decoder" for a model file or folder, from its config.json alone.
+
+    A GGUF file (or anything without a readable config.json) counts as a decoder: the
+    loaders that follow give their own errors for what they cannot read.
+    """
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return "decoder"
+    family = HF_FAMILIES.get(read_json(config).get("model_type"))
+    return ARCHITECTURES.get(family, "decoder")
 
 
 def _llama_config(raw: dict, model_type: str) -> ModelConfig:
@@ -109,7 +129,56 @@ def _gpt2_config(raw: dict) -> ModelConfig:
     )
 
 
-def config_to_hf(cfg: ModelConfig) -> dict:
+def _bert_config(raw: dict, source: str) -> ModelConfig:
+    act = raw.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ConfigError(f"{source}: hidden_act {act!r} is not supported for bert")
+    position = raw.get("position_embedding_type", "absolute")
+    if position != "absolute":
+        raise ConfigError(
+            f"{source}: position_embedding_type {position!r} is not supported (only absolute)"
+        )
+    if raw.get("is_decoder") or raw.get("add_cross_attention"):
+        raise ConfigError(f"{source}: BERT as a decoder is not supported; giraffe's is an encoder")
+    return ModelConfig(
+        **{
+            **BERT_WIRING,
+            "activation": HF_ACTIVATIONS[act],
+            "norm_eps": raw.get("layer_norm_eps", 1e-12),
+            "type_vocab_size": raw.get("type_vocab_size", 2),
+        },
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        n_layers=raw["num_hidden_layers"],
+        n_heads=raw["num_attention_heads"],
+        intermediate_size=raw["intermediate_size"],
+        max_position_embeddings=raw.get("max_position_embeddings", 512),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
+    )
+
+
+def _bert_config_to_hf(cfg: ModelConfig, mlm_head: bool) -> dict:
+    return {
+        "model_type": "bert",
+        "architectures": ["BertForMaskedLM" if mlm_head else "BertModel"],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.norm_eps,
+        "hidden_act": {"gelu": "gelu", "gelu_tanh": "gelu_new"}[cfg.activation],
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+def config_to_hf(cfg: ModelConfig, mlm_head: bool = True) -> dict:
+    """config.json for `cfg`; mlm_head says whether an encoder carries its MLM head."""
+    if cfg.arch == "bert":
+        return _bert_config_to_hf(cfg, mlm_head)
     if cfg.arch == "gpt2":
         return {
             "model_type": "gpt2",
@@ -167,7 +236,7 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_hf(folder: str | os.PathLike) -> Decoder:
+def load_hf(folder: str | os.PathLike) -> Decoder | Encoder:
     folder = Path(folder)
     cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
     handles, where = {}, {}
@@ -186,11 +255,14 @@ def _canonical(key: str, cfg: ModelConfig) -> str:
     # The original GPT-2 checkpoints name tensors without the "transformer." prefix.
     if cfg.arch == "gpt2" and not key.startswith(("transformer.", "lm_head.")):
         return "transformer." + key
+    # A bare BertModel (MiniLM) saves its tensors without BertForMaskedLM's "bert.".
+    if cfg.arch == "bert" and key.startswith(names.BERT_BODY):
+        return names.BERT_PREFIX + key
     return key
 
 
 def save_hf(
-    model: Decoder, folder: str | os.PathLike, extra_json: dict[str, dict] | None = None
+    model: Decoder | Encoder, folder: str | os.PathLike, extra_json: dict[str, dict] | None = None
 ) -> Path:
     """Write config.json + model.safetensors (+ any extra JSON files), each atomically."""
     folder = Path(folder)
@@ -199,7 +271,8 @@ def save_hf(
     atomic_write(
         folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
     )
-    files = {"config.json": {**config_to_hf(model.config), "torch_dtype": "float32"}}
+    head = getattr(model, "mlm_head", None) is not None
+    files = {"config.json": {**config_to_hf(model.config, head), "torch_dtype": "float32"}}
     files.update(extra_json or {})
     for name, data in files.items():
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -69,6 +69,34 @@ TABLES: dict[tuple[str, str], list[Rule]] = {
         _r("norm.bias", "transformer.ln_f.bias"),
         _r("lm_head.weight", "lm_head.weight"),
     ],
+    # BertForMaskedLM's names; a bare BertModel's (no "bert." prefix) are canonicalised
+    # to these by the loader, as GPT-2's are to "transformer.".
+    ("hf", "bert"): [
+        _r("embed.weight", "bert.embeddings.word_embeddings.weight"),
+        _r("pos_embed.weight", "bert.embeddings.position_embeddings.weight"),
+        _r("type_embed.weight", "bert.embeddings.token_type_embeddings.weight"),
+        *[_r(f"embed_norm.{w}", f"bert.embeddings.LayerNorm.{w}") for w in ("weight", "bias")],
+        *[
+            _r(f"layers.{{i}}.{ours}.{w}", f"bert.encoder.layer.{{i}}.{theirs}.{w}")
+            for ours, theirs in (
+                ("attn.q_proj", "attention.self.query"),
+                ("attn.k_proj", "attention.self.key"),
+                ("attn.v_proj", "attention.self.value"),
+                ("attn.o_proj", "attention.output.dense"),
+                ("attn_norm", "attention.output.LayerNorm"),  # post-norm: after attention
+                ("mlp.up_proj", "intermediate.dense"),
+                ("mlp.down_proj", "output.dense"),
+                ("mlp_norm", "output.LayerNorm"),
+            )
+            for w in ("weight", "bias")
+        ],
+        *[
+            _r(f"mlm_head.{ours}.{w}", f"cls.predictions.transform.{theirs}.{w}")
+            for ours, theirs in (("dense", "dense"), ("norm", "LayerNorm"))
+            for w in ("weight", "bias")
+        ],
+        _r("mlm_head.bias", "cls.predictions.bias"),
+    ],
     ("gguf", "llama"): [
         _r("embed.weight", "token_embd.weight"),
         _r("layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight"),
@@ -112,8 +140,31 @@ TABLES: dict[tuple[str, str], list[Rule]] = {
 # Qwen2 GGUF files use the Llama names but Hugging Face's rotary layout (no permutation).
 GGUF_ROPE_PERMUTED = {"llama"}
 
-# Buffers some checkpoints carry that hold no weights giraffe needs.
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias")
+# Buffers some checkpoints carry that hold no weights giraffe needs; and BERT's pooler
+# and next-sentence head, which serve classification, not MLM or mean-pooled embeddings.
+IGNORED_SUFFIXES = (
+    "rotary_emb.inv_freq",
+    "attn.bias",
+    "attn.masked_bias",
+    "embeddings.position_ids",
+    "pooler.dense.weight",
+    "pooler.dense.bias",
+    "cls.seq_relationship.weight",
+    "cls.seq_relationship.bias",
+)
+
+# Copies of the tied output head (the embedding matrix; BERT's decoder bias is
+# cls.predictions.bias) that some checkpoints still carry.
+TIED_HEAD_NAMES = (
+    "lm_head.weight",
+    "output.weight",
+    "cls.predictions.decoder.weight",
+    "cls.predictions.decoder.bias",
+)
+
+# Prefix of a bare Hugging Face BertModel's tensors when held by BertForMaskedLM.
+BERT_PREFIX = "bert."
+BERT_BODY = ("embeddings.", "encoder.", "pooler.")
 
 
 def expand(fmt: str, cfg: ModelConfig) -> list[Rule]:
