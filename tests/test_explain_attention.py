@@ -135,3 +135,25 @@ def test_page_runs_in_chromium_without_errors(tokenizer, tmp_path):
         page.screenshot(path=str(tmp_path / "model_view.png"))
         browser.close()
     assert not errors
+
+
+@pytest.mark.slow
+def test_smollm2_gqa_weights_and_a_300_token_page(tmp_path):
+    lm = giraffe.load("smollm2-135m-instruct", packed=False)
+    ids = lm.tokenizer.encode(TEXT)
+    cfg = lm.config
+    outs, values = fast_path_outputs(lm.model, ids)
+    weights = attention_weights(lm.model, ids)
+    T, groups = len(ids), cfg.n_heads // cfg.kv_heads  # 9 query heads share 3 kv heads
+    for layer in (0, cfg.n_layers - 1):
+        v = values[layer][0].view(T, cfg.kv_heads, cfg.dim_per_head).transpose(0, 1)
+        mixed = (weights[layer] @ v.repeat_interleave(groups, dim=0)).transpose(0, 1).reshape(T, -1)
+        torch.testing.assert_close(mixed, outs[layer][0], atol=1e-4, rtol=1e-3)
+    long_text = lm.tokenizer.decode(lm.tokenizer.encode(TEXT * 40)[:300])
+    maps = attention_maps(lm, long_text)
+    assert maps.weights.shape[1:] == (9, len(maps.ids), len(maps.ids)) and maps.causal
+    path = write_html(maps, tmp_path / "long.html")
+    # one byte per weight of the lower triangle, base64 (4/3) and a little page around it
+    triangle = 30 * 9 * len(maps.ids) * (len(maps.ids) + 1) // 2
+    assert path.stat().st_size < 1.45 * triangle + 100_000
+    assert "https://" not in path.read_text(encoding="utf-8")

@@ -51,3 +51,14 @@ def test_lens_table_agrees_with_its_logits(lm, tmp_path):
     )
     assert lens.top_tokens[-1] == lm.tokenizer.token_strings(lens.top_ids[-1].tolist())
     assert write_png(lens, tmp_path / "lens.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_smollm2_last_layer_lens_equals_its_logits():
+    lm = giraffe.load("smollm2-135m-instruct", packed=False)
+    ids = lm.tokenizer.encode(TEXT)
+    streams = residual_streams(lm.model, ids)
+    assert len(streams) == 31
+    torch.testing.assert_close(lens_logits(lm.model, streams[-1]), lm.logits(ids))
+    lens = logit_lens(lm, "The capital of France is")
+    assert lens.top_tokens[-1][-1] == " Paris"
