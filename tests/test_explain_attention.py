@@ -157,3 +157,17 @@ def test_smollm2_gqa_weights_and_a_300_token_page(tmp_path):
     triangle = 30 * 9 * len(maps.ids) * (len(maps.ids) + 1) // 2
     assert path.stat().st_size < 1.45 * triangle + 100_000
     assert "https://" not in path.read_text(encoding="utf-8")
+
+
+def test_too_big_is_refused_with_a_reason(tokenizer, tmp_path, monkeypatch):
+    import giraffe.explain.attention as attention
+
+    lm = tiny_lm(tokenizer, "llama-tiny")
+    maps = attention_maps(lm, TEXT)
+    monkeypatch.setattr(attention, "MAX_PAGE_BYTES", 1000)
+    with pytest.raises(ValueError, match="shorter text"):
+        write_html(maps, tmp_path / "big.html")
+    assert not (tmp_path / "big.html").exists()
+    monkeypatch.setattr(attention, "MAX_WEIGHT_BYTES", 1000)
+    with pytest.raises(ValueError, match="GiB"):
+        attention_maps(lm, TEXT)

@@ -75,8 +75,20 @@ def attention_weights(model, ids: list[int]) -> torch.Tensor:
     return torch.stack([w[0] for w in kept]).float()  # (L, H, T, T)
 
 
+# Limits that keep a view usable: weights held in memory, and the HTML page's size.
+MAX_WEIGHT_BYTES = 2 * 1024**3
+MAX_PAGE_BYTES = 200 * 1024**2
+
+
 def attention_maps(lm, text: str) -> AttentionMaps:
     ids = encode_text(lm, text)
+    cfg = lm.config
+    need = cfg.n_layers * cfg.n_heads * len(ids) ** 2 * 4  # (L, H, T, T) float32
+    if need > MAX_WEIGHT_BYTES:
+        raise ValueError(
+            f"the attention weights of {len(ids)} tokens would take {need / 1024**3:.1f} GiB "
+            f"({cfg.n_layers} layers x {cfg.n_heads} heads x {len(ids)}^2); use a shorter text."
+        )
     weights = attention_weights(lm.model, ids)
     upper = torch.triu(torch.ones(len(ids), len(ids), dtype=torch.bool), diagonal=1)
     causal = bool((weights[..., upper] == 0).all())
@@ -112,6 +124,14 @@ def page_data(maps: AttentionMaps, title: str) -> dict:
 
 def write_html(maps: AttentionMaps, path: str | Path, title: str = "attention") -> Path:
     """A standalone offline page: head view and model view of every layer and head."""
+    T = len(maps.ids)
+    per_head = T * (T + 1) // 2 if maps.causal else T * T
+    size = maps.n_layers * maps.n_heads * per_head * 4 // 3  # bytes as base64
+    if size > MAX_PAGE_BYTES:
+        raise ValueError(
+            f"an attention page for {T} tokens would be about {size / 1024**2:.0f} MiB, too big "
+            "for a browser to stay responsive; use a shorter text (a few hundred tokens)."
+        )
     data = json.dumps(page_data(maps, title), ensure_ascii=True, separators=(",", ":"))
     # "\/" is "/" in JSON and JavaScript alike: no "</script>" can end the script early, and
     # no URL typed into the text (or "//" in base64) reads as a link in the file.

@@ -183,6 +183,7 @@ def _next(args) -> None:
         next_token_table,
         parse_setting,
         reshape_all,
+        reshaped_dict,
         write_reshape_png,
     )
 
@@ -196,48 +197,16 @@ def _next(args) -> None:
     shaped = reshape_all(table.logits[step], settings)
     strings = lm.tokenizer.token_strings
     if args.json:
-        _print_json(_next_json(table, step, shaped, strings, args.top_k))
+        data = table.to_dict()
+        data["step"] = step
+        data["reshaped"] = [reshaped_dict(s, strings, args.top_k) for s in shaped]
+        _print_json(data)
     else:
         _print_next(table, step, shaped, strings, args.top_k)
     if args.png:
         title = f"after {table.positions[step].token!r} (position {step})"
         write_reshape_png(shaped, strings, args.png, title=title)
         print(f"reshaped distributions -> {args.png}")
-
-
-def _next_json(table, step, shaped, strings, k) -> dict:
-    positions = [
-        {
-            "index": p.index,
-            "token": p.token,
-            "top": [{"id": c.id, "token": c.token, "prob": c.prob} for c in p.top],
-            "next_token": p.next_token,
-            "rank": p.rank,
-            "prob": p.prob,
-            "surprisal_bits": p.surprisal_bits,
-        }
-        for p in table.positions
-    ]
-    reshaped = []
-    for s in shaped:
-        top = s.probs.topk(k)
-        reshaped.append(
-            {
-                "settings": s.label,
-                "kept": s.kept,
-                "entropy_bits": s.entropy_bits,
-                "top": [
-                    {"token": t, "prob": float(pr)}
-                    for t, pr in zip(strings(top.indices.tolist()), top.values, strict=True)
-                ],
-            }
-        )
-    return {
-        "positions": positions,
-        "mean_surprisal_bits": table.mean_surprisal_bits,
-        "step": step,
-        "reshaped": reshaped,
-    }
 
 
 def _print_next(table, step, shaped, strings, k) -> None:
@@ -285,16 +254,7 @@ def _lens(args) -> None:
     lm = _load(args.model)
     lens = logit_lens(lm, args.text)
     if args.json:
-        _print_json(
-            {
-                "tokens": lens.tokens,
-                "layers": lens.layer_names,
-                "top_tokens": lens.top_tokens,
-                "top_ids": lens.top_ids.tolist(),
-                "top_probs": lens.top_probs.tolist(),
-                "next_token_probs": lens.next_probs.tolist(),
-            }
-        )
+        _print_json(lens.to_dict())
     else:
         _print_lens(lens, args.columns)
     if args.png:
@@ -323,52 +283,35 @@ def _print_lens(lens, columns: int) -> None:
 
 
 def _embeddings(args) -> None:
-    from giraffe.explain.projector import (
-        cosine_matrix,
-        embedding_matrix,
-        nearest_tokens,
-        word_vectors,
-        write_png,
-    )
+    from giraffe.explain.projector import embeddings_report, word_vectors, write_png
 
     lm = _load(args.model)
-    vectors = word_vectors(lm, args.words, try_space=not args.exact)
-    cos = cosine_matrix(vectors)
-    table = embedding_matrix(lm.model)
-    near = [nearest_tokens(lm, v, args.neighbours, table) for v in vectors]
+    report = embeddings_report(lm, args.words, args.neighbours, try_space=not args.exact)
     if args.png:
+        vectors = word_vectors(lm, args.words, try_space=not args.exact)
         write_png(vectors, args.png, title=f"{args.model}: token embeddings, PCA")
     if args.json:
-        _print_json(
-            {
-                "words": [
-                    {"word": v.word, "ids": v.ids, "pieces": v.pieces, "note": v.note}
-                    for v in vectors
-                ],
-                "cosine": cos.tolist(),
-                "neighbours": [[{"id": i, "token": s, "cosine": c} for i, s, c in n] for n in near],
-                "png": args.png,
-            }
-        )
+        _print_json({**report, "png": args.png})
         return
     console = Console(highlight=False)
-    for v in vectors:
-        console.print(Text(f"{v.word}: {v.note}"))
+    words = [w["word"] for w in report["words"]]
+    for w in report["words"]:
+        console.print(Text(f"{w['word']}: {w['note']}"))
     m = Table(title="cosine similarity of the token embeddings")
     m.add_column("")
-    for v in vectors:
-        m.add_column(Text(v.word), justify="right")
-    for v, row in zip(vectors, cos.tolist(), strict=True):
-        m.add_row(Text(v.word), *(f"{c:.3f}" for c in row))
+    for word in words:
+        m.add_column(Text(word), justify="right")
+    for word, row in zip(words, report["cosine"], strict=True):
+        m.add_row(Text(word), *(f"{c:.3f}" for c in row))
     console.print(m)
     n = Table(title="nearest tokens in the vocabulary (cosine)")
     n.add_column("word")
     n.add_column("neighbours")
-    for v, found in zip(vectors, near, strict=True):
+    for word, found in zip(words, report["neighbours"], strict=True):
         cell = Text()
-        for _, s, c in found:
-            cell.append(_visible(s)).append(f" {c:.2f}  ", style="dim")
-        n.add_row(Text(v.word), cell)
+        for f in found:
+            cell.append(_visible(f["token"])).append(f" {f['cosine']:.2f}  ", style="dim")
+        n.add_row(Text(word), cell)
     console.print(n)
     if args.png:
         console.print(f"2-D PCA plot -> {args.png}")
@@ -468,21 +411,7 @@ def _decode(args) -> None:
     lm = _load(args.model)
     rows = run_lab(lm, args.prompt, strategies, args.max_new_tokens, args.seed, args.ngram)
     if args.json:
-        _print_json(
-            [
-                {
-                    "strategy": r.name,
-                    "settings": r.settings,
-                    "text": r.text,
-                    "token_ids": r.token_ids,
-                    "logprob": r.logprob,
-                    "mean_logprob": r.mean_logprob,
-                    "repetition_rate": r.repetition,
-                    "finish_reason": r.finish_reason,
-                }
-                for r in rows
-            ]
-        )
+        _print_json([r.to_dict() for r in rows])
         return
     t = Table(
         title=f"{args.prompt!r} continued {len(rows)} ways (seed {args.seed})", show_lines=True

@@ -58,6 +58,19 @@ class LabRow:
     def mean_logprob(self) -> float:
         return self.logprob / len(self.token_ids) if self.token_ids else 0.0
 
+    def to_dict(self) -> dict:
+        """Plain data for JSON (CLI --json, a web page)."""
+        return {
+            "strategy": self.name,
+            "settings": self.settings,
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "logprob": self.logprob,
+            "mean_logprob": self.mean_logprob,
+            "repetition_rate": self.repetition,
+            "finish_reason": self.finish_reason,
+        }
+
 
 def strategy_name(settings: dict) -> str:
     if settings.get("num_beams", 1) > 1:

@@ -49,6 +49,17 @@ class Lens:
     next_probs: torch.Tensor  # (L+1, T-1) probability each layer gives the actual next token
     top_tokens: list[list[str]]  # (L+1) x T readable pieces of top_ids
 
+    def to_dict(self) -> dict:
+        """Plain data for JSON (CLI --json, a web page)."""
+        return {
+            "tokens": self.tokens,
+            "layers": self.layer_names,
+            "top_tokens": self.top_tokens,
+            "top_ids": self.top_ids.tolist(),
+            "top_probs": self.top_probs.tolist(),
+            "next_token_probs": self.next_probs.tolist(),
+        }
+
 
 def logit_lens(lm, text: str) -> Lens:
     ids = encode_text(lm, text)

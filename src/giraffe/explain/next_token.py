@@ -53,6 +53,28 @@ class NextTokenTable:
         bits = [p.surprisal_bits for p in self.positions if p.surprisal_bits is not None]
         return sum(bits) / len(bits) if bits else float("nan")
 
+    def to_dict(self) -> dict:
+        """Plain data for JSON (CLI --json, a web page)."""
+        positions = [
+            {
+                "index": p.index,
+                "token": p.token,
+                "top": [{"id": c.id, "token": c.token, "prob": c.prob} for c in p.top],
+                "next_id": p.next_id,
+                "next_token": p.next_token,
+                "rank": p.rank,
+                "prob": p.prob,
+                "surprisal_bits": p.surprisal_bits,
+            }
+            for p in self.positions
+        ]
+        bits = self.mean_surprisal_bits
+        return {
+            "ids": self.ids,
+            "positions": positions,
+            "mean_surprisal_bits": None if math.isnan(bits) else bits,
+        }
+
 
 def next_token_table(lm, text: str, k: int = 5) -> NextTokenTable:
     if k < 1:
@@ -96,6 +118,22 @@ class Reshaped:
     probs: torch.Tensor  # (V,) float32 distribution a sampler would draw from
     kept: int  # tokens with probability > 0
     entropy_bits: float
+
+
+def reshaped_dict(shaped: Reshaped, token_strings, k: int = 10) -> dict:
+    """Plain data for one reshaping: its label, size, entropy and top-k tokens."""
+    top = shaped.probs.topk(min(k, shaped.probs.numel()))
+    pieces = token_strings(top.indices.tolist())
+    return {
+        "settings": shaped.label,
+        "kept": shaped.kept,
+        "entropy_bits": shaped.entropy_bits,
+        "top": [
+            {"id": int(i), "token": t, "prob": float(p)}
+            for i, t, p in zip(top.indices, pieces, top.values, strict=True)
+            if p > 0
+        ],
+    }
 
 
 def label_of(settings: dict) -> str:

@@ -115,6 +115,29 @@ def pca_2d(vectors: list[WordVector]) -> tuple[torch.Tensor, torch.Tensor]:
     return coords.float(), F.pad(share, (0, 2 - share.numel())).float()
 
 
+def embeddings_report(lm, words, neighbours: int = 8, try_space: bool = True) -> dict:
+    """Everything `giraffe explain embeddings` shows, as plain data (for JSON or a page)."""
+    vectors = word_vectors(lm, words, try_space)
+    table = embedding_matrix(lm.model)  # dequantized once for every word's neighbours
+    report = {
+        "words": [
+            {"word": v.word, "ids": v.ids, "pieces": v.pieces, "note": v.note} for v in vectors
+        ],
+        "cosine": cosine_matrix(vectors).tolist(),
+        "neighbours": [
+            [
+                {"id": i, "token": t, "cosine": c}
+                for i, t, c in nearest_tokens(lm, v, neighbours, table)
+            ]
+            for v in vectors
+        ],
+    }
+    if len(vectors) >= 2:
+        coords, share = pca_2d(vectors)
+        report["pca"] = {"coords": coords.tolist(), "explained": share.tolist()}
+    return report
+
+
 def write_png(vectors: list[WordVector], path: str | Path, title: str = "embeddings") -> Path:
     import matplotlib
 
