@@ -20,6 +20,7 @@ LAYERS = {
     "quant": 2,
     "generate": 3,
     "lm": 4,
+    "embedder": 4,
     "train": 5,
     "rag": 5,
     "explain": 5,

@@ -4,16 +4,38 @@
     lm = giraffe.load("smollm2-135m-instruct")   # or a .gguf file or a Hugging Face folder
     print(lm.generate("The giraffe is", max_new_tokens=30, temperature=0.7, top_p=0.9, seed=1))
 
+    enc = giraffe.load("minilm-l6")              # an encoder folder: a SentenceEncoder
+    vectors = enc.embed(["No, I am not a giraffe."])   # numpy (1, 384), unit length
+
 Heavy modules load on first use, so `import giraffe` stays quick.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["LanguageModel", "load", "load_tokenizer"]
+__all__ = ["LanguageModel", "SentenceEncoder", "load", "load_tokenizer"]
+
+
+def load(name_or_path=None, **kw):
+    """A model alias or path -> `LanguageModel` (decoders) or `SentenceEncoder` (encoders).
+
+    The dispatch lives here because `giraffe.lm` and `giraffe.embedder` are one layer and
+    must not import each other; keyword arguments go to the loader that is chosen.
+    """
+    from giraffe import embedder, lm
+
+    if name_or_path is None:
+        return lm.load(**kw)
+    if embedder.is_encoder(name_or_path):
+        return embedder.load(name_or_path, **kw)
+    return lm.load(name_or_path, **kw)
 
 
 def __getattr__(name: str):
+    if name == "SentenceEncoder":
+        from giraffe import embedder
+
+        return embedder.SentenceEncoder
     if name in __all__:
         from giraffe import lm
 

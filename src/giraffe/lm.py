@@ -18,7 +18,7 @@ import torch
 
 from giraffe.formats import load_weights, resolve, save_hf
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
-from giraffe.formats.hf import read_json
+from giraffe.formats.hf import model_kind, read_json
 from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
 from giraffe.generate.beam import beam_search
 from giraffe.generate.engine import DecodeSession, GenerationError, TokenEvent
@@ -265,6 +265,11 @@ def load(
     reference that `transformers` also computes.
     """
     path = resolve(name_or_path)
+    if model_kind(path) == "encoder":  # giraffe.load (the package's) sends these to embedder
+        raise GenerationError(
+            f"{name_or_path} is an encoder (sentence embeddings), not a language model; "
+            "giraffe.load returns it as a SentenceEncoder"
+        )
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
         packed = kernels.available() if packed is None else packed
