@@ -30,7 +30,7 @@ canvas{background:#fff;border:1px solid #ccd}
 <section id="headView">
  <div class="controls">
   <label>layer <select id="layer"></select></label>
-  <label>show weights above <input id="thr" type="range" min="0" max="0.5" step="0.01" value="0.05"> <span id="thrV"></span></label>
+  <label>show weights above <input id="thr" type="range" min="0.01" max="0.5" step="0.01" value="0.05"> <span id="thrV"></span></label>
   <span class="note">hover a token: its lines only. left = query (attending), right = key (attended to)</span>
  </div>
  <div class="controls heads" id="heads"></div>
