@@ -15,7 +15,12 @@ from giraffe.explain.sizes import (
     total_parameters,
     what_fits,
 )
-from giraffe.models import Decoder
+from giraffe.models import Decoder, Encoder
+
+
+def build(cfg):
+    """The model a config describes; encoders without a masked-LM head (as MiniLM ships)."""
+    return Encoder(cfg, mlm_head=False) if cfg.kind == "encoder" else Decoder(cfg)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -25,9 +30,9 @@ def test_counted_parameters_equal_the_model(name):
         import torch
 
         with torch.device("meta"):
-            model = Decoder(cfg)
+            model = build(cfg)
     else:
-        model = Decoder(cfg)
+        model = build(cfg)
     assert total_parameters(cfg) == model.num_parameters()
 
 
@@ -116,6 +121,22 @@ def test_what_fits():
         size_report(cfg, ram_gib=0)
     with pytest.raises(ValueError, match="no preset called 'llama9'"):
         preset("llama9")
+
+
+def test_encoders_have_no_kv_cache():
+    report = size_report(PRESETS["minilm-l6"], ram_gib=1)
+    assert report["kv_cache"] is None and "output head" not in report["parameters"]
+    assert report["parameters"]["token-type embedding"] == 2 * 384
+    assert all(r["max_context_tokens"] == 512 for r in report["what_fits"])
+
+
+@pytest.mark.slow
+def test_minilm_counts_its_loaded_parameters():
+    import giraffe
+    from giraffe.formats.inspect import describe
+
+    cfg, _ = describe("minilm-l6")
+    assert total_parameters(cfg) == giraffe.load("minilm-l6").model.num_parameters()
 
 
 @pytest.mark.slow

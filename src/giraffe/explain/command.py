@@ -361,28 +361,37 @@ def _sizes(args) -> None:
         mem.add_row(row["format"], f"{row['bytes_per_weight']:.4g}", hb(row["weights_bytes"]))
     console.print(mem)
     kv, fl = report["kv_cache"], report["flops_per_token"]
-    window = (
-        ""
-        if kv["cached_tokens_at_full_context"] == kv["context"]
-        else (f" (sliding window: {kv['cached_tokens_at_full_context']} tokens cached)")
-    )
-    console.print(
-        f"KV cache: {hb(kv['bytes_per_token_fp16'])} per token in fp16 "
-        f"({hb(kv['bytes_per_token_fp32'])} in fp32); {hb(kv['bytes_full_context_fp16'])} at the "
-        f"full context of {kv['context']} tokens{window}"
-    )
-    console.print(
-        f"FLOPs per token: {hc(fl['first_token'])} for the first token, "
-        f"{hc(fl['at_full_context'])} at the full context (2 per weight of every matrix the token "
-        "meets, the output head included, plus attention over the cached tokens)"
-    )
+    if kv is None:
+        console.print("no KV cache: an encoder reads the whole text at once and generates nothing")
+    else:
+        window = kv["cached_tokens_at_full_context"]
+        window = "" if window == kv["context"] else f" (sliding window: {window} tokens cached)"
+        console.print(
+            f"KV cache: {hb(kv['bytes_per_token_fp16'])} per token in fp16 "
+            f"({hb(kv['bytes_per_token_fp32'])} in fp32); {hb(kv['bytes_full_context_fp16'])} "
+            f"at the full context of {kv['context']} tokens{window}"
+        )
+    if kv is None:
+        flops = (
+            f"{hc(fl['first_token'])} for a one-token text, {hc(fl['at_full_context'])} when the "
+            f"text fills all {cfg.max_position_embeddings} positions (2 per weight of every "
+            "matrix the token meets, plus attention over the text)"
+        )
+    else:
+        flops = (
+            f"{hc(fl['first_token'])} for the first token, {hc(fl['at_full_context'])} at the "
+            "full context (2 per weight of every matrix the token meets, the output head "
+            "included, plus attention over the cached tokens)"
+        )
+    console.print(f"FLOPs per token: {flops}")
     if "what_fits" in report:
         _print_fits(console, report)
 
 
 def _print_fits(console, report) -> None:
     hb = sizes.human_bytes
-    fits = Table(title=f"what fits in {report['ram_gib']:g} GiB (weights + fp16 KV cache)")
+    cache = "" if report["kv_cache"] is None else " + fp16 KV cache"
+    fits = Table(title=f"what fits in {report['ram_gib']:g} GiB (weights{cache})")
     for col in ("format", "weights", "left over", "context that fits", "full context?"):
         fits.add_column(col, justify="right")
     for row in report["what_fits"]:

@@ -3,7 +3,9 @@
 The "7B parameters x 2 bytes = 14 GB" arithmetic, done for a real config or a
 hypothetical one (`SIZE_PRESETS`: well-known models giraffe does not ship). Works from a
 `ModelConfig` alone (no weights needed); it does not measure a running process, and its
-memory figures leave out activations, the framework and the operating system.
+memory figures leave out activations, the framework and the operating system. Encoders
+(BERT) are counted without a masked-LM head (sentence-embedding checkpoints ship none)
+and have no KV cache: they read the whole text at once and generate nothing.
 """
 
 from __future__ import annotations
@@ -106,12 +108,18 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     counts = {
         "token embedding": cfg.vocab_size * C,
         "position embedding": cfg.max_position_embeddings * C if cfg.position == "learned" else 0,
+        "token-type embedding": cfg.type_vocab_size * C,
         "attention (all layers)": cfg.n_layers * attn,
         "MLP (all layers)": cfg.n_layers * mlp,
+        # two per block, plus the final norm (decoders) or the embedding norm (BERT)
         "norms": (2 * cfg.n_layers + 1) * norm,
-        "output head": 0 if cfg.tie_embeddings else cfg.vocab_size * C,
+        "output head": 0 if cfg.tie_embeddings or _is_encoder(cfg) else cfg.vocab_size * C,
     }
     return {k: v for k, v in counts.items() if v}
+
+
+def _is_encoder(cfg: ModelConfig) -> bool:
+    return getattr(cfg, "kind", "decoder") == "encoder"
 
 
 def total_parameters(cfg: ModelConfig) -> int:
@@ -135,9 +143,9 @@ def memory_table(cfg: ModelConfig) -> list[dict]:
             "format": name,
             "bytes_per_weight": per,
             "weights_bytes": n * per,
-            "kv_cache_per_1k_tokens_bytes": kv_cache_bytes(
-                cfg, 1000, 4.0 if name == "fp32" else 2.0
-            ),
+            "kv_cache_per_1k_tokens_bytes": 0
+            if _is_encoder(cfg)
+            else kv_cache_bytes(cfg, 1000, 4.0 if name == "fp32" else 2.0),
         }
         for name, per in FORMATS.items()
     ]
@@ -147,12 +155,14 @@ def matmul_parameters(cfg: ModelConfig) -> int:
     """Weights each token is multiplied by: every projection and the output head.
 
     Embedding and position rows are looked up, not multiplied, so they cost no FLOPs;
-    a tied head still is a (V x C) matmul. Biases and norms are negligible and left out.
+    a tied head still is a (V x C) matmul. Encoders produce vectors, not scores over the
+    vocabulary, so they have no head to count. Biases and norms are negligible, left out.
     """
     C, q, kv = cfg.hidden_size, cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
     attn = 2 * C * q + 2 * C * kv
     mlp = (3 if cfg.mlp == "gated" else 2) * C * cfg.intermediate_size
-    return cfg.n_layers * (attn + mlp) + cfg.vocab_size * C
+    head = 0 if _is_encoder(cfg) else cfg.vocab_size * C
+    return cfg.n_layers * (attn + mlp) + head
 
 
 def flops_per_token(cfg: ModelConfig, context: int = 0) -> int:
@@ -173,12 +183,16 @@ def what_fits(cfg: ModelConfig, ram_bytes: float, kv_bytes_per_value: float = 2.
     The KV cache is counted at `kv_bytes_per_value` (fp16 by default, as llama.cpp keeps it).
     """
     context = cfg.max_position_embeddings
-    per_token = kv_cache_bytes(cfg, 1, kv_bytes_per_value)
-    full = kv_cache_bytes(cfg, cached_tokens(cfg, context), kv_bytes_per_value)
+    cached = 0 if _is_encoder(cfg) else 1  # an encoder keeps no cache between calls
+    per_token = kv_cache_bytes(cfg, cached, kv_bytes_per_value)
+    full = kv_cache_bytes(cfg, cached * cached_tokens(cfg, context), kv_bytes_per_value)
     rows = []
     for row in memory_table(cfg):
         left = ram_bytes - row["weights_bytes"]
-        tokens = max(0, int(left // per_token)) if left > 0 else 0
+        if left <= 0:
+            tokens = 0
+        else:
+            tokens = int(left // per_token) if per_token else context
         rows.append(
             {
                 "format": row["format"],
@@ -192,6 +206,19 @@ def what_fits(cfg: ModelConfig, ram_bytes: float, kv_bytes_per_value: float = 2.
     return rows
 
 
+def _kv_summary(cfg: ModelConfig) -> dict | None:
+    if _is_encoder(cfg):
+        return None
+    context = cfg.max_position_embeddings
+    return {
+        "bytes_per_token_fp16": kv_cache_bytes(cfg, 1, 2.0),
+        "bytes_per_token_fp32": kv_cache_bytes(cfg, 1, 4.0),
+        "context": context,
+        "cached_tokens_at_full_context": cached_tokens(cfg, context),
+        "bytes_full_context_fp16": kv_cache_bytes(cfg, cached_tokens(cfg, context), 2.0),
+    }
+
+
 def size_report(cfg: ModelConfig, ram_gib: float | None = None) -> dict:
     """Everything `giraffe explain sizes` prints, as plain data."""
     context = cfg.max_position_embeddings
@@ -200,15 +227,9 @@ def size_report(cfg: ModelConfig, ram_gib: float | None = None) -> dict:
         "parameters": parameter_counts(cfg),
         "total_parameters": total_parameters(cfg),
         "memory": memory_table(cfg),
-        "kv_cache": {
-            "bytes_per_token_fp16": kv_cache_bytes(cfg, 1, 2.0),
-            "bytes_per_token_fp32": kv_cache_bytes(cfg, 1, 4.0),
-            "context": context,
-            "cached_tokens_at_full_context": cached_tokens(cfg, context),
-            "bytes_full_context_fp16": kv_cache_bytes(cfg, cached_tokens(cfg, context), 2.0),
-        },
+        "kv_cache": _kv_summary(cfg),
         "flops_per_token": {
-            "first_token": flops_per_token(cfg, 0),
+            "first_token": flops_per_token(cfg, 1),  # attends to itself only
             "at_full_context": flops_per_token(cfg, context),
         },
     }
