@@ -134,6 +134,11 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="batch_size"):
         enc.embed(["a"], batch_size=0)
     assert enc.embed("one text").shape == (1, 48)
+    assert np.array_equal(enc.embed(t for t in ("a", "tall")), enc.embed(["a", "tall"]))
+    with pytest.raises(ValueError, match="got bytes"):
+        enc.embed(b"giraffe")
+    with pytest.raises(TypeError, match="packed"):
+        giraffe.load(folder, packed=True)
 
 
 def test_lm_load_points_encoders_to_giraffe_load(tiny):

@@ -27,7 +27,11 @@ def load(name_or_path=None, **kw):
     if name_or_path is None:
         return lm.load(**kw)
     if embedder.is_encoder(name_or_path):
-        return embedder.load(name_or_path, **kw)
+        if kw:
+            raise TypeError(
+                f"{name_or_path} is a sentence encoder; {', '.join(kw)} applies to language models"
+            )
+        return embedder.load(name_or_path)
     return lm.load(name_or_path, **kw)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,8 @@ class SentenceEncoder:
         self, model: Encoder, wordpiece: WordPiece, pipeline: Pipeline, source: str = ""
     ) -> None:
         self.model, self.source, self.pipeline = model.eval(), source, pipeline
+        padding = wordpiece.padding or {}
+        self.pad_id = padding.get("pad_id", wordpiece.token_to_id("[PAD]") or 0)
         # The tokenizer.json of MiniLM asks for padding and truncation at 128; like
         # transformers, pad and cut here instead, where it can be reported.
         wordpiece.no_padding()
@@ -65,7 +67,6 @@ class SentenceEncoder:
         self._wordpiece = wordpiece
         processor = wordpiece.post_processor
         self._n_special = processor.num_special_tokens_to_add(False) if processor else 0
-        self.pad_id = wordpiece.token_to_id("[PAD]") or 0
         # giraffe's Tokenizer over the same vocabulary: decode, token strings, explainers.
         self.tokenizer: Tokenizer = from_backend(
             wordpiece, SpecialTokens(pad_id=self.pad_id), source, byte_level=False
@@ -85,18 +86,19 @@ class SentenceEncoder:
     def count_tokens(self, text: str) -> int:
         """Tokens the model would see for `text` if it were not cut ([CLS], [SEP] counted)."""
         (text,) = _check_texts([text])
-        return len(self._wordpiece.encode(self._prepare(text), add_special_tokens=False).ids) + (
-            self._n_special
-        )
+        ids = self._wordpiece.encode(self._prepare(text), add_special_tokens=False).ids
+        return len(ids) + self._n_special
 
     def embed(
         self,
-        texts: Sequence[str] | str,
+        texts: Iterable[str] | str,
         batch_size: int = 32,
         normalize: bool = True,
         truncate: bool = True,
     ) -> np.ndarray:
         """float32 (len(texts), dim), row i for texts[i]; a lone string counts as one text.
+
+        texts: any iterable of str (list, tuple, generator, numpy array of str).
 
         normalize: unit length (cosine similarity = dot product), as all-MiniLM-L6-v2 does.
         truncate: cut texts over `max_tokens` with a `TruncationWarning` naming them;
@@ -181,14 +183,15 @@ def mean_pool(hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _check_texts(texts) -> list[str]:
-    if not isinstance(texts, Sequence):
+    if not isinstance(texts, Iterable) or isinstance(texts, (bytes, bytearray, Mapping)):
         raise ValueError(f"embed() takes a list of strings, got {type(texts).__name__}")
+    texts = list(texts)  # a tuple, a generator, a numpy array of str all do
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(
                 f"embed() takes strings; item {i} is a {type(text).__name__}: {text!r:.60}"
             )
-    return list(texts)
+    return texts
 
 
 # ---- loading ----------------------------------------------------------------------------
