@@ -268,7 +268,7 @@ def load(
     if model_kind(path) == "encoder":  # giraffe.load (the package's) sends these to embedder
         raise GenerationError(
             f"{name_or_path} is an encoder (sentence embeddings), not a language model; "
-            "giraffe.load returns it as a SentenceEncoder"
+            "load it with giraffe.load or giraffe.embedder.load (a SentenceEncoder)"
         )
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
