@@ -12,7 +12,7 @@ import torch
 from test_encoder import tiny_bert
 
 import giraffe
-from giraffe.config import ConfigError
+from giraffe.config import PRESETS, ConfigError
 from giraffe.embedder import SentenceEncoder, TruncationWarning, load
 from giraffe.generate.engine import GenerationError
 
@@ -206,6 +206,7 @@ def test_minilm_equals_sentence_transformers(minilm_folder, monkeypatch):
 
     enc = giraffe.load("minilm-l6")
     assert (enc.dim, enc.max_tokens) == (384, 256)
+    assert enc.model.config == PRESETS["minilm-l6"] and enc.model.mlm_head is None
     assert enc.count_tokens(MINILM_TEXTS[5]) > 256
     with pytest.warns(TruncationWarning, match=r"1 of 11 texts .*#5 \("):
         ours = enc.embed(MINILM_TEXTS, batch_size=4)
