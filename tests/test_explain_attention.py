@@ -171,3 +171,44 @@ def test_too_big_is_refused_with_a_reason(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(attention, "MAX_WEIGHT_BYTES", 1000)
     with pytest.raises(ValueError, match="GiB"):
         attention_maps(lm, TEXT)
+
+
+class EncoderStandIn:
+    """What the explainers use of a SentenceEncoder: a model and a tokenizer."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model, self.tokenizer, self.source = model, tokenizer, "bert-tiny"
+
+
+def test_encoder_attention_is_bidirectional_and_reproduces_the_fast_path(tokenizer, tmp_path):
+    from giraffe.models import Encoder
+
+    torch.manual_seed(0)
+    encoder = EncoderStandIn(Encoder(PRESETS["bert-tiny"], mlm_head=False), tokenizer)
+    cfg = encoder.model.config
+    ids = tokenizer.encode(TEXT, add_special_tokens=True)
+    T = len(ids)
+    outs, values = fast_path_outputs(encoder.model, ids)
+    maps = attention_maps(encoder, TEXT)
+    assert not maps.causal and maps.weights.shape == (cfg.n_layers, cfg.n_heads, T, T)
+    for layer in range(cfg.n_layers):
+        v = values[layer][0].view(T, cfg.kv_heads, cfg.dim_per_head).transpose(0, 1)
+        mixed = (maps.weights[layer] @ v).transpose(0, 1).reshape(T, -1)  # (T, H*D)
+        torch.testing.assert_close(mixed, outs[layer][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps.weights.sum(-1), torch.ones(cfg.n_layers, cfg.n_heads, T))
+    assert (maps.weights > 0).all()  # every token sees every other one
+    _, data = page_data(write_html(maps, tmp_path / "enc.html"))
+    stored = np.frombuffer(base64.b64decode(data["weights"][0]), dtype=np.uint8)
+    assert data["causal"] is False and stored.size == cfg.n_heads * T * T
+
+
+def test_next_token_views_refuse_encoders_in_a_sentence(tokenizer):
+    from giraffe.explain.decoding_lab import run_lab
+    from giraffe.explain.lens import logit_lens
+    from giraffe.explain.next_token import next_token_table
+    from giraffe.models import Encoder
+
+    encoder = EncoderStandIn(Encoder(PRESETS["bert-tiny"], mlm_head=False), tokenizer)
+    for view in (next_token_table, logit_lens, run_lab):
+        with pytest.raises(ValueError, match="needs a decoder .* bert-tiny is an encoder"):
+            view(encoder, TEXT)

@@ -155,3 +155,20 @@ def test_sizes(tiny_folder, capsys):
         explain(["sizes", "smollm2-135m", "--preset", "llama2-7b"], capsys)
     with pytest.raises(ValueError, match="--preset NAME"):
         explain(["sizes"], capsys)
+
+
+@pytest.mark.slow
+def test_encoder_views(tmp_path, capsys):
+    out = explain(
+        ["attention", "minilm-l6", "No, I am not a giraffe.", "--out", str(tmp_path / "m.html")],
+        capsys,
+    )
+    assert "6 layers x 12 heads" in out
+    data = json.loads(
+        explain(
+            ["embeddings", "minilm-l6", "--sentences", "a giraffe", "a horse", "--json"], capsys
+        )
+    )
+    assert data["neighbours"] is None and len(data["cosine"]) == 2
+    with pytest.raises(ValueError, match="needs a decoder"):
+        explain(["lens", "minilm-l6", "hello"], capsys)

@@ -87,3 +87,43 @@ def test_packed_smollm2_embeddings_equal_the_float_ones():
     torch.testing.assert_close(table, plain.model.embed.weight.detach())
     horse = nearest_tokens(plain, word_vector(plain, "horse"), n=10)
     assert horse and all(-1 <= c <= 1 for _, _, c in horse)
+
+
+class FakeSentenceEncoder:
+    """Stands in for SentenceEncoder: fixed unit vectors, so the plumbing is what is tested."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def embed(self, texts):
+        import numpy as np
+
+        table = {"a": [1.0, 0.0, 0.0], "b": [0.6, 0.8, 0.0], "c": [0.0, 0.0, 1.0]}
+        return np.array([table[t] for t in texts], dtype=np.float32)
+
+
+def test_sentence_vectors_come_from_the_encoder(lm):
+    from giraffe.explain.projector import embeddings_report, sentence_vectors
+
+    fake = FakeSentenceEncoder(lm.tokenizer)
+    report = embeddings_report(fake, ["a", "b", "c"], sentences=True)
+    torch.testing.assert_close(
+        torch.tensor(report["cosine"]),
+        torch.tensor([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+    )
+    assert report["neighbours"] is None and report["words"][0]["note"].startswith("sentence")
+    assert len(report["pca"]["coords"]) == 3
+    with pytest.raises(ValueError, match="need an encoder"):
+        sentence_vectors(lm, ["a decoder has no sentence vectors here"])
+
+
+@pytest.mark.slow
+def test_minilm_sentences_about_giraffes_are_closer():
+    from giraffe.explain.projector import embeddings_report
+
+    encoder = giraffe.load("minilm-l6")
+    texts = ["A giraffe eats leaves.", "The tall animal feeds on trees.", "Stocks fell today."]
+    cos = embeddings_report(encoder, texts, sentences=True)["cosine"]
+    assert cos[0][1] > cos[0][2] + 0.2
+    words = embeddings_report(encoder, ["horse", "car"], neighbours=3)
+    assert words["neighbours"][0][0]["token"] == "horses"

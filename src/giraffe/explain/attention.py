@@ -7,8 +7,9 @@ offline: inline CSS and JavaScript, weights stored compactly (one byte per weigh
 the lower triangle for causal models, base64 per layer, decoded only when shown) and
 drawn on canvases, so 30 layers x 9 heads x 300 tokens stay responsive.
 
-It does not know how the model was loaded or which tokenizer made the ids beyond the
-`LanguageModel` facade; encoder models are not covered (giraffe has no encoder yet).
+Decoders (causal) and encoders (bidirectional, e.g. MiniLM) alike: anything with a
+`.model` whose `hidden(ids, attention_weights=[])` keeps weights and a `.tokenizer`
+(`LanguageModel`, `SentenceEncoder`). It does not know how the model was loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from giraffe.explain.inputs import encode_text
 from giraffe.explain.template import ATTENTION_PAGE
 
 
@@ -54,19 +56,6 @@ def _check_index(name: str, value: int, count: int) -> None:
         )
 
 
-def encode_text(lm, text: str) -> list[int]:
-    """Token ids of `text` as the model sees a prompt (special tokens the tokenizer adds)."""
-    if not text:
-        raise ValueError("the text is empty: give some text to look inside.")
-    ids = lm.tokenizer.encode(text, add_special_tokens=True)
-    context = lm.config.max_position_embeddings
-    if len(ids) > context:
-        raise ValueError(
-            f"the text is {len(ids)} tokens long but the model's context is {context}; shorten it."
-        )
-    return ids
-
-
 @torch.inference_mode()
 def attention_weights(model, ids: list[int]) -> torch.Tensor:
     """(L, H, T, T) float32 weights of one sequence through the reference attention path."""
@@ -82,7 +71,7 @@ MAX_PAGE_BYTES = 200 * 1024**2
 
 def attention_maps(lm, text: str) -> AttentionMaps:
     ids = encode_text(lm, text)
-    cfg = lm.config
+    cfg = lm.model.config
     need = cfg.n_layers * cfg.n_heads * len(ids) ** 2 * 4  # (L, H, T, T) float32
     if need > MAX_WEIGHT_BYTES:
         raise ValueError(

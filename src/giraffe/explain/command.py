@@ -82,10 +82,15 @@ def _lens_parser(sub) -> None:
 def _embeddings_parser(sub) -> None:
     e = sub.add_parser("embeddings", help="cosine similarity, neighbours, 2-D PCA of words")
     e.add_argument("model", help="alias, .gguf file or Hugging Face folder")
-    e.add_argument("words", nargs="+", help="words to compare")
+    e.add_argument("words", nargs="+", help="words (or sentences, with --sentences) to compare")
     e.add_argument("--neighbours", type=int, default=8, help="nearest vocabulary tokens per word")
     e.add_argument(
         "--exact", action="store_true", help="do not also try each word with a leading space"
+    )
+    e.add_argument(
+        "--sentences",
+        action="store_true",
+        help="the words are sentences: embed each whole with an encoder model (e.g. minilm-l6)",
     )
     e.add_argument("--png", default=None, help="write the 2-D PCA plot")
     e.add_argument("--json", action="store_true")
@@ -138,8 +143,12 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def _load(name: str):
+    """A decoder as float32 `LanguageModel`, or an encoder as `SentenceEncoder`."""
+    from giraffe import embedder
     from giraffe.lm import load
 
+    if embedder.is_encoder(name):
+        return embedder.load(name)
     return load(name, packed=False)
 
 
@@ -283,13 +292,24 @@ def _print_lens(lens, columns: int) -> None:
 
 
 def _embeddings(args) -> None:
-    from giraffe.explain.projector import embeddings_report, word_vectors, write_png
+    from giraffe.explain.projector import (
+        embeddings_report,
+        sentence_vectors,
+        word_vectors,
+        write_png,
+    )
 
     lm = _load(args.model)
-    report = embeddings_report(lm, args.words, args.neighbours, try_space=not args.exact)
+    report = embeddings_report(
+        lm, args.words, args.neighbours, try_space=not args.exact, sentences=args.sentences
+    )
     if args.png:
-        vectors = word_vectors(lm, args.words, try_space=not args.exact)
-        write_png(vectors, args.png, title=f"{args.model}: token embeddings, PCA")
+        if args.sentences:
+            vectors = sentence_vectors(lm, args.words)
+        else:
+            vectors = word_vectors(lm, args.words, try_space=not args.exact)
+        what = "sentence" if args.sentences else "token"
+        write_png(vectors, args.png, title=f"{args.model}: {what} embeddings, PCA")
     if args.json:
         _print_json({**report, "png": args.png})
         return
@@ -297,13 +317,18 @@ def _embeddings(args) -> None:
     words = [w["word"] for w in report["words"]]
     for w in report["words"]:
         console.print(Text(f"{w['word']}: {w['note']}"))
-    m = Table(title="cosine similarity of the token embeddings")
+    what = "sentence" if args.sentences else "token"
+    m = Table(title=f"cosine similarity of the {what} embeddings")
     m.add_column("")
     for word in words:
         m.add_column(Text(word), justify="right")
     for word, row in zip(words, report["cosine"], strict=True):
         m.add_row(Text(word), *(f"{c:.3f}" for c in row))
     console.print(m)
+    if report["neighbours"] is None:
+        if args.png:
+            console.print(f"2-D PCA plot -> {args.png}")
+        return
     n = Table(title="nearest tokens in the vocabulary (cosine)")
     n.add_column("word")
     n.add_column("neighbours")

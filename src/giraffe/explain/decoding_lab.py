@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from giraffe.explain.inputs import require_decoder
 from giraffe.generate.params import DecodingConfig
 
 # Settings every strategy starts from: the model's own distribution, untouched.
@@ -128,6 +129,7 @@ def run_lab(
     seed: int = 0,
     ngram: int = 3,
 ) -> list[LabRow]:
+    require_decoder(lm, "the decoding lab")
     ids = lm.encode_prompt(prompt)
     rows = []
     for settings in strategies:

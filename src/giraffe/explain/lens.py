@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from giraffe.explain.attention import encode_text
+from giraffe.explain.inputs import encode_text, require_decoder
 
 
 @torch.inference_mode()
@@ -62,6 +62,7 @@ class Lens:
 
 
 def logit_lens(lm, text: str) -> Lens:
+    require_decoder(lm, "the logit lens")
     ids = encode_text(lm, text)
     streams = residual_streams(lm.model, ids)
     targets = torch.tensor(ids[1:])

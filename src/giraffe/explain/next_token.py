@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from giraffe.explain.attention import encode_text
+from giraffe.explain.inputs import encode_text, require_decoder
 from giraffe.generate.samplers import apply_temperature, top_k_filter, top_p_filter
 
 
@@ -79,6 +79,7 @@ class NextTokenTable:
 def next_token_table(lm, text: str, k: int = 5) -> NextTokenTable:
     if k < 1:
         raise ValueError(f"top-k must be at least 1, got {k}.")
+    require_decoder(lm, "the next-token view")
     ids = encode_text(lm, text)
     logits = lm.logits(ids)  # (T, V)
     logp = logits.double().log_softmax(-1)  # (T, V); float64 so tiny probabilities keep digits

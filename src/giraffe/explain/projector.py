@@ -8,9 +8,10 @@ also tried with a space in front, and that form wins unless it needs more tokens
 chosen pieces are reported.
 
 Works on float and packed (GGUF-quantized) embeddings alike: rows are read through the
-embedding's forward, which dequantizes packed rows. It does not know sentence encoders
-(giraffe has none yet) and says nothing about contextual meaning: these are the static
-vectors a token starts from, before any attention.
+embedding's forward, which dequantizes packed rows. Token embeddings say nothing about
+contextual meaning: they are the static vectors a token starts from, before attention.
+For whole sentences, `sentence_vectors` asks a sentence encoder (`SentenceEncoder.embed`,
+mean pooling over the encoder's output) instead; a decoder has no such vector here.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ class WordVector:
     ids: list[int]  # the tokens it became
     pieces: list[str]  # readable form of those tokens
     vector: torch.Tensor  # (C,) float32: the row, or the mean of the rows
+    sentence: bool = False  # True: the encoder's pooled output, not input embeddings
 
     @property
     def note(self) -> str:
+        if self.sentence:
+            return f"sentence embedding: mean of the encoder's {len(self.ids)} output vectors"
         shown = " + ".join(repr(p) for p in self.pieces)
         if len(self.ids) == 1:
             return f"one token: {shown}"
@@ -76,6 +80,20 @@ def word_vectors(lm, words, try_space: bool = True) -> list[WordVector]:
     return [word_vector(lm, w, try_space) for w in words]
 
 
+def sentence_vectors(encoder, sentences) -> list[WordVector]:
+    """Sentence embeddings from a sentence encoder (anything with `.embed(texts)`)."""
+    if not hasattr(encoder, "embed") or not sentences:
+        raise ValueError(
+            "sentence embeddings need an encoder model such as minilm-l6 and at least one sentence."
+        )
+    vectors = torch.from_numpy(encoder.embed(list(sentences)))  # (n, C), unit length
+    out = []
+    for text, vector in zip(sentences, vectors, strict=True):
+        ids = encoder.tokenizer.encode(text, add_special_tokens=True)
+        out.append(WordVector(text, ids, encoder.tokenizer.token_strings(ids), vector, True))
+    return out
+
+
 def cosine_matrix(vectors: list[WordVector]) -> torch.Tensor:
     """(n, n) cosine similarity between every pair of words."""
     x = F.normalize(torch.stack([v.vector for v in vectors]), dim=-1)  # (n, C)
@@ -115,23 +133,31 @@ def pca_2d(vectors: list[WordVector]) -> tuple[torch.Tensor, torch.Tensor]:
     return coords.float(), F.pad(share, (0, 2 - share.numel())).float()
 
 
-def embeddings_report(lm, words, neighbours: int = 8, try_space: bool = True) -> dict:
-    """Everything `giraffe explain embeddings` shows, as plain data (for JSON or a page)."""
-    vectors = word_vectors(lm, words, try_space)
-    table = embedding_matrix(lm.model)  # dequantized once for every word's neighbours
+def embeddings_report(
+    lm, words, neighbours: int = 8, try_space: bool = True, sentences: bool = False
+) -> dict:
+    """Everything `giraffe explain embeddings` shows, as plain data (for JSON or a page).
+
+    sentences=True: `words` are sentences, embedded whole by an encoder model; they get no
+    vocabulary neighbours, since sentence vectors live in another space than tokens.
+    """
+    vectors = sentence_vectors(lm, words) if sentences else word_vectors(lm, words, try_space)
     report = {
         "words": [
             {"word": v.word, "ids": v.ids, "pieces": v.pieces, "note": v.note} for v in vectors
         ],
         "cosine": cosine_matrix(vectors).tolist(),
-        "neighbours": [
+        "neighbours": None,
+    }
+    if not sentences:
+        table = embedding_matrix(lm.model)  # dequantized once for every word's neighbours
+        report["neighbours"] = [
             [
                 {"id": i, "token": t, "cosine": c}
                 for i, t, c in nearest_tokens(lm, v, neighbours, table)
             ]
             for v in vectors
-        ],
-    }
+        ]
     if len(vectors) >= 2:
         coords, share = pca_2d(vectors)
         report["pca"] = {"coords": coords.tolist(), "explained": share.tolist()}
@@ -148,13 +174,13 @@ def write_png(vectors: list[WordVector], path: str | Path, title: str = "embeddi
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.scatter(coords[:, 0], coords[:, 1], color="#3b6bb0")
     for v, (x, y) in zip(vectors, coords.tolist(), strict=True):
-        label = v.word + ("*" if len(v.ids) > 1 else "")
+        label = v.word if len(v.word) <= 40 else v.word[:39] + "\u2026"
+        label += "*" if len(v.ids) > 1 and not v.sentence else ""
         ax.annotate(label.replace("$", r"\$"), (x, y), textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel(f"PC 1 ({share[0]:.0%} of the spread)")
     ax.set_ylabel(f"PC 2 ({share[1]:.0%} of the spread)")
-    ax.set_title(
-        title + ("\n* = mean of several tokens" if any(len(v.ids) > 1 for v in vectors) else "")
-    )
+    split = any(len(v.ids) > 1 and not v.sentence for v in vectors)
+    ax.set_title(title + ("\n* = mean of several tokens" if split else ""))
     ax.margins(0.15)  # room for the labels at the edges
     ax.grid(alpha=0.3)
     fig.tight_layout()
