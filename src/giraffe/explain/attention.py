@@ -111,8 +111,8 @@ def page_data(maps: AttentionMaps, title: str) -> dict:
     }
 
 
-def write_html(maps: AttentionMaps, path: str | Path, title: str = "attention") -> Path:
-    """A standalone offline page: head view and model view of every layer and head."""
+def render_html(maps: AttentionMaps, title: str = "attention") -> str:
+    """The standalone offline page as a string (a server can send it as it is)."""
     T = len(maps.ids)
     per_head = T * (T + 1) // 2 if maps.causal else T * T
     size = maps.n_layers * maps.n_heads * per_head * 4 // 3  # bytes as base64
@@ -128,6 +128,12 @@ def write_html(maps: AttentionMaps, path: str | Path, title: str = "attention") 
     page = ATTENTION_PAGE.replace("__TITLE__", html.escape(title).replace("/", "&#47;")).replace(
         "__DATA__", data
     )
+    return page
+
+
+def write_html(maps: AttentionMaps, path: str | Path, title: str = "attention") -> Path:
+    """A standalone offline page: head view and model view of every layer and head."""
+    page = render_html(maps, title)
     path = Path(path)
     path.write_text(page, encoding="utf-8")
     return path
