@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # Benchmark and fixture peers, never needed by the tests: llama.cpp builds from source (~10 min).
 peers: $(STAMP)
-	$(BIN)/pip install llama-cpp-python
+	$(BIN)/pip install 'llama-cpp-python[server]'
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

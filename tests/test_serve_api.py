@@ -121,7 +121,7 @@ def test_stop_strings_and_extra_knobs(client):
 
 
 def test_embeddings_equal_the_encoder_in_process(client):
-    from giraffe.lm import load
+    from giraffe.embedder import load
 
     texts = ["A giraffe is a tall animal.", "Paris is the capital of France."]
     reply = client.embeddings.create(model=EMBED, input=texts)  # the client asks for base64

@@ -197,9 +197,11 @@ def chat(args) -> None:
 
 def serve(args) -> None:
     import os
+    import threading
 
     import uvicorn
 
+    from giraffe.embedder import load as load_embedder
     from giraffe.serve.app import Server, ServeSettings, create_app
 
     model = args.model or registry.DEFAULT_CHAT_MODEL
@@ -224,11 +226,14 @@ def serve(args) -> None:
     lm = load(model)
     embedder = embed_id = None
     if args.embed_model:
-        embedder, embed_id = load(args.embed_model), model_id(args.embed_model)
-        if not hasattr(embedder, "embed"):
-            raise ValueError(f"{args.embed_model} is not a sentence-embedding model")
-    server = Server(lm, model_id(model), embedder, embed_id, settings)
-    app = create_app(server)
+        embedder, embed_id = load_embedder(args.embed_model), model_id(args.embed_model)
+    # The model computes on this (main) thread, the web server answers from another.
+    server = Server(lm, model_id(model), embedder, embed_id, settings, scheduler_thread=False)
+    web = uvicorn.Server(
+        uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level=args.log_level)
+    )
+    thread = threading.Thread(target=web.run, name="giraffe-http", daemon=True)
+    thread.start()
     print(
         f"giraffe serve: {model_id(model)} on http://{args.host}:{args.port} "
         f"(OpenAI API at /v1, web page at /; {settings.max_batch} slots x "
@@ -236,7 +241,11 @@ def serve(args) -> None:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        server.scheduler.run()  # until the web server shuts down (it closes the scheduler)
+    finally:
+        web.should_exit = True
+        thread.join(timeout=10)
 
 
 def model_id(name: str) -> str:

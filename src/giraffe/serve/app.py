@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -64,12 +65,16 @@ class Server:
         embedder=None,
         embed_id: str | None = None,
         settings: ServeSettings = ServeSettings(),
+        scheduler_thread: bool = True,
     ) -> None:
+        """scheduler_thread=False: the caller runs `server.scheduler.run()` on its own thread."""
         self.lm, self.model_id = lm, model_id
         self.embedder, self.embed_id = embedder, embed_id
         self.settings = settings
         self.started = R.now()
-        self.scheduler = Scheduler(lm, settings.max_batch, settings.max_queue, settings.max_context)
+        self.scheduler = Scheduler(
+            lm, settings.max_batch, settings.max_queue, settings.max_context, scheduler_thread
+        )
 
     def check_model(self, name: str, embedding: bool = False) -> None:
         if embedding:
@@ -305,7 +310,9 @@ def create_app(server: Server) -> FastAPI:
                 400, f"dimensions must be {server.embedder.dim} for this model", "dimensions"
             )
         try:
-            vectors = await asyncio.to_thread(server.embedder.embed, texts, truncate=False)
+            # on the model thread: a second computing thread would slow both (scheduler.py)
+            embed = functools.partial(server.embedder.embed, texts, truncate=False)
+            vectors = await asyncio.wrap_future(server.scheduler.call(embed))
             tokens = sum(server.embedder.count_tokens(t) for t in texts)
         except ValueError as e:
             raise APIError(400, str(e), "input") from e

@@ -1,12 +1,20 @@
 """Continuous batching: requests join the running batch between decode steps and leave when done.
 
-One worker thread owns the model and a `SlotCache`. Each turn of its loop it (1) drops
+One thread owns the model and a `SlotCache`. Each turn of its loop it (0) runs queued
+calls (embeddings: they share the CPU and the thread), (1) drops
 cancelled and expired jobs, freeing their rows at once, (2) admits waiting jobs into free
 rows: a prefill of that prompt alone, whose logits give the job its first token, then
 (3) runs one decode step for every running job together - one token each, every row at
 its own length. A job with one row left decodes through the compiled one-token step.
-Results go back through each job's `deliver` callback, called on the worker thread; the
-web layer turns them into server-sent events.
+Results go back through each job's `deliver` callback, called on that thread; the web
+layer turns them into server-sent events.
+
+Which thread: all model work must stay on one thread. OpenMP (torch's and giraffe's
+kernels) keeps a thread team per calling thread; a second thread that computes too
+brings a second team onto the same cores, and both run 2-3x slower (measured here). So
+`giraffe serve` loads the model and runs `run()` on the main thread and puts the web
+server in another; `start_thread=True` (tests, notebooks) runs the loop in a thread of
+its own, which is fast as long as no other thread computes.
 
 Failures stay local: an exception while sampling or detokenizing one job fails that job
 only; an exception in the shared forward pass fails the jobs of that step (their cache
@@ -21,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +87,7 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 64,
         max_context: int | None = None,
+        start_thread: bool = True,
     ) -> None:
         cfg = lm.config
         self.lm, self.model = lm, lm.model
@@ -88,13 +98,16 @@ class Scheduler:
         )
         self.max_batch, self.max_queue = max_batch, max_queue
         self.waiting: deque[Job] = deque()
+        self.calls: deque[tuple[Callable, Future]] = deque()
         self.running: list[Running] = []  # index == cache row
         self.wake = threading.Condition()
         self.stopping = False
         self.steps = 0
         self.batch_sizes: dict[int, int] = {}  # rows per decode step -> how many steps
-        self.thread = threading.Thread(target=self._loop, name="giraffe-scheduler", daemon=True)
-        self.thread.start()
+        self.thread = None
+        if start_thread:
+            self.thread = threading.Thread(target=self.run, name="giraffe-scheduler", daemon=True)
+            self.thread.start()
 
     # ---- called from other threads ----------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -112,6 +125,14 @@ class Scheduler:
                 )
             self.waiting.append(job)
             self.wake.notify()
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run fn on the model's thread between decode steps (e.g. an embedding batch)."""
+        future: Future = Future()
+        with self.wake:
+            self.calls.append((fn, future))
+            self.wake.notify()
+        return future
 
     def cancel(self, job: Job) -> None:
         """Stop a job (client gone): its row is freed before the next step."""
@@ -135,18 +156,23 @@ class Scheduler:
         with self.wake:
             self.stopping = True
             self.wake.notify()
-        self.thread.join(timeout=10)
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=10)
 
     # ---- the worker thread ------------------------------------------------------------
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The loop; returns after close()."""
         torch.set_grad_enabled(False)
         while True:
             with self.wake:
-                while not self.stopping and not self.waiting and not self.running:
+                while not (self.stopping or self.waiting or self.running or self.calls):
                     self.wake.wait()
                 if self.stopping:
                     break
                 arrivals = self._take_arrivals()
+                calls, self.calls = list(self.calls), deque()
+            for fn, future in calls:
+                _run_call(fn, future)
             self._drop_finished(self._expired_or_cancelled())
             with torch.inference_mode():
                 for job in arrivals:
@@ -259,6 +285,15 @@ class Scheduler:
                 self.running[row] = self.running[last]
             self.running.pop()
             self.cache.clear(last)
+
+
+def _run_call(fn: Callable, future: Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+        future.set_exception(e)
 
 
 def _deliver(job: Job, update: Update) -> None:

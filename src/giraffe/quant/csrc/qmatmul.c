@@ -156,10 +156,113 @@ int giraffe_has_int8(void) {
 #endif
 }
 
+/* One row of blocks -> n_in floats, exactly as ggml's dequantize: Q8_0 d*q, Q4_0 d*(q-8), Q4_1 d*q+m. */
+static void unpack_row(const uint8_t *row, int kind, int64_t n_blocks, float *y) {
+    const int bytes = BLOCK_BYTES[kind];
+    for (int64_t b = 0; b < n_blocks; b++, y += 32) {
+        const uint8_t *blk = row + b * bytes;
+        const float d = fp16_to_fp32(read_u16(blk));
+        if (kind == Q8_0) {
+            for (int j = 0; j < 32; j++) y[j] = d * (float)(int8_t)blk[2 + j];
+        } else if (kind == Q4_0) {
+            const uint8_t *q = blk + 2;
+            for (int j = 0; j < 16; j++) { y[j] = d * (float)((q[j] & 0x0F) - 8); y[j + 16] = d * (float)((q[j] >> 4) - 8); }
+        } else {
+            const uint8_t *q = blk + 4;
+            const float m = fp16_to_fp32(read_u16(blk + 2));
+            for (int j = 0; j < 16; j++) { y[j] = d * (float)(q[j] & 0x0F) + m; y[j + 16] = d * (float)(q[j] >> 4) + m; }
+        }
+    }
+}
+
+#define ROW_CHUNK 8 /* input rows multiplied per pass over a weight row (accumulators in registers) */
+
+#ifdef __AVX512F__
+/* The 32 weights of one block as two float vectors, d*q (Q8_0), d*(q-8) (Q4_0) or d*q+m (Q4_1). */
+static inline void block_values(const uint8_t *blk, int kind, __m512 *lo, __m512 *hi) {
+    const __m512 d = _mm512_set1_ps(fp16_to_fp32(read_u16(blk)));
+    if (kind == Q8_0) {
+        *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)))));
+        *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18)))));
+        return;
+    }
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (kind == Q4_1 ? 4 : 2)));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, mask)));
+    __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)));
+    if (kind == Q4_0) {
+        const __m512 eight = _mm512_set1_ps(8.0f);
+        *lo = _mm512_mul_ps(d, _mm512_sub_ps(ql, eight));
+        *hi = _mm512_mul_ps(d, _mm512_sub_ps(qh, eight));
+    } else {
+        const __m512 m = _mm512_set1_ps(fp16_to_fp32(read_u16(blk + 2)));
+        *lo = _mm512_add_ps(_mm512_mul_ps(d, ql), m);
+        *hi = _mm512_add_ps(_mm512_mul_ps(d, qh), m);
+    }
+}
+
+/* y[r][o] for ROW_CHUNK input rows at once: each block is unpacked once, into registers,
+ * and multiplied with every row; one horizontal sum per row at the end. */
+static void row_times_chunk(const uint8_t *row, int kind, int64_t n_blocks, const float *x, int64_t n_in,
+                            int rows, float *out, int64_t out_stride) {
+    const int bytes = BLOCK_BYTES[kind];
+    __m512 acc[ROW_CHUNK];
+    for (int r = 0; r < ROW_CHUNK; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; b++) {
+        __m512 lo, hi;
+        block_values(row + b * bytes, kind, &lo, &hi);
+        const float *xb = x + 32 * b;
+        #pragma GCC unroll 8
+        for (int r = 0; r < ROW_CHUNK; r++) {
+            if (r < rows) {
+                acc[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + r * n_in), acc[r]);
+                acc[r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + r * n_in + 16), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++) out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
+}
+#endif
+
+/* Several input rows (a decode batch): a weight block is unpacked once per ROW_CHUNK rows
+ * rather than once per row, so a batch of 16 costs far less than 16 single rows. */
+static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
+                         const float *x, int64_t m, float *y, int n_threads) {
+    const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
+#ifdef __AVX512F__
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t o = 0; o < n_out; o++) {
+        for (int64_t r0 = 0; r0 < m; r0 += ROW_CHUNK) {
+            const int rows = m - r0 < ROW_CHUNK ? (int)(m - r0) : ROW_CHUNK;
+            row_times_chunk(w + o * row_bytes, kind, n_blocks, x + r0 * n_in, n_in, rows, y + r0 * n_out + o, n_out);
+        }
+    }
+#else
+    #pragma omp parallel num_threads(n_threads)
+    {
+        float *wr = (float *)malloc(sizeof(float) * (size_t)n_in);
+        #pragma omp for schedule(static)
+        for (int64_t o = 0; o < n_out; o++) {
+            unpack_row(w + o * row_bytes, kind, n_blocks, wr);
+            for (int64_t r = 0; r < m; r++) {
+                float acc = 0.0f;
+                for (int64_t k = 0; k < n_in; k++) acc += wr[k] * x[r * n_in + k];
+                y[r * n_out + o] = acc;
+            }
+        }
+        free(wr);
+    }
+#endif
+}
+
 /* w: n_out rows of packed blocks; x: (m, n_in); y: (m, n_out). Returns 0, or -1 on bad input. */
 int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
                     const float *x, int64_t m, float *y, int n_threads) {
     if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
+    if (m > 1) {
+        qmatmul_rows(w, kind, n_out, n_in, x, m, y, n_threads);
+        return 0;
+    }
     const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
     float *xsum = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
     if (!xsum) return -1;
@@ -286,25 +389,8 @@ int giraffe_decode_layer(float *x, int64_t dim, const float *attn_norm, const fl
  * Q8_0 d*q, Q4_0 d*(q-8), Q4_1 d*q+m. Used where a float matmul wins (many input rows). */
 int giraffe_dequantize(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, float *out, int n_threads) {
     if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
-    const int64_t n_blocks = n_in / 32, bytes = BLOCK_BYTES[kind];
+    const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
     #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t o = 0; o < n_out; o++) {
-        for (int64_t b = 0; b < n_blocks; b++) {
-            const uint8_t *blk = w + (o * n_blocks + b) * bytes;
-            float *y = out + o * n_in + 32 * b;
-            const float d = fp16_to_fp32(read_u16(blk));
-            if (kind == Q8_0) {
-                for (int j = 0; j < 32; j++) y[j] = d * (float)(int8_t)blk[2 + j];
-            } else {
-                const uint8_t *q = blk + (kind == Q4_1 ? 4 : 2);
-                const float m = kind == Q4_1 ? fp16_to_fp32(read_u16(blk + 2)) : 0.0f;
-                if (kind == Q4_0) {
-                    for (int j = 0; j < 16; j++) { y[j] = d * (float)((q[j] & 0x0F) - 8); y[j + 16] = d * (float)((q[j] >> 4) - 8); }
-                } else {
-                    for (int j = 0; j < 16; j++) { y[j] = d * (float)(q[j] & 0x0F) + m; y[j + 16] = d * (float)(q[j] >> 4) + m; }
-                }
-            }
-        }
-    }
+    for (int64_t o = 0; o < n_out; o++) unpack_row(w + o * row_bytes, kind, n_blocks, out + o * n_in);
     return 0;
 }
