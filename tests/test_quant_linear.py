@@ -26,12 +26,13 @@ def test_kernel_builds_here():
 
 
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
-@pytest.mark.parametrize("rows", [1, 3, 40])
-def test_kernel_equals_dequantize_then_matmul(kind, rows):
-    layer = QuantLinear(packed_weight(kind), kind, 256, 96, bias=torch.randn(96))
+@pytest.mark.parametrize("rows", [1, 3, 5, 40])  # x is (2, rows): 2 .. 80 input rows
+@pytest.mark.parametrize("n_out", [96, 97])  # the batched kernel pairs output rows
+def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out):
+    layer = QuantLinear(packed_weight(kind, rows=n_out), kind, 256, n_out, bias=torch.randn(n_out))
     x = torch.randn(2, rows, 256)
     reference = F.linear(x, layer.dequantized_weight(), layer.bias)
-    got = kernels.qmatmul(layer.packed, kind, 96, 256, x) + layer.bias
+    got = kernels.qmatmul(layer.packed, kind, n_out, 256, x) + layer.bias
     scale = reference.abs().max()
     assert ((got - reference).abs().max() / scale) <= TOLERANCE[kind]
     assert ((layer(x) - reference).abs().max() / scale) <= TOLERANCE[kind]

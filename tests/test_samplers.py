@@ -9,6 +9,7 @@ import torch
 
 from giraffe.generate.params import DecodingConfig, DecodingError
 from giraffe.generate.samplers import (
+    NEG_INF,
     apply_frequency_presence,
     apply_repetition_penalty,
     apply_temperature,
@@ -99,8 +100,7 @@ def test_sampled_frequencies_follow_the_tempered_softmax():
     processed = apply_temperature(logits, 0.5)
     g = torch.Generator().manual_seed(0)
     n = 20000
-    draws = torch.multinomial(processed.softmax(-1).expand(n, -1), 1, generator=g).flatten()
-    assert choose(processed.expand(4, -1), cfg, g).shape == (4,)
+    draws = choose(processed.expand(n, -1), cfg, g)  # (n,): one draw per row
     expected = processed.softmax(-1)[0]
     observed = torch.bincount(draws, minlength=3).float() / n
     assert (observed - expected).abs().max() < 0.01
@@ -163,6 +163,29 @@ def test_stop_string_becomes_a_tuple():
 def random_logits():
     torch.manual_seed(3)
     return torch.randn(4, 50) * 3
+
+
+def test_sampling_never_picks_a_filtered_token():
+    logits = torch.full((2000, 8), NEG_INF)
+    logits[:, 3], logits[:, 6] = 0.0, 1.0  # only tokens 3 and 6 are possible
+    draws = choose(logits, DecodingConfig(temperature=1.0), torch.Generator().manual_seed(1))
+    assert set(draws.tolist()) == {3, 6}
+
+
+def nucleus_by_full_sort(logits, p):
+    """The plain reference: sort everything, drop a token once those before it reach p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = (probs.cumsum(dim=-1) - probs) >= p
+    drop[:, 0] = False
+    return logits.masked_fill(drop.scatter(1, order, drop), NEG_INF)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.999])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])  # flat (full sort needed) to peaked
+def test_top_p_equals_the_full_sort_on_a_real_vocabulary(p, scale):
+    logits = torch.randn(2, 49152) * scale
+    assert torch.equal(top_p_filter(logits, p), nucleus_by_full_sort(logits, p))
 
 
 def test_top_k_top_p_min_p_match_transformers(random_logits):

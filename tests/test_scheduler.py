@@ -128,13 +128,18 @@ def test_cancelling_frees_the_row_at_once_and_others_go_on(scheduler, lm):
 
 
 def test_a_crash_in_one_job_fails_that_job_only(scheduler, lm, monkeypatch):
-    class Exploding(sched.SequenceState):
-        def step(self, logits):
-            if self.n_generated == 3 and self.tokens[0] == lm.tokenizer.encode("0123")[0]:
-                raise RuntimeError("boom")
-            return super().step(logits)
+    """A sampler that raises for one sequence (its prompt starts with "0123")."""
+    from giraffe.generate import sequence
 
-    monkeypatch.setattr(sched, "SequenceState", Exploding)
+    marker = lm.tokenizer.encode("0123")[0]
+    real = sequence.process_logits
+
+    def exploding(logits, cfg, *, sequences, n_generated, **kw):
+        if n_generated == 3 and any(seq[0] == marker for seq in sequences):
+            raise RuntimeError("boom")
+        return real(logits, cfg, sequences=sequences, n_generated=n_generated, **kw)
+
+    monkeypatch.setattr(sequence, "process_logits", exploding)
     jobs = [submit(scheduler, lm, p, max_new_tokens=20) for p in (PROMPTS[0], "0123", PROMPTS[1])]
     results = [c.wait() for _, c in jobs]
     assert isinstance(results[1].error, RuntimeError) and len(results[1].tokens) == 3

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from giraffe.generate.params import DecodingConfig
-from giraffe.generate.sequence import SequenceState, TokenEvent
+from giraffe.generate.sequence import SequenceState, TokenEvent, step_many
 
 __all__ = ["DecodeSession", "GenerationError", "TokenEvent", "check_prompts"]
 
@@ -98,11 +98,8 @@ class DecodeSession:
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
         """One event per live row; a finished row is fed its last token again (ignored)."""
         chosen = torch.tensor([r.tokens[-1] for r in self.rows])  # (B,)
-        events = []
-        for row, state in enumerate(self.rows):
-            if state.finished:
-                continue
-            event = state.step(logits[row : row + 1])
-            chosen[row] = event.token_id
-            events.append(event)
+        live = [row for row, state in enumerate(self.rows) if not state.finished]
+        events = step_many([self.rows[row] for row in live], logits[live])
+        for event in events:
+            chosen[event.row] = event.token_id
         return chosen, events

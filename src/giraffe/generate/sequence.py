@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from giraffe.generate.params import DecodingConfig
-from giraffe.generate.samplers import choose, logprobs_of, process_logits
+from giraffe.generate.samplers import choose_rows, logprobs_of, process_logits
 
 
 @dataclass
@@ -59,21 +59,16 @@ class SequenceState:
 
     def step(self, logits: torch.Tensor) -> TokenEvent:
         """Choose the next token from this sequence's logits (1, V) and record it."""
-        cfg = self.cfg
-        processed = process_logits(
-            logits,
-            cfg,
-            seen_mask=self.seen,
-            counts=self.counts,
-            sequences=[self.tokens],
-            n_generated=self.n_generated,
-            eos_ids=sorted(self.stop_ids),
-        )
-        chosen = choose(processed, cfg, self.generator)  # (1,)
-        lp = None
-        if cfg.logprobs or cfg.top_logprobs > 0:
-            lp = logprobs_of(logits, chosen, cfg.top_logprobs)
-        return self._record(int(chosen[0]), lp)
+        return step_many([self], logits)[0]
+
+    def sampler_key(self) -> tuple:
+        """Sequences with equal keys can be processed as one batch (seeds may differ)."""
+        c = self.cfg
+        return (
+            c.sampling, c.temperature, c.top_k, c.top_p, c.min_p, c.repetition_penalty,
+            c.frequency_penalty, c.presence_penalty, c.no_repeat_ngram_size,
+            self.n_generated < c.min_new_tokens, frozenset(self.stop_ids),
+        )  # fmt: skip
 
     def _record(self, token: int, lp) -> TokenEvent:
         self.seen[0, token] = True
@@ -92,3 +87,75 @@ class SequenceState:
             logprob = float(chosen_lp[0])
             top = [(int(t), float(v)) for t, v in zip(top_ids[0], top_lps[0], strict=True)]
         return TokenEvent(self.row, token, logprob, top, reason)
+
+
+def step_many(
+    states: Sequence[SequenceState], logits: torch.Tensor, isolate: bool = False
+) -> list[TokenEvent | Exception]:
+    """One token for each state from its row of logits (n, V), in order.
+
+    States whose samplers agree (`sampler_key`) go through the pure samplers together,
+    as one (k, V) batch: per-row work on a 49k vocabulary costs ~0.5 ms per sequence,
+    which a 16-sequence decode step would otherwise pay 16 times. Each keeps its own
+    random stream, so its tokens do not depend on who else is in the batch.
+
+    isolate=True: when a group fails, its rows are retried one by one and a row that
+    still fails gets its exception in place of an event (a server must not fail every
+    request for one bad one). A group fails before recording anything, so no row steps twice.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, state in enumerate(states):
+        groups.setdefault(state.sampler_key(), []).append(i)
+    events: list = [None] * len(states)
+    for rows in groups.values():
+        try:
+            results = _step_group([states[i] for i in rows], logits[rows])
+        except Exception:
+            if not isolate:
+                raise
+            results = [_step_alone(states[i], logits[i : i + 1]) for i in rows]
+        for i, event in zip(rows, results, strict=True):
+            events[i] = event
+    return events
+
+
+def _step_alone(state: SequenceState, logits: torch.Tensor) -> TokenEvent | Exception:
+    try:
+        return _step_group([state], logits)[0]
+    except Exception as e:  # noqa: BLE001 - returned to the caller, who fails that row only
+        return e
+
+
+def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[TokenEvent]:
+    first = states[0]
+    cfg = first.cfg
+    seen = counts = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.cat([s.seen for s in states])  # (k, V)
+    if cfg.frequency_penalty or cfg.presence_penalty:
+        counts = torch.cat([s.counts for s in states])
+    processed = process_logits(
+        logits,
+        cfg,
+        seen_mask=seen,
+        counts=counts,
+        sequences=[s.tokens for s in states],
+        n_generated=first.n_generated,  # the group agrees on n_generated < min_new_tokens
+        eos_ids=sorted(first.stop_ids),
+    )
+    chosen = choose_rows(processed, cfg, [s.generator for s in states])  # (k,)
+    k = max(s.cfg.top_logprobs for s in states)
+    want = any(s.cfg.logprobs or s.cfg.top_logprobs > 0 for s in states)
+    lp = logprobs_of(logits, chosen, k) if want else None
+    events = []
+    for row, state in enumerate(states):
+        row_lp = None
+        if lp is not None and (state.cfg.logprobs or state.cfg.top_logprobs > 0):
+            n_top = state.cfg.top_logprobs
+            row_lp = (
+                lp[0][row : row + 1],
+                lp[1][row : row + 1, :n_top],
+                lp[2][row : row + 1, :n_top],
+            )
+        events.append(state._record(int(chosen[row]), row_lp))
+    return events

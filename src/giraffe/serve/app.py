@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -72,9 +73,15 @@ class Server:
         self.embedder, self.embed_id = embedder, embed_id
         self.settings = settings
         self.started = R.now()
+        self._outbox: Outbox | None = None
         self.scheduler = Scheduler(
             lm, settings.max_batch, settings.max_queue, settings.max_context, scheduler_thread
         )
+
+    def outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
+        if self._outbox is None or self._outbox.loop is not loop:
+            self._outbox = Outbox(loop)
+        return self._outbox
 
     def check_model(self, name: str, embedding: bool = False) -> None:
         if embedding:
@@ -122,11 +129,37 @@ class ChoiceResult:
                 self.finish_reason = update.event.finish_reason
 
 
+class Outbox:
+    """Hands updates from the model thread to the event loop, one wake-up per burst.
+
+    A decode step of 16 sequences makes 16 updates at once; waking the event loop for
+    each would take the CPU from the model's OpenMP threads 16 times per step.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue, object]] = []
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            first = len(self.items) == 1
+        if first:
+            self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class JobGroup:
     """The jobs of one request (n choices x prompts), their updates merged on the event loop."""
 
     def __init__(self, server: Server, prompts: list[list[int]], cfg: DecodingConfig, n: int):
-        loop = asyncio.get_running_loop()
+        self.outbox = server.outbox(asyncio.get_running_loop())
         self.queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         self.scheduler = server.scheduler
         deadline = time.monotonic() + server.settings.request_timeout_s
@@ -135,12 +168,12 @@ class JobGroup:
             for j in range(n):
                 seed = None if cfg.seed is None else cfg.seed + j
                 index = len(self.jobs)
-                deliver = self._deliverer(loop, index)
+                deliver = self._deliverer(index)
                 self.jobs.append(Job(p, cfg, deliver, seed=seed, deadline=deadline))
         self.prompt_tokens = sum(len(p) for p in prompts)
 
-    def _deliverer(self, loop, index: int):
-        return lambda update: loop.call_soon_threadsafe(self.queue.put_nowait, (index, update))
+    def _deliverer(self, index: int):
+        return lambda update: self.outbox.put(self.queue, (index, update))
 
     def submit(self) -> None:
         try:
@@ -157,27 +190,32 @@ class JobGroup:
         for job in self.jobs:
             self.scheduler.cancel(job)
 
-    async def updates(self, request: Request | None = None) -> AsyncIterator[tuple[int, Update]]:
-        """Every update until all jobs are done; stops early if the client went away."""
+    async def updates(self, request: Request | None = None) -> AsyncIterator[list]:
+        """Lists of (index, update) as they come, until all jobs are done; a list holds
+        everything that arrived meanwhile (one write to the client, not one per token).
+        Stops early if the client went away."""
         remaining = len(self.jobs)
         while remaining:
             try:
-                index, update = await asyncio.wait_for(self.queue.get(), POLL_DISCONNECT_S)
+                batch = [await asyncio.wait_for(self.queue.get(), POLL_DISCONNECT_S)]
             except TimeoutError:
                 if request is not None and await request.is_disconnected():
                     self.cancel()
                     return
                 continue
-            remaining -= update.done
-            yield index, update
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            remaining -= sum(update.done for _, update in batch)
+            yield batch
 
     async def collect(self, request: Request) -> list[ChoiceResult]:
         results = [ChoiceResult() for _ in self.jobs]
         try:
-            async for index, update in self.updates(request):
-                if update.error is not None:
-                    raise api_error(update.error)
-                results[index].add(update)
+            async for batch in self.updates(request):
+                for index, update in batch:
+                    if update.error is not None:
+                        raise api_error(update.error)
+                    results[index].add(update)
         finally:
             self.cancel()
         return results
@@ -357,21 +395,29 @@ async def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok):
     """Chat chunks: a role delta per choice, content deltas, a finish chunk, [DONE]."""
     generated = 0
     try:
-        for i in range(len(group.jobs)):
-            yield sse(R.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
-        async for i, update in group.updates():
-            if update.error is not None:
-                yield sse(api_error(update.error).body())
+        yield "".join(
+            sse(R.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
+            for i in range(len(group.jobs))
+        )
+        async for batch in group.updates():
+            out, failed = [], False
+            for i, update in batch:
+                if update.error is not None:
+                    out.append(sse(api_error(update.error).body()))
+                    failed = True
+                    break
+                generated += update.event is not None
+                lp = None
+                if cfg.logprobs and update.event is not None and update.in_output:
+                    lp = {"content": [R.chat_logprob_entry(tok, update.event)]}
+                if update.text or lp:
+                    out.append(sse(R.chat_chunk(rid, model, i, {"content": update.text}, None, lp)))
+                if update.done:
+                    reason = update.event.finish_reason if update.event else "stop"
+                    out.append(sse(R.chat_chunk(rid, model, i, {}, reason or "stop")))
+            yield "".join(out)
+            if failed:
                 break
-            generated += update.event is not None
-            lp = None
-            if cfg.logprobs and update.event is not None and update.in_output:
-                lp = {"content": [R.chat_logprob_entry(tok, update.event)]}
-            if update.text or lp:
-                yield sse(R.chat_chunk(rid, model, i, {"content": update.text}, None, lp))
-            if update.done:
-                reason = update.event.finish_reason if update.event else "stop"
-                yield sse(R.chat_chunk(rid, model, i, {}, reason or "stop"))
         else:
             if include_usage:
                 use = R.usage(group.prompt_tokens, generated)
@@ -384,20 +430,26 @@ async def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok):
 async def completion_events(group: JobGroup, rid, model, include_usage, cfg, tok):
     generated = 0
     try:
-        async for i, update in group.updates():
-            if update.error is not None:
-                yield sse(api_error(update.error).body())
+        async for batch in group.updates():
+            out, failed = [], False
+            for i, update in batch:
+                if update.error is not None:
+                    out.append(sse(api_error(update.error).body()))
+                    failed = True
+                    break
+                generated += update.event is not None
+                lp = None
+                if cfg.logprobs and update.event is not None and update.in_output:
+                    lp = R.completion_logprobs(tok, [update.event])
+                reason = None
+                if update.done:
+                    reason = (update.event.finish_reason if update.event else None) or "stop"
+                if update.text or lp or reason:
+                    choice = R.completion_choice(i, update.text, reason, lp)
+                    out.append(sse(R.completion_response(rid, model, [choice], None)))
+            yield "".join(out)
+            if failed:
                 break
-            generated += update.event is not None
-            lp = None
-            if cfg.logprobs and update.event is not None and update.in_output:
-                lp = R.completion_logprobs(tok, [update.event])
-            reason = update.event.finish_reason if update.done and update.event else None
-            if update.done and reason is None:
-                reason = "stop"
-            if update.text or lp or reason:
-                choice = R.completion_choice(i, update.text, reason, lp)
-                yield sse(R.completion_response(rid, model, [choice], None))
         else:
             if include_usage:
                 use = R.usage(group.prompt_tokens, generated)

@@ -36,7 +36,7 @@ import torch
 
 from giraffe.generate.engine import GenerationError
 from giraffe.generate.params import DecodingConfig
-from giraffe.generate.sequence import SequenceState, TokenEvent
+from giraffe.generate.sequence import SequenceState, TokenEvent, step_many
 from giraffe.lm import LanguageModel, TextStream
 from giraffe.nn.slot_cache import BatchView, RowView, SlotCache
 
@@ -221,7 +221,7 @@ class Scheduler:
             self.cache.clear(row)
             return self._fail(job, e)
         self.running.append(running)
-        if self._emit(running, logits):
+        if self._emit(running, step_many([state], logits, isolate=True)[0]):
             self._drop_finished({row})
 
     def _beam(self, job: Job) -> None:
@@ -253,15 +253,20 @@ class Scheduler:
                 self._fail(r.job, e)
             self._drop_finished(set(range(n)))
             return
+        # all rows sampled together; a row whose sampling fails gets its exception
+        events = step_many([r.state for r in self.running], logits, isolate=True)
         finished = {
-            row for row, r in enumerate(self.running) if self._emit(r, logits[row : row + 1])
+            row
+            for row, (r, event) in enumerate(zip(self.running, events, strict=True))
+            if self._emit(r, event)
         }
         self._drop_finished(finished)
 
-    def _emit(self, r: Running, logits: torch.Tensor) -> bool:
-        """Sample this job's next token and deliver it; True when the job is over."""
+    def _emit(self, r: Running, event: TokenEvent | Exception) -> bool:
+        """Deliver this job's next token; True when the job is over."""
         try:
-            event = r.state.step(logits)
+            if isinstance(event, Exception):
+                raise event
             text, hit = r.text.push(event)
         except Exception as e:  # noqa: BLE001 - one bad job must not stop the others
             self._fail(r.job, e)

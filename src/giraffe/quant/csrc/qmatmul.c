@@ -201,26 +201,32 @@ static inline void block_values(const uint8_t *blk, int kind, __m512 *lo, __m512
     }
 }
 
-/* y[r][o] for ROW_CHUNK input rows at once: each block is unpacked once, into registers,
- * and multiplied with every row; one horizontal sum per row at the end. */
-static void row_times_chunk(const uint8_t *row, int kind, int64_t n_blocks, const float *x, int64_t n_in,
-                            int rows, float *out, int64_t out_stride) {
+/* y[r][o], y[r][o+1] for up to ROW_CHUNK input rows at once: each block of the two weight
+ * rows is unpacked once, into registers, and every x vector loaded serves both rows; one
+ * horizontal sum per output at the end. `pair` = 0 for a last, unpaired weight row. */
+static void rows_times_chunk(const uint8_t *row, int64_t row_bytes, int pair, int kind, int64_t n_blocks,
+                             const float *x, int64_t n_in, int rows, float *out, int64_t out_stride) {
     const int bytes = BLOCK_BYTES[kind];
-    __m512 acc[ROW_CHUNK];
-    for (int r = 0; r < ROW_CHUNK; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc0[ROW_CHUNK], acc1[ROW_CHUNK];
+    for (int r = 0; r < ROW_CHUNK; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
-        __m512 lo, hi;
-        block_values(row + b * bytes, kind, &lo, &hi);
+        __m512 lo0, hi0, lo1 = _mm512_setzero_ps(), hi1 = lo1;
+        block_values(row + b * bytes, kind, &lo0, &hi0);
+        if (pair) block_values(row + row_bytes + b * bytes, kind, &lo1, &hi1);
         const float *xb = x + 32 * b;
         #pragma GCC unroll 8
         for (int r = 0; r < ROW_CHUNK; r++) {
             if (r < rows) {
-                acc[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb + r * n_in), acc[r]);
-                acc[r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + r * n_in + 16), acc[r]);
+                const __m512 xl = _mm512_loadu_ps(xb + r * n_in), xh = _mm512_loadu_ps(xb + r * n_in + 16);
+                acc0[r] = _mm512_fmadd_ps(hi0, xh, _mm512_fmadd_ps(lo0, xl, acc0[r]));
+                acc1[r] = _mm512_fmadd_ps(hi1, xh, _mm512_fmadd_ps(lo1, xl, acc1[r]));
             }
         }
     }
-    for (int r = 0; r < rows; r++) out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < rows; r++) {
+        out[r * out_stride] = _mm512_reduce_add_ps(acc0[r]);
+        if (pair) out[r * out_stride + 1] = _mm512_reduce_add_ps(acc1[r]);
+    }
 }
 #endif
 
@@ -231,10 +237,12 @@ static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in
     const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
 #ifdef __AVX512F__
     #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t o = 0; o < n_out; o++) {
+    for (int64_t o = 0; o < n_out; o += 2) {
+        const int pair = o + 1 < n_out;
         for (int64_t r0 = 0; r0 < m; r0 += ROW_CHUNK) {
             const int rows = m - r0 < ROW_CHUNK ? (int)(m - r0) : ROW_CHUNK;
-            row_times_chunk(w + o * row_bytes, kind, n_blocks, x + r0 * n_in, n_in, rows, y + r0 * n_out + o, n_out);
+            rows_times_chunk(w + o * row_bytes, row_bytes, pair, kind, n_blocks, x + r0 * n_in, n_in, rows,
+                             y + r0 * n_out + o, n_out);
         }
     }
 #else
