@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from giraffe.quant import kernels
-from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear
+from giraffe.quant.linear import KERNEL_KINDS, KERNEL_MAX_ROWS, QuantEmbedding, QuantLinear
 
 # Relative to the output's scale: float32 accumulation in another order.
 TOLERANCE = {"Q8_0": 2e-6, "Q4_0": 2e-6, "Q4_1": 2e-6}
@@ -26,7 +26,7 @@ def test_kernel_builds_here():
 
 
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
-@pytest.mark.parametrize("rows", [1, 3, 5, 40])  # x is (2, rows): 2 .. 80 input rows
+@pytest.mark.parametrize("rows", [1, 3, 5, 40, 120])  # x is (2, rows): 2 .. 240 input rows
 @pytest.mark.parametrize("n_out", [96, 97])  # the batched kernel pairs output rows
 def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out):
     layer = QuantLinear(packed_weight(kind, rows=n_out), kind, 256, n_out, bias=torch.randn(n_out))
@@ -159,7 +159,8 @@ def test_c_dequantize_equals_gguf_bit_for_bit(kind):
 def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct():
     layer = QuantLinear(packed_weight("Q4_1"), "Q4_1", 256, 96)
     other = QuantLinear(packed_weight("Q8_0", seed=1), "Q8_0", 256, 96)
-    x = torch.randn(40, 256)  # above KERNEL_MAX_ROWS: dequantize-then-matmul
+    n = KERNEL_MAX_ROWS + 8
+    x = torch.randn(n, 256)  # above KERNEL_MAX_ROWS: dequantize-then-matmul
     with torch.no_grad():
         a = layer(x)
         other(x)  # reuses the shared buffer
@@ -168,4 +169,4 @@ def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct():
     y = layer(x)
     other(x.detach())
     y.sum().backward()
-    assert torch.allclose(x.grad, layer.dequantized_weight().sum(0).expand(40, -1), atol=1e-5)
+    assert torch.allclose(x.grad, layer.dequantized_weight().sum(0).expand(n, -1), atol=1e-5)
