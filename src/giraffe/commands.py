@@ -228,7 +228,10 @@ def serve(args) -> None:
     if args.embed_model:
         embedder, embed_id = load_embedder(args.embed_model), model_id(args.embed_model)
     # The model computes on this (main) thread, the web server answers from another.
-    server = Server(lm, model_id(model), embedder, embed_id, settings, scheduler_thread=False)
+    server = Server(
+        lm, model_id(model), embedder, embed_id, settings, scheduler_thread=False,
+        views=inside_views(lm),
+    )  # fmt: skip
     web = uvicorn.Server(
         uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level=args.log_level)
     )
@@ -253,3 +256,22 @@ def model_id(name: str) -> str:
     from pathlib import Path
 
     return name if name in registry.REGISTRY else Path(name).name
+
+
+def explain(args) -> int:
+    from giraffe.explain.command import run_explain
+
+    return run_explain(args)
+
+
+def inside_views(lm) -> dict:
+    """The web page's Inside tab: explainers on the served model, text -> JSON."""
+    from giraffe.explain import attention, lens, next_token
+
+    return {
+        "attention": lambda text: {
+            "html": attention.render_html(attention.attention_maps(lm, text), title="attention")
+        },
+        "next": lambda text: next_token.next_token_table(lm, text, k=5).to_dict(),
+        "lens": lambda text: lens.logit_lens(lm, text).to_dict(),
+    }

@@ -2,7 +2,8 @@
 
 `create_app(Server(...))` receives ready model objects (it never loads files itself:
 the CLI does) and wires the routes: /v1/models, /v1/chat/completions,
-/v1/completions, /v1/embeddings, /tokenize, /detokenize, /health, and the page at /.
+/v1/completions, /v1/embeddings, /tokenize, /detokenize, /inside/{view}, /health, and
+the page at /.
 Generation requests become scheduler jobs; their tokens come back on the event loop
 as `Update`s and leave either as one JSON response or as server-sent events. A client
 that disconnects cancels its jobs at once. It does not know sampling or attention.
@@ -16,7 +17,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +37,14 @@ from giraffe.serve.schema import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    InsideRequest,
     TokenizeRequest,
     UnsupportedField,
 )
 
 STATIC = Path(__file__).parent / "static"
 POLL_DISCONNECT_S = 0.5  # how often a non-streaming request checks that its client is there
+MAX_INSIDE_TOKENS = 400  # attention maps of every layer and head grow with the square
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,15 @@ class Server:
         embed_id: str | None = None,
         settings: ServeSettings = ServeSettings(),
         scheduler_thread: bool = True,
+        views: dict[str, Callable[[str], dict]] | None = None,
     ) -> None:
-        """scheduler_thread=False: the caller runs `server.scheduler.run()` on its own thread."""
+        """scheduler_thread=False: the caller runs `server.scheduler.run()` on its own thread.
+
+        views: the Inside tab's explainers by name ("attention", "next", "lens"), each
+        text -> JSON-ready dict; given by the caller (giraffe.explain sits beside serve).
+        """
         self.lm, self.model_id = lm, model_id
+        self.views = views or {}
         self.embedder, self.embed_id = embedder, embed_id
         self.settings = settings
         self.started = R.now()
@@ -372,6 +381,22 @@ def create_app(server: Server) -> FastAPI:
             return {"text": tok.decode(body.tokens)}
         except ValueError as e:
             raise APIError(400, str(e), "tokens") from e
+
+    @app.post("/inside/{view}", dependencies=guarded)
+    async def inside(view: str, body: InsideRequest) -> dict:
+        explain = server.views.get(view)
+        if explain is None:
+            known = ", ".join(sorted(server.views)) or "none (started without explainers)"
+            raise APIError(404, f"no view {view!r}; this server has: {known}", "view")
+        count = len(tok.encode(body.text))
+        if not 0 < count <= MAX_INSIDE_TOKENS:
+            raise APIError(
+                400, f"the text has {count} tokens; give 1 to {MAX_INSIDE_TOKENS}", "text"
+            )
+        try:  # on the model thread, between decode steps
+            return await asyncio.wrap_future(server.scheduler.call(lambda: explain(body.text)))
+        except ValueError as e:
+            raise APIError(400, str(e), "text") from e
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

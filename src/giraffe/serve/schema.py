@@ -168,3 +168,9 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     tokens: list[StrictInt]
+
+
+class InsideRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: StrictStr

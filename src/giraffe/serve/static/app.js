@@ -300,6 +300,93 @@ async function tokenize() {
   }
 }
 
+// ---- inside the model: attention, next-token table, logit lens -------------------------------
+const INSIDE_HELP = {
+  attention: "How much each token looks at every earlier token, in every layer and head. Head view: lines from the token under the mouse; model view: one small map per layer × head (click one).",
+  next: "After each token, the model's five most likely next tokens, and how likely it found the token that really came next (its rank and surprisal: −log₂ p bits).",
+  lens: "The logit lens: the final norm and output head applied to every layer's hidden state, showing what the model would predict if it stopped at that layer. Colour: that prediction's probability.",
+};
+
+function cell(tag, text, className) {
+  const element = document.createElement(tag);
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+function nextTable(data) {
+  const table = document.createElement("table");
+  table.className = "inside-table next";
+  const head = table.createTHead().insertRow();
+  ["#", "token", "the model's top 5 next tokens", "actually next", "rank", "probability", "surprisal"].forEach((h) => head.append(cell("th", h)));
+  const body = table.createTBody();
+  for (const p of data.positions) {
+    const row = body.insertRow();
+    row.append(cell("td", p.index), cell("td", visible(p.token), "mono"));
+    const top = document.createElement("td");
+    for (const c of p.top) {
+      const chip = cell("span", `${visible(c.token)} ${(100 * c.prob).toFixed(0)}%`, "cand mono");
+      chip.style.background = probabilityColour(c.prob);
+      if (c.id === p.next_id) chip.classList.add("hit");
+      top.append(chip);
+    }
+    row.append(top);
+    const next = cell("td", p.next_token === null ? "—" : visible(p.next_token), "mono");
+    if (p.prob !== null) next.style.background = probabilityColour(p.prob);
+    row.append(next, cell("td", p.rank ?? "—"), cell("td", p.prob === null ? "—" : (100 * p.prob).toFixed(1) + " %"),
+      cell("td", p.surprisal_bits === null ? "—" : p.surprisal_bits.toFixed(2) + " bits"));
+  }
+  return table;
+}
+
+function lensTable(data) {
+  const wrap = document.createElement("div");
+  wrap.className = "scroll";
+  const table = document.createElement("table");
+  table.className = "inside-table lens";
+  const head = table.createTHead().insertRow();
+  head.append(cell("th", "layer ↓ token →"));
+  data.tokens.forEach((t) => head.append(cell("th", visible(t), "mono")));
+  const body = table.createTBody();
+  data.layers.forEach((name, layer) => {
+    const row = body.insertRow();
+    row.append(cell("th", name));
+    data.top_tokens[layer].forEach((token, position) => {
+      const p = data.top_probs[layer][position];
+      const td = cell("td", visible(token), "mono");
+      td.style.background = probabilityColour(p);
+      td.title = `${(100 * p).toFixed(1)} %`;
+      row.append(td);
+    });
+  });
+  wrap.append(table);
+  return wrap;
+}
+
+async function inside(view) {
+  const out = $("#inside-output");
+  out.dataset.state = "loading";
+  out.dataset.view = view;
+  $("#inside-help").textContent = INSIDE_HELP[view];
+  out.replaceChildren(cell("p", "computing…", "muted"));
+  try {
+    const data = await (await api("/inside/" + view, { text: $("#inside-text").value })).json();
+    if (view === "attention") {
+      const frame = document.createElement("iframe");
+      frame.className = "attention-frame";
+      frame.sandbox = "allow-scripts"; // its own inline script only; no access to this page
+      frame.srcdoc = data.html;
+      out.replaceChildren(frame);
+    } else {
+      out.replaceChildren(view === "next" ? nextTable(data) : lensTable(data));
+    }
+    out.dataset.state = "done";
+  } catch (error) {
+    out.replaceChildren(errorNote(error.message));
+    out.dataset.state = "error";
+  }
+}
+
 // ---- start -------------------------------------------------------------------------------
 async function start() {
   document.querySelectorAll("section.tab").forEach(addTab);
@@ -314,6 +401,7 @@ async function start() {
   $("#complete-stop").addEventListener("click", () => playground.controller?.abort());
   $("#tok-input").addEventListener("input", () => { clearTimeout(tokenizeTimer); tokenizeTimer = setTimeout(tokenize, 150); });
   tokenize();
+  document.querySelectorAll("#inside-buttons button").forEach((b) => b.addEventListener("click", () => inside(b.dataset.view)));
   showTab(store.get("tab", "tab-chat"));
   document.body.dataset.ready = "true";
 }
