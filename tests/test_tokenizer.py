@@ -339,3 +339,18 @@ def test_gguf_errors_name_the_problem(smollm2_meta, fields, message):
 def test_decode_refuses_ids_outside_the_vocabulary(smollm2):
     with pytest.raises(TokenizerError, match="49152 is outside the vocabulary"):
         smollm2.decode([1, 49152])
+
+
+def test_padding_and_truncation_settings_in_tokenizer_json_are_not_applied(tmp_path):
+    """MiniLM's tokenizer.json pads and truncates to 128: encode must do neither silently."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    from giraffe.tokenizer import load_tokenizer_file
+
+    hf = HFTokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2}, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.enable_padding(length=8, pad_id=0, pad_token="[PAD]")
+    hf.enable_truncation(max_length=3)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    assert load_tokenizer_file(tmp_path / "tokenizer.json").encode("a a a a a") == [2] * 5

@@ -257,6 +257,10 @@ def load_tokenizer_file(path: str | os.PathLike) -> Tokenizer:
         tok = HFTokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
         raise TokenizerError(f"{file} is not a valid tokenizer.json ({e})") from None
+    # A tokenizer.json may carry padding/truncation settings (MiniLM's: both at 128); applied
+    # here they would pad every text or cut long ones without a word. Callers decide.
+    tok.no_padding()
+    tok.no_truncation()
     folder = path if path.is_dir() else path.parent
     return from_backend(tok, _folder_special_tokens(tok, folder), str(file))
 
