@@ -129,3 +129,32 @@ def test_the_cache_grows_as_rows_get_longer_and_keeps_what_it_held():
     logits = batched_step(model, cache, [3, 4])
     torch.testing.assert_close(logits[0], full_logits(model, short + [3]), atol=1e-4, rtol=0)
     torch.testing.assert_close(logits[1], full_logits(model, long + [4]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@torch.inference_mode()
+def test_batched_rows_take_the_compiled_step_with_the_module_paths_logits(tmp_path, window):
+    """Continuous batching on packed weights: one C call per layer for all rows."""
+    from giraffe.formats.gguf import load_gguf, save_gguf
+
+    torch.manual_seed(0)
+    cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
+    model = load_gguf(save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q4_1"), packed=True)
+    fast = model.fast_decode
+    taken = []
+
+    def counting(*args):
+        out = fast(*args)
+        taken.append(out is not None)
+        return out
+
+    prompts = [[5, 9, 2, 7, 1, 3, 8], [4, 4], [11, 12, 13, 14]]
+    outputs = []
+    for model.fast_decode in (counting, None):
+        cache = slot_cache(model)
+        for row, p in enumerate(prompts):
+            prefill(model, cache, row, p)
+        steps = [batched_step(model, cache, [7 + s, 3 + s, 9 + s]) for s in range(4)]
+        outputs.append(torch.stack(steps))
+    assert taken.count(True) == 4  # every batched step went through the compiled layers
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)

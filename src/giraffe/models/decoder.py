@@ -91,8 +91,9 @@ class Decoder(nn.Module):
             fast is not None
             and cache is not None
             and key_mask is None
-            and attn_mask is None
             and attention_weights is None
+            # a cache that places each row's token itself (BatchView.slots) implies its mask
+            and (attn_mask is None or hasattr(cache, "slots"))
         ):
             h = fast(self, ids, cache, positions)  # None when it cannot take this call
             if h is not None:

@@ -3,8 +3,9 @@
 The plain path runs ~35 small torch ops per layer; for a 135M model at batch 1 their
 dispatch costs as much as the matrix products. `FastDecode` hands each layer to
 `giraffe_decode_layer` (csrc/qmatmul.c): norms, fused q/k/v, RoPE, the KV-cache write,
-attention over the cache, o_proj, SwiGLU and the residuals. It only takes the cases it
-can do exactly as the model would (batch 1, one new token, no padding mask, no
+attention over the cache, o_proj, SwiGLU and the residuals - for one sequence, or for
+the n sequences of a continuous batch, each at its own cache slot. It only takes the
+cases it can do exactly as the model would (one new token per row, no padding mask, no
 attention maps asked for, every projection packed); everything else returns None and
 the model runs its ordinary path. Tests hold the two equal.
 """
@@ -67,35 +68,51 @@ class FastDecode:
         return FastDecode(model, layers)
 
     def __call__(self, model, ids, cache, positions) -> torch.Tensor | None:
-        if ids.shape != (1, 1) or cache.batch != 1 or torch.is_grad_enabled():
+        """(n, 1) new tokens -> final-norm hidden states (n, 1, C); None if it cannot.
+
+        n > 1 needs a cache that says where each row's token goes (`slots`, as
+        `giraffe.nn.slot_cache.BatchView` does): each row attends to its own slots only.
+        """
+        n = ids.shape[0]
+        if ids.shape[1] != 1 or torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None
-        cfg = self.cfg
-        slot = cache.length
+        slots = getattr(cache, "slots", None)
+        if slots is None:
+            if n != 1 or cache.batch != 1:
+                return None
+            slots = torch.tensor([cache.length])
+        elif len(slots) != n:
+            return None
+        slots = slots.to(torch.int64).contiguous()  # (n,)
         if positions is None:
-            positions = torch.tensor([[slot]])
-        x = model.embed(ids).reshape(-1).contiguous().float()  # (C,)
-        cos, sin = (t.reshape(-1).contiguous() for t in model.rotary(positions))  # (D,)
-        self._ensure_scratch(cache.max_len)
+            positions = slots[:, None]
+        x = model.embed(ids).reshape(n, -1).contiguous().float()  # (n, C)
+        cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
+        self._ensure_scratch(n, cache.max_len)
+        cfg = self.cfg
         window = cfg.sliding_window or 0
+        row_stride = cache.k.stride(1)  # floats between two rows' (H, S, D) caches
         for i, (attn_norm, mlp_norm, qkv, o, gate_up, down) in enumerate(self.layers):
             status = self.fn(
-                x.data_ptr(), cfg.hidden_size, attn_norm.data_ptr(), mlp_norm.data_ptr(),
+                x.data_ptr(), n, cfg.hidden_size, attn_norm.data_ptr(), mlp_norm.data_ptr(),
                 ctypes.c_float(cfg.norm_eps), ctypes.byref(qkv), ctypes.byref(o),
                 ctypes.byref(gate_up), ctypes.byref(down), cfg.n_heads, cfg.kv_heads,
                 cfg.dim_per_head, cos.data_ptr(), sin.data_ptr(), cache.k[i, 0].data_ptr(),
-                cache.v[i, 0].data_ptr(), slot, cache.max_len, window, self.scratch.data_ptr(),
-                torch.get_num_threads(),
+                cache.v[i, 0].data_ptr(), row_stride, slots.data_ptr(), cache.max_len, window,
+                self.scratch.data_ptr(), torch.get_num_threads(),
             )  # fmt: skip
             if status != 0:
-                raise ValueError(f"the compiled decode step rejected layer {i} (slot {slot})")
+                raise ValueError(
+                    f"the compiled decode step rejected layer {i} (slots {slots.tolist()})"
+                )
         cache.advance(1)
-        return model.norm(x.view(1, 1, -1))
+        return model.norm(x.view(n, 1, -1))
 
-    def _ensure_scratch(self, max_len: int) -> None:
+    def _ensure_scratch(self, n: int, max_len: int) -> None:
         cfg = self.cfg
         q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
-        need = (
-            2 * cfg.hidden_size + 2 * q + 2 * kv + cfg.n_heads * max_len + 2 * cfg.intermediate_size
+        per_row = (
+            cfg.hidden_size + 2 * q + 2 * kv + cfg.n_heads * max_len + 2 * cfg.intermediate_size
         )
-        if self.scratch.numel() < need:
-            self.scratch = torch.empty(need)
+        if self.scratch.numel() < n * per_row:
+            self.scratch = torch.empty(n * per_row)

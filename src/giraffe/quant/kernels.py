@@ -80,8 +80,8 @@ SIGNATURES = {
     "giraffe_qmatmul": _MATMUL,
     "giraffe_qmatmul_int8": _MATMUL,
     "giraffe_dequantize": [_P, _I, _I64, _I64, _P, _I],
-    "giraffe_decode_layer": [_P, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
-                             _P, _P, _P, _P, _I64, _I64, _I64, _P, _I],
+    "giraffe_decode_layer": [_P, _I64, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
+                             _P, _P, _P, _P, _I64, _P, _I64, _I64, _P, _I],
 }  # fmt: skip
 
 

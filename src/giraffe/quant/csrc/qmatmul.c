@@ -308,9 +308,12 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
 
-static void matvec(const packed_matrix *m, const float *x, float *y, int n_threads) {
-    giraffe_qmatmul(m->w, m->kind, m->n_out, m->n_in, x, 1, y, n_threads);
-    if (m->bias) for (int64_t i = 0; i < m->n_out; i++) y[i] += m->bias[i];
+/* y (rows, n_out) = x (rows, n_in) @ W^T + bias */
+static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, float *y, int n_threads) {
+    giraffe_qmatmul(m->w, m->kind, m->n_out, m->n_in, x, rows, y, n_threads);
+    if (m->bias)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < m->n_out; i++) y[r * m->n_out + i] += m->bias[i];
 }
 
 static void rope(float *v, int heads, int d, const float *cos, const float *sin) {
@@ -352,44 +355,58 @@ static void attend_head(const float *q, const float *kc, const float *vc, int64_
     }
 }
 
-int giraffe_decode_layer(float *x, int64_t dim, const float *attn_norm, const float *mlp_norm, float eps,
-                         const packed_matrix *qkv, const packed_matrix *o, const packed_matrix *gate_up,
-                         const packed_matrix *down, int n_heads, int kv_heads, int head_dim,
-                         const float *cos, const float *sin, float *k_cache, float *v_cache,
-                         int64_t slot, int64_t max_len, int64_t window, float *scratch, int n_threads) {
-    if (head_dim > 512 || slot >= max_len) return -1;
+/* The same layer for n sequences at once, one new token each (continuous batching): row r
+ * of x is sequence r; its keys/values live at k_cache + r * row_stride ((Hkv, S_max, D) per
+ * row) and its new token goes to slot slots[r], attending to its own slots only. The
+ * matrix products take all n rows together (each weight block unpacked once). cos/sin
+ * are (n, D). n = 1 is the one-sequence decode step. */
+int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_norm, const float *mlp_norm,
+                         float eps, const packed_matrix *qkv, const packed_matrix *o,
+                         const packed_matrix *gate_up, const packed_matrix *down, int n_heads, int kv_heads,
+                         int head_dim, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                         int64_t row_stride, const int64_t *slots, int64_t max_len, int64_t window,
+                         float *scratch, int n_threads) {
+    if (head_dim > 512) return -1;
+    for (int64_t r = 0; r < n; r++) if (slots[r] < 0 || slots[r] >= max_len) return -1;
     const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = gate_up->n_out / 2;
-    float *h = scratch, *proj = h + dim, *att = proj + q_size + 2 * kv_size, *scores = att + q_size;
-    float *mlp = scores + (int64_t)n_heads * max_len;  /* gate|up, 2*hidden */
-    rmsnorm(x, attn_norm, eps, dim, h);
-    matvec(qkv, h, proj, n_threads);
-    float *q = proj, *k = proj + q_size, *v = k + kv_size;
-    rope(q, n_heads, head_dim, cos, sin);
-    rope(k, kv_heads, head_dim, cos, sin);
-    for (int g = 0; g < kv_heads; g++) {
-        memcpy(k_cache + ((int64_t)g * max_len + slot) * head_dim, k + g * head_dim, sizeof(float) * head_dim);
-        memcpy(v_cache + ((int64_t)g * max_len + slot) * head_dim, v + g * head_dim, sizeof(float) * head_dim);
+    const int64_t hidden = gate_up->n_out / 2, proj_size = q_size + 2 * kv_size;
+    float *h = scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
+    float *mlp = scores + n * n_heads * max_len;  /* n rows of gate|up, 2*hidden each */
+    for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, attn_norm, eps, dim, h + r * dim);
+    matmul_rows(qkv, h, n, proj, n_threads);
+    for (int64_t r = 0; r < n; r++) {
+        float *q = proj + r * proj_size, *k = q + q_size, *v = k + kv_size;
+        rope(q, n_heads, head_dim, cos + r * head_dim, sin + r * head_dim);
+        rope(k, kv_heads, head_dim, cos + r * head_dim, sin + r * head_dim);
+        for (int g = 0; g < kv_heads; g++) {
+            const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
+            memcpy(k_cache + at, k + g * head_dim, sizeof(float) * head_dim);
+            memcpy(v_cache + at, v + g * head_dim, sizeof(float) * head_dim);
+        }
     }
     const int group = n_heads / kv_heads;
     const float scale = 1.0f / sqrtf((float)head_dim);
-    const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
     #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int hd = 0; hd < n_heads; hd++) {
-        attend_head(q + hd * head_dim, k_cache + (int64_t)(hd / group) * max_len * head_dim,
-                    v_cache + (int64_t)(hd / group) * max_len * head_dim, first, slot, head_dim, scale,
-                    scores + hd * max_len, att + hd * head_dim);
+    for (int64_t job = 0; job < n * n_heads; job++) {
+        const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r];
+        const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+        const float *kc = k_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        const float *vc = v_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale,
+                    scores + job * max_len, att + r * q_size + hd * head_dim);
     }
-    matvec(o, att, h, n_threads);
-    for (int64_t i = 0; i < dim; i++) x[i] += h[i];
-    rmsnorm(x, mlp_norm, eps, dim, h);
-    matvec(gate_up, h, mlp, n_threads);
-    for (int64_t i = 0; i < hidden; i++) {
-        const float g = mlp[i];
-        mlp[i] = g / (1.0f + expf(-g)) * mlp[hidden + i];
+    matmul_rows(o, att, n, h, n_threads);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+    for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, mlp_norm, eps, dim, h + r * dim);
+    matmul_rows(gate_up, h, n, mlp, n_threads);
+    for (int64_t r = 0; r < n; r++) {
+        float *m = mlp + r * 2 * hidden;
+        for (int64_t i = 0; i < hidden; i++) m[i] = m[i] / (1.0f + expf(-m[i])) * m[hidden + i];
+        /* pack silu(gate)*up rows contiguously for the down projection */
+        memmove(mlp + r * hidden, m, sizeof(float) * hidden);
     }
-    matvec(down, mlp, h, n_threads);
-    for (int64_t i = 0; i < dim; i++) x[i] += h[i];
+    matmul_rows(down, mlp, n, h, n_threads);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
     return 0;
 }
 
