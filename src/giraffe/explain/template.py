@@ -14,7 +14,7 @@ body{font:14px system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
 header{padding:10px 16px;background:#28324a;color:#fff}
 header h1{font-size:18px;margin:0 0 4px}
 nav button{margin-right:6px;padding:4px 12px;border:1px solid #889;border-radius:4px;background:#eef;cursor:pointer}
-nav button.on{background:#28324a;color:#fff}
+nav button.on{background:#c2791b;border-color:#c2791b;color:#fff;font-weight:600}
 section{padding:10px 16px}
 .controls{margin-bottom:8px;display:flex;flex-wrap:wrap;gap:12px;align-items:center}
 .heads label{margin-right:6px;white-space:nowrap}
