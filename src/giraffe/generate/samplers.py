@@ -14,7 +14,7 @@ import torch
 from giraffe.generate.params import DecodingConfig
 
 NEG_INF = float("-inf")
-NUCLEUS_CANDIDATES = 1024
+NUCLEUS_CANDIDATES = (64, 1024)  # shortlists tried before a full sort
 
 
 def apply_repetition_penalty(
@@ -78,16 +78,18 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     if p >= 1.0:
         return logits
     probs = logits.softmax(dim=-1)
-    # The nucleus is almost always a few hundred tokens at most: look there first (a
-    # top-k), and sort the whole vocabulary (~3 ms for 49k) only when it is not enough.
-    k = min(logits.shape[-1], NUCLEUS_CANDIDATES)
-    top_probs, order = probs.topk(k, dim=-1)  # (B, k), descending
-    if k == logits.shape[-1] or bool((top_probs.sum(dim=-1) >= p).all()):
-        before = top_probs.cumsum(dim=-1) - top_probs  # probability of the tokens ahead
-        keep_sorted = before < p
-        keep_sorted[:, 0] = True  # the first always stays
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, keep_sorted)
-        return logits.masked_fill(~keep, NEG_INF)
+    # The nucleus is almost always a few dozen tokens: look among the top 64, then 1024,
+    # and sort the whole vocabulary (~3 ms a row for 49k) only when neither is enough.
+    V = logits.shape[-1]
+    for k in NUCLEUS_CANDIDATES:
+        k = min(k, V)
+        top_probs, order = probs.topk(k, dim=-1)  # (B, k), descending
+        if k == V or bool((top_probs.sum(dim=-1) >= p).all()):
+            before = top_probs.cumsum(dim=-1) - top_probs  # probability of the tokens ahead
+            keep = before < p
+            keep[:, 0] = True  # the first always stays
+            kept = torch.where(keep, logits.gather(1, order), NEG_INF)
+            return torch.full_like(logits, NEG_INF).scatter_(1, order, kept)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     sorted_probs = sorted_logits.softmax(dim=-1)
     # drop a token when the tokens before it already reach p; the first always stays
