@@ -12,12 +12,25 @@ from gguf.quants import quantize
 from giraffe.quant import kernels
 from giraffe.quant.linear import KERNEL_KINDS, KERNEL_MAX_ROWS, QuantEmbedding, QuantLinear
 
+from giraffe.quant.blocks import BLOCK_SIZES
+
 # Relative to the output's scale: float32 accumulation in another order.
-TOLERANCE = {"Q8_0": 2e-6, "Q4_0": 2e-6, "Q4_1": 2e-6}
+TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
+# Where the fp16 scales sit in a K-quant super-block (the rest may be any bytes).
+K_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 def packed_weight(kind, rows=96, cols=256, seed=0):
-    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    """Real quantized rows where the gguf package can quantize `kind`, else random blocks."""
+    rng = np.random.default_rng(seed)
+    if kind in K_SCALE_OFFSETS:  # gguf only dequantizes K-quants: every bit pattern is valid
+        weights, size = BLOCK_SIZES[kind]
+        raw = rng.integers(0, 256, (rows, cols // weights, size), dtype=np.uint8)
+        for at in K_SCALE_OFFSETS[kind]:
+            scales = rng.uniform(0.001, 0.01, raw.shape[:2]).astype(np.float16)
+            raw[:, :, at : at + 2] = scales.view(np.uint8).reshape(*raw.shape[:2], 2)
+        return torch.from_numpy(raw.reshape(rows, -1))
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
     return torch.from_numpy(quantize(w, GGMLQuantizationType[kind]))
 
 
@@ -89,7 +102,21 @@ def test_fused_projection_equals_separate_layers():
     assert FusedQuant.of([parts[0], QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)]) is None
 
 
-@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_fusion_of_mixed_block_types_keeps_separate_segments():
+    from giraffe.quant.linear import FusedQuant
+
+    kinds = ("Q5_0", "Q5_0", "Q8_0")  # as a Q4_K_M file stores q, k and v
+    parts = [
+        QuantLinear(packed_weight(k, rows=32, seed=i), k, 256, 32) for i, k in enumerate(kinds)
+    ]
+    fused = FusedQuant.of(parts)
+    assert fused.kind is None and [s[1] for s in fused.segments] == list(kinds)
+    x = torch.randn(3, 256)
+    for a, b in zip(fused(x), [p(x) for p in parts], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", kernels.INT8_KINDS)
 def test_int8_activation_kernel_is_close_to_reference(kind):
     if not kernels.int8_available():
         pytest.skip("this CPU has no AVX-512 VNNI; the int8 kernel was not built")
@@ -102,8 +129,20 @@ def test_int8_activation_kernel_is_close_to_reference(kind):
     assert not torch.equal(got, kernels.qmatmul(layer.packed, kind, 96, 256, x))
 
 
-@pytest.mark.parametrize("window", [None, 3])
-def test_compiled_decode_step_equals_module_path(tmp_path, window):
+def requantize_v_proj(model, kind: str) -> None:
+    """Store every layer's v_proj in another block type, as mixed files (Q4_K_M) do."""
+    from giraffe.formats.gguf_packed import fuse_projections
+
+    for block in model.layers:
+        old = block.attn.v_proj
+        w = old.dequantized_weight().numpy()
+        packed = torch.from_numpy(quantize(w, GGMLQuantizationType[kind]))
+        block.attn.v_proj = QuantLinear(packed, kind, old.in_features, old.out_features)
+    fuse_projections(model)
+
+
+@pytest.mark.parametrize("window,mixed", [(None, False), (3, False), (None, True)])
+def test_compiled_decode_step_equals_module_path(tmp_path, window, mixed):
     from giraffe.config import PRESETS
     from giraffe.formats.gguf import load_gguf, save_gguf
     from giraffe.models import Decoder
@@ -112,6 +151,9 @@ def test_compiled_decode_step_equals_module_path(tmp_path, window):
     cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
     path = save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q8_0")
     model = load_gguf(path, packed=True)
+    if mixed:
+        requantize_v_proj(model, "Q4_0")
+        assert model.layers[0].attn.fused_qkv.kind is None
     assert model.fast_decode is not None
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
     caches, outputs = [], []
@@ -151,9 +193,9 @@ def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
 def test_c_dequantize_equals_gguf_bit_for_bit(kind):
     from gguf.quants import dequantize as gguf_dequantize
 
-    raw = packed_weight(kind)
+    raw = packed_weight(kind, rows=7, cols=512)  # K-quants: two super-blocks per row
     expected = torch.from_numpy(gguf_dequantize(raw.numpy(), GGMLQuantizationType[kind]))
-    assert torch.equal(kernels.dequantize(raw, kind, 96, 256), expected)
+    assert torch.equal(kernels.dequantize(raw, kind, 7, 512), expected)
 
 
 def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct():

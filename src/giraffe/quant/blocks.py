@@ -16,7 +16,30 @@ import numpy as np
 import torch
 
 BLOCK = 32
+# Vectorised here in torch: bytes per 32-weight block.
 BYTES_PER_BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+# Every block type the packed layers keep: (weights per block, bytes per block), ggml-common.h.
+BLOCK_SIZES = {
+    "Q8_0": (32, 34),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+}
+
+
+def row_bytes(kind: str, n_in: int) -> int:
+    """Bytes of one packed row of `n_in` weights; ValueError when blocks do not tile the row."""
+    weights, size = BLOCK_SIZES[kind]
+    if n_in % weights:
+        raise ValueError(
+            f"a {kind} row needs a multiple of {weights} weights, got {n_in}; "
+            f"choose a block type whose block size divides {n_in} (e.g. Q8_0 or Q4_0 for 32)"
+        )
+    return n_in // weights * size
 
 
 def dequantize(raw: np.ndarray, kind: str, shape: tuple[int, ...]) -> torch.Tensor:

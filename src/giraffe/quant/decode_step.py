@@ -19,26 +19,44 @@ import torch
 from giraffe.quant import kernels
 from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear
 
+MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
+
 
 class PackedMatrix(ctypes.Structure):
     _fields_ = [
-        ("w", ctypes.c_void_p),
-        ("kind", ctypes.c_int),
-        ("n_out", ctypes.c_int64),
+        ("w", ctypes.c_void_p * MAX_PARTS),
+        ("kind", ctypes.c_int * MAX_PARTS),
+        ("n_out", ctypes.c_int64 * MAX_PARTS),
+        ("n_parts", ctypes.c_int),
         ("n_in", ctypes.c_int64),
         ("bias", ctypes.c_void_p),
     ]
 
 
 def _matrix(m) -> PackedMatrix:
-    out = m.out_features if isinstance(m, QuantLinear) else sum(m.sizes)
+    """A QuantLinear or FusedQuant as the C struct: its parts side by side, each its own type."""
+    if isinstance(m, QuantLinear):
+        segments = [(m.packed, m.kind, m.out_features)]
+    else:
+        segments = m.segments
     bias = None if m.bias is None else m.bias.detach().contiguous()
-    matrix = PackedMatrix(
-        m.packed.data_ptr(), kernels.KIND_CODES[m.kind], out, m.in_features,
-        None if bias is None else bias.data_ptr(),
-    )  # fmt: skip
+    matrix = PackedMatrix()
+    for i, (packed, kind, n_out) in enumerate(segments):
+        matrix.w[i], matrix.kind[i], matrix.n_out[i] = (
+            packed.data_ptr(),
+            kernels.KIND_CODES[kind],
+            n_out,
+        )
+    matrix.n_parts, matrix.n_in = len(segments), m.in_features
+    matrix.bias = None if bias is None else bias.data_ptr()
     matrix._keep = bias  # the struct holds a raw pointer: keep the tensor alive
     return matrix
+
+
+def _packed(p) -> bool:
+    if isinstance(p, FusedQuant):
+        return len(p.segments) <= MAX_PARTS
+    return isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS
 
 
 class FastDecode:
@@ -59,9 +77,7 @@ class FastDecode:
         for block in model.layers:
             attn, mlp = block.attn, block.mlp
             parts = [attn.fused_qkv, attn.o_proj, mlp.fused_gate_up, mlp.down_proj]
-            if not all(
-                isinstance(p, (FusedQuant, QuantLinear)) and p.kind in KERNEL_KINDS for p in parts
-            ):
+            if not all(_packed(p) for p in parts):
                 return None
             norms = (block.attn_norm.weight.detach(), block.mlp_norm.weight.detach())
             layers.append((*norms, *[_matrix(p) for p in parts]))

@@ -20,7 +20,20 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
-KIND_CODES = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}
+HEADERS = [Path(__file__).parent / "csrc" / "blocks.h"]
+# Block type -> the code csrc/blocks.h uses for it.
+KIND_CODES = {
+    "Q8_0": 0,
+    "Q4_0": 1,
+    "Q4_1": 2,
+    "Q5_0": 3,
+    "Q5_1": 4,
+    "Q4_K": 5,
+    "Q5_K": 6,
+    "Q6_K": 7,
+}
+# Types with an int8-activation (VNNI) kernel.
+INT8_KINDS = ("Q8_0", "Q4_0", "Q4_1")
 
 
 def cache_dir() -> Path:
@@ -33,7 +46,7 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str) -> Path:
-    source = SOURCE.read_bytes()
+    source = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
     tag = hashlib.sha256(source + cc.encode() + _cpu_flags().encode()).hexdigest()[:16]
     target = cache_dir() / f"qmatmul-{tag}.so"
     if target.exists():
@@ -130,6 +143,7 @@ def qmatmul(
     int8=True first rounds x to int8 per block of 32, as llama.cpp does: faster, and
     numerically llama.cpp's result rather than the float reference's.
     """
+    int8 = int8 and kind in INT8_KINDS
     fn = _function("giraffe_qmatmul_int8" if int8 else "giraffe_qmatmul")
     x = x.contiguous()
     rows = x.numel() // n_in

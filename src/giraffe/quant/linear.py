@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from giraffe.quant import kernels
-from giraffe.quant.blocks import BYTES_PER_BLOCK, dequantize
+from giraffe.quant.blocks import BLOCK_SIZES, dequantize, row_bytes
 
-KERNEL_KINDS = ("Q8_0", "Q4_0", "Q4_1")
+KERNEL_KINDS = tuple(kernels.KIND_CODES)
 # Above this many input rows, dequantize-then-matmul (MKL) beats the packed kernel, which
 # unpacks each block once per 8 rows (measured on SmolLM2, 2 threads: the kernel is faster
 # up to ~256 prompt tokens, 0.87x at 512).
@@ -40,13 +40,10 @@ class QuantLinear(nn.Module):
         self, packed: torch.Tensor, kind: str, in_features: int, out_features: int, bias=None
     ):
         super().__init__()
-        if kind in BYTES_PER_BLOCK and packed.shape != (
-            out_features,
-            in_features // 32 * BYTES_PER_BLOCK[kind],
-        ):
+        if kind in BLOCK_SIZES and packed.shape != (out_features, row_bytes(kind, in_features)):
             raise ValueError(
                 f"{kind} weight of {out_features}x{in_features} needs "
-                f"{in_features // 32 * BYTES_PER_BLOCK[kind]} bytes per row, got {tuple(packed.shape)}"
+                f"{row_bytes(kind, in_features)} bytes per row, got {tuple(packed.shape)}"
             )
         self.register_buffer(
             "packed", packed.contiguous(), persistent=False
@@ -111,7 +108,10 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.table.packed[ids.flatten()]  # (N, bytes per row): only the rows asked for
-        values = dequantize(rows.numpy(), self.weight_kind, (ids.numel(), self.embedding_dim))
+        shape = (ids.numel(), self.embedding_dim)
+        values = kernels.dequantize(rows, self.weight_kind, *shape)
+        if values is None:
+            values = dequantize(rows.numpy(), self.weight_kind, shape)
         return values.reshape(*ids.shape, self.embedding_dim)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
@@ -122,32 +122,43 @@ class FusedQuant:
     """Several packed projections of the same input as one kernel call (q/k/v, gate/up).
 
     Not an nn.Module on purpose: it owns no parameters, so state dicts and savers never
-    see it. The parts' buffers become views of one concatenated buffer (no extra memory).
-    Whoever replaces one of the parts (e.g. with a LoRA layer) must drop the fusion.
+    see it. When the parts share a block type, their buffers become views of one
+    concatenated buffer (no extra memory) and one call computes all. Parts of different
+    types (a Q4_K_M file keeps v in Q8_0 beside Q5_0 q/k) stay separate `segments`, which
+    the compiled decode step still takes in one layer call. Whoever replaces one of the
+    parts (e.g. with a LoRA layer) must drop the fusion.
     """
 
     def __init__(self, parts: list[QuantLinear]) -> None:
-        self.kind, self.in_features = parts[0].kind, parts[0].in_features
+        self.in_features = parts[0].in_features
         self.sizes = [p.out_features for p in parts]
-        self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
         biases = [p.bias for p in parts]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self.parts = parts
+        self.kind = parts[0].kind if len({p.kind for p in parts}) == 1 else None
+        if self.kind is None:
+            self.segments = [(p.packed, p.kind, p.out_features) for p in parts]
+            return
+        self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
         start = 0
         for p, n in zip(parts, self.sizes, strict=True):
             p.packed = self.packed[start : start + n]
             start += n
-        self.parts = parts
+        self.segments = [(self.packed, self.kind, sum(self.sizes))]
 
     @staticmethod
     def of(parts) -> FusedQuant | None:
-        """A fusion when every part is packed alike and the kernel runs here, else None."""
-        ok = all(isinstance(p, QuantLinear) for p in parts) and kernels.available()
-        if not ok or len({(p.kind, p.in_features, p.bias is None) for p in parts}) != 1:
+        """A fusion when every part is packed in a type the kernel knows, else None."""
+        ok = all(isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS for p in parts)
+        if not ok or not kernels.available():
             return None
-        return FusedQuant(parts) if parts[0].kind in KERNEL_KINDS else None
+        if len({(p.in_features, p.bias is None) for p in parts}) != 1:
+            return None
+        return FusedQuant(parts)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if x.numel() // self.in_features > KERNEL_MAX_ROWS or x.dtype != torch.float32:
+        rows = x.numel() // self.in_features
+        if self.kind is None or rows > KERNEL_MAX_ROWS or x.dtype != torch.float32:
             return tuple(p(x) for p in self.parts)
         y = kernels.qmatmul(
             self.packed, self.kind, sum(self.sizes), self.in_features, x, use_int8_activations()

@@ -1,9 +1,9 @@
-/* y = x @ W^T for W stored as ggml blocks (Q8_0, Q4_0, Q4_1), without unpacking W to memory.
+/* y = x @ W^T for W stored as ggml blocks, without unpacking W to memory.
  *
- * Layout (ggml-common.h): each row of W is n_in/32 blocks; a block has an fp16 scale d
- * (Q4_1: then an fp16 minimum m) and 32 quants. Q4 nibbles: byte j holds weight j (low)
- * and weight j+16 (high). Per block: Q8_0 sum = d*q.x; Q4_0 sum = d*(q.x) - 8*d*sum(x);
- * Q4_1 sum = d*(q.x) + m*sum(x). sum(x) per block is computed once per input row.
+ * Block layouts (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) live in blocks.h, which
+ * turns any 32 weights of a row into floats. One input row of Q8_0/Q4_0/Q4_1 takes a
+ * shortcut: per block, Q8_0 sum = d*q.x; Q4_0 sum = d*(q.x) - 8*d*sum(x);
+ * Q4_1 sum = d*(q.x) + m*sum(x), with sum(x) per block computed once per input row.
  *
  * x and y are float32; accumulation is float32 in a different order than
  * "dequantize then matmul", so results agree to rounding, not bit for bit.
@@ -17,24 +17,7 @@
 #include <immintrin.h>
 #endif
 
-enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 };
-static const int BLOCK_BYTES[3] = {34, 18, 20};
-
-static inline float fp16_to_fp32(uint16_t h) {
-#ifdef __F16C__
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) { bits = sign; }
-        else { exp = 127 - 15 + 1; while (!(man & 0x400)) { man <<= 1; exp--; } man &= 0x3FF; bits = sign | (exp << 23) | (man << 13); }
-    } else if (exp == 31) { bits = sign | 0x7F800000 | (man << 13); }
-    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
-    float f; memcpy(&f, &bits, 4); return f;
-#endif
-}
-
-static inline uint16_t read_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+#include "blocks.h"
 
 /* q . x over one block of 32 weights (without scale). */
 static inline float block_dot(const uint8_t *q, const float *x, int kind) {
@@ -156,63 +139,25 @@ int giraffe_has_int8(void) {
 #endif
 }
 
-/* One row of blocks -> n_in floats, exactly as ggml's dequantize: Q8_0 d*q, Q4_0 d*(q-8), Q4_1 d*q+m. */
+/* One row of blocks -> n_in floats, exactly as ggml's dequantize (see blocks.h). */
 static void unpack_row(const uint8_t *row, int kind, int64_t n_blocks, float *y) {
-    const int bytes = BLOCK_BYTES[kind];
-    for (int64_t b = 0; b < n_blocks; b++, y += 32) {
-        const uint8_t *blk = row + b * bytes;
-        const float d = fp16_to_fp32(read_u16(blk));
-        if (kind == Q8_0) {
-            for (int j = 0; j < 32; j++) y[j] = d * (float)(int8_t)blk[2 + j];
-        } else if (kind == Q4_0) {
-            const uint8_t *q = blk + 2;
-            for (int j = 0; j < 16; j++) { y[j] = d * (float)((q[j] & 0x0F) - 8); y[j + 16] = d * (float)((q[j] >> 4) - 8); }
-        } else {
-            const uint8_t *q = blk + 4;
-            const float m = fp16_to_fp32(read_u16(blk + 2));
-            for (int j = 0; j < 16; j++) { y[j] = d * (float)(q[j] & 0x0F) + m; y[j + 16] = d * (float)(q[j] >> 4) + m; }
-        }
-    }
+    for (int64_t b = 0; b < n_blocks; b++) sub_block_scalar(row, kind, b, y + 32 * b);
 }
 
 #define ROW_CHUNK 8 /* input rows multiplied per pass over a weight row (accumulators in registers) */
 
 #ifdef __AVX512F__
-/* The 32 weights of one block as two float vectors, d*q (Q8_0), d*(q-8) (Q4_0) or d*q+m (Q4_1). */
-static inline void block_values(const uint8_t *blk, int kind, __m512 *lo, __m512 *hi) {
-    const __m512 d = _mm512_set1_ps(fp16_to_fp32(read_u16(blk)));
-    if (kind == Q8_0) {
-        *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)))));
-        *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18)))));
-        return;
-    }
-    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (kind == Q4_1 ? 4 : 2)));
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m512 ql = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, mask)));
-    __m512 qh = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)));
-    if (kind == Q4_0) {
-        const __m512 eight = _mm512_set1_ps(8.0f);
-        *lo = _mm512_mul_ps(d, _mm512_sub_ps(ql, eight));
-        *hi = _mm512_mul_ps(d, _mm512_sub_ps(qh, eight));
-    } else {
-        const __m512 m = _mm512_set1_ps(fp16_to_fp32(read_u16(blk + 2)));
-        *lo = _mm512_add_ps(_mm512_mul_ps(d, ql), m);
-        *hi = _mm512_add_ps(_mm512_mul_ps(d, qh), m);
-    }
-}
-
 /* y[r][o], y[r][o+1] for up to ROW_CHUNK input rows at once: each block of the two weight
  * rows is unpacked once, into registers, and every x vector loaded serves both rows; one
  * horizontal sum per output at the end. `pair` = 0 for a last, unpaired weight row. */
 static void rows_times_chunk(const uint8_t *row, int64_t row_bytes, int pair, int kind, int64_t n_blocks,
                              const float *x, int64_t n_in, int rows, float *out, int64_t out_stride) {
-    const int bytes = BLOCK_BYTES[kind];
     __m512 acc0[ROW_CHUNK], acc1[ROW_CHUNK];
     for (int r = 0; r < ROW_CHUNK; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
         __m512 lo0, hi0, lo1 = _mm512_setzero_ps(), hi1 = lo1;
-        block_values(row + b * bytes, kind, &lo0, &hi0);
-        if (pair) block_values(row + row_bytes + b * bytes, kind, &lo1, &hi1);
+        sub_block_values(row, kind, b, &lo0, &hi0);
+        if (pair) sub_block_values(row + row_bytes, kind, b, &lo1, &hi1);
         const float *xb = x + 32 * b;
         #pragma GCC unroll 8
         for (int r = 0; r < ROW_CHUNK; r++) {
@@ -233,8 +178,8 @@ static void rows_times_chunk(const uint8_t *row, int64_t row_bytes, int pair, in
 /* Several input rows (a decode batch): a weight block is unpacked once per ROW_CHUNK rows
  * rather than once per row, so a batch of 16 costs far less than 16 single rows. */
 static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
-                         const float *x, int64_t m, float *y, int n_threads) {
-    const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
+                         const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
+    const int64_t n_blocks = n_in / 32, row_bytes = row_bytes_of(kind, n_in);
 #ifdef __AVX512F__
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t o = 0; o < n_out; o += 2) {
@@ -242,7 +187,7 @@ static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in
         for (int64_t r0 = 0; r0 < m; r0 += ROW_CHUNK) {
             const int rows = m - r0 < ROW_CHUNK ? (int)(m - r0) : ROW_CHUNK;
             rows_times_chunk(w + o * row_bytes, row_bytes, pair, kind, n_blocks, x + r0 * n_in, n_in, rows,
-                             y + r0 * n_out + o, n_out);
+                             y + r0 * y_stride + o, y_stride);
         }
     }
 #else
@@ -255,7 +200,7 @@ static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in
             for (int64_t r = 0; r < m; r++) {
                 float acc = 0.0f;
                 for (int64_t k = 0; k < n_in; k++) acc += wr[k] * x[r * n_in + k];
-                y[r * n_out + o] = acc;
+                y[r * y_stride + o] = acc;
             }
         }
         free(wr);
@@ -263,12 +208,13 @@ static void qmatmul_rows(const uint8_t *w, int kind, int64_t n_out, int64_t n_in
 #endif
 }
 
-/* w: n_out rows of packed blocks; x: (m, n_in); y: (m, n_out). Returns 0, or -1 on bad input. */
-int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
-                    const float *x, int64_t m, float *y, int n_threads) {
-    if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
-    if (m > 1) {
-        qmatmul_rows(w, kind, n_out, n_in, x, m, y, n_threads);
+/* w: n_out rows of packed blocks; x: (m, n_in); y: (m, y_stride), columns 0..n_out-1
+ * written. Returns 0, or -1 on bad input. */
+static int qmatmul_strided(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
+                           const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
+    if (!kind_ok(kind, n_in)) return -1;
+    if (m > 1 || kind > Q4_1) { /* the one-row shortcut below knows the first three types */
+        qmatmul_rows(w, kind, n_out, n_in, x, m, y, y_stride, n_threads);
         return 0;
     }
     const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
@@ -283,11 +229,17 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
     for (int64_t o = 0; o < n_out; o++) {
         const uint8_t *row = w + o * row_bytes;
         for (int64_t r = 0; r < m; r++) {
-            y[r * n_out + o] = row_dot(row, x + r * n_in, xsum + r * n_blocks, n_blocks, kind);
+            y[r * y_stride + o] = row_dot(row, x + r * n_in, xsum + r * n_blocks, n_blocks, kind);
         }
     }
     free(xsum);
     return 0;
+}
+
+/* w: n_out rows of packed blocks; x: (m, n_in); y: (m, n_out). Returns 0, or -1 on bad input. */
+int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
+                    const float *x, int64_t m, float *y, int n_threads) {
+    return qmatmul_strided(w, kind, n_out, n_in, x, m, y, n_out, n_threads);
 }
 
 /* ---- One whole decoder layer for one token (batch 1): the decode step without Python ----
@@ -297,9 +249,19 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
  * slots 0..slot. cos/sin are the rotary tables for this position, sin with its first
  * half negated (rotate-half layout: out = x*cos + roll(x, D/2)*sin).
  */
+/* One projection, or several of the same input side by side (q|k|v, gate|up), each part
+ * with its own block type (a Q4_K_M file mixes Q5_0 q/k with Q8_0 v). */
+#define MAX_PARTS 3
 typedef struct {
-    const uint8_t *w; int kind; int64_t n_out, n_in; const float *bias;
+    const uint8_t *w[MAX_PARTS]; int kind[MAX_PARTS]; int64_t n_out[MAX_PARTS];
+    int n_parts; int64_t n_in; const float *bias;
 } packed_matrix;
+
+static int64_t total_out(const packed_matrix *m) {
+    int64_t n = 0;
+    for (int p = 0; p < m->n_parts; p++) n += m->n_out[p];
+    return n;
+}
 
 static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out) {
     double ss = 0.0;
@@ -310,10 +272,12 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
 
 /* y (rows, n_out) = x (rows, n_in) @ W^T + bias */
 static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, float *y, int n_threads) {
-    giraffe_qmatmul(m->w, m->kind, m->n_out, m->n_in, x, rows, y, n_threads);
+    const int64_t n_out = total_out(m);
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
+        qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
     if (m->bias)
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t i = 0; i < m->n_out; i++) y[r * m->n_out + i] += m->bias[i];
+            for (int64_t i = 0; i < n_out; i++) y[r * n_out + i] += m->bias[i];
 }
 
 static void rope(float *v, int heads, int d, const float *cos, const float *sin) {
@@ -369,7 +333,7 @@ int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_nor
     if (head_dim > 512) return -1;
     for (int64_t r = 0; r < n; r++) if (slots[r] < 0 || slots[r] >= max_len) return -1;
     const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = gate_up->n_out / 2, proj_size = q_size + 2 * kv_size;
+    const int64_t hidden = total_out(gate_up) / 2, proj_size = q_size + 2 * kv_size;
     float *h = scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
     float *mlp = scores + n * n_heads * max_len;  /* n rows of gate|up, 2*hidden each */
     for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, attn_norm, eps, dim, h + r * dim);
@@ -410,11 +374,11 @@ int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_nor
     return 0;
 }
 
-/* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does:
- * Q8_0 d*q, Q4_0 d*(q-8), Q4_1 d*q+m. Used where a float matmul wins (many input rows). */
+/* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does
+ * (blocks.h). Used where a float matmul wins (many input rows). */
 int giraffe_dequantize(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, float *out, int n_threads) {
-    if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
-    const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
+    if (!kind_ok(kind, n_in)) return -1;
+    const int64_t n_blocks = n_in / 32, row_bytes = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t o = 0; o < n_out; o++) unpack_row(w + o * row_bytes, kind, n_blocks, out + o * n_in);
     return 0;

@@ -1,0 +1,211 @@
+/* Where the 32 weights of "sub-block" b of a packed row live, for every block type the
+ * kernels know, and how to turn them into floats. Included by qmatmul.c (one library).
+ *
+ * Layouts follow ggml-common.h. Legacy types pack 32 weights per block:
+ *   Q8_0 (34 B): fp16 d, 32 x int8 q                          w = d*q
+ *   Q4_0 (18 B): fp16 d, 16 B nibbles                         w = d*(q-8)
+ *   Q4_1 (20 B): fp16 d, fp16 m, 16 B nibbles                 w = d*q + m
+ *   Q5_0 (22 B): fp16 d, u32 high bits, 16 B nibbles          w = d*(q-16)
+ *   Q5_1 (24 B): fp16 d, fp16 m, u32 high bits, 16 B nibbles  w = d*q + m
+ * (nibble byte j: weight j low, weight j+16 high; high bit of weight j: bit j of the u32).
+ * K-quants pack 256 weights per super-block, as 8 sub-blocks of 32 (Q6_K: 16 of 16):
+ *   Q4_K (144 B): fp16 d, fp16 dmin, 12 B of 6-bit scales/mins, 128 B nibbles
+ *                 w = d*sc_j*q - dmin*m_j
+ *   Q5_K (176 B): as Q4_K plus 32 B of fifth bits before the nibbles
+ *   Q6_K (210 B): 128 B low nibbles, 64 B high 2-bit pairs, 16 x int8 scales, fp16 d
+ *                 w = d*sc*(q-32)
+ * Sub-block j of a Q4_K/Q5_K super-block: nibble bytes 32*(j/2).., low halves for even j,
+ * high halves for odd j; its fifth bit is bit j of qh[l]. Q6_K: half h = j/4 and k = j%4
+ * pick ql bytes 64*h + 32*(k&1) (low nibble for k < 2, else high), bits 2k..2k+1 of
+ * qh[32*h + l], scales 8*h + 2k (weights 0-15) and 8*h + 2k + 1 (weights 16-31).
+ */
+#pragma once
+#include <stdint.h>
+#include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, N_KINDS = 8 };
+/* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
+static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210};
+static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256};
+
+static inline int kind_ok(int kind, int64_t n_in) {
+    return kind >= 0 && kind < N_KINDS && n_in % BLOCK_WEIGHTS[kind] == 0;
+}
+
+static inline int64_t row_bytes_of(int kind, int64_t n_in) {
+    return n_in / BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind];
+}
+
+static inline int is_k_quant(int kind) { return kind >= Q4_K; }
+
+static inline float fp16_to_fp32(uint16_t h) {
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) { bits = sign; }
+        else { exp = 127 - 15 + 1; while (!(man & 0x400)) { man <<= 1; exp--; } man &= 0x3FF; bits = sign | (exp << 23) | (man << 13); }
+    } else if (exp == 31) { bits = sign | 0x7F800000 | (man << 13); }
+    else { bits = sign | ((exp + 127 - 15) << 23) | (man << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+#endif
+}
+
+static inline uint16_t read_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t read_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* The 6-bit scale and min of sub-block j from a K-quant's 12 packed bytes. */
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Affine form of sub-block b: w[l] = mul[l < 16 ? 0 : 1] * q[l] + add, q[l] unsigned
+ * (legacy Q4_0/Q5_0/Q6_K fold their offset into `add`/q). Q8_0 has signed q. */
+typedef struct { const uint8_t *blk; int j; } sub_ref;
+
+static inline sub_ref locate(const uint8_t *row, int kind, int64_t b) {
+    sub_ref s;
+    if (is_k_quant(kind)) {
+        s.blk = row + (b / 8) * BLOCK_BYTES[kind];
+        s.j = (int)(b % 8);
+    } else {
+        s.blk = row + b * BLOCK_BYTES[kind];
+        s.j = 0;
+    }
+    return s;
+}
+
+/* Scalar reference: the 32 weights of sub-block b of a row, exactly as ggml's dequantize. */
+static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) {
+    const sub_ref s = locate(row, kind, b);
+    const uint8_t *blk = s.blk;
+    const int j = s.j;
+    if (kind == Q8_0) {
+        const float d = fp16_to_fp32(read_u16(blk));
+        for (int l = 0; l < 32; l++) y[l] = d * (float)(int8_t)blk[2 + l];
+    } else if (kind <= Q5_1) {
+        const float d = fp16_to_fp32(read_u16(blk));
+        const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
+        const float m = has_min ? fp16_to_fp32(read_u16(blk + 2)) : 0.0f;
+        const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
+        const uint8_t *q = blk + 2 + 2 * has_min + 4 * five;
+        const int offset = has_min ? 0 : (five ? 16 : 8);
+        for (int l = 0; l < 16; l++) {
+            const int lo = (q[l] & 0x0F) | (int)(((qh >> l) & 1) << 4);
+            const int hi = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1) << 4);
+            y[l] = d * (float)(lo - offset) + m;
+            y[l + 16] = d * (float)(hi - offset) + m;
+        }
+    } else if (kind == Q4_K || kind == Q5_K) {
+        const float d = fp16_to_fp32(read_u16(blk)), dmin = fp16_to_fp32(read_u16(blk + 2));
+        int sc, m;
+        scale_min_k4(j, blk + 4, &sc, &m);
+        const uint8_t *qh = blk + 16, *q = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
+        for (int l = 0; l < 32; l++) {
+            int v = j % 2 ? q[l] >> 4 : q[l] & 0x0F;
+            if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
+            y[l] = d * (float)sc * (float)v - dmin * (float)m;
+        }
+    } else { /* Q6_K */
+        const int h = j / 4, k = j % 4;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
+        const float d = fp16_to_fp32(read_u16(blk + 208));
+        for (int l = 0; l < 32; l++) {
+            const int low = k < 2 ? ql[l] & 0x0F : ql[l] >> 4;
+            const int v = (low | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
+            y[l] = d * (float)sc[l / 16] * (float)v;
+        }
+    }
+}
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* 32 unsigned bytes -> two float vectors (values 0-15, 16-31). */
+static inline void bytes_to_floats(__m256i v, __m512 *lo, __m512 *hi) {
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1)));
+}
+
+/* Legacy 4/5-bit blocks: nibbles (+ fifth bits) as 32 unsigned bytes in weight order. */
+static inline __m256i legacy_quants(const uint8_t *q, uint32_t qh, int five) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)q), mask = _mm_set1_epi8(0x0F);
+    __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+    if (five) v = _mm256_mask_add_epi8(v, (__mmask32)qh, v, _mm256_set1_epi8(16));
+    return v;
+}
+
+/* The 32 weights of sub-block b as two float vectors; same numbers as sub_block_scalar. */
+static inline void sub_block_values(const uint8_t *row, int kind, int64_t b, __m512 *lo, __m512 *hi) {
+    const sub_ref s = locate(row, kind, b);
+    const uint8_t *blk = s.blk;
+    const int j = s.j;
+    __m512 ql, qhi, mul_lo, mul_hi, add;
+    if (kind == Q8_0) {
+        const __m512 d = _mm512_set1_ps(fp16_to_fp32(read_u16(blk)));
+        *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2)))));
+        *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18)))));
+        return;
+    }
+    if (kind <= Q5_1) {
+        const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
+        const float d = fp16_to_fp32(read_u16(blk));
+        const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
+        bytes_to_floats(legacy_quants(blk + 2 + 2 * has_min + 4 * five, qh, five), &ql, &qhi);
+        mul_lo = mul_hi = _mm512_set1_ps(d);
+        const float offset = has_min ? 0.0f : (five ? 16.0f : 8.0f);
+        add = _mm512_set1_ps(has_min ? fp16_to_fp32(read_u16(blk + 2)) : 0.0f);
+        if (!has_min) { /* d*(q - offset), rounded as ggml does: subtract first */
+            const __m512 off = _mm512_set1_ps(offset);
+            *lo = _mm512_mul_ps(mul_lo, _mm512_sub_ps(ql, off));
+            *hi = _mm512_mul_ps(mul_hi, _mm512_sub_ps(qhi, off));
+            return;
+        }
+    } else if (kind == Q4_K || kind == Q5_K) {
+        const float d = fp16_to_fp32(read_u16(blk)), dmin = fp16_to_fp32(read_u16(blk + 2));
+        int sc, m;
+        scale_min_k4(j, blk + 4, &sc, &m);
+        const uint8_t *qhp = blk + 16, *q = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)q), mask = _mm256_set1_epi8(0x0F);
+        __m256i v = j % 2 ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask) : _mm256_and_si256(raw, mask);
+        if (kind == Q5_K) {
+            const __m256i bits = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qhp), j),
+                                                  _mm256_set1_epi8(1));
+            v = _mm256_or_si256(v, _mm256_slli_epi16(bits, 4));
+        }
+        bytes_to_floats(v, &ql, &qhi);
+        mul_lo = mul_hi = _mm512_set1_ps(d * (float)sc);
+        add = _mm512_set1_ps(-dmin * (float)m);
+    } else { /* Q6_K */
+        const int h = j / 4, k = j % 4;
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32 * (k & 1)));
+        const __m256i mask = _mm256_set1_epi8(0x0F);
+        __m256i v = k < 2 ? _mm256_and_si256(raw, mask) : _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+        const __m256i bits = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
+        v = _mm256_or_si256(v, _mm256_slli_epi16(bits, 4));
+        bytes_to_floats(v, &ql, &qhi);
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
+        const float d = fp16_to_fp32(read_u16(blk + 208));
+        const __m512 off = _mm512_set1_ps(32.0f);
+        /* d*sc*(q-32), in ggml's order: (d*sc) * (q-32) */
+        *lo = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[0]), _mm512_sub_ps(ql, off));
+        *hi = _mm512_mul_ps(_mm512_set1_ps(d * (float)sc[1]), _mm512_sub_ps(qhi, off));
+        return;
+    }
+    /* multiply, then add: two roundings, as ggml's scalar dequantize does */
+    *lo = _mm512_add_ps(_mm512_mul_ps(mul_lo, ql), add);
+    *hi = _mm512_add_ps(_mm512_mul_ps(mul_hi, qhi), add);
+}
+#endif
