@@ -15,6 +15,7 @@ import typing
 
 from giraffe.explain.command import add_explain_parser
 from giraffe.generate.params import DecodingConfig
+from giraffe.quant.ptq import TYPES as QUANT_TYPES
 
 # Decoding options that are not command-line flags (set by the program, not the user).
 NOT_FLAGS = {"stop_token_ids", "logprobs"}
@@ -87,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="write a float model as a quantized GGUF file (with its vocabulary)"
     )
     q.add_argument("model", help="a float model: Hugging Face folder or F32/F16 GGUF")
-    q.add_argument("--to", required=True, choices=["f32", "f16", "q8_0", "q4_0", "q4_1"])
+    q.add_argument(
+        "--to",
+        required=True,
+        choices=[t.lower() for t in QUANT_TYPES],
+        help="block type (rows the blocks do not divide fall back as llama.cpp does)",
+    )
     q.add_argument("--out", required=True, help="the .gguf file to write")
 
     add_serve_parser(sub)

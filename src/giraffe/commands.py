@@ -159,6 +159,7 @@ def quantize(args) -> None:
     print(
         f"wrote {path} ({human_bytes(size)}, {args.to}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
     )
+    print(f"tensor types: {describe(path)[1]['tensor_types']}")
 
 
 def models(args) -> None:

@@ -225,7 +225,7 @@ class LanguageModel:
         return folder
 
     def save_gguf(self, path: str | os.PathLike, dtype: str = "f32") -> Path:
-        """One GGUF file with weights (f32, f16, q8_0, q4_0, q4_1) and the vocabulary."""
+        """One GGUF file with weights (f32, f16 or a block type, see `giraffe.quant.ptq`) and the vocabulary."""
         fields = gguf_tokenizer_fields(self.tokenizer)
         return save_gguf(
             self.model, path, dtype=dtype, name=Path(self.source).name, tokenizer=fields

@@ -3,7 +3,7 @@
 Reading (header through `giraffe.files.gguf_reader`): the architecture metadata becomes
 a `ModelConfig`; tensors are dequantized to float32 (or kept packed, `gguf_packed`) and
 renamed through `giraffe.formats.names`, undoing llama.cpp's RoPE row permutation.
-Writing (with the `gguf` package): F32/F16/Q8_0/Q4_0/Q4_1 tensors, architecture
+Writing (with the `gguf` package): F32/F16 and block-quantized tensors (`giraffe.quant.ptq`), architecture
 metadata, and the tokenizer fields a caller hands in. This module does not build tokenizers; `giraffe.tokenizer` reads
 the same file for that, and hands writers its fields.
 """
@@ -23,6 +23,7 @@ from giraffe.formats.gguf_packed import fuse_projections, install_packed, packab
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
+from giraffe.quant.ptq import quantize_matrix
 
 # general.architecture -> giraffe family
 GGUF_FAMILIES = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2": "gpt2"}
@@ -146,9 +147,9 @@ def save_gguf(
 ) -> Path:
     """Write the model's weights and architecture metadata.
 
-    dtype: "f32", "f16", or a ggml block type ("q8_0", "q4_0", "q4_1") for 2-D weights
-    whose rows divide into blocks of 32 (others stay float32, as llama.cpp does);
-    blocks come from the `gguf` package's quantizers, bit for bit llama.cpp's.
+    dtype: "f32", "f16", or a ggml block type ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+    "q4_k", "q5_k", "q6_k") for 2-D weights; a matrix whose rows the blocks do not divide
+    falls back as llama.cpp's quantizer does (`giraffe.quant.ptq.target_type`).
     tokenizer: vocabulary fields to embed (see `giraffe.tokenizer.gguf_tokenizer_fields`);
     without them the file holds weights only, which llama.cpp cannot run.
     """
@@ -191,20 +192,20 @@ def _write_tokenizer(writer, t: dict) -> None:
         writer.add_chat_template(t["chat_template"])
 
 
-def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> None:
+def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> str:
+    """Add one tensor; returns the type it was stored in (see `giraffe.quant.ptq`)."""
     import gguf
-    from gguf.quants import quantize
 
     # ggml keeps 1-D tensors (norms, biases) in float32 whatever the file type.
-    if array.ndim < 2 or dtype == "F32":
+    if array.ndim < 2:
         writer.add_tensor(name, array)
-    elif dtype == "F16":
-        writer.add_tensor(name, array.astype(np.float16))
-    elif array.shape[-1] % 32:
-        writer.add_tensor(name, array)  # rows that do not split into blocks stay float32
+        return "F32"
+    data, actual = quantize_matrix(array, dtype)
+    if actual in ("F32", "F16"):
+        writer.add_tensor(name, data)
     else:
-        qtype = gguf.GGMLQuantizationType[dtype]
-        writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[actual])
+    return actual
 
 
 def _write_hparams(writer, cfg: ModelConfig) -> None:
