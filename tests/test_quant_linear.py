@@ -10,9 +10,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from giraffe.quant import kernels
-from giraffe.quant.linear import KERNEL_KINDS, KERNEL_MAX_ROWS, QuantEmbedding, QuantLinear
-
 from giraffe.quant.blocks import BLOCK_SIZES
+from giraffe.quant.linear import KERNEL_KINDS, KERNEL_MAX_ROWS, QuantEmbedding, QuantLinear
 
 # Relative to the output's scale: float32 accumulation in another order.
 TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
