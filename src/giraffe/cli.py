@@ -75,13 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--json", action="store_true")
 
-    e = sub.add_parser("eval", help="perplexity and bits per byte on a text file")
+    e = sub.add_parser(
+        "eval", help="perplexity and bits per byte on a text file (KL against a reference)"
+    )
     e.add_argument("model")
     e.add_argument("--perplexity", metavar="FILE", required=True, help="a UTF-8 text file")
     e.add_argument(
         "--ctx", type=int, default=512, help="window length in tokens (second half scored)"
     )
     e.add_argument("--float", action="store_true", help="dequantize GGUF weights to float32")
+    e.add_argument(
+        "--reference",
+        metavar="MODEL",
+        help="also compare with this float model: KL divergence and top-1 agreement",
+    )
     e.add_argument("--json", action="store_true")
 
     q = sub.add_parser(

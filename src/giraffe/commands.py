@@ -124,6 +124,8 @@ def eval(args) -> None:  # noqa: A001 - the subcommand's name
         raise ValueError(f"{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
     lm = load(args.model, packed=False if args.float else None)
     ids = lm.tokenizer.encode(text)
+    if args.reference:
+        return _eval_divergence(lm, load(args.reference, packed=False), ids, args)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"scoring {len(ids)} tokens", total=max(1, len(ids) // args.ctx))
         result = perplexity(
@@ -160,6 +162,32 @@ def quantize(args) -> None:
         f"wrote {path} ({human_bytes(size)}, {args.to}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
     )
     print(f"tensor types: {describe(path)[1]['tensor_types']}")
+
+
+def _eval_divergence(lm, reference, ids: list[int], args) -> None:
+    from rich.progress import Progress
+
+    from giraffe.eval.divergence import divergence
+
+    if reference.tokenizer.encode("giraffe") != lm.tokenizer.encode("giraffe"):
+        raise ValueError(f"{args.reference} tokenizes text differently from {args.model}")
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"comparing on {len(ids)} tokens", total=max(1, len(ids) // args.ctx))
+        result = divergence(
+            lm.model,
+            reference.model,
+            ids,
+            args.ctx,
+            lambda done, _: bar.update(task, completed=done),
+        )
+    if args.json:
+        print_json(result.__dict__)
+        return
+    print(
+        f"perplexity {result.perplexity:.4f} (reference {result.reference_perplexity:.4f})  "
+        f"KL mean {result.kl_mean:.5f} nats, p99 {result.kl_p99:.4f}  "
+        f"top-1 agreement {100 * result.top1_agreement:.2f}%  ({result.tokens_scored} tokens)"
+    )
 
 
 def models(args) -> None:

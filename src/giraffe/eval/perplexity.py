@@ -38,12 +38,7 @@ def perplexity(
     progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     """model: ids (1, T) -> logits (1, T, V). decode turns scored ids back into text for bytes."""
-    if ctx < 4:
-        raise ValueError(f"ctx={ctx} is too small: use at least 4 tokens per window")
-    windows = len(ids) // ctx
-    if windows == 0:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of ctx={ctx}")
-    first = ctx // 2
+    windows, first = count_windows(len(ids), ctx), ctx // 2
     total_nll, scored, n_bytes = 0.0, 0, 0
     for w in range(windows):
         chunk = torch.tensor([ids[w * ctx : (w + 1) * ctx]])  # (1, ctx)
@@ -59,3 +54,12 @@ def perplexity(
     mean = total_nll / scored
     bpb = total_nll / math.log(2) / n_bytes if n_bytes else float("nan")
     return PerplexityResult(math.exp(mean), mean, bpb, scored, n_bytes, windows, ctx)
+
+
+def count_windows(n_tokens: int, ctx: int) -> int:
+    """Whole windows of `ctx` tokens in the text; ValueError when there is none."""
+    if ctx < 4:
+        raise ValueError(f"ctx={ctx} is too small: use at least 4 tokens per window")
+    if n_tokens < ctx:
+        raise ValueError(f"the text has {n_tokens} tokens, fewer than one window of ctx={ctx}")
+    return n_tokens // ctx
