@@ -15,50 +15,20 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-TEXT = (
-    "The giraffe is a large African hoofed mammal belonging to the genus Giraffa. It is the "
-    "tallest living terrestrial animal and the largest ruminant on Earth. Its chief "
-    "distinguishing characteristics are its extremely long neck and legs, horn-like ossicones, "
-    "and spotted coat patterns. "
-)
-
-
-def prompt_ids(tokenizer_encode, n: int) -> list[int]:
-    ids = tokenizer_encode(TEXT * 40)
-    if len(ids) < n:
-        raise SystemExit(f"benchmark text too short: {len(ids)} < {n} tokens")
-    return ids[:n]
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from giraffe.eval.speed import peak_rss_mib, prompt_ids
 
 
 def worker_giraffe(model, repeats, prefill_n, decode_n, packed=True) -> dict:
-    t0 = time.perf_counter()
-    import giraffe
-    from giraffe.generate.engine import DecodeSession
-    from giraffe.generate.params import DecodingConfig
+    """The same measurement as `giraffe bench` (giraffe.eval.speed)."""
+    from giraffe.eval.speed import measure_speed
 
-    lm = giraffe.load(model, packed=packed)
-    load_s = time.perf_counter() - t0
-    long_ids = prompt_ids(lm.tokenizer.encode, prefill_n)
-    short_ids = long_ids[:8]
-
-    def run(ids, n):
-        cfg = DecodingConfig(max_new_tokens=n, temperature=0.0, ignore_eos=True)
-        stamps = [time.perf_counter()]
-        for _ in DecodeSession(lm.model, [ids], cfg):
-            stamps.append(time.perf_counter())
-        return stamps
-
-    return measure(run, long_ids, short_ids, repeats, prefill_n, decode_n, load_s)
+    r = measure_speed(model, prefill_n, decode_n, repeats, packed=packed)
+    return {k: v for k, v in r.__dict__.items() if k != "ttft_s"}
 
 
 def worker_transformers(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:

@@ -141,3 +141,23 @@ def test_quantize_rejects_bad_output_name(tiny_folder, tmp_path):
     assert_clean_error(
         giraffe("quantize", tiny_folder, "--to", "q8_0", "--out", tmp_path / "x.bin"), ".gguf"
     )
+
+
+def test_eval_against_a_reference_and_bench(tiny_folder, tmp_path):
+    quantized = tmp_path / "tiny-q4.gguf"
+    assert giraffe("quantize", tiny_folder, "--to", "q4_0", "--out", quantized).returncode == 0
+    text = tmp_path / "text.txt"
+    text.write_text("No, I am not a giraffe. The giraffe is the tallest animal. " * 10)
+    r = giraffe(
+        "eval", quantized, "--perplexity", text, "--ctx", 16, "--reference", tiny_folder, "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["kl_mean"] > 0 and 0 < out["top1_agreement"] <= 1
+    assert out["perplexity"] != out["reference_perplexity"]
+    r = giraffe(
+        "bench", quantized, "--prefill-tokens", 16, "--decode-tokens", 4, "--repeats", 1, "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    speed = json.loads(r.stdout)
+    assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0 and speed["peak_rss_mib"] > 0
