@@ -15,12 +15,12 @@ from giraffe.explain.sizes import (
     total_parameters,
     what_fits,
 )
-from giraffe.models import Decoder, Encoder
+from giraffe.models import Decoder, Encoder, build_model
 
 
 def build(cfg):
     """The model a config describes; encoders without a masked-LM head (as MiniLM ships)."""
-    return Encoder(cfg, mlm_head=False) if cfg.kind == "encoder" else Decoder(cfg)
+    return Encoder(cfg, mlm_head=False) if cfg.kind == "encoder" else build_model(cfg)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

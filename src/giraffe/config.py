@@ -2,9 +2,12 @@
 
 A `ModelConfig` covers the decoders GPT-2 (learned positions, LayerNorm, GELU, biases,
 tied embeddings) and the Llama family (RoPE, RMSNorm, SwiGLU, grouped-query attention):
-Llama, Mistral, Qwen2 (q/k/v biases), SmolLM; and the BERT encoder (bidirectional
-attention, learned positions, token types, post-LayerNorm, GELU), e.g. MiniLM.
-Presets are plain data.
+Llama, Mistral, Qwen2 (q/k/v biases), SmolLM; the BERT encoder (bidirectional
+attention, learned positions, token types, post-LayerNorm, GELU), e.g. MiniLM; and the
+T5 encoder-decoder (Raffel et al. 2020: cross-attention, bucketed relative position
+biases, RMSNorm without bias, no biases anywhere). Presets are plain data: `PRESETS`
+holds one "{arch}-{size}" entry per size ("tiny" for tests, "small" to train on a CPU
+in minutes, "base" for the published base shapes) plus the shapes of real checkpoints.
 
 It does not know about files: reading `config.json` or GGUF metadata into a
 `ModelConfig` lives in `giraffe.formats`.
@@ -16,8 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 
 # family -> what kind of model it is: `giraffe.models.decoder` wires decoders,
-# `giraffe.models.encoder` encoders.
-ARCHITECTURES = {"llama": "decoder", "gpt2": "decoder", "bert": "encoder"}
+# `giraffe.models.encoder` encoders, `giraffe.models.seq2seq` encoder-decoders.
+ARCHITECTURES = {"llama": "decoder", "gpt2": "decoder", "bert": "encoder", "t5": "encoder-decoder"}
 
 
 class ConfigError(ValueError):
@@ -26,10 +29,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "llama"  # family: "llama" (also Mistral, Qwen2, SmolLM), "gpt2" or "bert"
+    arch: str = "llama"  # family: "llama" (also Mistral, Qwen2, SmolLM), "gpt2", "bert" or "t5"
     vocab_size: int = 32000  # rows of the token embedding
     hidden_size: int = 512  # width of the residual stream (d_model)
-    n_layers: int = 8  # transformer blocks
+    n_layers: int = 8  # transformer blocks (of the encoder, in an encoder-decoder)
     n_heads: int = 8  # query heads
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads
     head_dim: int | None = None  # per-head width; None = hidden_size // n_heads
@@ -40,8 +43,10 @@ class ModelConfig:
     mlp: str = (
         "gated"  # "gated" = SwiGLU-style gate*up (Llama), "plain" = up -> act -> down (GPT-2)
     )
-    activation: str = "silu"  # "silu", "gelu" (erf) or "gelu_tanh" (GPT-2's gelu_new)
-    position: str = "rope"  # "rope" (rotary, Su et al. 2021) or "learned" (GPT-2)
+    activation: str = "silu"  # "silu", "gelu" (erf), "gelu_tanh" (GPT-2's gelu_new) or "relu" (T5)
+    # "rope" (rotary, Su et al. 2021), "learned" (GPT-2, BERT) or "relative" (T5's bucketed
+    # relative position bias added to the attention scores, Raffel et al. 2020 section 2.1)
+    position: str = "rope"
     rope_theta: float = 10000.0  # RoPE base frequency
     rope_scaling: tuple[tuple[str, float], ...] | None = (
         None  # e.g. (("rope_type","llama3"),...), as sorted items
@@ -59,6 +64,13 @@ class ModelConfig:
     # Where each block normalises: "pre" = x + f(norm(x)) (GPT-2, Llama), "post" =
     # norm(x + f(x)) (BERT, Vaswani et al. 2017).
     norm_position: str = "pre"
+    # Encoder-decoder only (T5). Relative positions: distances fall into this many
+    # buckets, exact near zero and log-spaced up to relative_max_distance, beyond which
+    # all share the last bucket.
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    n_decoder_layers: int | None = None  # decoder blocks; None = n_layers
+    decoder_start_id: int = 0  # the token the decoder reads first (T5: the pad id, 0)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -70,7 +82,7 @@ class ModelConfig:
         if self.kind != ARCHITECTURES[self.arch]:
             raise ConfigError(
                 f"kind={self.kind!r} does not fit arch={self.arch!r}, which is "
-                f"a{'n' if ARCHITECTURES[self.arch] == 'encoder' else ''} {ARCHITECTURES[self.arch]}"
+                f"a{'n' if ARCHITECTURES[self.arch][0] == 'e' else ''} {ARCHITECTURES[self.arch]}"
             )
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "intermediate_size"):
             if getattr(self, name) <= 0:
@@ -88,15 +100,19 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.dim_per_head}")
         _check_choice("norm", self.norm, ("rmsnorm", "layernorm"))
         _check_choice("mlp", self.mlp, ("gated", "plain"))
-        _check_choice("activation", self.activation, ("silu", "gelu", "gelu_tanh"))
-        _check_choice("position", self.position, ("rope", "learned"))
+        _check_choice("activation", self.activation, ("silu", "gelu", "gelu_tanh", "relu"))
+        _check_choice("position", self.position, ("rope", "learned", "relative"))
         _check_choice("norm_position", self.norm_position, ("pre", "post"))
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.kind == "encoder":
             _check_encoder(self)
+        elif self.kind == "encoder-decoder":
+            _check_seq2seq(self)
         elif self.norm_position != "pre":
             raise ConfigError("giraffe's decoders are pre-norm: set norm_position='pre'")
+        elif self.position == "relative":
+            raise ConfigError("relative position biases are T5's: decoders use 'rope' or 'learned'")
 
     @property
     def kv_heads(self) -> int:
@@ -105,6 +121,10 @@ class ModelConfig:
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.n_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layers or self.n_layers
 
     @property
     def rope_scaling_dict(self) -> dict[str, float] | None:
@@ -130,6 +150,35 @@ def _check_encoder(cfg: ModelConfig) -> None:
         raise ConfigError("the encoder's masked-LM head is tied to the word embeddings")
     if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.sliding_window is not None:
         raise ConfigError("the encoder has plain multi-head attention over the whole input")
+
+
+def _check_seq2seq(cfg: ModelConfig) -> None:
+    """The wiring `giraffe.models.seq2seq` implements: T5's (pre-norm, no biases)."""
+    wanted = dict(position="relative", norm="rmsnorm", norm_position="pre", type_vocab_size=0)
+    wrong = [f"{k}={getattr(cfg, k)!r}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    biases = ("attention_bias", "attention_out_bias", "mlp_bias", "norm_bias")
+    wrong += [f"{b}=True" for b in biases if getattr(cfg, b)]
+    if wrong:
+        raise ConfigError(
+            f"giraffe's encoder-decoder is T5-style ({', '.join(f'{k}={v!r}' for k, v in wanted.items())}, "
+            f"no biases); this config has {', '.join(wrong)}"
+        )
+    if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.sliding_window is not None:
+        raise ConfigError("the encoder-decoder has plain multi-head attention over the whole input")
+    if cfg.mlp == "gated" and cfg.activation == "gelu":
+        # T5's config.json spells gated GELU "gated-gelu", which means the tanh approximation.
+        raise ConfigError("a gated T5 MLP uses activation='gelu_tanh' (T5 v1.1), not erf 'gelu'")
+    if cfg.relative_buckets < 4 or cfg.relative_max_distance <= cfg.relative_buckets // 2:
+        raise ConfigError(
+            f"relative_buckets ({cfg.relative_buckets}) must be >= 4 and relative_max_distance "
+            f"({cfg.relative_max_distance}) larger than half of it (T5: 32 and 128)"
+        )
+    if cfg.n_decoder_layers is not None and cfg.n_decoder_layers <= 0:
+        raise ConfigError(f"n_decoder_layers must be positive, got {cfg.n_decoder_layers}")
+    if not 0 <= cfg.decoder_start_id < cfg.vocab_size:
+        raise ConfigError(
+            f"decoder_start_id {cfg.decoder_start_id} is outside the vocabulary (0..{cfg.vocab_size - 1})"
+        )
 
 
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -167,7 +216,24 @@ BERT_WIRING = dict(
     type_vocab_size=2,
 )
 
-# Presets are data: named configs, never subclasses.
+# T5's wiring (Raffel et al. 2020, the original v1.0): RMSNorm without bias or mean
+# ("T5LayerNorm"), eps 1e-6, pre-norm, bucketed relative position biases (32 buckets up
+# to 128 tokens), no biases, ReLU MLP, head tied to the embedding (and scaled by
+# hidden_size**-0.5). T5 v1.1 would be mlp="gated", activation="gelu_tanh", untied.
+T5_WIRING = dict(
+    arch="t5",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    mlp="plain",
+    activation="relu",
+    position="relative",
+    tie_embeddings=True,
+)
+
+# Presets are data: named configs, never subclasses. "{arch}-tiny" builds in
+# milliseconds (tests), "{arch}-small" trains on two CPU cores in minutes, "{arch}-base"
+# is the published base shape of the family (a GPU's job). The trainer looks presets up
+# as f"{arch}-{size}" and replaces vocab_size with its tokenizer's.
 PRESETS: dict[str, ModelConfig] = {
     "llama-tiny": ModelConfig(
         vocab_size=512,
@@ -186,6 +252,45 @@ PRESETS: dict[str, ModelConfig] = {
         n_heads=4,
         intermediate_size=256,
         max_position_embeddings=256,
+    ),
+    "llama-small": ModelConfig(
+        vocab_size=8192,
+        hidden_size=256,
+        n_layers=6,
+        n_heads=8,
+        n_kv_heads=4,
+        intermediate_size=688,
+        max_position_embeddings=512,
+    ),
+    "gpt2-small": ModelConfig(
+        **GPT2_WIRING,
+        vocab_size=8192,
+        hidden_size=256,
+        n_layers=6,
+        n_heads=8,
+        intermediate_size=1024,
+        max_position_embeddings=512,
+    ),
+    # SmolLM2-135M's shape (a Llama).
+    "llama-base": ModelConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        intermediate_size=1536,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+    ),
+    # GPT-2 "small" (124M), the published base shape.
+    "gpt2-base": ModelConfig(
+        **GPT2_WIRING,
+        vocab_size=50257,
+        hidden_size=768,
+        n_layers=12,
+        n_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1024,
     ),
     "smollm2-135m": ModelConfig(
         vocab_size=49152,
@@ -222,6 +327,44 @@ PRESETS: dict[str, ModelConfig] = {
         n_layers=4,
         n_heads=4,
         intermediate_size=1024,
+        max_position_embeddings=512,
+    ),
+    # BERT-base (Devlin et al. 2019), 110M.
+    "bert-base": ModelConfig(
+        **BERT_WIRING,
+        vocab_size=30522,
+        hidden_size=768,
+        n_layers=12,
+        n_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    ),
+    "t5-tiny": ModelConfig(
+        **T5_WIRING,
+        vocab_size=512,
+        hidden_size=64,
+        n_layers=2,
+        n_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    ),
+    "t5-small": ModelConfig(
+        **T5_WIRING,
+        vocab_size=8192,
+        hidden_size=256,
+        n_layers=4,
+        n_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=512,
+    ),
+    # T5-base (Raffel et al. 2020), 220M.
+    "t5-base": ModelConfig(
+        **T5_WIRING,
+        vocab_size=32128,
+        hidden_size=768,
+        n_layers=12,
+        n_heads=12,
+        intermediate_size=3072,
         max_position_embeddings=512,
     ),
     # all-MiniLM-L6-v2's shape (Wang et al. 2020, MiniLM; Reimers & Gurevych 2019).

@@ -105,6 +105,8 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     if cfg.mlp_bias:
         mlp += (n_mats - 1) * cfg.intermediate_size + C
     norm = C * (2 if cfg.norm_bias else 1)
+    if cfg.kind == "encoder-decoder":
+        return _seq2seq_counts(cfg, attn, mlp, norm)
     counts = {
         "token embedding": cfg.vocab_size * C,
         "position embedding": cfg.max_position_embeddings * C if cfg.position == "learned" else 0,
@@ -114,6 +116,20 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         # two per block, plus the final norm (decoders) or the embedding norm (BERT)
         "norms": (2 * cfg.n_layers + 1) * norm,
         "output head": 0 if cfg.tie_embeddings or _is_encoder(cfg) else cfg.vocab_size * C,
+    }
+    return {k: v for k, v in counts.items() if v}
+
+
+def _seq2seq_counts(cfg: ModelConfig, attn: int, mlp: int, norm: int) -> dict[str, int]:
+    """T5: both stacks, cross-attention in each decoder block, one bias table per stack."""
+    enc, dec = cfg.n_layers, cfg.decoder_layers
+    counts = {
+        "token embedding": cfg.vocab_size * cfg.hidden_size,
+        "relative position bias": 2 * cfg.relative_buckets * cfg.n_heads,
+        "attention (all layers)": (enc + 2 * dec) * attn,
+        "MLP (all layers)": (enc + dec) * mlp,
+        "norms": (2 * enc + 3 * dec + 2) * norm,
+        "output head": 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size,
     }
     return {k: v for k, v in counts.items() if v}
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from giraffe.config import ModelConfig
+from giraffe.models.common import embedding as _embedding
+from giraffe.models.common import init_weights as _init_weights
 from giraffe.nn import MLP, Attention, KVCache, Rotary, build_mask, make_norm
 
 
@@ -148,17 +150,3 @@ class Decoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _embedding(rows: int, dim: int) -> nn.Embedding:
-    # Given storage, nn.Embedding skips its own random init (_init_weights does it), which
-    # on the meta device would import torch._dynamo: over a second per model load.
-    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # GPT-2 / Llama initialisation: N(0, 0.02) weights, zero biases.
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from giraffe.config import ConfigError, ModelConfig
-from giraffe.models.decoder import _embedding, _init_weights  # same N(0, 0.02) init as BERT
+from giraffe.models.common import embedding as _embedding
+from giraffe.models.common import init_weights as _init_weights  # BERT's N(0, 0.02)
 from giraffe.nn import MLP, Attention, make_norm
 from giraffe.nn.bidirectional import padding_mask
 from giraffe.nn.mlp import ACTIVATIONS

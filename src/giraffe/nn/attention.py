@@ -2,8 +2,10 @@
 
 `attend` is the fast path (torch's fused scaled_dot_product_attention); `attend_reference`
 is the plain softmax(QK^T / sqrt(d)) V written out, which also returns the attention
-weights for the explainers. Tests hold the two equal. This module does not know where
-positions come from (it receives RoPE tables) or how a cache is laid out beyond `KVCache`.
+weights for the explainers. Tests hold the two equal. A mask is boolean (True = may
+attend) or a float tensor added to the scores (T5's relative position bias, with -inf
+where attention is not allowed). This module does not know where positions come from
+(it receives RoPE tables or a bias) or how a cache is laid out beyond `KVCache`.
 """
 
 from __future__ import annotations
@@ -39,25 +41,43 @@ def build_mask(
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None = None,
 ) -> torch.Tensor:
     # q: (B, H, T, D); k, v: (B, H_kv, S, D); grouped-query heads share k/v (Ainslie et al. 2023)
+    if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)  # an additive bias must match q (e.g. under bf16 autocast)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=True
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale, enable_gqa=True
     )
 
 
 def attend_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The textbook computation; returns (output (B,H,T,D), weights (B,H,T,S))."""
+    """The textbook computation; returns (output (B,H,T,D), weights (B,H,T,S)).
+
+    scale: multiplies q.k; None = 1/sqrt(D) (Vaswani et al. 2017). T5 uses 1.
+    """
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
     v = v.repeat_interleave(groups, dim=1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
     if mask is None and causal:
         mask = build_mask(k.shape[2] - q.shape[2], q.shape[2], k.shape[2], None, None)
-    if mask is not None:
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + mask  # an additive bias (-inf where not allowed)
+    elif mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
     return weights @ v, weights
@@ -65,10 +85,18 @@ def attend_reference(
 
 class Attention(nn.Module):
     def __init__(
-        self, dim: int, n_heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, out_bias: bool
+        self,
+        dim: int,
+        n_heads: int,
+        kv_heads: int,
+        head_dim: int,
+        qkv_bias: bool,
+        out_bias: bool,
+        scale: float | None = None,  # None = 1/sqrt(head_dim); T5 uses 1 (folded into its init)
     ) -> None:
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, head_dim
+        self.scale = scale
         self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
@@ -100,10 +128,15 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, Hkv, S, D), S = filled + T
+        return self.combine(q, k, v, mask, causal, keep_weights)
+
+    def combine(self, q, k, v, mask, causal, keep_weights=None) -> torch.Tensor:
+        """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), heads joined, o_proj: (B, T, C)."""
+        B, _, T, _ = q.shape
         if keep_weights is None:
-            out = attend(q, k, v, mask, causal)
+            out = attend(q, k, v, mask, causal, self.scale)
         else:
-            out, weights = attend_reference(q, k, v, mask, causal)
+            out, weights = attend_reference(q, k, v, mask, causal, self.scale)
             keep_weights.append(weights)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out)

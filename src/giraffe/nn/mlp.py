@@ -1,4 +1,4 @@
-"""Position-wise feed-forward blocks: gated (SwiGLU, Shazeer 2020) and plain (GPT-2).
+"""Position-wise feed-forward blocks: gated (SwiGLU, Shazeer 2020) and plain (GPT-2, T5).
 
 Knows only widths and an activation name; nothing about checkpoints.
 """
@@ -14,6 +14,7 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     # GPT-2's "gelu_new" is the tanh approximation (Hendrycks & Gimpel 2016).
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,  # the original Transformer's and T5 v1.0's
 }
 
 
