@@ -270,6 +270,11 @@ def load(
             f"{name_or_path} is an encoder (sentence embeddings), not a language model; "
             "load it with giraffe.load or giraffe.embedder.load (a SentenceEncoder)"
         )
+    if model_kind(path) == "encoder-decoder":
+        raise GenerationError(
+            f"{name_or_path} is an encoder-decoder (T5); giraffe's generation engine runs "
+            "decoder-only models: load it with giraffe.formats.load_hf and call .generate()"
+        )
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
         packed = kernels.available() if packed is None else packed

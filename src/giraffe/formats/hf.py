@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from giraffe.config import ARCHITECTURES, BERT_WIRING, GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
-from giraffe.models import Decoder, Encoder
+from giraffe.formats.hf_t5 import t5_config, t5_config_to_hf
+from giraffe.models import Decoder, Encoder, Seq2Seq
 
 # model_type in config.json -> giraffe family
 HF_FAMILIES = {
@@ -30,6 +31,7 @@ HF_FAMILIES = {
     "smollm": "llama",
     "gpt2": "gpt2",
     "bert": "bert",
+    "t5": "t5",
 }
 # Hugging Face's names for the activations giraffe has.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -55,11 +57,13 @@ def config_from_hf(raw: dict, source: str = "config.json") -> ModelConfig:
         return _gpt2_config(raw)
     if HF_FAMILIES[model_type] == "bert":
         return _bert_config(raw, source)
+    if HF_FAMILIES[model_type] == "t5":
+        return t5_config(raw, source)
     return _llama_config(raw, model_type)
 
 
 def model_kind(path: Path) -> str:
-    """ "encoder" or "decoder" for a model file or folder, from its config.json alone.
+    """ "encoder", "decoder" or "encoder-decoder" for a model file or folder, from its config.json.
 
     A GGUF file (or anything without a readable config.json) counts as a decoder: the
     loaders that follow give their own errors for what they cannot read.
@@ -179,6 +183,8 @@ def config_to_hf(cfg: ModelConfig, mlm_head: bool = True) -> dict:
     """config.json for `cfg`; mlm_head says whether an encoder carries its MLM head."""
     if cfg.arch == "bert":
         return _bert_config_to_hf(cfg, mlm_head)
+    if cfg.arch == "t5":
+        return t5_config_to_hf(cfg)
     if cfg.arch == "gpt2":
         return {
             "model_type": "gpt2",
@@ -236,7 +242,7 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_hf(folder: str | os.PathLike) -> Decoder | Encoder:
+def load_hf(folder: str | os.PathLike) -> Decoder | Encoder | Seq2Seq:
     folder = Path(folder)
     cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
     handles, where = {}, {}
@@ -262,9 +268,15 @@ def _canonical(key: str, cfg: ModelConfig) -> str:
 
 
 def save_hf(
-    model: Decoder | Encoder, folder: str | os.PathLike, extra_json: dict[str, dict] | None = None
+    model: Decoder | Encoder | Seq2Seq,
+    folder: str | os.PathLike,
+    extra_json: dict[str, dict] | None = None,
 ) -> Path:
-    """Write config.json + model.safetensors (+ any extra JSON files), each atomically."""
+    """Write config.json + model.safetensors (+ any extra JSON files), each atomically.
+
+    extra_json: file name -> content; a "config.json" entry adds its keys to the config
+    written here (e.g. the tokenizer's pad_token_id / eos_token_id) instead of replacing it.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = disassemble(model, "hf")
@@ -272,8 +284,9 @@ def save_hf(
         folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
     )
     head = getattr(model, "mlm_head", None) is not None
-    files = {"config.json": {**config_to_hf(model.config, head), "torch_dtype": "float32"}}
-    files.update(extra_json or {})
+    extra = dict(extra_json or {})
+    config = {**config_to_hf(model.config, head), "torch_dtype": "float32"}
+    files = {"config.json": {**config, **extra.pop("config.json", {})}, **extra}
     for name, data in files.items():
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         atomic_write(folder / name, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))

@@ -22,10 +22,36 @@ class Rule:
     layout: str = (
         "same"  # "same" | "conv1d" (stored (in, out)) | "rope_q" | "rope_k" (GGUF row permutation)
     )
+    mlp: str | None = None  # only for configs with this MLP kind ("gated"/"plain"); None = all
 
 
-def _r(ours: str | tuple[str, ...], theirs: str, layout: str = "same") -> Rule:
-    return Rule(ours if isinstance(ours, tuple) else (ours,), theirs, layout)
+def _r(ours: str | tuple[str, ...], theirs: str, layout: str = "same", mlp=None) -> Rule:
+    return Rule(ours if isinstance(ours, tuple) else (ours,), theirs, layout, mlp)
+
+
+def _t5_block(stack: str, var: str, cross: bool) -> list[Rule]:
+    """One T5 block's rules; `var` is the layer placeholder ({i} encoder, {j} decoder)."""
+    ours, theirs = f"{stack}.layers.{var}", f"{stack}.block.{var}.layer"
+    parts = [("attn", "0.SelfAttention", "attn_norm", "0.layer_norm")]
+    if cross:
+        parts.append(("cross_attn", "1.EncDecAttention", "cross_norm", "1.layer_norm"))
+    ff = "2" if cross else "1"  # the feed-forward sub-layer's index in the block
+    rules = [
+        _r(f"{ours}.{norm}.weight", f"{theirs}.{hf_norm}.weight") for *_, norm, hf_norm in parts
+    ]
+    rules += [
+        _r(f"{ours}.{a}.{p}_proj.weight", f"{theirs}.{hf_a}.{p}.weight")
+        for a, hf_a, *_ in parts
+        for p in "qkvo"
+    ]
+    dense = f"{theirs}.{ff}.DenseReluDense"
+    return rules + [
+        _r(f"{ours}.mlp_norm.weight", f"{theirs}.{ff}.layer_norm.weight"),
+        _r(f"{ours}.mlp.up_proj.weight", f"{dense}.wi.weight", mlp="plain"),
+        _r(f"{ours}.mlp.gate_proj.weight", f"{dense}.wi_0.weight", mlp="gated"),
+        _r(f"{ours}.mlp.up_proj.weight", f"{dense}.wi_1.weight", mlp="gated"),
+        _r(f"{ours}.mlp.down_proj.weight", f"{dense}.wo.weight"),
+    ]
 
 
 _QKV = tuple(f"layers.{{i}}.attn.{p}_proj" for p in "qkv")
@@ -97,6 +123,26 @@ TABLES: dict[tuple[str, str], list[Rule]] = {
         ],
         _r("mlm_head.bias", "cls.predictions.bias"),
     ],
+    # T5ForConditionalGeneration's names. The relative position bias lives in each stack's
+    # first block and is shared by the others. Transformers 5 always ties T5's lm_head
+    # to `shared` (scaling the states only when the config says so), so an unscaled
+    # (untied) giraffe T5 whose file carries no lm_head takes its head from `shared`:
+    # that rule comes first, and the file's own lm_head.weight, when present, wins.
+    ("hf", "t5"): [
+        _r("lm_head.weight", "shared.weight"),
+        _r("embed.weight", "shared.weight"),
+        *[
+            _r(
+                f"{s}.rel_bias.weight",
+                f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            )
+            for s in ("encoder", "decoder")
+        ],
+        *_t5_block("encoder", "{i}", cross=False),
+        *_t5_block("decoder", "{j}", cross=True),
+        *[_r(f"{s}.norm.weight", f"{s}.final_layer_norm.weight") for s in ("encoder", "decoder")],
+        _r("lm_head.weight", "lm_head.weight"),
+    ],
     ("gguf", "llama"): [
         _r("embed.weight", "token_embd.weight"),
         _r("layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight"),
@@ -151,6 +197,10 @@ IGNORED_SUFFIXES = (
     "pooler.dense.bias",
     "cls.seq_relationship.weight",
     "cls.seq_relationship.bias",
+    # T5's copies of `shared.weight`, and a bias table cross-attention never uses.
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "EncDecAttention.relative_attention_bias.weight",
 )
 
 # Copies of the tied output head (the embedding matrix; BERT's decoder bias is
@@ -168,13 +218,18 @@ BERT_BODY = ("embeddings.", "encoder.", "pooler.")
 
 
 def expand(fmt: str, cfg: ModelConfig) -> list[Rule]:
-    """The table for this format and family with {i} filled in for every layer."""
+    """The table for this format and family with {i} (and a T5 decoder's {j}) filled in."""
     rules = []
     for rule in TABLES[(fmt, cfg.arch)]:
-        layers = range(cfg.n_layers) if "{i}" in rule.theirs else [None]
-        for i in layers:
-            ours = tuple(n.format(i=i) for n in rule.ours)
-            rules.append(Rule(ours, rule.theirs.format(i=i), rule.layout))
+        if rule.mlp not in (None, cfg.mlp):
+            continue
+        if "{j}" in rule.theirs:
+            layers = [{"j": j} for j in range(cfg.decoder_layers)]
+        else:
+            layers = [{"i": i} for i in range(cfg.n_layers)] if "{i}" in rule.theirs else [{}]
+        for at in layers:
+            ours = tuple(n.format(**at) for n in rule.ours)
+            rules.append(Rule(ours, rule.theirs.format(**at), rule.layout))
     return rules
 
 
