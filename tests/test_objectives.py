@@ -183,3 +183,21 @@ def test_objectives_by_arch_and_their_errors():
         loss_for("bert")(bert, torch.full((2, 8), CLS), gen(), specials(512))
     with pytest.raises(ObjectiveError, match="sentinel_ids"):
         loss_for("t5")(t5, ids, gen(), SpecialTokens())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_losses_take_a_distributed_model_and_narrow_ids(arch, tmp_path):
+    """DistributedDataParallel hides `.config`; shards hand out int32/uint16-sized ids."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(PRESETS[f"{arch}-tiny"])
+        ids = torch.randint(4, 400, (2, 32), generator=gen(), dtype=torch.int32)
+        plain = loss_for(arch)(model, ids, gen(3), specials(512))
+        wrapped = loss_for(arch)(DistributedDataParallel(model), ids, gen(3), specials(512))
+        assert torch.allclose(plain, wrapped)
+    finally:
+        dist.destroy_process_group()

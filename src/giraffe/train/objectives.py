@@ -263,9 +263,13 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Generator, SpecialTokens
 def causal_lm_loss(model, ids: torch.Tensor, generator, special: SpecialTokens) -> torch.Tensor:
     """Mean next-token cross-entropy: the model reads ids[:, :-1] and predicts ids[:, 1:].
 
+    `model` may be wrapped (DistributedDataParallel, torch.compile) in every loss here:
+    the loss calls it, so gradients synchronise as the wrapper intends.
+
     `Decoder.forward(ids, targets)` aligns targets with ids (targets[t] is the token after
     ids[t]), so a row of T tokens gives T - 1 predictions. The generator is not used.
     """
+    ids = ids.long()
     targets = ids[:, 1:]
     if special.pad_id is not None:
         targets = targets.masked_fill(targets == special.pad_id, IGNORE)
@@ -279,7 +283,7 @@ def masked_lm_loss(model, ids: torch.Tensor, generator, special: SpecialTokens) 
     inputs, labels = mask_tokens(
         ids,
         mask_id=special.mask_id,
-        vocab_size=model.config.vocab_size,
+        vocab_size=config_of(model).vocab_size,
         special_ids=special.unmaskable(),
         generator=generator,
     )
@@ -300,8 +304,19 @@ def span_corruption_loss(model, ids: torch.Tensor, generator, special: SpecialTo
     if not special.sentinel_ids:
         raise ObjectiveError("the span-corruption objective needs SpecialTokens.sentinel_ids")
     encoder_ids, targets = span_corrupt(ids, sentinel_ids=special.sentinel_ids, generator=generator)
-    decoder_ids = shift_right(targets, model.config.decoder_start_id)
+    decoder_ids = shift_right(targets, config_of(model).decoder_start_id)
     return model(encoder_ids, decoder_ids, targets=targets)
+
+
+def config_of(model: torch.nn.Module):
+    """The `ModelConfig` of a model, also when wrapped by DistributedDataParallel
+    (`.module`) or torch.compile (`._orig_mod`), which do not pass `.config` through."""
+    while not hasattr(model, "config"):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise ObjectiveError(f"{type(model).__name__} carries no giraffe ModelConfig")
+        model = inner
+    return model.config
 
 
 OBJECTIVES: dict[str, LossFn] = {
