@@ -131,6 +131,8 @@ def test_span_corruption_refuses_ambiguous_input():
         )
     with pytest.raises(ObjectiveError, match="needs 3 sentinel"):
         span_corrupt(ids, sentinel_ids=SENTINELS[:2], generator=gen())
+    with pytest.raises(ObjectiveError, match="cannot take 600 sentinels"):
+        t5_sentinels(512, 600)
     with pytest.raises(ObjectiveError, match="at least 2 tokens"):
         span_corrupt([[5]], sentinel_ids=SENTINELS, generator=gen())
 

@@ -208,3 +208,16 @@ def test_the_language_model_facade_names_the_door_for_t5(tmp_path):
     save_hf(build_model(PRESETS["t5-tiny"]), tmp_path)
     with pytest.raises(ValueError, match="encoder-decoder .*load_hf"):
         load(tmp_path)
+
+
+def test_incomplete_t5_file_names_the_missing_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from giraffe.formats.assemble import WeightsError
+
+    save_hf(build_model(PRESETS["t5-tiny"]), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["decoder.block.1.layer.1.EncDecAttention.k.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(WeightsError, match=r"decoder\.layers\.1\.cross_attn\.k_proj\.weight"):
+        load_hf(tmp_path)

@@ -120,7 +120,7 @@ def mask_tokens(
 
 def _complement(special: torch.Tensor, vocab_size: int) -> torch.Tensor:
     keep = torch.ones(vocab_size, dtype=torch.bool)
-    keep[special[special < vocab_size]] = False
+    keep[special[(special >= 0) & (special < vocab_size)]] = False
     if not keep.any():
         raise ObjectiveError("every token of the vocabulary is special: nothing to draw from")
     return keep.nonzero().flatten()
