@@ -26,7 +26,7 @@ def build(cfg):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_counted_parameters_equal_the_model(name):
     cfg = PRESETS[name]
-    if cfg.n_layers * cfg.hidden_size > 20_000:
+    if cfg.n_layers * cfg.hidden_size > 4_000:  # base sizes: shapes only, no 0.5 GB of weights
         import torch
 
         with torch.device("meta"):
