@@ -89,6 +89,14 @@ class SentenceEncoder:
         ids = self._wordpiece.encode(self._prepare(text), add_special_tokens=False).ids
         return len(ids) + self._n_special
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text without [CLS]/[SEP], in one batch (chunking sizes pieces so)."""
+        texts = _check_texts(texts)
+        raw = self._wordpiece.encode_batch(
+            [self._prepare(t) for t in texts], add_special_tokens=False
+        )
+        return [len(enc.ids) for enc in raw]
+
     def embed(
         self,
         texts: Iterable[str] | str,
