@@ -94,6 +94,12 @@ def test_special_tokens_come_from_the_post_processor(tiny):
     assert enc.count_tokens("") == 2
 
 
+def test_token_counts_leave_out_specials(tiny):
+    enc = load(tiny[0])
+    texts = ["No, I am not a giraffe.", "", "tall trees"]
+    assert enc.token_counts(texts) == [enc.count_tokens(t) - 2 for t in texts]
+
+
 def test_length_sorted_batches_return_input_order(tiny):
     folder, _, _ = tiny
     enc = load(folder)
@@ -186,6 +192,15 @@ MINILM_TEXTS = [
     "def embed(texts): return model.encode(texts)",
     "A quick brown fox jumps over the lazy dog while the giraffe watches from afar.",
     "   spaced   out   text   ",
+    "The night train to Port Ressa leaves at 21:40.",
+    "Descale the kettle every four weeks if the water is hard.",
+    "Backups are kept for 35 days on the storage server.",
+    "Puffins nest on the west cliffs between April and August.",
+    "¿Dónde está la biblioteca? Está cerca de la estación.",
+    "E = mc^2 relates energy and mass; 3.14159 is close to pi.",
+    "I love this!!! 😀 Best day ever... #happy @friend",
+    "Water the tomatoes deeply twice a week rather than a little every day.",
+    "SELECT id, text FROM chunks WHERE doc_id = ? ORDER BY id;",
 ]
 
 
@@ -208,9 +223,11 @@ def test_minilm_equals_sentence_transformers(minilm_folder, monkeypatch):
     assert (enc.dim, enc.max_tokens) == (384, 256)
     assert enc.model.config == PRESETS["minilm-l6"] and enc.model.mlm_head is None
     assert enc.count_tokens(MINILM_TEXTS[5]) > 256
-    with pytest.warns(TruncationWarning, match=r"1 of 11 texts .*#5 \("):
+    with pytest.warns(TruncationWarning, match=r"1 of 20 texts .*#5 \("):
         ours = enc.embed(MINILM_TEXTS, batch_size=4)
     reference = SentenceTransformer(str(minilm_folder), device="cpu")
     theirs = reference.encode(MINILM_TEXTS, normalize_embeddings=True, batch_size=4)
-    assert ours.shape == theirs.shape == (11, 384)
+    assert ours.shape == theirs.shape == (20, 384)
     assert np.abs(ours - theirs).max() <= 1e-5
+    cosines = (ours * theirs).sum(axis=1) / np.linalg.norm(theirs, axis=1)  # ours are unit
+    assert cosines.min() >= 0.9999, cosines

@@ -218,7 +218,14 @@ def _eval(args) -> int:
 
     embedder = _embedder(args)
     report = retrieval_eval(embedder, hybrid=args.hybrid)
-    out = {"questions": report.n, "recall@1": report.recall_at_1, "recall@5": report.recall_at_5}
+    out = {
+        "questions": report.n,
+        "recall@1": report.recall_at_1,
+        "recall@5": report.recall_at_5,
+        "answer cosine min": report.answer_cosine[0],
+        "off-topic refused": report.off_topic_refused,
+        "off-topic max cos": report.off_topic_cosine,
+    }
     if args.citations:
         from giraffe.lm import load
 

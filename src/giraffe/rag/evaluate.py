@@ -21,11 +21,26 @@ from pathlib import Path
 from giraffe.rag.answer import build_messages, cited
 from giraffe.rag.chunk import ChunkSpec
 from giraffe.rag.ingest import add_paths
-from giraffe.rag.retrieve import Hit, retrieve
+from giraffe.rag.retrieve import FLOOR, Hit, retrieve
 from giraffe.rag.store import Store
 
 DATA = Path(__file__).parent / "eval_data"
 EVAL_SPEC = ChunkSpec(max_tokens=64, overlap=16)
+
+
+# Questions the documents cannot answer: retrieval should find nothing above the floor.
+OFF_TOPIC = (
+    "What is the boiling point of tungsten?",
+    "Who wrote Hamlet?",
+    "How do I bake sourdough bread?",
+    "What is the capital of Mongolia?",
+    "Explain quantum entanglement.",
+    "How many moons does Jupiter have?",
+    "What is the best programming language?",
+    "How do vaccines work?",
+    "Who won the 1998 world cup?",
+    "How tall is Mount Everest?",
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,9 @@ class RetrievalReport:
     recall_at_1: float
     recall_at_5: float
     misses: tuple[str, ...]  # questions whose passage was not in the first five
+    answer_cosine: tuple[float, float]  # (min, max) cosine of the answering passage found
+    off_topic_refused: float  # share of OFF_TOPIC questions with nothing above the floor
+    off_topic_cosine: float  # the highest cosine any off-topic question reached
 
 
 def questions() -> list[Question]:
@@ -65,23 +83,31 @@ def _name(embedder) -> str:
     return getattr(embedder, "source", "") or type(embedder).__name__
 
 
-def retrieval_eval(embedder, hybrid: bool = False, spec: ChunkSpec = EVAL_SPEC):
+def retrieval_eval(
+    embedder, hybrid: bool = False, spec: ChunkSpec = EVAL_SPEC, floor: float = FLOOR
+) -> RetrievalReport:
     with tempfile.TemporaryDirectory() as tmp, build_eval_store(embedder, Path(tmp), spec) as store:
-        return _score(store, embedder, hybrid)
+        return _score(store, embedder, hybrid, floor)
 
 
-def _score(store: Store, embedder, hybrid: bool) -> RetrievalReport:
+def _score(store: Store, embedder, hybrid: bool, floor: float) -> RetrievalReport:
     qs = questions()
     top1 = top5 = 0
-    misses = []
+    misses, cosines = [], []
     for q in qs:
         hits = retrieve(store, embedder, q.question, k=5, hybrid=hybrid, floor=-1.0)
         found = [answers(h, q) for h in hits]
         top1 += bool(found[:1] and found[0])
         top5 += any(found)
+        cosines += [h.cosine for h, ok in zip(hits, found, strict=True) if ok][:1]
         if not any(found):
             misses.append(q.question)
-    return RetrievalReport(len(qs), top1 / len(qs), top5 / len(qs), tuple(misses))
+    off = [retrieve(store, embedder, q, k=1, floor=-1.0)[0].cosine for q in OFF_TOPIC]
+    refused = sum(c < floor for c in off) / len(off)
+    span = (min(cosines), max(cosines)) if cosines else (0.0, 0.0)
+    return RetrievalReport(
+        len(qs), top1 / len(qs), top5 / len(qs), tuple(misses), span, refused, max(off)
+    )
 
 
 @dataclass(frozen=True)
