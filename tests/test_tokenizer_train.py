@@ -33,6 +33,10 @@ def test_char_and_bpe_round_trip_and_bpe_compresses():
     assert len(bpe.encode(SENTENCE)) < len(SENTENCE) / 2
     # byte-level BPE knows every byte: nothing is unknown, even unseen scripts
     assert bpe.decode(bpe.encode("жирафа 🦒")) == "жирафа 🦒"
+    # [MASK] takes the space before it, so the masked word keeps its own leading space
+    pieces = bpe.token_strings(bpe.encode("use the [MASK] loop"))
+    assert pieces[pieces.index("[MASK]") - 1] == " the"
+    assert bpe.decode(bpe.encode("use the [MASK] loop")) == "use the[MASK] loop"
 
 
 def test_word_level_maps_unknown_words_to_unk():

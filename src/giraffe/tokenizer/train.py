@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, TokenizerError, from_backend
 
@@ -70,6 +70,12 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8
     return from_backend(tok, special, f"{kind} tokenizer ({tok.get_vocab_size()} tokens)")
 
 
+def _specials() -> list[AddedToken]:
+    # [MASK] takes the space before it (lstrip, as RoBERTa's <mask>): in "the [MASK] loop"
+    # the masked word is " break" with its space, the form the model saw in training.
+    return [AddedToken(t, special=True, lstrip=t == MASK, normalized=False) for t in SPECIAL_TOKENS]
+
+
 def _blank(kind: str, vocab_size: int):
     if kind == "bpe":
         tok = HFTokenizer(models.BPE())
@@ -77,7 +83,7 @@ def _blank(kind: str, vocab_size: int):
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=_specials(),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
@@ -88,7 +94,7 @@ def _blank(kind: str, vocab_size: int):
         )
         tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
         trainer = trainers.WordLevelTrainer(
-            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+            vocab_size=vocab_size, special_tokens=_specials(), show_progress=False
         )
     else:  # char: BPE with no merges is exactly a character vocabulary
         tok = HFTokenizer(models.BPE(unk_token=UNK))
@@ -96,7 +102,7 @@ def _blank(kind: str, vocab_size: int):
         tok.decoder = decoders.Fuse()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=_specials(),
             limit_alphabet=vocab_size - len(SPECIAL_TOKENS),
             show_progress=False,
         )

@@ -206,6 +206,8 @@ def prepare(
                     c["documents"] += int(ends)
                     if progress:
                         progress(n, len(files), counts["train"]["tokens"] + counts["val"]["tokens"])
+                if progress:
+                    progress(n + 1, len(files), counts["train"]["tokens"] + counts["val"]["tokens"])
         if counts["train"]["tokens"] == 0:
             raise DataError(
                 f"no text found in {', '.join(sources)} (every file was empty or skipped)"

@@ -84,7 +84,7 @@ class Reporter:
             console.print(f"  sample: {record['sample']!r}", markup=False)
         if "mask" in record:
             console.print(
-                "  [MASK] -> " + ", ".join(f"{t!r} {p:.2f}" for t, p in record["mask"]),
+                "  [MASK] -> " + ", ".join(f"{t!r} {p:.3f}" for t, p in record["mask"]),
                 markup=False,
             )
 
