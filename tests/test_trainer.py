@@ -60,6 +60,7 @@ def _weights(folder):
     return load_hf(folder).state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "bert", "t5"])
 def test_resume_gives_bit_identical_weights(arch, shards, tmp_path):
     pretrain(_cfg(shards, tmp_path / "whole", arch=arch, grad_accum=2, save_every=2))
