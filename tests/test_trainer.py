@@ -104,6 +104,11 @@ def test_a_checkpoint_from_another_config_is_refused(shards, tmp_path):
         pretrain(_cfg(shards, tmp_path, arch="llama"))
     with pytest.raises(CheckpointError, match="other training settings .*seq_len"):
         pretrain(_cfg(shards, tmp_path, arch="gpt2", seq_len=16))
+    other = tmp_path / "other-data"  # same vocabulary size, another tokenizer
+    texts = [t for _, t in demo_documents()][20:40]
+    prepare(["demo"], train_tokenizer(texts, "bpe", 400), other, val_fraction=0.1)
+    with pytest.raises(CheckpointError, match="shards of another tokenizer"):
+        pretrain(_cfg(other, tmp_path, arch="gpt2"))
 
 
 def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_latest(

@@ -78,6 +78,11 @@ def load_checkpoint(path: Path, model_config: dict, run: dict) -> dict:
             "use another --out folder, or the same --arch/--preset/data as that run"
         )
     changed = sorted(k for k in run if state["run"].get(k) != run[k])
+    if "tokenizer_sha256" in changed:
+        raise CheckpointError(
+            f"{path} was trained on shards of another tokenizer: resume with the data it "
+            "was trained on, or use another --out"
+        )
     if changed:
         raise CheckpointError(
             f"{path} was written with other training settings ({', '.join(changed)}); an "

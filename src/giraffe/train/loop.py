@@ -154,7 +154,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict:
     model = build_model(mcfg).to(cfg.device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.warmup, cfg.max_steps, cfg.min_lr_ratio)
-    start = _resume(out / "checkpoints", model, optimizer, scheduler, mcfg, cfg)
+    # a checkpoint continues only the same run on shards of the same tokenizer
+    run = {**cfg.run_shape(), "tokenizer_sha256": shards.meta["tokenizer_sha256"]}
+    start = _resume(out / "checkpoints", model, optimizer, scheduler, mcfg, run)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     net = ddp.wrap(model, d, cfg.device)
@@ -187,9 +189,9 @@ def _run(cfg: TrainConfig, d: ddp.Dist) -> dict:
             if step % cfg.eval_every == 0 and d.main:
                 metrics = evaluate(step)
             if step % cfg.save_every == 0:
-                _save(out, model, optimizer, scheduler, mcfg, cfg, step, d)
+                _save(out, model, optimizer, scheduler, mcfg, cfg, run, step, d)
     if step % cfg.save_every:
-        _save(out, model, optimizer, scheduler, mcfg, cfg, step, d)
+        _save(out, model, optimizer, scheduler, mcfg, cfg, run, step, d)
     if d.main:
         if step % cfg.eval_every:
             metrics = evaluate(step)
@@ -255,11 +257,11 @@ def _peek(model, tokenizer, cfg: TrainConfig) -> dict:
     return {}
 
 
-def _resume(folder: Path, model, optimizer, scheduler, mcfg, cfg: TrainConfig) -> int:
+def _resume(folder: Path, model, optimizer, scheduler, mcfg, run: dict) -> int:
     path = ckpt.latest_checkpoint(folder)
     if path is None:
         return 0
-    state = ckpt.load_checkpoint(path, mcfg.to_dict(), cfg.run_shape())
+    state = ckpt.load_checkpoint(path, mcfg.to_dict(), run)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -267,7 +269,7 @@ def _resume(folder: Path, model, optimizer, scheduler, mcfg, cfg: TrainConfig) -
     return state["step"]
 
 
-def _save(out: Path, model, optimizer, scheduler, mcfg, cfg, step: int, d: ddp.Dist) -> None:
+def _save(out: Path, model, optimizer, scheduler, mcfg, cfg, run, step: int, d) -> None:
     if d.main:
         state = {
             "step": step,
@@ -276,7 +278,7 @@ def _save(out: Path, model, optimizer, scheduler, mcfg, cfg, step: int, d: ddp.D
             "scheduler": scheduler.state_dict(),
             "rng": ckpt.rng_states(),
             "model_config": mcfg.to_dict(),
-            "run": cfg.run_shape(),
+            "run": run,
             "train_config": asdict(cfg),
         }
         ckpt.save_checkpoint(out / "checkpoints", state)
