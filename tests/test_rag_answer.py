@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from rag_fakes import HashEmbedder
 
-from giraffe.rag.answer import NOTHING_FOUND, build_messages, cited
+from giraffe.rag.answer import NOTHING_FOUND, build_messages, cited, probed_source
 from giraffe.rag.bm25 import BM25
 from giraffe.rag.command import add_rag_parser, add_summarize_parser, run_rag
 from giraffe.rag.ingest import add_paths
@@ -91,6 +91,8 @@ def test_prompt_fits_the_budget_and_numbers_passages(store):
 def test_citations_are_read_back():
     assert cited("It is 45 minutes [2]. Also [1][2] and [7] and [0].", 3) == [2, 1]
     assert cited("no citation", 3) == []
+    assert probed_source("2]\n", 3) == 2 and probed_source("9]", 3) is None
+    assert probed_source("https://", 3) is None
 
 
 def parse(*argv):
@@ -109,6 +111,8 @@ def test_parser_defaults():
         False,
         "smollm2-135m-instruct",
     )
+    args = parse("rag", "eval", "--citations")
+    assert (args.embedder, args.citations, args.max_new_tokens) == ("minilm-l6", True, 96)
     args = parse("summarize", "f.txt", "--method", "refine")
     assert args.method == "refine" and args.summary_tokens == 200
 
@@ -154,3 +158,22 @@ def test_shipped_evaluation_recall():
     assert report.answer_cosine[0] >= FLOOR and report.off_topic_refused >= 0.9, report
     hybrid = retrieval_eval(enc, hybrid=True)
     assert hybrid.recall_at_5 >= 0.95, hybrid
+
+
+@pytest.mark.slow
+def test_summarize_command_plans_and_runs(tmp_path, capsys):
+    from giraffe.rag.command import run_summarize
+    from giraffe.rag.evaluate import DATA
+
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(DATA.glob("*.md")))
+    (tmp_path / "all.md").write_text(text, encoding="utf-8")
+    args = parse(
+        "summarize", str(tmp_path / "all.md"), "--context", "700", "--summary-tokens", "48"
+    )
+    args.plan = True
+    assert run_summarize(args) == 0
+    plan = capsys.readouterr().err
+    assert plan.startswith("map-reduce: ") and "model calls" in plan
+    args = parse("summarize", str(tmp_path / "all.md"), "--method", "stuff", "--context", "700")
+    with pytest.raises(ValueError, match="map-reduce or refine"):
+        run_summarize(args)

@@ -48,6 +48,7 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
     _lm_args(q, max_new=256)
     e = sub.add_parser("eval", help="recall@1/@5 on the shipped evaluation set")
     e.add_argument("--hybrid", action="store_true")
+    e.add_argument("--embedder", default=EMBEDDER, help="sentence encoder alias or folder")
     e.add_argument("--citations", action="store_true", help="also ask the LM; count right cites")
     _lm_args(e, max_new=96)
     e.add_argument("--json", action="store_true")
@@ -158,7 +159,13 @@ def _remove(args) -> int:
 
 
 def _ask(args) -> int:
-    from giraffe.rag.answer import NOTHING_FOUND, build_messages, cited, passage_label
+    from giraffe.rag.answer import (
+        NOTHING_FOUND,
+        build_messages,
+        cited,
+        passage_label,
+        probed_source,
+    )
     from giraffe.rag.retrieve import retrieve
 
     embedder = _embedder(args)
@@ -184,6 +191,11 @@ def _ask(args) -> int:
         print(piece, end="", flush=True)
     print("\n\nSources:")
     numbers = cited(answer, len(used))
+    if not numbers:  # ask the model which passage it used, and say that it was asked
+        probed = probed_source(_ask_source(lm, messages, answer), len(used))
+        numbers = [probed] if probed else []
+        if probed:
+            print(f"(no [n] in the answer; asked for its source, the model names [{probed}])")
     for n, h in enumerate(used, 1):
         mark = "*" if n in numbers else " "
         print(
@@ -192,6 +204,15 @@ def _ask(args) -> int:
     if not numbers:
         print("(the answer cites none of these passages: check it against them)")
     return 0
+
+
+def _ask_source(lm, messages, answer: str) -> str:
+    """Greedy continuation of the answer + SOURCE_PROBE: the model names its passage."""
+    from giraffe.rag.answer import SOURCE_PROBE
+
+    ids = lm.chat_ids(messages)
+    ids += lm.tokenizer.encode(answer.strip() + SOURCE_PROBE, add_special_tokens=False)
+    return lm.complete(ids, max_new_tokens=3, temperature=0.0).text
 
 
 def _page(hit) -> str:
@@ -238,10 +259,16 @@ def _eval(args) -> int:
             print(f"\r{i}/{n} questions asked", end="", file=sys.stderr, flush=True)
 
         cites = citation_eval(
-            complete, _lm_counter(lm), embedder, _budget(lm, args), progress=progress
+            complete,
+            lambda messages, answer: _ask_source(lm, messages, answer),
+            _lm_counter(lm),
+            embedder,
+            _budget(lm, args),
+            progress=progress,
         )
         print(file=sys.stderr)
-        out["cites right source"] = cites.right_source
+        out["cites right in text"] = cites.cites_in_text
+        out["right source, asked"] = cites.right_source
         out["example"] = list(cites.examples[0])
     if args.json:
         print(json.dumps(out, indent=1))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from giraffe.rag.answer import build_messages, cited
+from giraffe.rag.answer import build_messages, cited, probed_source
 from giraffe.rag.chunk import ChunkSpec
 from giraffe.rag.ingest import add_paths
 from giraffe.rag.retrieve import FLOOR, Hit, retrieve
@@ -113,30 +113,38 @@ def _score(store: Store, embedder, hybrid: bool, floor: float) -> RetrievalRepor
 @dataclass(frozen=True)
 class CitationReport:
     n: int
-    right_source: float  # share of answers citing a passage from the right document
+    cites_in_text: float  # share of answers whose own [n] include the right document
+    right_source: float  # the same, asking for the source (SOURCE_PROBE) when none was cited
     examples: tuple[tuple[str, str], ...]  # (question, answer), the first few
 
 
 def citation_eval(
     complete: Callable[[list[dict]], str],
+    ask_source: Callable[[list[dict], str], str],
     count: Callable[[str], int],
     embedder,
     budget: int = 1500,
     k: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> CitationReport:
-    """`complete(messages) -> answer text`: a chat model, greedy (see command.py)."""
+    """`complete(messages) -> answer`; `ask_source(messages, answer)` -> the model's
+    continuation after the answer + SOURCE_PROBE (see command.py)."""
     qs = questions()
-    right, examples = 0, []
+    right = in_text = 0
+    examples = []
     with tempfile.TemporaryDirectory() as tmp, build_eval_store(embedder, Path(tmp)) as store:
         for i, q in enumerate(qs):
             hits = retrieve(store, embedder, q.question, k=k)
             messages, used = build_messages(q.question, hits, count, budget)
             answer = complete(messages)
-            sources = {Path(used[n - 1].chunk.path).name for n in cited(answer, len(used))}
-            right += q.doc in sources
+            numbers = cited(answer, len(used))
+            in_text += q.doc in {Path(used[n - 1].chunk.path).name for n in numbers}
+            if not numbers:
+                probed = probed_source(ask_source(messages, answer), len(used))
+                numbers = [probed] if probed else []
+            right += q.doc in {Path(used[n - 1].chunk.path).name for n in numbers}
             if len(examples) < 3:
                 examples.append((q.question, answer))
             if progress:
                 progress(i + 1, len(qs))
-    return CitationReport(len(qs), right / len(qs), tuple(examples))
+    return CitationReport(len(qs), in_text / len(qs), right / len(qs), tuple(examples))
