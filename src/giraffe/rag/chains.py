@@ -199,8 +199,12 @@ class ChatCompleter:
         return len(self.lm.tokenizer.encode(text, add_special_tokens=False))
 
     def __call__(self, prompt: str) -> str:
+        # Greedy; a mild repetition penalty because plain greedy decoding makes a 135M
+        # model loop on one sentence ("It is a smart kettle. It is a smart kettle...").
         messages = [{"role": "user", "content": prompt}]
-        return self.lm.chat(messages, max_new_tokens=self.max_new_tokens, temperature=0.0)
+        return self.lm.chat(
+            messages, max_new_tokens=self.max_new_tokens, temperature=0.0, repetition_penalty=1.1
+        )
 
     def budget(self, context: int | None = None) -> int:
         """Prompt tokens per call: the context minus the chat wrapping and the answer."""
