@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -72,6 +74,8 @@ def test_save_and_load_round_trip(lm, tmp_path):
     assert again.tokenizer.encode("No, I am not a giraffe.") == ids
     assert torch.equal(again.logits(ids), lm.logits(ids))
     assert again.tokenizer.chat_template == lm.tokenizer.chat_template
+    config = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert config["eos_token_id"] == lm.tokenizer.eos_id  # not transformers' own default
 
 
 def test_load_tokenizer_alone(tiny_folder):

@@ -219,7 +219,14 @@ class LanguageModel:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write a Hugging Face folder: weights, config, tokenizer, generation defaults."""
         folder = Path(folder)
-        extra = {"generation_config.json": self._generation_config()}
+        tok = self.tokenizer
+        # Without these, transformers falls back to its architecture defaults (GPT-2: 50256),
+        # which lie outside a small trained vocabulary.
+        ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+        extra = {
+            "generation_config.json": self._generation_config(),
+            "config.json": {k: v for k, v in ids.items() if v is not None},
+        }
         save_hf(self.model, folder, extra)
         self.tokenizer.save(folder)
         return folder
