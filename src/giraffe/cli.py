@@ -15,7 +15,7 @@ import typing
 
 from giraffe.explain.command import add_explain_parser
 from giraffe.generate.params import DecodingConfig
-from giraffe.quant.ptq import TYPES as QUANT_TYPES
+from giraffe.quant.types import TYPES as QUANT_TYPES
 from giraffe.rag.command import add_rag_parser, add_summarize_parser
 from giraffe.train.command import (
     add_prepare_parser,

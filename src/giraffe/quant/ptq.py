@@ -14,16 +14,17 @@ import numpy as np
 
 from giraffe.quant import kquants
 from giraffe.quant.blocks import BLOCK_SIZES
+from giraffe.quant.types import GGUF_QUANTIZED, K_QUANT_TYPES, TYPES
 
 K_QUANTIZERS = {
     "Q4_K": kquants.quantize_q4_k,
     "Q5_K": kquants.quantize_q5_k,
     "Q6_K": kquants.quantize_q6_k,
 }
-GGUF_QUANTIZED = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 # llama.cpp's choice when a row does not split into 256-weight super-blocks.
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-TYPES = ("F32", "F16", *GGUF_QUANTIZED, *K_QUANTIZERS)
+assert tuple(K_QUANTIZERS) == K_QUANT_TYPES  # one list of names (giraffe.quant.types)
+__all__ = ["GGUF_QUANTIZED", "TYPES", "quantize_matrix", "target_type"]
 
 
 def target_type(kind: str, n_in: int) -> str:

@@ -98,7 +98,7 @@ def run_prepare(args) -> int:
 
 
 def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
-    from giraffe.train.loop import TrainConfig
+    from giraffe.train.settings import TrainConfig
 
     p = subparsers.add_parser("pretrain", help="pretrain a gpt2, llama, bert or t5 model on shards")
     p.add_argument("--arch", choices=("gpt2", "llama", "bert", "t5"), required=True)
