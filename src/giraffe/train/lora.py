@@ -5,8 +5,8 @@ initialised as `nn.Linear` is (Kaiming-uniform, a = sqrt(5), as the LoRA paper's
 PEFT do) and B (out, r) zero, so a fresh adapter changes nothing. The base may be an
 `nn.Linear` or a packed `giraffe.quant.linear.QuantLinear` (QLoRA, Dettmers et al. 2023):
 its blocks stay packed, its forward keeps the fast kernel, and gradients reach earlier
-adapters through `_PackedMatmul`, whose backward dequantizes the weight on the fly
-instead of keeping a float copy.
+adapters through every packed layer (`DifferentiableQuantLinear`, whose backward
+dequantizes the weight on the fly instead of keeping a float copy).
 
 `apply_lora` wraps layers by module-name suffix ("q_proj", "v_proj", ... or
 "all-linear": every projection inside the blocks, never the output head or a packed
@@ -62,7 +62,7 @@ class LoraConfig:
 
 
 class _PackedMatmul(torch.autograd.Function):
-    """x @ W^T through QuantLinear's own forward (the fast kernel has no autograd).
+    """x @ W^T (+ bias) through QuantLinear's own forward (the fast kernel has no autograd).
 
     Backward gives grad_x = grad_y @ W with W dequantized just then and dropped after:
     the packed weight is frozen, so no float copy needs to live between the passes.
@@ -71,7 +71,7 @@ class _PackedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         ctx.layer = layer
-        return layer(x)
+        return QuantLinear.forward(layer, x)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
@@ -79,11 +79,25 @@ class _PackedMatmul(torch.autograd.Function):
         return grad_y @ w, None
 
 
-def base_forward(base: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The frozen layer's output, differentiable w.r.t. x for packed bases too."""
-    if isinstance(base, QuantLinear) and torch.is_grad_enabled() and x.requires_grad:
-        return _PackedMatmul.apply(x, base)
-    return base(x)
+class DifferentiableQuantLinear(QuantLinear):
+    """A QuantLinear whose output keeps the graph back to its input.
+
+    Under QLoRA every packed layer needs this, wrapped or not: an adapter in layer 0
+    learns only if the gradient passes through every packed o_proj, MLP and the packed
+    output head above it. Same buffers and parameters as QuantLinear; only forward differs.
+    """
+
+    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        if not reference and torch.is_grad_enabled() and x.requires_grad:
+            return _PackedMatmul.apply(x, self)
+        return super().forward(x, reference)
+
+
+def _set_packed_class(model: nn.Module, cls: type) -> None:
+    # Swapping __class__ (as giraffe.quant.qat does) keeps every buffer, name and fusion view.
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.__class__ = cls
 
 
 class LoraLinear(nn.Module):
@@ -93,6 +107,8 @@ class LoraLinear(nn.Module):
         super().__init__()
         if not isinstance(base, (nn.Linear, QuantLinear)):
             raise TypeError(f"LoRA wraps nn.Linear or QuantLinear, not {type(base).__name__}")
+        if isinstance(base, QuantLinear):
+            base.__class__ = DifferentiableQuantLinear  # gradients to x through packed weights
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -113,7 +129,7 @@ class LoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged and self.disabled:
             raise RuntimeError("this LoRA layer is merged: unmerge it before disabling it")
-        y = base_forward(self.base, x)
+        y = self.base(x)
         if self.merged or self.disabled:
             return y
         h = self.dropout(x.to(self.lora_A.weight.dtype))
@@ -204,8 +220,11 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     for name in names:
         owner, _, attr = name.rpartition(".")
         parent = model.get_submodule(owner)
-        setattr(parent, attr, LoraLinear(getattr(parent, attr), cfg.r, cfg.alpha, cfg.dropout))
+        base = getattr(parent, attr)
+        wrapper = LoraLinear(base, cfg.r, cfg.alpha, cfg.dropout)
+        setattr(parent, attr, wrapper.train(base.training))  # an eval model stays in eval
     _drop_fusions(model)  # fused packed q/k/v and the compiled decode step bypass the wrappers
+    _set_packed_class(model, DifferentiableQuantLinear)
     return names
 
 
@@ -263,6 +282,7 @@ def strip_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     for name, m in layers:
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, m.base)
+    _set_packed_class(model, QuantLinear)
     _restore_fusions(model, [m.base for _, m in layers])
     return model
 
