@@ -215,6 +215,7 @@ def test_missing_files_are_named(tmp_path, llama):
         (dict(init_lora_weights="pissa"), "rewrites the base weights"),
         (dict(some_future_option=3), "some_future_option=3"),
         (dict(r=0), "positive integer"),
+        (dict(r=5), "rank 8/8 \\(A/B\\) but adapter_config.json says r=5"),
     ],
 )
 def test_unsupported_options_are_refused_by_name(tmp_path, change, message):

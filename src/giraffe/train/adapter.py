@@ -5,7 +5,8 @@
 `adapter_model.safetensors` with PEFT's keys (`base_model.model.<HF module>.lora_A.weight`,
 A (r, in) and B (out, r)), each written atomically; plus `giraffe_adapter.json`, a small
 fingerprint of the base (shapes and a hash of sampled embedding rows) that PEFT ignores.
-`load_adapter` reads such a folder (giraffe's or PEFT's) into a model with `apply_lora`.
+`load_adapter` reads such a folder (giraffe's or PEFT's) into a model with `apply_lora`;
+`load_with_adapter` is `giraffe.lm.load` followed by it (a packed base = QLoRA inference).
 
 Module names go through `giraffe.formats.names`, the one name table, and only where one
 Hugging Face module holds exactly one giraffe layer. GPT-2's c_attn fuses q, k and v, so
@@ -229,8 +230,9 @@ def fingerprint(model: nn.Module) -> dict:
     """Shapes of the base plus a hash of every (V // 1024)-th embedding row (float32 bytes)."""
     cfg = model.config
     step = max(1, cfg.vocab_size // 1024)
+    ids = torch.arange(0, cfg.vocab_size, step, device=model.norm.weight.device)
     with torch.no_grad():
-        rows = model.embed(torch.arange(0, cfg.vocab_size, step)).float().contiguous()  # (n, C)
+        rows = model.embed(ids).float().cpu().contiguous()  # (n, C)
     return {
         "giraffe_adapter": 1,
         "arch": cfg.arch,

@@ -114,9 +114,13 @@ class LoraLinear(nn.Module):
             p.requires_grad_(False)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.scale = r, float(alpha), alpha / r
-        dtype = base.weight.dtype if isinstance(base, nn.Linear) else torch.float32
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, dtype=dtype)  # weight (r, in)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, dtype=dtype)  # weight (out, r)
+        float_base = isinstance(base, nn.Linear)
+        like = dict(
+            dtype=base.weight.dtype if float_base else torch.float32,
+            device=base.weight.device if float_base else base.packed.device,
+        )
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **like)  # weight (r, in)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **like)  # weight (out, r)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False  # True while B @ A is folded into base.weight
         self.disabled = False  # True: forward is the base alone
@@ -140,6 +144,8 @@ class LoraLinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scale
 
     def merge(self) -> None:
+        """Fold the update into the float weight (one matmul at inference; no adapter
+        gradients while merged, since the base weight is frozen)."""
         if self.merged:
             return
         self._require_float_base("merge")
