@@ -11,6 +11,7 @@ import torch
 from hf_tiny import hf_logits, tiny_hf_model
 from safetensors.torch import load_file, save_file
 
+import giraffe
 from giraffe.config import PRESETS
 from giraffe.formats import load_hf
 from giraffe.models import Decoder
@@ -160,6 +161,9 @@ def test_load_with_adapter_gives_a_language_model_with_live_adapters(tiny_folder
     lm = load_with_adapter(tiny_folder, tmp_path / "a")
     assert has_lora(lm.model) and not lm.model.training
     assert torch.allclose(lm.logits(tokens), expected, atol=1e-5)
+    via_package = giraffe.load(tiny_folder, adapter=tmp_path / "a")  # the public door
+    assert has_lora(via_package.model)
+    assert torch.allclose(via_package.logits(tokens), expected, atol=1e-5)
 
 
 def test_a_packed_base_runs_the_adapter_as_qlora(tiny_folder, tmp_path):

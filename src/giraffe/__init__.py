@@ -4,6 +4,7 @@
     lm = giraffe.load("smollm2-135m-instruct")   # or a .gguf file or a Hugging Face folder
     print(lm.generate("The giraffe is", max_new_tokens=30, temperature=0.7, top_p=0.9, seed=1))
 
+    tuned = giraffe.load("smollm2-135m-instruct", adapter="my-lora")  # + a LoRA adapter
     enc = giraffe.load("minilm-l6")              # an encoder folder: a SentenceEncoder
     vectors = enc.embed(["No, I am not a giraffe."])   # numpy (1, 384), unit length
 
@@ -24,6 +25,11 @@ def load(name_or_path=None, **kw):
     """
     from giraffe import embedder, lm
 
+    adapter = kw.pop("adapter", None)
+    if adapter is not None:  # a LoRA adapter folder (PEFT layout) on top of the model
+        from giraffe.train.adapter import load_with_adapter
+
+        return load_with_adapter(name_or_path or lm.DEFAULT_CHAT_MODEL, adapter, **kw)
     if name_or_path is None:
         return lm.load(**kw)
     if embedder.is_encoder(name_or_path):
