@@ -18,8 +18,9 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def url(smollm2_gguf):
-    with running_server(MODEL, "--ctx", "2048") as base:
+def url(smollm2_gguf, tmp_path_factory):
+    kb = tmp_path_factory.mktemp("kb") / "browser.sqlite"  # the Documents tab's knowledge base
+    with running_server(MODEL, "--ctx", "2048", "--kb", str(kb)) as base:
         yield base
 
 
@@ -146,3 +147,53 @@ def test_inside_tab_shows_attention_next_tokens_and_the_logit_lens(page, tmp_pat
     frame.locator("canvas").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)  # the model view draws one layer per frame
     shot(page, "inside-attention.png", tmp_path)
+
+
+GERALD = """# Gerald the giraffe
+
+Gerald is a giraffe who lives at the Riverside Zoo. He is 5.8 metres tall, the tallest
+animal in the zoo, and he was born there in 2015.
+
+His favourite food is acacia leaves. The keepers feed him at nine o'clock every
+morning and again at four in the afternoon.
+"""
+ZOO = """# Visiting the Riverside Zoo
+
+The zoo opens at ten in the morning and closes at six in the evening. Tickets cost
+twelve euros for adults and six euros for children.
+"""
+
+
+def test_documents_tab_uploads_lists_and_answers_with_its_sources(page, tmp_path):
+    files = [tmp_path / "gerald.md", tmp_path / "zoo.md"]
+    for file, text in zip(files, (GERALD, ZOO), strict=True):
+        file.write_text(text, encoding="utf-8")
+    page.click("#tabbtn-documents")
+    page.wait_for_selector("#tab-documents[data-kb=ready]")
+    page.set_input_files("#doc-files", [str(f) for f in files])  # two at once
+    page.wait_for_selector("#doc-list[data-count='2']", timeout=60_000)
+    assert page.locator("#upload-log li[data-status=added]").count() == 2
+    page.fill("#question", "How tall is Gerald the giraffe?")
+    page.click("#ask")
+    answer = page.locator("#doc-answer")
+    page.wait_for_selector("#doc-answer[data-state=done]", timeout=120_000)
+    assert int(answer.get_attribute("data-chunks")) > 3  # arrived in pieces, not at once
+    assert answer.get_attribute("data-finish") in ("stop", "length")
+    passages = page.locator("#passages .passage")
+    assert passages.count() >= 1
+    assert (
+        "gerald.md" in passages.first.inner_text() and "5.8 metres" in passages.first.inner_text()
+    )
+    cited = answer.get_attribute("data-cited")
+    assert cited and page.locator(f"#passage-{cited.split(',')[0]}.cited").count() == 1
+    links = answer.locator("a.cite")
+    if links.count():  # the answer cites [n] itself: the link shows that passage
+        n = links.first.get_attribute("data-n")
+        links.first.click()
+        assert "shown" in page.locator(f"#passage-{n}").get_attribute("class")
+    else:  # it did not: the model was asked afterwards, and the page says so
+        assert "asked afterwards" in page.locator("#cite-note").inner_text()
+    shot(page, "documents-tab.png", tmp_path)
+    page.click("#doc-list .doc[data-name='zoo.md'] .remove")
+    page.wait_for_selector("#doc-list[data-count='1']")
+    assert page.locator("#doc-list .doc").get_attribute("data-name") == "gerald.md"

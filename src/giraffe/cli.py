@@ -141,7 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
 def add_serve_parser(sub) -> None:
     s = sub.add_parser("serve", help="OpenAI-compatible API and web page over HTTP")
     s.add_argument("model", nargs="?", default=None, help="alias, .gguf file or HF folder")
-    s.add_argument("--embed-model", default=None, help="sentence encoder for /v1/embeddings")
+    s.add_argument(
+        "--embed-model", default=None, help="sentence encoder for /v1/embeddings (and --kb)"
+    )
+    s.add_argument(
+        "--kb",
+        default=None,
+        metavar="NAME",
+        help="serve this knowledge base at /documents and in the Documents tab: a name is "
+        "$GIRAFFE_HOME/kb/NAME.sqlite, else $XDG_DATA_HOME/giraffe/kb/NAME.sqlite "
+        "(~/.local/share when unset); a path with a slash or ending in .sqlite is used as is; "
+        "the same store as `giraffe rag --kb NAME` (embedder: --embed-model, default minilm-l6)",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", default=None, help="require this bearer key (or $GIRAFFE_API_KEY)")

@@ -260,6 +260,7 @@ def serve(args) -> None:
     import uvicorn
 
     from giraffe.embedder import load as load_embedder
+    from giraffe.rag.command import EMBEDDER
     from giraffe.serve.app import Server, ServeSettings, create_app
 
     model = args.model or registry.DEFAULT_CHAT_MODEL
@@ -282,13 +283,21 @@ def serve(args) -> None:
         max_context=args.ctx,
     )
     lm = load(model)
-    embedder = embed_id = None
-    if args.embed_model:
-        embedder, embed_id = load_embedder(args.embed_model), model_id(args.embed_model)
+    embedder = embed_id = knowledge = None
+    embed_model = args.embed_model or (EMBEDDER if args.kb else None)  # --kb needs one
+    if embed_model:
+        embedder, embed_id = load_embedder(embed_model), model_id(embed_model)
+    if args.kb:
+        from giraffe.rag.knowledge import KnowledgeBase
+        from giraffe.rag.store import kb_path
+
+        # The embedder's name as `giraffe rag --embedder` records it: the same store opens in both.
+        knowledge = KnowledgeBase(kb_path(args.kb), embedder, embed_model)
+        print(f"giraffe serve: knowledge base {knowledge.path}", file=sys.stderr)
     # The model computes on this (main) thread, the web server answers from another.
     server = Server(
         lm, model_id(model), embedder, embed_id, settings, scheduler_thread=False,
-        views=inside_views(lm),
+        views=inside_views(lm), knowledge=knowledge,
     )  # fmt: skip
     web = uvicorn.Server(
         uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level=args.log_level)

@@ -2,8 +2,8 @@
 
 `create_app(Server(...))` receives ready model objects (it never loads files itself:
 the CLI does) and wires the routes: /v1/models, /v1/chat/completions,
-/v1/completions, /v1/embeddings, /tokenize, /detokenize, /inside/{view}, /health, and
-the page at /.
+/v1/completions, /v1/embeddings, /tokenize, /detokenize, /inside/{view}, /health, the
+knowledge base at /documents (documents.py), and the page at /.
 Generation requests become scheduler jobs; their tokens come back on the event loop
 as `Update`s and leave either as one JSON response or as server-sent events. A client
 that disconnects cancels its jobs at once. It does not know sampling or attention.
@@ -71,14 +71,18 @@ class Server:
         settings: ServeSettings = ServeSettings(),
         scheduler_thread: bool = True,
         views: dict[str, Callable[[str], dict]] | None = None,
+        knowledge=None,
     ) -> None:
         """scheduler_thread=False: the caller runs `server.scheduler.run()` on its own thread.
 
         views: the Inside tab's explainers by name ("attention", "next", "lens"), each
         text -> JSON-ready dict; given by the caller (giraffe.explain sits beside serve).
+        knowledge: a `giraffe.rag.knowledge.KnowledgeBase` for /documents, or None; used
+        only on the model's thread (documents.py).
         """
         self.lm, self.model_id = lm, model_id
         self.views = views or {}
+        self.knowledge = knowledge
         self.embedder, self.embed_id = embedder, embed_id
         self.settings = settings
         self.started = R.now()
@@ -267,7 +271,7 @@ def create_app(server: Server) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
 
@@ -397,6 +401,10 @@ def create_app(server: Server) -> FastAPI:
             return await asyncio.wrap_future(server.scheduler.call(lambda: explain(body.text)))
         except ValueError as e:
             raise APIError(400, str(e), "text") from e
+
+    from giraffe.serve.documents import document_routes  # it builds on this module's parts
+
+    app.include_router(document_routes(server, guarded))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -1,7 +1,8 @@
 // giraffe's web page: chat, a token-probability playground and a tokenizer view,
-// all talking to the same OpenAI-compatible API as any other client (no private
-// endpoints but /tokenize and /health). Nothing is fetched from outside this server.
-// Later tabs (documents, inside the model) register themselves with addTab().
+// all talking to the same OpenAI-compatible API as any other client (giraffe's own
+// endpoints besides: /tokenize, /inside, /documents, /health). Nothing is fetched
+// from outside this server.
+// Every <section class="tab"> becomes a tab; the Documents tab lives in documents.js.
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -25,6 +26,7 @@ function showTab(id) {
   document.querySelectorAll("section.tab").forEach((s) => { s.hidden = s.id !== id; });
   document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b.id === "tabbtn-" + id.replace(/^tab-/, "")));
   store.set("tab", id);
+  document.dispatchEvent(new CustomEvent("tabshown", { detail: id }));
 }
 
 // ---- sampling controls -------------------------------------------------------------
@@ -52,10 +54,16 @@ function readSettings(panel) {
 
 // ---- talking to the server -----------------------------------------------------------
 async function api(path, body, signal) {
+  return request("POST", path, body, signal);
+}
+
+async function request(method, path, body, signal) {
   const headers = { "Content-Type": "application/json" };
   const key = store.get("key", "");
   if (key) headers.Authorization = "Bearer " + key;
-  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body), signal });
+  const init = { method, headers, signal };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const response = await fetch(path, init);
   if (response.status === 401) { $("#key-box").hidden = false; $("#api-key").focus(); }
   if (!response.ok) {
     let message = response.statusText;
@@ -402,6 +410,7 @@ async function start() {
   $("#tok-input").addEventListener("input", () => { clearTimeout(tokenizeTimer); tokenizeTimer = setTimeout(tokenize, 150); });
   tokenize();
   document.querySelectorAll("#inside-buttons button").forEach((b) => b.addEventListener("click", () => inside(b.dataset.view)));
+  setupDocuments(); // documents.js
   showTab(store.get("tab", "tab-chat"));
   document.body.dataset.ready = "true";
 }
