@@ -45,6 +45,12 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=base, default=None)
 
 
+def add_adapter_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="a LoRA adapter folder (PEFT layout) on the model"
+    )
+
+
 def decoding_kwargs(args: argparse.Namespace) -> dict:
     out = {}
     for f in dataclasses.fields(DecodingConfig):
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat in the terminal (streams)")
     c.add_argument("model", nargs="?", default=None, help="alias, .gguf file or HF folder")
     c.add_argument("--system", default=None, help="system message")
+    add_adapter_flag(c)
     add_decoding_flags(c)
 
     g = sub.add_parser("generate", help="continue a prompt")
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--json", action="store_true", help='print {"text","token_ids","logprobs",...}')
     g.add_argument("--no-stream", action="store_true", help="print only when finished")
+    add_adapter_flag(g)
     add_decoding_flags(g)
 
     t = sub.add_parser("tokenize", help="show how a text splits into tokens")
@@ -91,7 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="perplexity and bits per byte on a text file (KL against a reference)"
     )
     e.add_argument("model")
-    e.add_argument("--perplexity", metavar="FILE", required=True, help="a UTF-8 text file")
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--perplexity", metavar="FILE", help="a UTF-8 text file")
+    what.add_argument(
+        "--choices",
+        metavar="TASKS",
+        help='multiple choice: JSONL of {"question", "choices": [...], "answer": index}',
+    )
+    e.add_argument(
+        "--chat",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="--choices: ask as a chat turn (auto: when the model has a chat template)",
+    )
+    e.add_argument("--details", action="store_true", help="--choices: one line per task")
+    e.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad JSONL lines")
     e.add_argument(
         "--ctx", type=int, default=512, help="window length in tokens (second half scored)"
     )
@@ -102,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also compare with this float model: KL divergence and top-1 agreement",
     )
     e.add_argument("--json", action="store_true")
+    add_adapter_flag(e)
 
     q = sub.add_parser(
         "quantize", help="write a float model as a quantized GGUF file (with its vocabulary)"

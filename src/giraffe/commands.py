@@ -21,13 +21,22 @@ from giraffe.lm import load, load_tokenizer
 TOKEN_COLOURS = ("on #3b4a6b", "on #5b3b6b", "on #3b6b4a", "on #6b5b3b", "on #3b626b")
 
 
+def load_model(args, name=None, **kw):
+    """`giraffe.load` with the command's --adapter (a LoRA folder), when it has one."""
+    import giraffe
+
+    adapter = getattr(args, "adapter", None)
+    name = name if name is not None else args.model
+    return giraffe.load(name, adapter=adapter, **kw) if adapter else load(name, **kw)
+
+
 def print_json(data) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 
 
 def generate(args) -> None:
-    lm = load(args.model)
+    lm = load_model(args)
     kw = args.decoding
     if args.json:
         result = lm.complete(args.prompt, logprobs=True, **kw)
@@ -121,12 +130,14 @@ def eval(args) -> None:  # noqa: A001 - the subcommand's name
 
     from giraffe.eval.perplexity import perplexity
 
+    if args.choices:
+        return _eval_choices(args)
     path = Path(args.perplexity)
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
-    lm = load(args.model, packed=False if args.float else None)
+    lm = load_model(args, packed=False if args.float else None)
     ids = lm.tokenizer.encode(text)
     if args.reference:
         return _eval_divergence(lm, load(args.reference, packed=False), ids, args)
@@ -166,6 +177,26 @@ def quantize(args) -> None:
         f"wrote {path} ({human_bytes(size)}, {args.to}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
     )
     print(f"tensor types: {describe(path)[1]['tensor_types']}")
+
+
+def _eval_choices(args) -> int:
+    from rich.progress import Progress
+
+    from giraffe.eval.choices import evaluate_choices, format_report
+
+    lm = load_model(args, packed=False if args.float else None)
+    chat = {"auto": None, "yes": True, "no": False}[args.chat]
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"scoring {args.choices}", total=None)
+        report = evaluate_choices(
+            lm, args.choices, chat=chat, on_error=args.on_error,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(format_report(report, details=args.details))
+    return 0
 
 
 def _eval_divergence(lm, reference, ids: list[int], args) -> None:
@@ -245,7 +276,7 @@ def chat(args) -> None:
     console = Console(highlight=False, stderr=True)
     with console.status(f"loading {model}"):
         t0 = time.perf_counter()
-        lm = load(model)
+        lm = load_model(args, model)
     console.print(
         f"[dim]{lm!r} loaded in {time.perf_counter() - t0:.1f} s. "
         "Commands: /reset /system TEXT /params \\[k=v ...] /quit; Ctrl-C stops an answer[/dim]"
@@ -282,7 +313,7 @@ def serve(args) -> None:
         max_queue=args.max_queue,
         max_context=args.ctx,
     )
-    lm = load(model)
+    lm = load_model(args, model)
     embedder = embed_id = knowledge = None
     embed_model = args.embed_model or (EMBEDDER if args.kb else None)  # --kb needs one
     if embed_model:
