@@ -22,6 +22,7 @@ from giraffe.train.command import (
     add_pretrain_parser,
     add_train_tokenizer_parser,
 )
+from giraffe.train.tune_command import add_dpo_parser, add_finetune_parser, add_reward_parser
 
 # Decoding options that are not command-line flags (set by the program, not the user).
 NOT_FLAGS = {"stop_token_ids", "logprobs"}
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_tokenizer_parser(sub)
     add_prepare_parser(sub)
     add_pretrain_parser(sub)
+    add_finetune_parser(sub)
+    add_dpo_parser(sub)
+    add_reward_parser(sub)
     add_rag_parser(sub)
     add_summarize_parser(sub)
 

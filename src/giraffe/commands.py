@@ -403,3 +403,21 @@ def summarize(args) -> int:
     from giraffe.rag.command import run_summarize
 
     return run_summarize(args)
+
+
+def finetune(args) -> int:
+    from giraffe.train.tune_command import run_finetune
+
+    return run_finetune(args)
+
+
+def dpo(args) -> int:
+    from giraffe.train.tune_command import run_dpo
+
+    return run_dpo(args)
+
+
+def reward(args) -> int:
+    from giraffe.train.tune_command import run_reward
+
+    return run_reward(args)
