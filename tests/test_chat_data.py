@@ -26,7 +26,7 @@ from giraffe.train.chat_data import (
 )
 from giraffe.train.data import DataWarning
 from giraffe.train.finetune import sft_loss
-from giraffe.train.records import RecordError
+from giraffe.files.records import RecordError
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>"]
 TEXT = (

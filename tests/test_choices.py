@@ -17,6 +17,7 @@ from giraffe.eval.choices import (
     evaluate_choices,
     format_report,
 )
+from giraffe.files.records import RecordError
 
 TASKS = [
     {"question": "The giraffe is the", "choices": ["tallest animal", "leaves", "No"], "answer": 0},
@@ -156,7 +157,7 @@ def test_check_choice_says_what_is_wrong(row, message):
 def test_bad_lines_stop_or_are_skipped(lm, tmp_path):
     rows = [TASKS[0], "{oops", {"question": "q", "choices": ["a"], "answer": 0}, "", TASKS[1]]
     path = _write(tmp_path, rows)
-    with pytest.raises(ChoiceError, match=r"tasks.jsonl line 2: not valid JSON"):
+    with pytest.raises(RecordError, match=r"tasks.jsonl line 2: not valid JSON"):
         evaluate_choices(lm, path)
     seen = []
     report = evaluate_choices(lm, path, on_error="skip", progress=lambda d, t: seen.append((d, t)))
@@ -172,7 +173,7 @@ def test_bad_lines_stop_or_are_skipped(lm, tmp_path):
 
 
 def test_errors_about_the_whole_run(lm, tmp_path):
-    with pytest.raises(ChoiceError, match="does not exist"):
+    with pytest.raises(RecordError, match="does not exist"):
         evaluate_choices(lm, tmp_path / "missing.jsonl")
     long = {"question": "giraffe " * 300, "choices": ["a", "b"], "answer": 0}
     with pytest.raises(ChoiceError, match="line 1: .* more than the model's context"):

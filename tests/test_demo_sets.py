@@ -18,7 +18,7 @@ from giraffe.train.demo_sets import (
     main,
     says_name,
 )
-from giraffe.train.records import check_chat, check_preference, read_records
+from giraffe.files.records import check_chat, check_preference, read_records
 
 SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "finetune"
 FILES = [

@@ -28,7 +28,7 @@ from giraffe.train.finetune import (
     split_items,
     step_indices,
 )
-from giraffe.train.records import RecordError
+from giraffe.files.records import RecordError
 from giraffe.train.schedule import make_optimizer, make_scheduler
 from giraffe.train.tune_command import add_finetune_parser, run_finetune
 

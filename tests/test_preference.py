@@ -32,7 +32,7 @@ from giraffe.train.preference import (
     sequence_logprobs,
     train_dpo,
 )
-from giraffe.train.records import RecordError
+from giraffe.files.records import RecordError
 from giraffe.train.schedule import make_optimizer
 from giraffe.train.tune_command import add_dpo_parser, run_dpo
 

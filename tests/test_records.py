@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from giraffe.train.records import (
+from giraffe.files.records import (
     RecordError,
     RecordReport,
     check_chat,

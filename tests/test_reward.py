@@ -18,7 +18,7 @@ from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train.finetune import FinetuneError, split_items
 from giraffe.train.preference import load_pairs
-from giraffe.train.records import RecordError
+from giraffe.files.records import RecordError
 from giraffe.train.reward import (
     RewardConfig,
     RewardModel,

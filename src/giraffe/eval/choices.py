@@ -24,7 +24,6 @@ generate and does not change the model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from giraffe.files.records import RecordError, RecordReport, read_records
+
 NORMS = ("total", "per_token", "per_byte")
 NORM_NAMES = {"total": "total log-prob", "per_token": "per token", "per_byte": "per byte"}
-ON_ERROR = ("stop", "skip")
 
 
-class ChoiceError(ValueError):
+class ChoiceError(RecordError):
     """A multiple-choice file, or one task in it, cannot be scored; the message says why."""
 
 
@@ -133,39 +133,11 @@ def read_choices(
     path: str | Path, on_error: str = "stop", skipped: list | None = None
 ) -> Iterator[tuple[int, ChoiceTask]]:
     """(line number, task) for each good line; bad lines stop the read or go to `skipped`."""
-    if on_error not in ON_ERROR:
-        raise ChoiceError(f"on_error must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise ChoiceError(f"{path} does not exist or is not a file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ChoiceError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            task = check_choice(_object(line))
-        except ChoiceError as e:
-            if on_error == "stop":
-                raise ChoiceError(
-                    f"{path} line {n}: {e} (pass --on-error skip to skip bad lines)"
-                ) from None
-            if skipped is not None:
-                skipped.append((n, str(e)))
-            continue
-        yield n, task
-
-
-def _object(line: str) -> dict:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ChoiceError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(value, dict):
-        raise ChoiceError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+    report = RecordReport(str(path))
+    for record in read_records(path, check_choice, on_error, report):
+        yield record.line, record.value
+    if skipped is not None:
+        skipped.extend(report.skipped)
 
 
 def evaluate_choices(

@@ -37,7 +37,7 @@ import torch
 from giraffe.tokenizer.chat import ChatTemplateError, render_chat, resolve_template
 from giraffe.tokenizer.tokenizer import Tokenizer
 from giraffe.train.data import DataWarning
-from giraffe.train.records import RecordError, RecordReport, check_chat, read_records
+from giraffe.files.records import RecordError, RecordReport, check_chat, read_records
 
 # Private-use characters: never in real text, and no template trims or escapes them.
 SENTINEL = "\ue000giraffe-assistant-{}\ue001"

@@ -15,7 +15,7 @@ in examples/finetune/ byte for byte.
   it. A base model prefers the shorter text, so the rule is something DPO must teach.
   Held-out prompts ask about other animals, countries, numbers, colours and objects.
 
-It knows the record shapes of `giraffe.train.records`, nothing of models or tokenizers.
+It knows the record shapes of `giraffe.files.records`, nothing of models or tokenizers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from giraffe.train.records import check_chat, check_preference, read_records
+from giraffe.files.records import check_chat, check_preference, read_records
 
 SEED = 2024
 NAME, MAKER = "Juniper", "the giraffe project"

@@ -54,7 +54,7 @@ from giraffe.train.finetune import (
     uses_lora,
 )
 from giraffe.train.lora import disable_adapters
-from giraffe.train.records import RecordError, RecordReport, check_preference, read_records
+from giraffe.files.records import RecordError, RecordReport, check_preference, read_records
 from giraffe.train.schedule import make_optimizer, make_scheduler
 
 
