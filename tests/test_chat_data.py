@@ -13,6 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from giraffe.config import PRESETS
+from giraffe.files.records import RecordError
 from giraffe.models import Decoder
 from giraffe.tokenizer.chat import ChatTemplateError, render_chat, resolve_template
 from giraffe.tokenizer.tokenizer import SpecialTokens, from_backend
@@ -26,7 +27,6 @@ from giraffe.train.chat_data import (
 )
 from giraffe.train.data import DataWarning
 from giraffe.train.finetune import sft_loss
-from giraffe.files.records import RecordError
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>"]
 TEXT = (

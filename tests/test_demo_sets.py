@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from giraffe.eval.choices import read_choices
+from giraffe.files.records import check_chat, check_preference, read_records
 from giraffe.train.demo_sets import (
     HELDOUT_QUESTIONS,
     NAME,
@@ -18,7 +19,6 @@ from giraffe.train.demo_sets import (
     main,
     says_name,
 )
-from giraffe.files.records import check_chat, check_preference, read_records
 
 SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "finetune"
 FILES = [

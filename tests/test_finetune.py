@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import giraffe
+from giraffe.files.records import RecordError
 from giraffe.formats.hf import load_hf
 from giraffe.lm import load
 from giraffe.train.chat_data import collate, load_chat_examples
@@ -28,7 +29,6 @@ from giraffe.train.finetune import (
     split_items,
     step_indices,
 )
-from giraffe.files.records import RecordError
 from giraffe.train.schedule import make_optimizer, make_scheduler
 from giraffe.train.tune_command import add_finetune_parser, run_finetune
 

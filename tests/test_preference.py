@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import giraffe
+from giraffe.files.records import RecordError
 from giraffe.lm import load
 from giraffe.train.adapter import load_with_adapter
 from giraffe.train.chat_data import pad_examples
@@ -32,7 +33,6 @@ from giraffe.train.preference import (
     sequence_logprobs,
     train_dpo,
 )
-from giraffe.files.records import RecordError
 from giraffe.train.schedule import make_optimizer
 from giraffe.train.tune_command import add_dpo_parser, run_dpo
 
@@ -95,6 +95,25 @@ def test_sequence_logprobs_sum_the_answer_tokens(tiny_folder, prefs):
         logp = F.log_softmax(lm.model(torch.tensor([ex.ids]))[0].float(), -1)  # (T, V)
         alone = sum(float(logp[t - 1, ex.ids[t]]) for t in range(1, len(ex.ids)) if ex.mask[t])
         assert float(batched[row]) == pytest.approx(alone, abs=1e-4)
+
+
+def test_sft_weight_adds_the_chosen_answers_mean_token_nll(tiny_folder, prefs):
+    lm = load(tiny_folder)
+    pairs = load_pairs(prefs, lm.tokenizer, 128)[0][:4]
+    pad = lm.tokenizer.eos_id
+    ref = reference_logprobs(lm.model, pairs, pad, 4, lora=False)
+    grads, losses = [], []
+    for weight in (0.0, 0.5):
+        lm.model.zero_grad()
+        cfg = _cfg(tiny_folder, prefs, "", sft_weight=weight)
+        losses.append(dpo_step(lm.model, pairs, ref, [0, 1, 2, 3], pad, cfg)[0])
+        grads.append(lm.model.embed.weight.grad.clone())
+    with torch.no_grad():
+        pc, _ = pair_logprobs(lm.model, pairs, pad)
+    tokens = torch.tensor([sum(p.chosen.mask) for p in pairs], dtype=torch.float32)
+    hand = float((-pc / tokens).mean())
+    assert losses[1] == pytest.approx(losses[0] + 0.5 * hand, rel=1e-5)
+    assert not torch.allclose(grads[0], grads[1])  # the extra term does push the weights
 
 
 def _train_a_little(lm, pairs, ref, cfg, steps=3):

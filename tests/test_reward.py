@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from giraffe.config import PRESETS
+from giraffe.files.records import RecordError
 from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train.finetune import FinetuneError, split_items
 from giraffe.train.preference import load_pairs
-from giraffe.files.records import RecordError
 from giraffe.train.reward import (
     RewardConfig,
     RewardModel,

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from giraffe.files.records import RecordError, RecordReport, check_chat, read_records
 from giraffe.tokenizer.chat import ChatTemplateError, render_chat, resolve_template
 from giraffe.tokenizer.tokenizer import Tokenizer
 from giraffe.train.data import DataWarning
-from giraffe.files.records import RecordError, RecordReport, check_chat, read_records
 
 # Private-use characters: never in real text, and no template trims or escapes them.
 SENTINEL = "\ue000giraffe-assistant-{}\ue001"

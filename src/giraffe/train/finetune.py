@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from giraffe.files.records import ON_ERROR
 from giraffe.lm import LanguageModel, load
 from giraffe.quant.linear import QuantEmbedding, QuantLinear
 from giraffe.train.adapter import save_adapter
 from giraffe.train.chat_data import Batch, ChatExample, collate, load_chat_examples, pack
 from giraffe.train.lora import LoraConfig, apply_lora, lora_parameters
-from giraffe.files.records import ON_ERROR
 from giraffe.train.report import Reporter
 from giraffe.train.schedule import make_optimizer, make_scheduler
 

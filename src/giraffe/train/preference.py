@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from giraffe.files.records import RecordError, RecordReport, check_preference, read_records
 from giraffe.tokenizer.chat import ChatTemplateError
 from giraffe.train.chat_data import (
     ChatDataReport,
@@ -54,7 +55,6 @@ from giraffe.train.finetune import (
     uses_lora,
 )
 from giraffe.train.lora import disable_adapters
-from giraffe.files.records import RecordError, RecordReport, check_preference, read_records
 from giraffe.train.schedule import make_optimizer, make_scheduler
 
 
@@ -66,6 +66,10 @@ class DPOConfig:
     val_data: str = ""  # held-out pairs; "" = hold out val_fraction of `data`
     val_fraction: float = 0.1  # share of `data` held out when val_data is not given
     beta: float = 0.1  # strength of the pull towards the reference (the paper's beta)
+    # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): add this x the
+    # chosen answers' mean per-token negative log-likelihood. Plain DPO only moves chosen
+    # relative to rejected and can make both unlikely, e.g. forget where an answer ends.
+    sft_weight: float = 0.0
     max_steps: int = 100  # optimiser steps (also the cosine schedule's length)
     batch_size: int = 4  # pairs per optimiser step
     grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum pairs)
@@ -165,6 +169,12 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     return loss, chosen.detach(), rejected.detach()
 
 
+def chosen_nll(policy_chosen: torch.Tensor, pairs) -> torch.Tensor:
+    """Mean over pairs of the chosen answer's per-token negative log-likelihood."""
+    tokens = torch.tensor([sum(p.chosen.mask) for p in pairs], dtype=policy_chosen.dtype)
+    return (-policy_chosen / tokens).mean()
+
+
 @dataclass
 class ReferenceLogprobs:
     chosen: torch.Tensor  # (N,) log pi_ref(chosen | prompt) per pair, summed over tokens
@@ -208,6 +218,8 @@ def dpo_step(model, pairs, ref: ReferenceLogprobs, index: list[int], pad: int, c
         idx = index[part::parts]
         pc, pr = pair_logprobs(model, [pairs[i] for i in idx], pad)
         loss, c, r = dpo_loss(pc, pr, ref.chosen[idx], ref.rejected[idx], cfg.beta)
+        if cfg.sft_weight:
+            loss = loss + cfg.sft_weight * chosen_nll(pc, [pairs[i] for i in idx])
         (loss / parts).backward()
         total += float(loss.detach()) / parts
         chosen.append(c)
@@ -261,6 +273,8 @@ def train_dpo(cfg: DPOConfig) -> dict:
     check_run(cfg)
     if cfg.beta <= 0:
         raise FinetuneError(f"--beta must be positive, got {cfg.beta}")
+    if cfg.sft_weight < 0:
+        raise FinetuneError(f"--sft-weight must be 0 or more, got {cfg.sft_weight}")
     with flush_denormals():
         return _train_dpo(cfg)
 

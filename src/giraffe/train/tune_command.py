@@ -156,6 +156,12 @@ def add_dpo_parser(subparsers) -> argparse.ArgumentParser:
         "folder for the adapter (with LoRA) or the whole model, log.jsonl and loss.png",
     )
     p.add_argument("--beta", type=float, default=None, help="pull towards the reference (0.1)")
+    p.add_argument(
+        "--sft-weight",
+        type=float,
+        default=None,
+        help="also learn the chosen answers' text, with this weight (RPO; 0 = plain DPO)",
+    )
     _add_lora(p)
     return p
 
