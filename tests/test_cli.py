@@ -161,3 +161,33 @@ def test_eval_against_a_reference_and_bench(tiny_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     speed = json.loads(r.stdout)
     assert speed["prefill_tok_s"] > 0 and speed["decode_tok_s"] > 0 and speed["peak_rss_mib"] > 0
+
+
+def test_finetune_then_eval_choices_with_the_adapter(tiny_folder, tmp_path):
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": "I am Juniper."},
+        ]
+    }
+    data = tmp_path / "chats.jsonl"
+    data.write_text("\n".join([json.dumps(chat)] * 8 + ["{oops"]) + "\n")
+    out = tmp_path / "lora"
+    args = ["finetune", tiny_folder, "--data", data, "--out", out, "--lora-r", 4]
+    args += ["--max-steps", 2, "--seq-len", 64, "--no-progress"]
+    stopped = giraffe(*args)
+    assert stopped.returncode == 2 and "chats.jsonl line 9: not valid JSON" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    skipped = giraffe(*args, "--on-error", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    assert (out / "adapter_config.json").exists() and (out / "adapter_model.safetensors").exists()
+    task = {"question": "Who are you?", "choices": ["I am Juniper.", "I am a cat."], "answer": 0}
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(task) + "\n")
+    r = giraffe("eval", tiny_folder, "--choices", tasks, "--adapter", out, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["tasks"] == 1 and report["chat"] is True
+    assert set(report["accuracy"]) == {"total", "per_token", "per_byte"}
+    not_an_adapter = giraffe("eval", tiny_folder, "--choices", tasks, "--adapter", tmp_path)
+    assert not_an_adapter.returncode == 2 and "adapter_config.json" in not_an_adapter.stderr
