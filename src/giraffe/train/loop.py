@@ -28,6 +28,7 @@ from giraffe.models import build_model
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train import checkpoint as ckpt
 from giraffe.train import distributed as ddp
+from giraffe.train.denormals import flush_denormals
 from giraffe.train.objectives import SpecialTokens, loss_for, span_counts, t5_sentinels
 from giraffe.train.report import Reporter
 from giraffe.train.schedule import make_optimizer, make_scheduler
@@ -84,7 +85,8 @@ def pretrain(cfg: TrainConfig) -> dict:
     """Train (or resume) as `cfg` says; returns the last metrics."""
     d = ddp.setup(cfg.device)
     try:
-        return _run(cfg, d)
+        with flush_denormals():
+            return _run(cfg, d)
     finally:
         ddp.teardown(d)
 

@@ -40,11 +40,11 @@ from giraffe.train.chat_data import (
     encode_chat,
     pad_examples,
 )
+from giraffe.train.denormals import flush_denormals
 from giraffe.train.finetune import (
     FinetuneError,
     TuneReporter,
     check_run,
-    flush_denormals,
     load_model,
     pad_id,
     peak_lr,

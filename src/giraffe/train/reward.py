@@ -36,11 +36,11 @@ from giraffe.formats.hf import atomic_write, config_from_hf, config_to_hf, read_
 from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train.chat_data import pad_examples
+from giraffe.train.denormals import flush_denormals
 from giraffe.train.finetune import (
     FinetuneError,
     TuneReporter,
     check_run,
-    flush_denormals,
     load_model,
     pad_id,
     step_indices,
