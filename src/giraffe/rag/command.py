@@ -45,6 +45,7 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--hybrid", action="store_true", help="add BM25 keyword scores")
     q.add_argument("--floor", type=float, default=FLOOR, help="least cosine that counts")
     q.add_argument("--retrieve-only", action="store_true", help="show passages, no model")
+    q.add_argument("--exact", action="store_true", help="exact search even in a large kb")
     _lm_args(q, max_new=256)
     e = sub.add_parser("eval", help="recall@1/@5 on the shipped evaluation set")
     e.add_argument("--hybrid", action="store_true")
@@ -170,6 +171,8 @@ def _ask(args) -> int:
 
     embedder = _embedder(args)
     with _open(args, False, embedder) as store:
+        if args.exact:
+            store.ann_threshold = None  # never the approximate index (Store.search)
         hits = retrieve(store, embedder, args.question, args.k, args.hybrid, args.floor)
     if not hits:
         print(NOTHING_FOUND)

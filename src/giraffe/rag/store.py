@@ -2,7 +2,7 @@
 
     store = Store.open(kb_path("work"), embedder="minilm-l6", dim=384)
     store.replace_document(path, sha256, chunks, vectors)   # one transaction
-    hits = store.search(query_vector, k=4)                   # exact cosine
+    hits = store.search(query_vector, k=4)                   # [(chunk id, cosine)]
 
 Where a knowledge base lives: `--kb NAME` is `$GIRAFFE_HOME/kb/NAME.sqlite` when
 GIRAFFE_HOME is set, else `$XDG_DATA_HOME/giraffe/kb/NAME.sqlite` (XDG_DATA_HOME
@@ -13,9 +13,15 @@ Every document is written in one transaction (its old chunks deleted, the new on
 inserted, its row updated), so a process killed mid-way leaves either the old or the
 new document, never half of one. Search is exact cosine similarity (vectors are unit
 length, so a matrix-vector product) over all chunk vectors, cached as a memory-mapped
-`.npy` next to the database and rebuilt when the store's version counter moves. It
-knows nothing of files' formats, chunking or the embedding model beyond its name and
-dimension, which it records and checks.
+`.npy` next to the database and rebuilt when the store's version counter moves.
+
+From `ann_threshold` chunks on (ANN_THRESHOLD unless set on the store), search walks
+an approximate HNSW index instead (`giraffe.rag.ann`, when faiss is installed; else it
+stays exact and warns once). The index is another cache beside the database, keyed by
+the same version, never the source of truth; its candidates are re-scored exactly from
+the matrix, so only recall is approximate, never a score. It knows nothing of files'
+formats, chunking or the embedding model beyond its name and dimension, which it
+records and checks.
 """
 
 from __future__ import annotations
@@ -23,12 +29,22 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from giraffe.rag import ann
+
+# Chunks from which search is approximate by default. Exact search over 10^5 x 384
+# float32 takes about 5 ms here and needs no index, whose build costs about 6 s per
+# 20,000 chunks after every change; only from a few hundred thousand chunks do the
+# scan's tens of milliseconds (and its reading the whole matrix) make the index pay.
+ANN_THRESHOLD = 200_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +72,13 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 
 class StoreError(ValueError):
     """The knowledge base file is unusable or does not match this embedder."""
+
+
+class ExactSearchWarning(UserWarning):
+    """Approximate search was due, but faiss is missing: searching exactly instead."""
+
+
+_warned_exact: set[str] = set()  # databases already warned about, once per process
 
 
 @dataclass(frozen=True)
@@ -100,6 +123,9 @@ class Store:
     def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         self.path, self.db = path, db
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None  # version, ids, matrix
+        self._ann: tuple[int, ann.HNSWIndex] | None = None  # version, index
+        # Search approximately from this many chunks on; None: always exactly (`--exact`).
+        self.ann_threshold: int | None = ANN_THRESHOLD
 
     @classmethod
     def open(cls, path: str | os.PathLike, embedder: str = "", dim: int = 0, create=True):
@@ -281,13 +307,56 @@ class Store:
             pass  # a read-only folder: search still works from memory
         return ids, matrix
 
-    def search(self, query: np.ndarray, k: int = 4) -> list[tuple[int, float]]:
-        """[(chunk id, cosine)] best first: exact, over every chunk."""
+    def search(
+        self, query: np.ndarray, k: int = 4, exact: bool | None = None
+    ) -> list[tuple[int, float]]:
+        """[(chunk id, cosine)] best first, over every chunk.
+
+        `exact`: None approximates from `ann_threshold` chunks on, True never, False
+        always (where faiss is installed). The cosines are exact either way.
+        """
         ids, matrix = self.matrix()
-        if len(ids) == 0:
+        if len(ids) == 0 or k < 1:
             return []
-        scores = matrix @ np.asarray(query, dtype=np.float32).reshape(-1)  # (n,)
-        return top_k(ids, scores, k)
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if not self._approximate(len(ids), exact):
+            return top_k(ids, matrix @ query, k)  # (n,) scores
+        rows = self._index(ids, matrix).search(query, k)  # candidates, probably the best k
+        return top_k(ids[rows], matrix[rows] @ query, k)  # re-scored exactly
+
+    def _approximate(self, n: int, exact: bool | None) -> bool:
+        if exact is None:
+            exact = self.ann_threshold is None or n < self.ann_threshold
+        if exact:
+            return False
+        if ann.available():
+            return True
+        if str(self.path) not in _warned_exact:
+            _warned_exact.add(str(self.path))
+            warnings.warn(
+                f"{self.path}: {n} chunks, searched exactly because faiss is not installed "
+                "(slower at this size); `pip install faiss-cpu` for approximate search",
+                ExactSearchWarning,
+                stacklevel=3,
+            )
+        return False
+
+    def _index(self, ids: np.ndarray, matrix: np.ndarray) -> ann.HNSWIndex:
+        """The HNSW index of this version's matrix: in memory, from its file, or built."""
+        version = self.version
+        if self._ann and self._ann[0] == version:
+            return self._ann[1]
+        path = self.path.with_name(self.path.name + ".hnsw.faiss")
+        key = {"version": version, "uid": int(self.meta("uid", "0")), "dim": self.dim}
+        index = ann.HNSWIndex.load(path, key)
+        if index is None or index.rows != len(ids):
+            index = ann.HNSWIndex.build(matrix, _build_progress(self.path))
+            try:
+                index.save(path, key)
+            except (OSError, RuntimeError):  # a read-only folder (faiss raises RuntimeError)
+                pass  # searches go on from memory
+        self._ann = (version, index)
+        return index
 
     def check(self) -> list[str]:
         """Consistency problems (empty when fine): SQLite's own check, orphans, counts."""
@@ -310,6 +379,24 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]
     best = np.argpartition(-scores, k - 1)[:k]
     best = best[np.argsort(-scores[best], kind="stable")]
     return [(int(ids[i]), float(scores[i])) for i in best]
+
+
+def _build_progress(path: Path):
+    """progress(done, total) for an index build: one line on stderr, with an ETA."""
+    start = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        spent = time.perf_counter() - start
+        eta = spent / done * (total - done)
+        print(
+            f"\rgiraffe: indexing {path.name} for approximate search (once per change): "
+            f"{done}/{total} chunks, {spent:.0f} s, {eta:.0f} s left",
+            end="\n" if done == total else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
