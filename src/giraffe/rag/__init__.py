@@ -6,7 +6,8 @@
 
 Modules: `read` (files -> pages of text, or a reason to skip), `chunk` (text -> token-
 sized chunks with offsets), `store` (one SQLite file per knowledge base, exact cosine
-search), `bm25` (keyword scores), `ingest` (files -> store, one transaction per
+search; `ann`, an HNSW index it uses above 200,000 chunks), `bm25` (keyword scores), `ingest` (files -> store, one transaction per
 document), `retrieve`, `answer` (prompt with numbered passages, cited answer), `chains`
-(long-document summaries), `evaluate` (the shipped retrieval evaluation), `command`.
+(long-document summaries), `evaluate` (the shipped retrieval evaluation), `knowledge`
+(the facade the server receives), `command`.
 """

@@ -1,7 +1,8 @@
 """A question -> the most similar chunks of a knowledge base, or none if nothing is close.
 
-Dense retrieval is exact cosine similarity between the question's embedding and every
-chunk's (`Store.search`). With `hybrid=True`, BM25 keyword scores over all chunks are
+Dense retrieval is cosine similarity between the question's embedding and every
+chunk's (`Store.search`: exact, or HNSW candidates re-scored exactly above its size
+threshold). With `hybrid=True`, BM25 keyword scores over all chunks are
 added: fused = cosine + `keyword_weight` * bm25 / max bm25, so a rare exact word (a
 name, a code) can lift a passage. `floor` is the cosine below which a chunk does not
 count as relevant: if no candidate reaches it, the answer is "nothing found" rather
