@@ -29,7 +29,7 @@ VARIANTS = {
     "qlora": {"lora_r": 8, "lora_targets": "all-linear", "qlora": True},
 }
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {src!r})
 from giraffe.train.finetune import FinetuneConfig, finetune
 import giraffe.train.finetune as ft
@@ -43,7 +43,8 @@ def timed(*a, **k):
 ft.sft_step = timed
 cfg = FinetuneConfig(**json.loads(sys.argv[1]))
 finetune(cfg)
-print(json.dumps({{"step_s": times, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+from giraffe.eval.speed import peak_rss_mib
+print(json.dumps({{"step_s": times, "peak_rss_mib": peak_rss_mib()}}))
 """
 
 
