@@ -191,3 +191,15 @@ def test_finetune_then_eval_choices_with_the_adapter(tiny_folder, tmp_path):
     assert set(report["accuracy"]) == {"total", "per_token", "per_byte"}
     not_an_adapter = giraffe("eval", tiny_folder, "--choices", tasks, "--adapter", tmp_path)
     assert not_an_adapter.returncode == 2 and "adapter_config.json" in not_an_adapter.stderr
+
+
+def test_peak_memory_is_the_processs_own_not_its_parents():
+    # Linux keeps ru_maxrss across execve: a benchmark started from a big parent must not
+    # report the parent's peak (it did, before VmHWM).
+    ballast = bytearray(600 * 2**20)  # touched: zero-filled pages count once written
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from giraffe.eval.speed import peak_rss_mib; print(peak_rss_mib())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    assert float(child.stdout) < 400, "the child reported at least the parent's 600 MB"
+    del ballast
