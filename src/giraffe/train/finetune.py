@@ -32,7 +32,7 @@ from giraffe.train.chat_data import Batch, ChatExample, collate, load_chat_examp
 from giraffe.train.denormals import flush_denormals
 from giraffe.train.lora import LoraConfig, apply_lora, lora_parameters
 from giraffe.train.report import Reporter
-from giraffe.train.schedule import make_optimizer, make_scheduler
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 
 
 class FinetuneError(ValueError):
@@ -344,14 +344,22 @@ def _finetune(cfg: FinetuneConfig) -> dict:
 
 
 def _data(cfg: FinetuneConfig, tok) -> tuple[list[ChatExample], list[ChatExample], object]:
-    examples, report = load_chat_examples(cfg.data, tok, cfg.seq_len, cfg.on_error, cfg.template)
+    def read(path):
+        return load_chat_examples(path, tok, cfg.seq_len, cfg.on_error, cfg.template)
+
+    return train_and_val(read, cfg, "conversation")
+
+
+def train_and_val(read, cfg, what: str) -> tuple[list, list, object]:
+    """(train, held out, the data report): cfg.val_data when given, else a seeded split of
+    cfg.data; `read(path)` returns (items, report)."""
+    items, report = read(cfg.data)
     if cfg.val_data:
-        val, _ = load_chat_examples(cfg.val_data, tok, cfg.seq_len, cfg.on_error, cfg.template)
-        train = examples
+        train, val = items, read(cfg.val_data)[0]
     else:
-        train, val = split_items(examples, cfg.val_fraction, cfg.seed)
+        train, val = split_items(items, cfg.val_fraction, cfg.seed)
     if not train:
-        raise FinetuneError(f"no conversation left to train on: {report.summary()}")
+        raise FinetuneError(f"no {what} left to train on: {report.summary()}")
     return train, val, report
 
 
@@ -365,9 +373,5 @@ def sft_step(model, params, optimizer, scheduler, rows, pad: int, cfg) -> tuple[
         loss = sft_loss(model, batch) / count
         loss.backward()
         total += float(loss.detach())
-    if cfg.clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_update(params, optimizer, scheduler, cfg.clip)
     return total, sum(b.tokens for b in micro)

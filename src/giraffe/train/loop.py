@@ -31,7 +31,7 @@ from giraffe.train import distributed as ddp
 from giraffe.train.denormals import flush_denormals
 from giraffe.train.objectives import SpecialTokens, loss_for, span_counts, t5_sentinels
 from giraffe.train.report import Reporter
-from giraffe.train.schedule import make_optimizer, make_scheduler
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 from giraffe.train.settings import TrainConfig, TrainError
 from giraffe.train.shards import open_shards
 
@@ -167,11 +167,7 @@ def _step(
             loss = loss_fn(net, ids.to(cfg.device), gen, special)
             (loss / cfg.grad_accum).backward()
         total += float(loss.detach()) / cfg.grad_accum
-    if cfg.clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_update(model.parameters(), optimizer, scheduler, cfg.clip)
     return total
 
 

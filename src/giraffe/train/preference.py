@@ -50,12 +50,12 @@ from giraffe.train.finetune import (
     peak_lr,
     prepare_trainable,
     save_tuned,
-    split_items,
     step_indices,
+    train_and_val,
     uses_lora,
 )
 from giraffe.train.lora import disable_adapters
-from giraffe.train.schedule import make_optimizer, make_scheduler
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -313,11 +313,7 @@ def _train_dpo(cfg: DPOConfig) -> dict:
             index = step_indices(len(train), cfg.batch_size, cfg.seed, step)
             loss, chosen, rejected = dpo_step(model, train, ref, index, pad, cfg)
             seen.append(chosen - rejected)
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_update(params, optimizer, scheduler, cfg.clip)
             tokens = sum(len(train[i].chosen.ids) + len(train[i].rejected.ids) for i in index)
             metrics = report.step(step + 1, loss, scheduler.get_last_lr()[0], tokens)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
@@ -342,12 +338,8 @@ def _train_dpo(cfg: DPOConfig) -> dict:
 
 def pair_data(cfg, tok) -> tuple[list[PreferencePair], list[PreferencePair], ChatDataReport]:
     """(train pairs, held-out pairs, the data report) as cfg's data/val settings say."""
-    pairs, report = load_pairs(cfg.data, tok, cfg.seq_len, cfg.on_error, cfg.template)
-    if cfg.val_data:
-        val, _ = load_pairs(cfg.val_data, tok, cfg.seq_len, cfg.on_error, cfg.template)
-        train = pairs
-    else:
-        train, val = split_items(pairs, cfg.val_fraction, cfg.seed)
-    if not train:
-        raise FinetuneError(f"no preference pair left to train on: {report.summary()}")
-    return train, val, report
+
+    def read(path):
+        return load_pairs(path, tok, cfg.seq_len, cfg.on_error, cfg.template)
+
+    return train_and_val(read, cfg, "preference pair")

@@ -46,7 +46,7 @@ from giraffe.train.finetune import (
     step_indices,
 )
 from giraffe.train.preference import PreferencePair, pair_data, pair_evaluation
-from giraffe.train.schedule import make_optimizer, make_scheduler
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 
 # The head's tensor name in transformers' *ForSequenceClassification (every family).
 SCORE = "score.weight"
@@ -230,11 +230,7 @@ def _train_reward(cfg: RewardConfig) -> dict:
                 (part_loss / cfg.grad_accum).backward()
                 loss += float(part_loss.detach()) / cfg.grad_accum
                 seen.append((c - r).detach())
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            apply_update(rm.parameters(), optimizer, scheduler, cfg.clip)
             tokens = sum(len(train[i].chosen.ids) + len(train[i].rejected.ids) for i in index)
             metrics = report.step(step + 1, loss, scheduler.get_last_lr()[0], tokens)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:

@@ -39,3 +39,13 @@ def make_scheduler(optimizer, warmup: int, total: int, min_ratio: float = 0.1):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total, min_ratio)
     )
+
+
+def apply_update(params, optimizer, scheduler, clip: float) -> None:
+    """Clip the gradient's global norm (clip > 0), step the optimiser and the schedule,
+    and clear the gradients: the end of every training step, in every loop."""
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
