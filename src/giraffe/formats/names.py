@@ -213,6 +213,8 @@ TIED_HEAD_NAMES = (
 )
 
 # Prefix of a bare Hugging Face BertModel's tensors when held by BertForMaskedLM.
+# The scalar head of Hugging Face's *ForSequenceClassification (a reward model's score).
+SEQUENCE_SCORE_HEAD = "score.weight"
 BERT_PREFIX = "bert."
 BERT_BODY = ("embeddings.", "encoder.", "pooler.")
 

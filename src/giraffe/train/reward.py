@@ -49,7 +49,6 @@ from giraffe.train.preference import PreferencePair, pair_data, pair_evaluation
 from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 
 # The head's tensor name in transformers' *ForSequenceClassification (every family).
-SCORE = "score.weight"
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def save_reward_model(rm: RewardModel, tokenizer, folder) -> Path:
     tensors = {
         k: v for k, v in disassemble(rm.body, "hf").items() if k not in names.TIED_HEAD_NAMES
     }
-    tensors[SCORE] = rm.score.weight.detach().contiguous()  # (1, C)
+    tensors[names.SEQUENCE_SCORE_HEAD] = rm.score.weight.detach().contiguous()  # (1, C)
     atomic_write(
         folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
     )
@@ -151,9 +150,11 @@ def load_reward_model(folder) -> tuple[RewardModel, object]:
     cfg = config_from_hf(raw, str(folder / "config.json"))
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if SCORE not in tensors:
-        raise FinetuneError(f"{folder} has no {SCORE}: it is not a reward model folder")
-    score = tensors.pop(SCORE)
+    if names.SEQUENCE_SCORE_HEAD not in tensors:
+        raise FinetuneError(
+            f"{folder} has no {names.SEQUENCE_SCORE_HEAD}: it is not a reward model folder"
+        )
+    score = tensors.pop(names.SEQUENCE_SCORE_HEAD)
     if not cfg.tie_embeddings and not any(n in tensors for n in names.TIED_HEAD_NAMES):
         # A reward model has no LM head; built tied, the body needs none (only hidden() runs).
         cfg = cfg.replace(tie_embeddings=True)
