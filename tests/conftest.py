@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,19 @@ def tiny_folder(tmp_path_factory) -> Path:
     cfg = PRESETS["llama-tiny"].replace(vocab_size=tok.get_vocab_size())
     save_hf(Decoder(cfg), folder)
     return folder
+
+
+def preference(rng: random.Random) -> dict:
+    """A rule-decided preference: an answer that says the giraffe is tall beats one about leaves."""
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    tall, leaves = f"The giraffe is tall. {a}", f"The giraffe eat leaves. {b}"
+    return {"prompt": f"giraffe {a}{b}", "chosen": tall, "rejected": leaves}
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory):
+    """40 pairs of that preference as JSONL (DPO and reward-model tests)."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    path.write_text("".join(json.dumps(preference(rng)) + "\n" for _ in range(40)))
+    return path

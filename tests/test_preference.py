@@ -13,6 +13,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import preference
 
 import giraffe
 from giraffe.files.records import RecordError
@@ -35,24 +36,6 @@ from giraffe.train.preference import (
 )
 from giraffe.train.schedule import make_optimizer
 from giraffe.train.tune_command import add_dpo_parser, run_dpo
-
-
-def preference(rng: random.Random) -> dict:
-    """The rule: an answer that says the giraffe is tall beats one about leaves."""
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    return {
-        "prompt": f"giraffe {a}{b}",
-        "chosen": f"The giraffe is tall. {a}",
-        "rejected": f"The giraffe eat leaves. {b}",
-    }
-
-
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("dpo") / "prefs.jsonl"
-    path.write_text("".join(json.dumps(preference(rng)) + "\n" for _ in range(40)))
-    return path
 
 
 def _cfg(tiny_folder, prefs, out, **kw) -> DPOConfig:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -78,21 +77,6 @@ def test_transformers_scores_the_saved_model_the_same(tiny_folder, tmp_path, arc
     assert torch.allclose(ours, alone, atol=1e-5)  # padding never changes a score
     assert torch.allclose(ours, again, atol=1e-6)
     assert ours.std() > 0.1  # the rows really differ
-
-
-def preference(rng: random.Random) -> dict:
-    """The rule: an answer that says the giraffe is tall beats one about leaves."""
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    tall, leaves = f"The giraffe is tall. {a}", f"The giraffe eat leaves. {b}"
-    return {"prompt": f"giraffe {a}{b}", "chosen": tall, "rejected": leaves}
-
-
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("reward") / "prefs.jsonl"
-    path.write_text("".join(json.dumps(preference(rng)) + "\n" for _ in range(40)))
-    return path
 
 
 def _cfg(tiny_folder, prefs, out, **kw) -> RewardConfig:

@@ -143,6 +143,10 @@ def run_finetune(args) -> int:
     return 0
 
 
+# The result line of the two trainers on chosen/rejected pairs.
+PAIR_KEYS = ("step", "loss", "first_val_accuracy", "val_accuracy", "val_margin", "truncated")
+
+
 # ---- dpo ---------------------------------------------------------------------------------
 
 
@@ -169,9 +173,7 @@ def add_dpo_parser(subparsers) -> argparse.ArgumentParser:
 def run_dpo(args) -> int:
     from giraffe.train.preference import DPOConfig, train_dpo
 
-    metrics = _run(train_dpo, _config(DPOConfig, args), "dpo")
-    keys = ("step", "loss", "first_val_accuracy", "val_accuracy", "val_margin", "truncated")
-    _print_result(metrics, keys)
+    _print_result(_run(train_dpo, _config(DPOConfig, args), "dpo"), PAIR_KEYS)
     return 0
 
 
@@ -193,7 +195,5 @@ def add_reward_parser(subparsers) -> argparse.ArgumentParser:
 def run_reward(args) -> int:
     from giraffe.train.reward import RewardConfig, train_reward
 
-    metrics = _run(train_reward, _config(RewardConfig, args), "reward")
-    keys = ("step", "loss", "first_val_accuracy", "val_accuracy", "val_margin", "truncated")
-    _print_result(metrics, keys)
+    _print_result(_run(train_reward, _config(RewardConfig, args), "reward"), PAIR_KEYS)
     return 0
