@@ -94,7 +94,9 @@ def _summary(load_s, prefill, decode) -> dict:
     }
 
 
-def worker_llama_cpp(model: str, repeats: int, prefill_n: int, decode_n: int) -> dict:
+def worker_llama_cpp(
+    model: str, repeats: int, prefill_n: int, decode_n: int, flash_attn: bool = False
+) -> dict:
     t0 = time.perf_counter()
     import llama_cpp
 
@@ -107,6 +109,7 @@ def worker_llama_cpp(model: str, repeats: int, prefill_n: int, decode_n: int) ->
         n_threads=threads,
         n_threads_batch=threads,
         n_batch=512,
+        flash_attn=flash_attn,
         verbose=False,
     )
     load_s = time.perf_counter() - t0
@@ -125,6 +128,10 @@ def worker_llama_cpp(model: str, repeats: int, prefill_n: int, decode_n: int) ->
     return measure(run, long_ids, short_ids, repeats, prefill_n, decode_n, load_s)
 
 
+def worker_llama_cpp_flash(model, repeats, prefill_n, decode_n) -> dict:
+    return worker_llama_cpp(model, repeats, prefill_n, decode_n, flash_attn=True)
+
+
 def worker_giraffe_float(model, repeats, prefill_n, decode_n) -> dict:
     return worker_giraffe(model, repeats, prefill_n, decode_n, packed=False)
 
@@ -134,8 +141,14 @@ WORKERS = {
     "giraffe-float": worker_giraffe_float,  # everything dequantized to float32
     "transformers": worker_transformers,
     "llama.cpp": worker_llama_cpp,
+    "llama.cpp-flash-attn": worker_llama_cpp_flash,  # its faster prompt path, same file
 }
-PEERS = {"transformers": "transformers", "llama.cpp": "llama_cpp"}  # peer -> module that must exist
+# peer -> module that must exist
+PEERS = {
+    "transformers": "transformers",
+    "llama.cpp": "llama_cpp",
+    "llama.cpp-flash-attn": "llama_cpp",
+}
 
 
 def run_worker(name: str, args) -> dict:

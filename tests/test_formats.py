@@ -94,7 +94,7 @@ def test_corrupt_files_are_reported(tmp_path):
 
 @pytest.mark.parametrize("kind", ["q8_0", "q4_0", "q4_1"])
 @pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
-def test_quantized_gguf_packed_equals_dequantized(tmp_path, kind, preset):
+def test_quantized_gguf_packed_equals_dequantized(tmp_path, kind, preset, float_activations):
     from giraffe.config import PRESETS
     from giraffe.models import Decoder
     from giraffe.quant.linear import QuantEmbedding, QuantLinear

@@ -228,7 +228,7 @@ def test_applying_lora_drops_packed_fusions():
     assert (model.layers[0].attn.fused_qkv is not None) == kernels.available()
 
 
-def test_qlora_forward_equals_lora_on_the_dequantized_weights():
+def test_qlora_forward_equals_lora_on_the_dequantized_weights(float_activations):
     packed = packed_model_with_lora()
     reference = dequantized_copy(packed)
     apply_lora(reference, ALL)
@@ -282,7 +282,7 @@ def test_merging_into_packed_weights_is_refused():
 
 
 @pytest.mark.slow
-def test_qlora_on_packed_smollm2_matches_float_lora(smollm2_gguf):
+def test_qlora_on_packed_smollm2_matches_float_lora(smollm2_gguf, float_activations):
     from giraffe.formats.gguf import load_gguf
 
     torch.manual_seed(0)

@@ -166,7 +166,7 @@ def test_load_with_adapter_gives_a_language_model_with_live_adapters(tiny_folder
     assert torch.allclose(via_package.logits(tokens), expected, atol=1e-5)
 
 
-def test_a_packed_base_runs_the_adapter_as_qlora(tiny_folder, tmp_path):
+def test_a_packed_base_runs_the_adapter_as_qlora(tiny_folder, tmp_path, float_activations):
     from giraffe.lm import load
     from giraffe.quant.linear import QuantLinear
 

@@ -46,7 +46,7 @@ def test_bad_kind_and_shape():
         fake_quantize(torch.zeros(2, 40), "q8_0")
 
 
-def test_qat_model_trains_and_deploys_to_exactly_its_trained_weights(tmp_path):
+def test_qat_model_trains_and_deploys_to_exactly_its_trained_weights(tmp_path, float_activations):
     from giraffe.formats.gguf import load_gguf, save_gguf
 
     torch.manual_seed(0)

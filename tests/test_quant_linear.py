@@ -10,8 +10,14 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from giraffe.quant import kernels
-from giraffe.quant.blocks import BLOCK_SIZES
-from giraffe.quant.linear import KERNEL_KINDS, KERNEL_MAX_ROWS, QuantEmbedding, QuantLinear
+from giraffe.quant.blocks import BLOCK_SIZES, round_activations_int8
+from giraffe.quant.linear import (
+    INT8_MIN_ROWS,
+    KERNEL_KINDS,
+    KERNEL_MAX_ROWS,
+    QuantEmbedding,
+    QuantLinear,
+)
 
 # Relative to the output's scale: float32 accumulation in another order.
 TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
@@ -40,13 +46,14 @@ def test_kernel_builds_here():
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
 @pytest.mark.parametrize("rows", [1, 3, 5, 40, 120])  # x is (2, rows): 2 .. 240 input rows
 @pytest.mark.parametrize("n_out", [96, 97])  # the batched kernel pairs output rows
-def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out):
+def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out, monkeypatch):
     layer = QuantLinear(packed_weight(kind, rows=n_out), kind, 256, n_out, bias=torch.randn(n_out))
     x = torch.randn(2, rows, 256)
     reference = F.linear(x, layer.dequantized_weight(), layer.bias)
     got = kernels.qmatmul(layer.packed, kind, n_out, 256, x) + layer.bias
     scale = reference.abs().max()
     assert ((got - reference).abs().max() / scale) <= TOLERANCE[kind]
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")  # the layer's float path, at any row count
     assert ((layer(x) - reference).abs().max() / scale) <= TOLERANCE[kind]
 
 
@@ -115,17 +122,63 @@ def test_fusion_of_mixed_block_types_keeps_separate_segments():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("kind", kernels.INT8_KINDS)
-def test_int8_activation_kernel_is_close_to_reference(kind):
-    if not kernels.int8_available():
-        pytest.skip("this CPU has no AVX-512 VNNI; the int8 kernel was not built")
-    layer = QuantLinear(packed_weight(kind), kind, 256, 96)
-    x = torch.randn(3, 256)
-    reference = F.linear(x, layer.dequantized_weight())
-    got = kernels.qmatmul(layer.packed, kind, 96, 256, x, int8=True)
-    # int8 rounding of activations: |error| <= sum |w| * dx / 2 per block; in practice < 1.5%
-    assert ((got - reference).abs().max() / reference.abs().max()) < 0.015
-    assert not torch.equal(got, kernels.qmatmul(layer.packed, kind, 96, 256, x))
+INT8_KINDS = kernels.int8_kinds()
+needs_vnni = pytest.mark.skipif(not INT8_KINDS, reason="no AVX-512 VNNI: no int8 GEMM built")
+
+
+@needs_vnni
+@pytest.mark.parametrize("kind", INT8_KINDS)
+@pytest.mark.parametrize("rows", [1, 4, 5, 33])
+@pytest.mark.parametrize(
+    "n_out", [96, 40, 97]
+)  # whole pairs of 16-row tiles, one tile, a ragged tile
+def test_int8_gemm_equals_rounded_activations_then_float_reference(kind, rows, n_out):
+    layer = QuantLinear(packed_weight(kind, rows=n_out, cols=512), kind, 512, n_out)
+    x = torch.randn(rows, 512) * torch.linspace(0.01, 3, 512)  # blocks of different scales
+    reference = F.linear(round_activations_int8(x), layer.dequantized_weight())
+    got = kernels.gemm_int8(layer.int8_weights(), x)
+    # integer dot products are exact; float32 scaling and summation in another order
+    assert ((got - reference).abs().max() / reference.abs().max()) <= 2e-6
+    # and the rounding of activations costs about what llama.cpp's does: well under 2%
+    exact = F.linear(x, layer.dequantized_weight())
+    assert ((got - exact).abs().max() / exact.abs().max()) < 0.02
+
+
+@needs_vnni
+def test_int8_gemm_writes_into_a_strided_output_and_handles_zero_blocks():
+    layer = QuantLinear(packed_weight("Q4_1", rows=48, cols=256), "Q4_1", 256, 48)
+    x = torch.randn(6, 256)
+    x[2] = 0.0  # an all-zero row: scale 0, no division by zero
+    wide = torch.full((6, 60), 7.0)
+    kernels.gemm_int8(layer.int8_weights(), x, out=wide[:, 5:53])
+    reference = F.linear(round_activations_int8(x), layer.dequantized_weight())
+    torch.testing.assert_close(wide[:, 5:53], reference, atol=2e-5, rtol=1e-5)
+    assert (wide[:, :5] == 7).all() and (wide[:, 53:] == 7).all()  # nothing written outside
+
+
+@needs_vnni
+def test_layers_take_int8_from_a_few_rows_and_float_when_switched_off(monkeypatch):
+    layer = QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)
+    weight = layer.dequantized_weight()
+    few, many = torch.randn(INT8_MIN_ROWS - 1, 256), torch.randn(2, INT8_MIN_ROWS, 256)
+    assert torch.allclose(layer(few), F.linear(few, weight), rtol=0, atol=2e-5)
+    torch.testing.assert_close(layer(many), F.linear(round_activations_int8(many), weight))
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
+    assert torch.allclose(layer(many), F.linear(many, weight), rtol=0, atol=2e-5)
+
+
+@needs_vnni
+def test_inputs_that_need_gradients_keep_the_differentiable_path():
+    layer = QuantLinear(packed_weight("Q4_0"), "Q4_0", 256, 96)
+    x = torch.randn(8, 256, requires_grad=True)
+    layer(x).sum().backward()
+    expected = layer.dequantized_weight().sum(0).expand(8, -1)
+    assert torch.allclose(x.grad, expected, atol=1e-5)
+
+
+def test_repacking_a_type_without_one_scale_per_32_weights_is_refused():
+    with pytest.raises(ValueError, match="does not take Q6_K"):
+        kernels.repack_int8(packed_weight("Q6_K"), "Q6_K", 96, 256)
 
 
 def requantize_v_proj(model, kind: str) -> None:
@@ -197,7 +250,8 @@ def test_c_dequantize_equals_gguf_bit_for_bit(kind):
     assert torch.equal(kernels.dequantize(raw, kind, 7, 512), expected)
 
 
-def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct():
+def test_large_batches_use_the_unpacked_weight_and_keep_gradients_correct(monkeypatch):
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")  # the float path is under test
     layer = QuantLinear(packed_weight("Q4_1"), "Q4_1", 256, 96)
     other = QuantLinear(packed_weight("Q8_0", seed=1), "Q8_0", 256, 96)
     n = KERNEL_MAX_ROWS + 8

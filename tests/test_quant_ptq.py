@@ -98,7 +98,7 @@ def test_rows_the_blocks_do_not_divide_fall_back_as_llama_cpp_does():
 
 
 @pytest.mark.parametrize("kind", ["q4_k", "q5_k", "q6_k", "q5_0"])
-def test_gguf_written_with_k_quants_reads_back_and_runs_packed(tmp_path, kind):
+def test_gguf_written_with_k_quants_reads_back_and_runs_packed(tmp_path, kind, float_activations):
     from giraffe.config import PRESETS
     from giraffe.formats.gguf import load_gguf, save_gguf
     from giraffe.models import Decoder

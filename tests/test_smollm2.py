@@ -85,7 +85,7 @@ def test_same_seed_same_text(ours):
     assert ours.generate("The giraffe is", **kw) == ours.generate("The giraffe is", **kw)
 
 
-def test_packed_model_matches_the_dequantized_reference(ours, packed):
+def test_packed_model_matches_the_dequantized_reference(ours, packed, float_activations):
     from giraffe.quant.linear import QuantLinear
 
     assert isinstance(packed.model.layers[0].mlp.up_proj, QuantLinear)
@@ -96,3 +96,16 @@ def test_packed_model_matches_the_dequantized_reference(ours, packed):
         assert diff <= 2e-3, (start, diff)
     kw = dict(max_new_tokens=32, min_new_tokens=32, temperature=0.0)
     assert packed.complete(ids, **kw).token_ids == ours.complete(ids, **kw).token_ids
+
+
+def test_int8_activations_cost_far_less_than_the_weights_quantization(ours, packed):
+    """Prompts take the int8 GEMM by default (as llama.cpp): close to, not equal to, float.
+
+    Measured here: KL 0.005 nats/token and 92% top-1 agreement against the same weights
+    with float activations; rounding the weights to Q4_1 itself costs ~0.05 nats.
+    """
+    ids = ours.tokenizer.encode(" ".join(PROMPTS))
+    fast, exact = packed.logits(ids).log_softmax(-1), ours.logits(ids).log_softmax(-1)  # (T, V)
+    kl = (exact.exp() * (exact - fast)).sum(-1).mean().item()
+    agree = (fast.argmax(-1) == exact.argmax(-1)).float().mean().item()
+    assert 0 < kl < 0.02 and agree >= 0.85, (kl, agree)

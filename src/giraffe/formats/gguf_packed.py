@@ -14,6 +14,7 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
+from giraffe.quant import kernels
 from giraffe.quant.decode_step import FastDecode
 from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantEmbedding, QuantLinear
 
@@ -46,10 +47,12 @@ def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None
 
 
 def fuse_projections(model) -> None:
-    """One kernel call for q/k/v and one for gate/up in every layer, where all are packed alike."""
+    """One kernel call for q/k/v and one for gate/up in every layer, where all are packed
+    alike; compiled prompt attention; the compiled decode step where every layer qualifies."""
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
         attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj])
+        attn.causal_kernel = kernels.attention_causal if kernels.available() else None
         if mlp.gated:
             mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj])
     model.fast_decode = FastDecode.build(model)

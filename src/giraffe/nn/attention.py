@@ -103,6 +103,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
         # Optional single call computing (q, k, v); set by loaders of packed weights.
         self.fused_qkv = None
+        # Optional compiled causal attention (q, k, v, scale, window) -> out or None;
+        # set by loaders of packed weights (giraffe.quant.kernels.attention_causal).
+        self.causal_kernel = None
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.fused_qkv is not None:
@@ -133,7 +136,15 @@ class Attention(nn.Module):
     def combine(self, q, k, v, mask, causal, keep_weights=None) -> torch.Tensor:
         """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), heads joined, o_proj: (B, T, C)."""
         B, _, T, _ = q.shape
-        if keep_weights is None:
+        out = None
+        # mask None: a plain causal prompt, or one query that sees every cached key
+        plain = mask is None and (causal or T == 1) and keep_weights is None
+        if plain and self.causal_kernel is not None and not torch.is_grad_enabled():
+            scale = 1 / math.sqrt(q.shape[-1]) if self.scale is None else self.scale
+            out = self.causal_kernel(q, k, v, scale, None)  # None when it cannot
+        if out is not None:
+            pass
+        elif keep_weights is None:
             out = attend(q, k, v, mask, causal, self.scale)
         else:
             out, weights = attend_reference(q, k, v, mask, causal, self.scale)

@@ -79,3 +79,16 @@ def _dequantize_with_gguf(raw: np.ndarray, kind: str, shape: tuple[int, ...]) ->
             f"block type {kind} cannot be dequantized (the gguf package lacks it)"
         ) from None
     return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
+
+
+def round_activations_int8(x: torch.Tensor) -> torch.Tensor:
+    """x rounded as the int8 GEMM rounds it, back in float: the reference for that path.
+
+    Per block of 32 along the last dimension: d = max|x| / 127, q = round(x / d) to the
+    nearest integer (ties to even), x ~ d * q. llama.cpp's Q8_0/Q8_1 activations are the
+    same idea with d stored in fp16.
+    """
+    blocks = x.reshape(*x.shape[:-1], -1, BLOCK)  # (..., n_in / 32, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    return (torch.round(blocks * inverse) * d).reshape(x.shape)

@@ -17,7 +17,7 @@ import ctypes
 import torch
 
 from giraffe.quant import kernels
-from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear
+from giraffe.quant.linear import INT8_MIN_ROWS, KERNEL_KINDS, FusedQuant, QuantLinear, int8_rows
 
 MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
 
@@ -30,6 +30,9 @@ class PackedMatrix(ctypes.Structure):
         ("n_parts", ctypes.c_int),
         ("n_in", ctypes.c_int64),
         ("bias", ctypes.c_void_p),
+        ("q8", ctypes.c_void_p * MAX_PARTS),
+        ("dm8", ctypes.c_void_p * MAX_PARTS),
+        ("i8_min_rows", ctypes.c_int64),
     ]
 
 
@@ -50,7 +53,19 @@ def _matrix(m) -> PackedMatrix:
     matrix.n_parts, matrix.n_in = len(segments), m.in_features
     matrix.bias = None if bias is None else bias.data_ptr()
     matrix._keep = bias  # the struct holds a raw pointer: keep the tensor alive
+    matrix._source = m
     return matrix
+
+
+def _attach_int8(matrix: PackedMatrix) -> None:
+    """Give the struct its parts' int8 GEMM weights (repacked now if not yet).
+
+    A part whose type has no int8 form (Q6_K) keeps a NULL pointer: the float kernel."""
+    m = matrix._source
+    segments = [m.int8_weights()] if isinstance(m, QuantLinear) else m.int8_segments()
+    for i, w in enumerate(segments):
+        if w is not None:
+            matrix.q8[i], matrix.dm8[i] = w.q.data_ptr(), w.dm.data_ptr()
 
 
 def _packed(p) -> bool:
@@ -65,6 +80,7 @@ class FastDecode:
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
+        self.int8_on = False  # whether batched steps use the int8 GEMM
 
     @staticmethod
     def build(model) -> FastDecode | None:
@@ -105,6 +121,8 @@ class FastDecode:
         x = model.embed(ids).reshape(n, -1).contiguous().float()  # (n, C)
         cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
         self._ensure_scratch(n, cache.max_len)
+        if n > 1:
+            self._int8_batches(int8_rows(n))
         cfg = self.cfg
         window = cfg.sliding_window or 0
         row_stride = cache.k.stride(1)  # floats between two rows' (H, S, D) caches
@@ -123,6 +141,17 @@ class FastDecode:
                 )
         cache.advance(1)
         return model.norm(x.view(n, 1, -1))
+
+    def _int8_batches(self, on: bool) -> None:
+        """Batches take the int8 GEMM (weights repacked once, on first need) or not."""
+        if on == self.int8_on:
+            return
+        for layer in self.layers:
+            for matrix in layer[2:]:
+                if on and not matrix.q8[0]:
+                    _attach_int8(matrix)
+                matrix.i8_min_rows = INT8_MIN_ROWS if on else 0
+        self.int8_on = on
 
     def _ensure_scratch(self, n: int, max_len: int) -> None:
         cfg = self.cfg

@@ -14,13 +14,16 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
-HEADERS = [Path(__file__).parent / "csrc" / "blocks.h"]
+HEADERS = [
+    Path(__file__).parent / "csrc" / name for name in ("blocks.h", "gemm_i8.h", "attention.h")
+]
 # Block type -> the code csrc/blocks.h uses for it.
 KIND_CODES = {
     "Q8_0": 0,
@@ -32,8 +35,6 @@ KIND_CODES = {
     "Q5_K": 6,
     "Q6_K": 7,
 }
-# Types with an int8-activation (VNNI) kernel.
-INT8_KINDS = ("Q8_0", "Q4_0", "Q4_1")
 
 
 def cache_dir() -> Path:
@@ -91,8 +92,12 @@ _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _MATMUL = [_P, _I, _I64, _I64, _P, _I64, _P, _I]
 SIGNATURES = {
     "giraffe_qmatmul": _MATMUL,
-    "giraffe_qmatmul_int8": _MATMUL,
     "giraffe_dequantize": [_P, _I, _I64, _I64, _P, _I],
+    "giraffe_i8_supported": [_I],
+    "giraffe_attention_causal": [_P, _I64, _I64, _P, _P, _I64, _I64, _I, _I, _I64, _I64, _I, _F,
+                                 _I64, _P, _I64, _I64, _I],
+    "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I],
+    "giraffe_gemm_i8": [_P, _P, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
     "giraffe_decode_layer": [_P, _I64, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
                              _P, _P, _P, _P, _I64, _P, _I64, _I64, _P, _I],
 }  # fmt: skip
@@ -113,8 +118,10 @@ def _library() -> dict | None:
         return None
     functions = {}
     for name, argtypes in SIGNATURES.items():
-        if name == "giraffe_qmatmul_int8" and not lib.giraffe_has_int8():
+        if name in ("giraffe_repack_i8", "giraffe_gemm_i8") and not lib.giraffe_i8_supported(0):
             continue  # built without AVX-512 VNNI
+        if not hasattr(lib, name):
+            continue  # built without AVX-512 (the attention kernel)
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
         functions[name] = fn
@@ -130,21 +137,11 @@ def available() -> bool:
     return _library() is not None
 
 
-def int8_available() -> bool:
-    """Whether the int8-activation kernel (AVX-512 VNNI) was built for this CPU."""
-    return _function("giraffe_qmatmul_int8") is not None
-
-
 def qmatmul(
-    packed: torch.Tensor, kind: str, n_out: int, n_in: int, x: torch.Tensor, int8: bool = False
+    packed: torch.Tensor, kind: str, n_out: int, n_in: int, x: torch.Tensor
 ) -> torch.Tensor:
-    """x (..., n_in) float32 @ W^T for packed W (n_out rows of blocks) -> (..., n_out).
-
-    int8=True first rounds x to int8 per block of 32, as llama.cpp does: faster, and
-    numerically llama.cpp's result rather than the float reference's.
-    """
-    int8 = int8 and kind in INT8_KINDS
-    fn = _function("giraffe_qmatmul_int8" if int8 else "giraffe_qmatmul")
+    """x (..., n_in) float32 @ W^T for packed W (n_out rows of blocks) -> (..., n_out)."""
+    fn = _function("giraffe_qmatmul")
     x = x.contiguous()
     rows = x.numel() // n_in
     out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float32)  # (..., n_out)
@@ -191,3 +188,85 @@ def dequantize(
     ):
         raise ValueError(f"dequantize rejected its input ({kind}, {n_out}x{n_in})")
     return out
+
+
+@dataclass(frozen=True)
+class Int8Weights:
+    """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
+
+    q: torch.Tensor  # (tiles * blocks * 512,) uint8: unsigned integer weights, VNNI order
+    dm: torch.Tensor  # (tiles * blocks * 32,) float32: 16 scales then 16 mins per tile block
+    kind: str
+    n_out: int
+    n_in: int
+
+
+def int8_kinds() -> tuple[str, ...]:
+    """Block types the int8 GEMM takes on this machine (none without AVX-512 VNNI)."""
+    fn = _function("giraffe_i8_supported")
+    if fn is None or _function("giraffe_gemm_i8") is None:
+        return ()
+    return tuple(k for k, code in KIND_CODES.items() if fn(code))
+
+
+def repack_int8(packed: torch.Tensor, kind: str, n_out: int, n_in: int) -> Int8Weights:
+    """Packed blocks -> the GEMM's layout (~1.25 bytes a weight); once per weight."""
+    if kind not in int8_kinds() or n_in % 32:
+        raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
+    tiles, blocks = -(-n_out // 16), n_in // 32
+    q = torch.empty(tiles * blocks * 512, dtype=torch.uint8)
+    dm = torch.empty(tiles * blocks * 32, dtype=torch.float32)
+    args = (packed.contiguous().data_ptr(), KIND_CODES[kind], n_out, n_in, q.data_ptr())
+    if _function("giraffe_repack_i8")(*args, dm.data_ptr(), torch.get_num_threads()) != 0:
+        raise ValueError(f"repacking {kind} {n_out}x{n_in} for the int8 GEMM failed")
+    return Int8Weights(q, dm, kind, n_out, n_in)
+
+
+def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., n_in) float32 @ W^T with x rounded to int8 per block of 32 -> (..., n_out).
+
+    Numerically llama.cpp's kind of result: equal to rounding to "round x per block
+    (scale max|x|/127, nearest even), then the float reference" (tested), not to the
+    float reference itself.
+    """
+    x = x.contiguous()
+    rows = x.numel() // w.n_in
+    if out is None:
+        out = torch.empty(*x.shape[:-1], w.n_out, dtype=torch.float32)  # (..., n_out)
+    status = _function("giraffe_gemm_i8")(
+        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], w.n_out, w.n_in,
+        x.data_ptr(), rows, out.data_ptr(), out.stride(-2) if out.dim() > 1 else w.n_out,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise ValueError(f"int8 GEMM rejected its input ({w.kind}, {w.n_out}x{w.n_in})")
+    return out
+
+
+def attention_causal(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None
+) -> torch.Tensor | None:
+    """Causal attention of T queries (B, H, T, D) over S >= T keys/values (B, Hkv, S, D).
+
+    The queries are the last T slots. Returns (B, H, T, D) (a transposed view of a
+    (B, T, H, D) buffer, so joining the heads afterwards copies nothing), or None where
+    the kernel is not built or does not take these shapes (D % 16, D > 256, odd strides).
+    """
+    fn = _function("giraffe_attention_causal")
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    usable = fn is not None and q.dtype == k.dtype == v.dtype == torch.float32
+    if not usable or D % 16 or D > 256 or k.stride() != v.stride():
+        return None
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or S < T or H % Hkv:
+        return None
+    out = torch.empty(B, T, H, D)  # (B, T, H, D)
+    for b in range(B):
+        status = fn(
+            q[b].data_ptr(), q.stride(1), q.stride(2), k[b].data_ptr(), v[b].data_ptr(),
+            k.stride(1), k.stride(2), H, Hkv, T, S, D, scale, window or 0,
+            out[b].data_ptr(), out.stride(2), out.stride(1), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            return None
+    return out.transpose(1, 2)  # (B, H, T, D)

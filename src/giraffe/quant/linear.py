@@ -2,9 +2,12 @@
 
 The reference path is the definition: dequantize the blocks, then an ordinary float32
 matmul (or row lookup). The fast path multiplies straight from the packed bytes with the
-compiled kernel (`giraffe.quant.kernels`); tests hold the two equal to rounding. Large
-batches of rows (prefill) dequantize once per call and use torch's float matmul, which
-is faster there. Knows nothing of file names: a loader hands it bytes and a block type.
+compiled kernel (`giraffe.quant.kernels`); tests hold the two equal to rounding. From
+INT8_MIN_ROWS input rows on (prompts, continuous batches), at inference, activations are
+rounded to int8 per block of 32 and multiplied by the VNNI int8 GEMM, as llama.cpp does:
+~3x faster prompts, tested equal to "round x, then the float reference" (blocks.
+round_activations_int8); GIRAFFE_INT8_ACTIVATIONS=0 keeps float activations everywhere.
+Knows nothing of file names: a loader hands it bytes and a block type.
 """
 
 from __future__ import annotations
@@ -25,14 +28,22 @@ KERNEL_KINDS = tuple(kernels.KIND_CODES)
 KERNEL_MAX_ROWS = 192
 
 
-def use_int8_activations() -> bool:
-    """llama.cpp-style int8 activations (GIRAFFE_INT8_ACTIVATIONS=1, needs AVX-512 VNNI).
+# From this many input rows on (a prompt, a continuous batch), activations are rounded to
+# int8 per block of 32 and multiplied with VNNI integer dot products, as llama.cpp does
+# for every product. Below it (one-token decode) the float kernel reads the smaller packed
+# blocks, and memory bandwidth, not arithmetic, is what decode waits on.
+INT8_MIN_ROWS = 2
 
-    Off by default: it measured only ~13% faster decoding on SmolLM2-135M (Python
-    overhead, not the kernel, dominates there) while moving each product ~0.6% away from
-    the float reference; the float-activation kernel agrees with it to rounding.
+
+def int8_rows(rows: int) -> bool:
+    """Whether a product over `rows` input rows takes the int8 GEMM.
+
+    GIRAFFE_INT8_ACTIVATIONS=0 keeps float activations everywhere (the reference
+    numerics, ~2-3x slower prompts); the CPU needs AVX-512 VNNI.
     """
-    return os.environ.get("GIRAFFE_INT8_ACTIVATIONS") == "1" and kernels.int8_available()
+    if rows < INT8_MIN_ROWS or os.environ.get("GIRAFFE_INT8_ACTIVATIONS") == "0":
+        return False
+    return bool(kernels.int8_kinds())
 
 
 class QuantLinear(nn.Module):
@@ -57,18 +68,29 @@ class QuantLinear(nn.Module):
             return fast
         return dequantize(self.packed.numpy(), self.kind, (self.out_features, self.in_features))
 
+    def int8_weights(self) -> kernels.Int8Weights | None:
+        """The weight repacked for the int8 GEMM (made at first use), or None if its type has none."""
+        if self.kind not in kernels.int8_kinds():
+            return None
+        if getattr(self, "_int8", None) is None:
+            self._int8 = kernels.repack_int8(
+                self.packed, self.kind, self.out_features, self.in_features
+            )
+        return self._int8
+
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        fast = not reference and self.kind in KERNEL_KINDS and rows <= KERNEL_MAX_ROWS
-        if fast and x.dtype == torch.float32 and kernels.available():
-            y = kernels.qmatmul(
-                self.packed,
-                self.kind,
-                self.out_features,
-                self.in_features,
-                x,
-                use_int8_activations(),
-            )
+        # The compiled kernels record no autograd graph: inputs needing gradients go around.
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        float_input = x.dtype == torch.float32 and not reference and not needs_grad
+        # int8 only for inference: training (QLoRA, QAT) keeps float activations
+        inference = float_input and not torch.is_grad_enabled()
+        if inference and int8_rows(rows) and self.int8_weights() is not None:
+            y = kernels.gemm_int8(self._int8, x)
+            return y if self.bias is None else y + self.bias
+        fast = float_input and self.kind in KERNEL_KINDS and rows <= KERNEL_MAX_ROWS
+        if fast and kernels.available():
+            y = kernels.qmatmul(self.packed, self.kind, self.out_features, self.in_features, x)
             return y if self.bias is None else y + self.bias
         # The shared buffer is only safe when autograd keeps no reference to the weight.
         if not reference and x.dtype == torch.float32 and not torch.is_grad_enabled():
@@ -156,13 +178,26 @@ class FusedQuant:
             return None
         return FusedQuant(parts)
 
+    def int8_segments(self) -> list[kernels.Int8Weights | None]:
+        """Per segment, its weight repacked for the int8 GEMM (None where its type has none)."""
+        if self.kind is None:
+            return [p.int8_weights() for p in self.parts]
+        if not hasattr(self, "_int8"):
+            whole = QuantLinear(self.packed, self.kind, self.in_features, sum(self.sizes))
+            self._int8 = whole.int8_weights()
+        return [self._int8]
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows = x.numel() // self.in_features
-        if self.kind is None or rows > KERNEL_MAX_ROWS or x.dtype != torch.float32:
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        whole = self.kind is not None and x.dtype == torch.float32 and not needs_grad
+        inference = whole and not torch.is_grad_enabled()
+        if inference and int8_rows(rows) and self.int8_segments()[0] is not None:
+            y = kernels.gemm_int8(self._int8, x)
+        elif whole and rows <= KERNEL_MAX_ROWS:
+            y = kernels.qmatmul(self.packed, self.kind, sum(self.sizes), self.in_features, x)
+        else:
             return tuple(p(x) for p in self.parts)
-        y = kernels.qmatmul(
-            self.packed, self.kind, sum(self.sizes), self.in_features, x, use_int8_activations()
-        )
         if self.bias is not None:
             y = y + self.bias
         return y.split(self.sizes, dim=-1)

@@ -18,6 +18,8 @@
 #endif
 
 #include "blocks.h"
+#include "gemm_i8.h"
+#include "attention.h"
 
 /* q . x over one block of 32 weights (without scale). */
 static inline float block_dot(const uint8_t *q, const float *x, int kind) {
@@ -61,82 +63,6 @@ static float row_dot(const uint8_t *row, const float *x, const float *xsum, int6
         }
     }
     return total;
-}
-
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define HAVE_VNNI 1
-/* Activations quantized to int8 per block of 32 (as llama.cpp's Q8_0/Q8_1 do for its dot
- * products): x ~ dx * qx. Integer dot products then run 32 multiply-adds per instruction. */
-static void quantize_rows(const float *x, int64_t n, int8_t *qx, float *dx, int32_t *isum) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const float *v = x + 32 * b;
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fabsf(v[j]) > amax ? fabsf(v[j]) : amax;
-        const float d = amax / 127.0f, inv = d ? 1.0f / d : 0.0f;
-        int32_t s = 0;
-        for (int j = 0; j < 32; j++) { qx[32 * b + j] = (int8_t)roundf(v[j] * inv); s += qx[32 * b + j]; }
-        dx[b] = d;
-        isum[b] = s;
-    }
-}
-
-static float row_dot_int8(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *isum,
-                          int64_t n_blocks, int kind) {
-    const int bytes = BLOCK_BYTES[kind];
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    __m256 acc = _mm256_setzero_ps();
-    float scalar = 0.0f;
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *blk = row + b * bytes;
-        const float d = fp16_to_fp32(read_u16(blk)) * dx[b];
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));
-        __m256i dot;
-        if (kind == Q8_0) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        } else {
-            const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (kind == Q4_1 ? 4 : 2)));
-            const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
-            dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
-            if (kind == Q4_0) scalar -= 8.0f * d * (float)isum[b];
-            else scalar += fp16_to_fp32(read_u16(blk + 2)) * dx[b] * (float)isum[b];
-        }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), acc);
-    }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h) + scalar;
-}
-
-/* Same contract as giraffe_qmatmul, with int8 activations (llama.cpp's numerics). */
-int giraffe_qmatmul_int8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
-                         const float *x, int64_t m, float *y, int n_threads) {
-    if (kind < 0 || kind > 2 || n_in % 32 != 0) return -1;
-    const int64_t n_blocks = n_in / 32, row_bytes = n_blocks * BLOCK_BYTES[kind];
-    int8_t *qx = (int8_t *)malloc((size_t)(m * n_in));
-    float *dx = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
-    int32_t *isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(m * n_blocks));
-    if (!qx || !dx || !isum) { free(qx); free(dx); free(isum); return -1; }
-    for (int64_t r = 0; r < m; r++) quantize_rows(x + r * n_in, n_in, qx + r * n_in, dx + r * n_blocks, isum + r * n_blocks);
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t o = 0; o < n_out; o++) {
-        for (int64_t r = 0; r < m; r++) {
-            y[r * n_out + o] = row_dot_int8(w + o * row_bytes, qx + r * n_in, dx + r * n_blocks,
-                                            isum + r * n_blocks, n_blocks, kind);
-        }
-    }
-    free(qx); free(dx); free(isum);
-    return 0;
-}
-#endif
-
-int giraffe_has_int8(void) {
-#ifdef HAVE_VNNI
-    return 1;
-#else
-    return 0;
-#endif
 }
 
 /* One row of blocks -> n_in floats, exactly as ggml's dequantize (see blocks.h). */
@@ -255,6 +181,8 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
 typedef struct {
     const uint8_t *w[MAX_PARTS]; int kind[MAX_PARTS]; int64_t n_out[MAX_PARTS];
     int n_parts; int64_t n_in; const float *bias;
+    /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used from i8_min_rows rows */
+    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t i8_min_rows;
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -273,8 +201,15 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
 /* y (rows, n_out) = x (rows, n_in) @ W^T + bias */
 static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, float *y, int n_threads) {
     const int64_t n_out = total_out(m);
-    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
+#ifdef HAVE_GEMM_I8
+        if (m->q8[p] && m->i8_min_rows > 0 && rows >= m->i8_min_rows) {
+            giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+            continue;
+        }
+#endif
         qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+    }
     if (m->bias)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < n_out; i++) y[r * n_out + i] += m->bias[i];

@@ -1,0 +1,218 @@
+/* y = x @ W^T with int8 activations and VNNI integer dot products: the many-row path
+ * (prompt prefill, a continuous batch of decode rows). Included by qmatmul.c.
+ *
+ * Why: a float32 matmul on 2 cores tops out near 200 GFLOP/s; `vpdpbusd` does 64
+ * multiply-adds of bytes per instruction, about 4x the float rate. llama.cpp does the same:
+ * it rounds activations to int8 per block of 32 (its Q8_0/Q8_1) before its dot products.
+ *
+ * Weights are repacked once (giraffe_repack_i8) from any 32-weight sub-block with one
+ * scale into an affine integer form  w = d * (q + offset) + m,  q unsigned 0..255:
+ *   Q8_0: q = q8 + 128, offset -128      Q4_0: offset -8      Q5_0: offset -16
+ *   Q4_1/Q5_1: m = min                   Q4_K/Q5_K: d = d*sc_j, m = -dmin*m_j
+ * (Q6_K's sub-blocks carry two scales, so it has no such form and keeps the float path.)
+ * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
+ * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
+ * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
+ * Per tile and block also 16 scales d, then 16 mins m (floats).
+ *
+ * Activations: per row and block, da = max|x| / 127 and a = round-to-nearest-even(x / da)
+ * in -127..127, and isum = sum(a). Per block the integer part is exact:
+ *   sum_j w_j x_j  ~  d * da * (q.a + offset * isum) + m * da * isum
+ * so results equal "round x to int8 per block, then the float reference" to rounding.
+ */
+#pragma once
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define HAVE_GEMM_I8 1
+#include <immintrin.h>
+
+enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512 };
+
+/* The affine integer form of sub-block b of a row: 32 unsigned q, d, m and the offset.
+ * Returns 0, or -1 for a type without one scale per 32 weights. */
+static int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
+    const sub_ref s = locate(row, kind, b);
+    const uint8_t *blk = s.blk;
+    *m = 0.0f;
+    if (kind == Q8_0) {
+        *d = fp16_to_fp32(read_u16(blk));
+        for (int l = 0; l < 32; l++) q[l] = (uint8_t)((int)(int8_t)blk[2 + l] + 128);
+    } else if (kind <= Q5_1) {
+        const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
+        *d = fp16_to_fp32(read_u16(blk));
+        if (has_min) *m = fp16_to_fp32(read_u16(blk + 2));
+        const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
+        const uint8_t *nib = blk + 2 + 2 * has_min + 4 * five;
+        for (int l = 0; l < 16; l++) {
+            q[l] = (uint8_t)((nib[l] & 0x0F) | (((qh >> l) & 1) << 4));
+            q[l + 16] = (uint8_t)((nib[l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
+        }
+    } else if (kind == Q4_K || kind == Q5_K) {
+        const int j = s.j;
+        int sc, mn;
+        scale_min_k4(j, blk + 4, &sc, &mn);
+        *d = fp16_to_fp32(read_u16(blk)) * (float)sc;
+        *m = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
+        const uint8_t *qh = blk + 16, *nib = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
+        for (int l = 0; l < 32; l++) {
+            int v = j % 2 ? nib[l] >> 4 : nib[l] & 0x0F;
+            if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
+            q[l] = (uint8_t)v;
+        }
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static int i8_offset(int kind) {
+    return kind == Q8_0 ? -128 : kind == Q4_0 ? -8 : kind == Q5_0 ? -16 : 0;
+}
+
+int giraffe_i8_supported(int kind) { return kind >= 0 && kind < Q6_K; }
+
+/* n_out rows of packed blocks -> q (tiles * n_blocks * 512 bytes) and dm (tiles * n_blocks
+ * * 32 floats), tiles = ceil(n_out / 16); rows past n_out are zero. Returns 0 or -1. */
+int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
+                      int n_threads) {
+    if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
+    const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
+    const int64_t rb = row_bytes_of(kind, n_in);
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t t = 0; t < tiles; t++) {
+        for (int64_t b = 0; b < n_blocks; b++) {
+            uint8_t *qt = q + (t * n_blocks + b) * I8_BLOCK_BYTES;
+            float *dt = dm + (t * n_blocks + b) * 2 * I8_TILE;
+            memset(qt, 0, I8_BLOCK_BYTES);
+            for (int c = 0; c < I8_TILE; c++) {
+                dt[c] = dt[I8_TILE + c] = 0.0f;
+                const int64_t o = t * I8_TILE + c;
+                if (o >= n_out) continue;
+                uint8_t v[32];
+                sub_block_ints(w + o * rb, kind, b, v, &dt[c], &dt[I8_TILE + c]);
+                for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
+            }
+        }
+    }
+    return 0;
+}
+
+/* Rows of x -> int8 a, scale da and integer sum isum per block of 32. */
+static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t *a, float *da, int32_t *isum,
+                                 int n_threads) {
+    const int64_t n_blocks = n_in / 32;
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t b = 0; b < n_blocks; b++) {
+            const float *v = x + r * n_in + 32 * b;
+            const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            const float d = amax / 127.0f, inv = d != 0.0f ? 1.0f / d : 0.0f;
+            const __m512 s = _mm512_set1_ps(inv);
+            /* cvtps rounds to nearest even (the default MXCSR mode), as torch.round */
+            const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, s));
+            const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, s));
+            int8_t *out = a + r * n_in + 32 * b;
+            _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(qlo));
+            _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(qhi));
+            da[r * n_blocks + b] = d;
+            isum[r * n_blocks + b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+        }
+    }
+}
+
+#define I8_ROWS 4 /* input rows per micro-kernel call: 4 rows x 2 tiles = 8 int + 8 float accumulators */
+
+/* y[r][0..31] for up to I8_ROWS rows against tiles t0 (and t1 unless t1 == NULL). */
+static inline void gemm_i8_block(const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1,
+                                 int64_t n_blocks, const int8_t *a, int64_t n_in, const float *da,
+                                 const int32_t *isum, int rows, int offset, int has_min, float *y,
+                                 int64_t y_stride, int cols0, int cols1) {
+    __m512 acc0[I8_ROWS], acc1[I8_ROWS];
+    for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; b++) {
+        __m512i i0[I8_ROWS], i1[I8_ROWS];
+        #pragma GCC unroll 8
+        for (int r = 0; r < I8_ROWS; r++)
+            i0[r] = i1[r] = _mm512_set1_epi32(r < rows ? offset * isum[r * n_blocks + b] : 0);
+        const uint8_t *w0 = q0 + b * I8_BLOCK_BYTES, *w1 = q1 ? q1 + b * I8_BLOCK_BYTES : w0;
+        const int8_t *ab = a + 32 * b;
+        #pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            const __m512i v0 = _mm512_loadu_si512(w0 + g * I8_GROUP_BYTES);
+            const __m512i v1 = _mm512_loadu_si512(w1 + g * I8_GROUP_BYTES);
+            #pragma GCC unroll 8
+            for (int r = 0; r < I8_ROWS; r++) {
+                if (r < rows) {
+                    int32_t four;
+                    memcpy(&four, ab + r * n_in + 4 * g, 4);
+                    const __m512i x4 = _mm512_set1_epi32(four);
+                    i0[r] = _mm512_dpbusd_epi32(i0[r], v0, x4);
+                    i1[r] = _mm512_dpbusd_epi32(i1[r], v1, x4);
+                }
+            }
+        }
+        const float *s0 = dm0 + b * 2 * I8_TILE, *s1 = (dm1 ? dm1 : dm0) + b * 2 * I8_TILE;
+        const __m512 d0 = _mm512_loadu_ps(s0), d1 = _mm512_loadu_ps(s1);
+        #pragma GCC unroll 8
+        for (int r = 0; r < I8_ROWS; r++) {
+            if (r < rows) {
+                const __m512 sa = _mm512_set1_ps(da[r * n_blocks + b]);
+                acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0[r]), _mm512_mul_ps(d0, sa), acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[r]), _mm512_mul_ps(d1, sa), acc1[r]);
+            }
+        }
+        if (has_min) {
+            const __m512 m0 = _mm512_loadu_ps(s0 + I8_TILE), m1 = _mm512_loadu_ps(s1 + I8_TILE);
+            #pragma GCC unroll 8
+            for (int r = 0; r < I8_ROWS; r++) {
+                if (r < rows) {
+                    const __m512 sm = _mm512_set1_ps(da[r * n_blocks + b] * (float)isum[r * n_blocks + b]);
+                    acc0[r] = _mm512_fmadd_ps(m0, sm, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(m1, sm, acc1[r]);
+                }
+            }
+        }
+    }
+    const __mmask16 k0 = (__mmask16)((1u << cols0) - 1), k1 = (__mmask16)((1u << cols1) - 1);
+    for (int r = 0; r < rows; r++) {
+        _mm512_mask_storeu_ps(y + r * y_stride, k0, acc0[r]);
+        if (q1) _mm512_mask_storeu_ps(y + r * y_stride + I8_TILE, k1, acc1[r]);
+    }
+}
+
+/* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
+ * giraffe_repack_i8. `kind` gives the offset and whether mins are there. Returns 0 or -1. */
+int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int64_t n_out, int64_t n_in,
+                    const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
+    if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
+    const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
+    int8_t *a = (int8_t *)malloc((size_t)(m * n_in));
+    float *da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
+    int32_t *isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(m * n_blocks));
+    if (!a || !da || !isum) { free(a); free(da); free(isum); return -1; }
+    quantize_activations(x, m, n_in, a, da, isum, n_threads);
+    const int offset = i8_offset(kind), has_min = kind == Q4_1 || kind == Q5_1 || kind >= Q4_K;
+    const int64_t pairs = (tiles + 1) / 2, tile_q = n_blocks * I8_BLOCK_BYTES, tile_dm = n_blocks * 2 * I8_TILE;
+    /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
+     * L1/L2 while every row chunk streams past them. */
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t p = 0; p < pairs; p++) {
+        const int64_t t0 = 2 * p, col = t0 * I8_TILE;
+        const int has1 = t0 + 1 < tiles;
+        const int64_t left0 = n_out - col, left1 = left0 - I8_TILE;
+        const int cols0 = left0 < I8_TILE ? (int)left0 : I8_TILE;
+        const int cols1 = !has1 ? 0 : left1 < I8_TILE ? (int)left1 : I8_TILE;
+        for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
+            const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
+            gemm_i8_block(q + t0 * tile_q, has1 ? q + (t0 + 1) * tile_q : NULL, dm + t0 * tile_dm,
+                          has1 ? dm + (t0 + 1) * tile_dm : NULL, n_blocks, a + r0 * n_in, n_in,
+                          da + r0 * n_blocks, isum + r0 * n_blocks, rows, offset, has_min,
+                          y + r0 * y_stride + col, y_stride, cols0, cols1);
+        }
+    }
+    free(a); free(da); free(isum);
+    return 0;
+}
+#else
+int giraffe_i8_supported(int kind) { (void)kind; return 0; }
+#endif
