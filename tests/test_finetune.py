@@ -166,7 +166,7 @@ def test_lora_saves_an_adapter_that_loads_back(tiny_folder, chats, tmp_path):
     assert _val_loss(lm, cfg) == pytest.approx(metrics["val_loss"], abs=1e-4)
 
 
-def test_qlora_trains_adapters_over_packed_weights(tiny_folder, chats, tmp_path):
+def test_qlora_trains_adapters_over_packed_weights(tiny_folder, chats, tmp_path, float_activations):
     from giraffe.train.adapter import load_adapter
 
     gguf = tmp_path / "tiny-q8_0.gguf"

@@ -12,7 +12,6 @@ from gguf.quants import quantize
 from giraffe.quant import kernels
 from giraffe.quant.blocks import BLOCK_SIZES, round_activations_int8
 from giraffe.quant.linear import (
-    INT8_MIN_ROWS,
     KERNEL_KINDS,
     KERNEL_MAX_ROWS,
     QuantEmbedding,
@@ -157,11 +156,12 @@ def test_int8_gemm_writes_into_a_strided_output_and_handles_zero_blocks():
 
 
 @needs_vnni
-def test_layers_take_int8_from_a_few_rows_and_float_when_switched_off(monkeypatch):
+@torch.inference_mode()
+def test_layers_take_int8_at_inference_and_float_when_switched_off(monkeypatch):
     layer = QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)
     weight = layer.dequantized_weight()
-    few, many = torch.randn(INT8_MIN_ROWS - 1, 256), torch.randn(2, INT8_MIN_ROWS, 256)
-    assert torch.allclose(layer(few), F.linear(few, weight), rtol=0, atol=2e-5)
+    one, many = torch.randn(1, 256), torch.randn(2, 5, 256)
+    torch.testing.assert_close(layer(one), F.linear(round_activations_int8(one), weight))
     torch.testing.assert_close(layer(many), F.linear(round_activations_int8(many), weight))
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
     assert torch.allclose(layer(many), F.linear(many, weight), rtol=0, atol=2e-5)
@@ -193,8 +193,10 @@ def requantize_v_proj(model, kind: str) -> None:
     fuse_projections(model)
 
 
+@pytest.mark.parametrize("int8", ["1", "0"])
 @pytest.mark.parametrize("window,mixed", [(None, False), (3, False), (None, True)])
-def test_compiled_decode_step_equals_module_path(tmp_path, window, mixed):
+def test_compiled_decode_step_equals_module_path(tmp_path, window, mixed, int8, monkeypatch):
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)  # both paths, both numerics
     from giraffe.config import PRESETS
     from giraffe.formats.gguf import load_gguf, save_gguf
     from giraffe.models import Decoder

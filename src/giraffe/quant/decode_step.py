@@ -17,7 +17,7 @@ import ctypes
 import torch
 
 from giraffe.quant import kernels
-from giraffe.quant.linear import INT8_MIN_ROWS, KERNEL_KINDS, FusedQuant, QuantLinear, int8_rows
+from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear, int8_activations
 
 MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
 
@@ -32,7 +32,7 @@ class PackedMatrix(ctypes.Structure):
         ("bias", ctypes.c_void_p),
         ("q8", ctypes.c_void_p * MAX_PARTS),
         ("dm8", ctypes.c_void_p * MAX_PARTS),
-        ("i8_min_rows", ctypes.c_int64),
+        ("use_i8", ctypes.c_int64),
     ]
 
 
@@ -80,7 +80,7 @@ class FastDecode:
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
-        self.int8_on = False  # whether batched steps use the int8 GEMM
+        self.int8_on = False  # whether the C step's products use the int8 GEMM
 
     @staticmethod
     def build(model) -> FastDecode | None:
@@ -121,8 +121,7 @@ class FastDecode:
         x = model.embed(ids).reshape(n, -1).contiguous().float()  # (n, C)
         cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
         self._ensure_scratch(n, cache.max_len)
-        if n > 1:
-            self._int8_batches(int8_rows(n))
+        self._use_int8(int8_activations())
         cfg = self.cfg
         window = cfg.sliding_window or 0
         row_stride = cache.k.stride(1)  # floats between two rows' (H, S, D) caches
@@ -142,15 +141,15 @@ class FastDecode:
         cache.advance(1)
         return model.norm(x.view(n, 1, -1))
 
-    def _int8_batches(self, on: bool) -> None:
-        """Batches take the int8 GEMM (weights repacked once, on first need) or not."""
+    def _use_int8(self, on: bool) -> None:
+        """Products take the int8 GEMM (weights repacked once, on first need) or not."""
         if on == self.int8_on:
             return
         for layer in self.layers:
             for matrix in layer[2:]:
                 if on and not matrix.q8[0]:
                     _attach_int8(matrix)
-                matrix.i8_min_rows = INT8_MIN_ROWS if on else 0
+                matrix.use_i8 = int(on)
         self.int8_on = on
 
     def _ensure_scratch(self, n: int, max_len: int) -> None:

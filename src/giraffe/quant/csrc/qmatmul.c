@@ -181,8 +181,8 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
 typedef struct {
     const uint8_t *w[MAX_PARTS]; int kind[MAX_PARTS]; int64_t n_out[MAX_PARTS];
     int n_parts; int64_t n_in; const float *bias;
-    /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used from i8_min_rows rows */
-    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t i8_min_rows;
+    /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used when use_i8 is set */
+    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t use_i8;
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -203,7 +203,7 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
     const int64_t n_out = total_out(m);
     for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
 #ifdef HAVE_GEMM_I8
-        if (m->q8[p] && m->i8_min_rows > 0 && rows >= m->i8_min_rows) {
+        if (m->q8[p] && m->use_i8) {
             giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
             continue;
         }
