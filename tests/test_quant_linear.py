@@ -224,6 +224,43 @@ def test_compiled_decode_step_equals_module_path(tmp_path, window, mixed, int8, 
     assert torch.allclose(caches[0].k, caches[1].k, atol=1e-5)
 
 
+@pytest.mark.parametrize("int8", ["1", "0"])
+@pytest.mark.parametrize("window", [None, 4])
+def test_compiled_prompt_and_its_continuation_equal_module_path(
+    tmp_path, window, int8, monkeypatch
+):
+    """A prompt runs as one C call per layer (rows sharing a cache), as does a later chunk."""
+    from giraffe.config import PRESETS
+    from giraffe.formats.gguf import load_gguf, save_gguf
+    from giraffe.models import Decoder
+
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
+    torch.manual_seed(0)
+    cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
+    model = load_gguf(save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q4_0"), packed=True)
+    fast, outputs, taken = model.fast_decode, [], []
+
+    def counting(*args):
+        out = fast(*args)
+        taken.append(out is not None)
+        return out
+
+    for model.fast_decode in (counting, None):
+        cache = model.new_cache(1, 40)
+        with torch.inference_mode():
+            first = model.hidden(torch.randint(0, 100, (1, 9), generator=_seeded()), cache=cache)
+            more = model.hidden(torch.randint(0, 100, (1, 6), generator=_seeded()), cache=cache)
+        outputs.append((torch.cat([first, more], dim=1), cache.k.clone(), cache.length))
+    (a, ka, la), (b, kb, lb) = outputs
+    assert taken == [True, True] and la == lb == 15
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ka, kb, atol=1e-5, rtol=1e-5)
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(7)
+
+
 def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
     from giraffe.config import PRESETS
     from giraffe.formats.gguf import load_gguf, save_gguf

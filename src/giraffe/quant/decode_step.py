@@ -100,31 +100,29 @@ class FastDecode:
         return FastDecode(model, layers)
 
     def __call__(self, model, ids, cache, positions) -> torch.Tensor | None:
-        """(n, 1) new tokens -> final-norm hidden states (n, 1, C); None if it cannot.
+        """New tokens -> final-norm hidden states (B, T, C); None if it cannot take them.
 
-        n > 1 needs a cache that says where each row's token goes (`slots`, as
-        `giraffe.nn.slot_cache.BatchView` does): each row attends to its own slots only.
+        (n, 1): one token for each of n rows; n > 1 needs a cache that says where each
+        row's token goes (`slots`, as `giraffe.nn.slot_cache.BatchView` does), and each
+        row attends to its own slots only. (1, T): a prompt (or its continuation) of one
+        sequence, written at the cache's next T slots, attending causally.
         """
-        n = ids.shape[0]
-        if ids.shape[1] != 1 or torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
+        B, T = ids.shape
+        if torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None
-        slots = getattr(cache, "slots", None)
+        slots, shared = self._slots(cache, B, T)
         if slots is None:
-            if n != 1 or cache.batch != 1:
-                return None
-            slots = torch.tensor([cache.length])
-        elif len(slots) != n:
             return None
-        slots = slots.to(torch.int64).contiguous()  # (n,)
+        n = B * T
         if positions is None:
             positions = slots[:, None]
         x = model.embed(ids).reshape(n, -1).contiguous().float()  # (n, C)
         cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
-        self._ensure_scratch(n, cache.max_len)
+        self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
         cfg = self.cfg
         window = cfg.sliding_window or 0
-        row_stride = cache.k.stride(1)  # floats between two rows' (H, S, D) caches
+        row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
         for i, (attn_norm, mlp_norm, qkv, o, gate_up, down) in enumerate(self.layers):
             status = self.fn(
                 x.data_ptr(), n, cfg.hidden_size, attn_norm.data_ptr(), mlp_norm.data_ptr(),
@@ -138,8 +136,21 @@ class FastDecode:
                 raise ValueError(
                     f"the compiled decode step rejected layer {i} (slots {slots.tolist()})"
                 )
-        cache.advance(1)
-        return model.norm(x.view(n, 1, -1))
+        cache.advance(T)
+        return model.norm(x.view(B, T, -1))
+
+    @staticmethod
+    def _slots(cache, B: int, T: int) -> tuple[torch.Tensor | None, bool]:
+        """(n,) cache slot of each new token, and whether they are one sequence's run."""
+        slots = getattr(cache, "slots", None)
+        if T == 1 and slots is not None:
+            ok = len(slots) == B
+            return (slots.to(torch.int64).contiguous() if ok else None), False
+        if slots is not None or B != 1 or cache.batch != 1:
+            return None, False
+        if cache.length + T > cache.max_len:
+            return None, False  # the module path says the cache is full
+        return torch.arange(cache.length, cache.length + T), T > 1
 
     def _use_int8(self, on: bool) -> None:
         """Products take the int8 GEMM (weights repacked once, on first need) or not."""
@@ -152,11 +163,17 @@ class FastDecode:
                 matrix.use_i8 = int(on)
         self.int8_on = on
 
-    def _ensure_scratch(self, n: int, max_len: int) -> None:
+    def _ensure_scratch(self, n: int, max_len: int, flash: bool) -> None:
+        """Room for csrc/qmatmul.c's per-row buffers (no score rows when the flash kernel runs)."""
         cfg = self.cfg
         q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
-        per_row = (
-            cfg.hidden_size + 2 * q + 2 * kv + cfg.n_heads * max_len + 2 * cfg.intermediate_size
-        )
+        scores = 0 if flash and _has_flash(cfg.dim_per_head) else cfg.n_heads * max_len
+        per_row = cfg.hidden_size + 2 * q + 2 * kv + scores + 3 * cfg.intermediate_size
         if self.scratch.numel() < n * per_row:
             self.scratch = torch.empty(n * per_row)
+
+
+def _has_flash(head_dim: int) -> bool:
+    """Whether the C step runs prompts through attention.h's kernel (as it decides itself)."""
+    built = kernels._function("giraffe_attention_causal") is not None
+    return built and head_dim % 16 == 0 and head_dim <= 256

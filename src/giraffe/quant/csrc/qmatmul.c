@@ -254,11 +254,28 @@ static void attend_head(const float *q, const float *kc, const float *vc, int64_
     }
 }
 
-/* The same layer for n sequences at once, one new token each (continuous batching): row r
- * of x is sequence r; its keys/values live at k_cache + r * row_stride ((Hkv, S_max, D) per
- * row) and its new token goes to slot slots[r], attending to its own slots only. The
- * matrix products take all n rows together (each weight block unpacked once). cos/sin
- * are (n, D). n = 1 is the one-sequence decode step. */
+/* silu(gate) * up for one row of gate|up (2 * hidden floats) into out (hidden floats). */
+static void silu_times_up(const float *gate_up, int64_t hidden, float *out) {
+    int64_t i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= hidden; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate_up + i), u = _mm512_loadu_ps(gate_up + hidden + i);
+        const __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                                         _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), u));
+    }
+#endif
+    for (; i < hidden; i++) out[i] = gate_up[i] / (1.0f + expf(-gate_up[i])) * gate_up[hidden + i];
+}
+
+/* The same layer for n rows at once, one token each, in one of two shapes:
+ * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
+ *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
+ *   slots only. n = 1 is the one-sequence decode step.
+ * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
+ *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
+ *   (attention.h's flash kernel where built).
+ * The matrix products take all n rows together. cos/sin are (n, D). */
 int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_norm, const float *mlp_norm,
                          float eps, const packed_matrix *qkv, const packed_matrix *o,
                          const packed_matrix *gate_up, const packed_matrix *down, int n_heads, int kv_heads,
@@ -266,13 +283,26 @@ int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_nor
                          int64_t row_stride, const int64_t *slots, int64_t max_len, int64_t window,
                          float *scratch, int n_threads) {
     if (head_dim > 512) return -1;
-    for (int64_t r = 0; r < n; r++) if (slots[r] < 0 || slots[r] >= max_len) return -1;
+    const int prompt = row_stride == 0 && n > 1;
+    for (int64_t r = 0; r < n; r++) {
+        if (slots[r] < 0 || slots[r] >= max_len) return -1;
+        if (prompt && slots[r] != slots[0] + r) return -1;
+    }
+#ifdef __AVX512F__
+    const int flash = prompt && head_dim % 16 == 0 && head_dim <= 256;
+#else
+    const int flash = 0;
+#endif
     const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
     const int64_t hidden = total_out(gate_up) / 2, proj_size = q_size + 2 * kv_size;
     float *h = scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
-    float *mlp = scores + n * n_heads * max_len;  /* n rows of gate|up, 2*hidden each */
+    float *mlp = scores + (flash ? 0 : n * n_heads * max_len); /* n rows of gate|up, 2*hidden each */
+    float *act = mlp + n * 2 * hidden;                          /* n rows of silu(gate)*up */
+    const int many = n > 16; /* spread the per-row work over threads only when it pays */
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
     for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, attn_norm, eps, dim, h + r * dim);
     matmul_rows(qkv, h, n, proj, n_threads);
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         float *q = proj + r * proj_size, *k = q + q_size, *v = k + kv_size;
         rope(q, n_heads, head_dim, cos + r * head_dim, sin + r * head_dim);
@@ -285,26 +315,33 @@ int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_nor
     }
     const int group = n_heads / kv_heads;
     const float scale = 1.0f / sqrtf((float)head_dim);
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t job = 0; job < n * n_heads; job++) {
-        const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r];
-        const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
-        const float *kc = k_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        const float *vc = v_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale,
-                    scores + job * max_len, att + r * q_size + hd * head_dim);
+#ifdef __AVX512F__
+    if (flash) {
+        if (giraffe_attention_causal(proj, head_dim, proj_size, k_cache, v_cache, max_len * head_dim, head_dim,
+                                     n_heads, kv_heads, n, slots[n - 1] + 1, head_dim, scale, window, att,
+                                     head_dim, q_size, n_threads) != 0)
+            return -1;
+    } else
+#endif
+    {
+        #pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t job = 0; job < n * n_heads; job++) {
+            const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r];
+            const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+            const float *kc = k_cache + r * row_stride + (hd / group) * max_len * head_dim;
+            const float *vc = v_cache + r * row_stride + (hd / group) * max_len * head_dim;
+            attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale,
+                        scores + job * max_len, att + r * q_size + hd * head_dim);
+        }
     }
     matmul_rows(o, att, n, h, n_threads);
     for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
     for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, mlp_norm, eps, dim, h + r * dim);
     matmul_rows(gate_up, h, n, mlp, n_threads);
-    for (int64_t r = 0; r < n; r++) {
-        float *m = mlp + r * 2 * hidden;
-        for (int64_t i = 0; i < hidden; i++) m[i] = m[i] / (1.0f + expf(-m[i])) * m[hidden + i];
-        /* pack silu(gate)*up rows contiguously for the down projection */
-        memmove(mlp + r * hidden, m, sizeof(float) * hidden);
-    }
-    matmul_rows(down, mlp, n, h, n_threads);
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
+    for (int64_t r = 0; r < n; r++) silu_times_up(mlp + r * 2 * hidden, hidden, act + r * hidden);
+    matmul_rows(down, act, n, h, n_threads);
     for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
     return 0;
 }
