@@ -128,16 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_adapter_flag(e)
 
     q = sub.add_parser(
-        "quantize", help="write a float model as a quantized GGUF file (with its vocabulary)"
+        "quantize",
+        help="write a float model as a quantized GGUF file, or an int8/int4 folder (with its vocabulary)",
     )
     q.add_argument("model", help="a float model: Hugging Face folder or F32/F16 GGUF")
     q.add_argument(
         "--to",
         required=True,
-        choices=[t.lower() for t in QUANT_TYPES],
-        help="block type (rows the blocks do not divide fall back as llama.cpp does)",
+        choices=[t.lower() for t in QUANT_TYPES] + ["int8", "int4"],
+        help="GGUF block type (rows the blocks do not divide fall back as llama.cpp does), "
+        "or int8/int4: a folder with group-wise scales",
     )
-    q.add_argument("--out", required=True, help="the .gguf file to write")
+    q.add_argument(
+        "--out", required=True, help="the .gguf file (or, for int8/int4, folder) to write"
+    )
+    q.add_argument(
+        "--group-size", type=int, default=32, help="int8/int4: weights per scale (must divide rows)"
+    )
+    q.add_argument(
+        "--asymmetric",
+        action="store_true",
+        help="int8/int4: a minimum per group besides the scale (default: symmetric around 0)",
+    )
 
     b = sub.add_parser("bench", help="load time, prefill/decode tokens per second, peak memory")
     b.add_argument("model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -168,6 +169,9 @@ def quantize(args) -> None:
             f"{args.model} is already quantized ({', '.join(details['quantized'])}); quantizing again "
             "compounds the error: start from its float weights (a Hugging Face folder or F16/F32 GGUF)"
         )
+    if args.to in ("int8", "int4"):
+        _quantize_to_folder(args)
+        return
     if not args.out.endswith(".gguf"):
         raise ValueError(f"--out {args.out}: name the output file with a .gguf suffix")
     lm = load(args.model, packed=False)
@@ -177,6 +181,23 @@ def quantize(args) -> None:
         f"wrote {path} ({human_bytes(size)}, {args.to}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
     )
     print(f"tensor types: {describe(path)[1]['tensor_types']}")
+
+
+def _quantize_to_folder(args) -> None:
+    from giraffe.quant.groupwise import GroupConfig
+
+    out = Path(args.out)
+    if out.suffix.lower() == ".gguf" or (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {args.out}: int8/int4 write a folder; name a directory")
+    group = GroupConfig(int(args.to[3:]), args.group_size, not args.asymmetric)
+    lm = load(args.model, packed=False)
+    lm.save(out, group=group)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    kind = "symmetric" if group.symmetric else "asymmetric"
+    print(
+        f"wrote {out}/ ({human_bytes(size)} of weights, {args.to} {kind}, groups of "
+        f"{group.group_size}; {8 * size / total_parameters(lm.config):.2f} bits per weight)"
+    )
 
 
 def _eval_choices(args) -> int:

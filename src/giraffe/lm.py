@@ -26,6 +26,7 @@ from giraffe.generate.params import DecodingConfig
 from giraffe.generate.stops import StopText
 from giraffe.models import Decoder
 from giraffe.quant import kernels
+from giraffe.quant.groupwise import GroupConfig
 from giraffe.tokenizer import (
     Tokenizer,
     gguf_tokenizer_fields,
@@ -216,8 +217,11 @@ class LanguageModel:
         return self.complete(ids, **decoding).text
 
     # ---- files --------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write a Hugging Face folder: weights, config, tokenizer, generation defaults."""
+    def save(self, folder: str | os.PathLike, group: GroupConfig | None = None) -> Path:
+        """Write a Hugging Face folder: weights, config, tokenizer, generation defaults.
+
+        group: store the projections group-wise in int8/int4 (`giraffe.quant.groupwise`).
+        """
         folder = Path(folder)
         tok = self.tokenizer
         # Without these, transformers falls back to its architecture defaults (GPT-2: 50256),
@@ -227,7 +231,7 @@ class LanguageModel:
             "generation_config.json": self._generation_config(),
             "config.json": {k: v for k, v in ids.items() if v is not None},
         }
-        save_hf(self.model, folder, extra)
+        save_hf(self.model, folder, extra, group)
         self.tokenizer.save(folder)
         return folder
 
@@ -287,7 +291,7 @@ def load(
         packed = kernels.available() if packed is None else packed
         model, tokenizer = load_gguf(path, reader, packed), tokenizer_from_gguf(reader)
     else:
-        model, tokenizer = load_weights(path), load_tokenizer_file(path)
+        model, tokenizer = load_weights(path, packed), load_tokenizer_file(path)
     defaults = dict(REGISTERED_DEFAULTS.get(str(name_or_path), {}))
     if path.is_dir() and (path / "generation_config.json").exists():
         raw = read_json(path / "generation_config.json")

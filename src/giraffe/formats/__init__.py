@@ -15,11 +15,13 @@ from giraffe.formats.registry import ModelNotFound, resolve
 from giraffe.models import Decoder
 
 
-def load_weights(path: str | Path) -> Decoder:
-    """A .gguf file or a Hugging Face folder -> Decoder in eval mode (float32)."""
+def load_weights(path: str | Path, packed: bool | None = None) -> Decoder:
+    """A .gguf file or a Hugging Face folder -> Decoder in eval mode (float32).
+
+    packed=False: a folder of group-wise int8/int4 weights comes back dequantized."""
     path = Path(path)
     if path.is_dir():
-        return load_hf(path)
+        return load_hf(path, dequantize=packed is False)
     if path.suffix.lower() == ".gguf":
         return load_gguf(path)
     raise WeightsError(

@@ -20,8 +20,11 @@ from safetensors.torch import save_file
 from giraffe.config import ARCHITECTURES, BERT_WIRING, GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.formats.hf_quantized import assemble_grouped, quantize_tensors
 from giraffe.formats.hf_t5 import t5_config, t5_config_to_hf
 from giraffe.models import Decoder, Encoder, Seq2Seq
+from giraffe.quant.groupwise import GroupConfig, GroupQuantLinear
+from giraffe.quant.linear import QuantLinear
 
 # model_type in config.json -> giraffe family
 HF_FAMILIES = {
@@ -242,9 +245,11 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_hf(folder: str | os.PathLike) -> Decoder | Encoder | Seq2Seq:
+def load_hf(folder: str | os.PathLike, dequantize: bool = False) -> Decoder | Encoder | Seq2Seq:
+    """dequantize: a group-wise int8/int4 folder (hf_quantized.py) as float layers."""
     folder = Path(folder)
-    cfg = config_from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+    raw = read_json(folder / "config.json")
+    cfg = config_from_hf(raw, str(folder / "config.json"))
     handles, where = {}, {}
     for path in weight_files(folder):
         try:
@@ -254,6 +259,9 @@ def load_hf(folder: str | os.PathLike) -> Decoder | Encoder | Seq2Seq:
         for key in handles[path].keys():
             where[_canonical(key, cfg)] = (path, key)
     fetch = lambda name: handles[where[name][0]].get_tensor(where[name][1])  # noqa: E731
+    if "quantization_config" in raw:
+        group = GroupConfig.from_json(raw["quantization_config"])
+        return assemble_grouped(cfg, group, set(where), fetch, str(folder), dequantize)
     return assemble(cfg, "hf", where, fetch, str(folder))
 
 
@@ -271,15 +279,30 @@ def save_hf(
     model: Decoder | Encoder | Seq2Seq,
     folder: str | os.PathLike,
     extra_json: dict[str, dict] | None = None,
+    group: GroupConfig | None = None,
 ) -> Path:
     """Write config.json + model.safetensors (+ any extra JSON files), each atomically.
 
     extra_json: file name -> content; a "config.json" entry adds its keys to the config
     written here (e.g. the tokenizer's pad_token_id / eos_token_id) instead of replacing it.
+    group: store the projections group-wise in int8/int4 (see hf_quantized.py).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    packed = [n for n, m in model.named_modules() if isinstance(m, (QuantLinear, GroupQuantLinear))]
+    if packed:
+        raise ValueError(
+            f"{packed[0]} (and {len(packed) - 1} more) hold quantized weights, which a float "
+            "folder cannot store: load the model with packed=False to save it dequantized"
+        )
     tensors = disassemble(model, "hf")
+    if group is not None:  # before mkdir: a row the groups do not divide leaves nothing behind
+        tensors = quantize_tensors(tensors, model.config, group)
+        extra_json = {**(extra_json or {})}
+        extra_json["config.json"] = {
+            **extra_json.get("config.json", {}),
+            "quantization_config": group.to_json(),
+        }
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write(
         folder / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"})
     )

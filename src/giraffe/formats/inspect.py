@@ -19,14 +19,16 @@ FLOAT_TYPES = {"F32", "F16", "BF16"}
 def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
     path = resolve(name_or_path)
     if path.is_dir():
-        cfg = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+        raw = read_json(path / "config.json")
+        cfg = config_from_hf(raw, str(path / "config.json"))
         files = weight_files(path)
         size = sum(f.stat().st_size for f in files)
+        quant = raw.get("quantization_config")
         details = {
             "format": "Hugging Face folder",
             "path": str(path),
             "file_bytes": size,
-            "quantized": [],
+            "quantized": [] if quant is None else [_folder_quantization(quant)],
         }
         return cfg, details
     reader = open_gguf(path)
@@ -39,3 +41,11 @@ def describe(name_or_path: str) -> tuple[ModelConfig, dict]:
         "quantized": sorted(set(types) - FLOAT_TYPES),
     }
     return config_from_gguf(reader, str(path)), details
+
+
+def _folder_quantization(raw: dict) -> str:
+    """A quantization_config in a few words: "int4 symmetric, groups of 32"."""
+    if "bits" not in raw:
+        return str(raw.get("quant_method", "quantized"))
+    kind = "symmetric" if raw.get("symmetric", True) else "asymmetric"
+    return f"int{raw['bits']} {kind}, groups of {raw.get('group_size')}"
