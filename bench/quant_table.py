@@ -4,7 +4,8 @@ The float reference is SmolLM2-135M-Instruct written as an F32 GGUF by giraffe. 
 copy of SmolLM2 that exists offline is Q4_1, so this "float" model is its Q4_1 weights
 dequantized: re-quantizing it to Q4_1 (or Q5_1/Q8_0, whose grids contain Q4_1's) is
 nearly lossless for that reason alone. Read the K-quant and Q4_0 rows as the honest ones.
-Every type is written by `giraffe quantize`; when llama-cpp-python is installed, its own
+Every type is written by `giraffe quantize` (int8/int4 as folders: symmetric, groups of
+32, embeddings kept float32, which their size includes); when llama-cpp-python is installed, its own
 Q4_K_M of the same F32 file is measured too (quality by giraffe's evaluation, speed by
 giraffe running that file). Speed runs in a subprocess per file (own peak RSS).
 
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_facts  # noqa: E402
 from perplexity import fixed_text  # noqa: E402
 
-TYPES = "f16,q8_0,q6_k,q5_k,q5_1,q5_0,q4_k,q4_1,q4_0"
+TYPES = "f16,q8_0,q6_k,q5_k,q5_1,q5_0,q4_k,q4_1,q4_0,int8,int4"  # int*: folders, groups of 32
 
 
 def quality(path: Path, reference, ids: list[int], ctx: int) -> dict:
@@ -34,7 +35,8 @@ def quality(path: Path, reference, ids: list[int], ctx: int) -> dict:
 
     lm = giraffe.load(path)
     r = divergence(lm.model, reference.model, ids, ctx)
-    size = path.stat().st_size
+    files = [path] if path.is_file() else list(path.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files)
     return {
         "file_mib": round(size / 2**20, 1),
         "bits_per_weight": round(8 * size / total_parameters(lm.config), 2),
@@ -101,8 +103,9 @@ def main() -> None:
     files = {"f32": source}
     for kind in args.types.split(","):
         cmd = [sys.executable, "-m", "giraffe.cli", "quantize", str(source), "--to", kind]
-        subprocess.run([*cmd, "--out", str(work / f"{kind}.gguf")], check=True, capture_output=True)
-        files[kind] = work / f"{kind}.gguf"
+        out = work / (kind if kind.startswith("int") else f"{kind}.gguf")
+        subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
+        files[kind] = out
     theirs = llama_cpp_q4_k_m(source, work / "llama.cpp-q4_k_m.gguf")
     if theirs:
         files["q4_k_m (llama.cpp)"] = theirs

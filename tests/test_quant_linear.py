@@ -176,9 +176,23 @@ def test_inputs_that_need_gradients_keep_the_differentiable_path():
     assert torch.allclose(x.grad, expected, atol=1e-5)
 
 
+@needs_vnni
+@pytest.mark.parametrize("kind", kernels.nibble_kinds())
+def test_4_bit_types_give_the_same_products_as_nibbles_and_as_bytes(kind):
+    packed = packed_weight(kind, rows=40, cols=512)
+    nibbles = kernels.repack_int8(packed, kind, 40, 512)
+    as_bytes = kernels.repack_int8(packed, kind, 40, 512, nibbles=False)
+    assert nibbles.nibbles and nibbles.q.numel() * 2 == as_bytes.q.numel()
+    x = torch.randn(7, 512)
+    assert torch.equal(kernels.gemm_int8(nibbles, x), kernels.gemm_int8(as_bytes, x))
+
+
 def test_repacking_a_type_without_one_scale_per_32_weights_is_refused():
     with pytest.raises(ValueError, match="does not take Q6_K"):
         kernels.repack_int8(packed_weight("Q6_K"), "Q6_K", 96, 256)
+    if kernels.int8_kinds():
+        with pytest.raises(ValueError, match="Q8_0 integers do not fit 4 bits"):
+            kernels.repack_int8(packed_weight("Q8_0"), "Q8_0", 96, 256, nibbles=True)
 
 
 def requantize_v_proj(model, kind: str) -> None:

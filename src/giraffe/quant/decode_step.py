@@ -32,6 +32,7 @@ class PackedMatrix(ctypes.Structure):
         ("bias", ctypes.c_void_p),
         ("q8", ctypes.c_void_p * MAX_PARTS),
         ("dm8", ctypes.c_void_p * MAX_PARTS),
+        ("nib8", ctypes.c_int64 * MAX_PARTS),
         ("use_i8", ctypes.c_int64),
     ]
 
@@ -65,7 +66,7 @@ def _attach_int8(matrix: PackedMatrix) -> None:
     segments = [m.int8_weights()] if isinstance(m, QuantLinear) else m.int8_segments()
     for i, w in enumerate(segments):
         if w is not None:
-            matrix.q8[i], matrix.dm8[i] = w.q.data_ptr(), w.dm.data_ptr()
+            matrix.q8[i], matrix.dm8[i], matrix.nib8[i] = w.q.data_ptr(), w.dm.data_ptr(), w.nibbles
 
 
 def _packed(p) -> bool:

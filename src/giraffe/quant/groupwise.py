@@ -187,7 +187,11 @@ def _to_int8_tiles(parts, cfg: GroupConfig, n_out: int) -> kernels.Int8Weights:
     u, d, m = (F.pad(t, (0, 0, 0, pad)) for t in (u.to(torch.uint8), d, m))
     blocks = n_in // 32
     # (tiles, 16 rows, blocks, 8 groups, 4) -> (tiles, blocks, groups, 16 rows, 4)
-    q_tiles = u.reshape(tiles, 16, blocks, 8, 4).permute(0, 2, 3, 1, 4).contiguous().flatten()
+    q_tiles = u.reshape(tiles, 16, blocks, 8, 4).permute(0, 2, 3, 1, 4)
+    nibbles = cfg.bits == 4  # groups 2p and 2p+1 share bytes: low and high halves
+    if nibbles:
+        q_tiles = q_tiles[:, :, 0::2] | (q_tiles[:, :, 1::2] << 4)
+    q_tiles = q_tiles.contiguous().flatten()
     dm = torch.stack([d.reshape(tiles, 16, blocks), m.reshape(tiles, 16, blocks)], dim=2)
     dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, m x16])
-    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in)
+    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, nibbles)

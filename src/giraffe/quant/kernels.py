@@ -94,10 +94,11 @@ SIGNATURES = {
     "giraffe_qmatmul": _MATMUL,
     "giraffe_dequantize": [_P, _I, _I64, _I64, _P, _I],
     "giraffe_i8_supported": [_I],
+    "giraffe_i8_nibbles": [_I],
     "giraffe_attention_causal": [_P, _I64, _I64, _P, _P, _I64, _I64, _I, _I, _I64, _I64, _I, _F,
                                  _I64, _P, _I64, _I64, _I],
-    "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I],
-    "giraffe_gemm_i8": [_P, _P, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
+    "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I],
+    "giraffe_gemm_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
     "giraffe_decode_layer": [_P, _I64, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
                              _P, _P, _P, _P, _I64, _P, _I64, _I64, _P, _I],
 }  # fmt: skip
@@ -194,11 +195,12 @@ def dequantize(
 class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
-    q: torch.Tensor  # (tiles * blocks * 512,) uint8: unsigned integer weights, VNNI order
+    q: torch.Tensor  # (tiles * blocks * 512 (256 as nibbles),) uint8: integers in VNNI order
     dm: torch.Tensor  # (tiles * blocks * 32,) float32: 16 scales then 16 mins per tile block
     kind: str
     n_out: int
     n_in: int
+    nibbles: bool = False  # two 4-bit integers a byte (Q4_0, Q4_1, Q4_K)
 
 
 def int8_kinds() -> tuple[str, ...]:
@@ -209,17 +211,32 @@ def int8_kinds() -> tuple[str, ...]:
     return tuple(k for k, code in KIND_CODES.items() if fn(code))
 
 
-def repack_int8(packed: torch.Tensor, kind: str, n_out: int, n_in: int) -> Int8Weights:
-    """Packed blocks -> the GEMM's layout (~1.25 bytes a weight); once per weight."""
+def nibble_kinds() -> tuple[str, ...]:
+    """Types the int8 GEMM can keep at 4 bits a weight (their integers fit a nibble)."""
+    fn = _function("giraffe_i8_nibbles")
+    return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
+
+
+def repack_int8(
+    packed: torch.Tensor, kind: str, n_out: int, n_in: int, nibbles: bool | None = None
+) -> Int8Weights:
+    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, or
+    ~0.75 as nibbles (None: nibbles where the type allows)."""
     if kind not in int8_kinds() or n_in % 32:
         raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
+    nibbles = kind in nibble_kinds() if nibbles is None else nibbles
+    if nibbles and kind not in nibble_kinds():
+        raise ValueError(f"{kind} integers do not fit 4 bits; repack it as bytes")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    q = torch.empty(tiles * blocks * 512, dtype=torch.uint8)
+    q = torch.empty(tiles * blocks * (256 if nibbles else 512), dtype=torch.uint8)
     dm = torch.empty(tiles * blocks * 32, dtype=torch.float32)
     args = (packed.contiguous().data_ptr(), KIND_CODES[kind], n_out, n_in, q.data_ptr())
-    if _function("giraffe_repack_i8")(*args, dm.data_ptr(), torch.get_num_threads()) != 0:
+    status = _function("giraffe_repack_i8")(
+        *args, dm.data_ptr(), int(nibbles), torch.get_num_threads()
+    )
+    if status != 0:
         raise ValueError(f"repacking {kind} {n_out}x{n_in} for the int8 GEMM failed")
-    return Int8Weights(q, dm, kind, n_out, n_in)
+    return Int8Weights(q, dm, kind, n_out, n_in, nibbles)
 
 
 def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +251,7 @@ def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) 
     if out is None:
         out = torch.empty(*x.shape[:-1], w.n_out, dtype=torch.float32)  # (..., n_out)
     status = _function("giraffe_gemm_i8")(
-        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], w.n_out, w.n_in,
+        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], int(w.nibbles), w.n_out, w.n_in,
         x.data_ptr(), rows, out.data_ptr(), out.stride(-2) if out.dim() > 1 else w.n_out,
         torch.get_num_threads(),
     )  # fmt: skip

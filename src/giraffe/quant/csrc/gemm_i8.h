@@ -13,7 +13,10 @@
  * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
  * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
  * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
- * Per tile and block also 16 scales d, then 16 mins m (floats).
+ * Per tile and block also 16 scales d, then 16 mins m (floats). Types whose q fit 4 bits
+ * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
+ * low and high halves of the same 64 bytes), half the bytes that a bandwidth-bound
+ * decode step reads, for two more instructions per 64 bytes.
  *
  * Activations: per row and block, da = max|x| / 127 and a = round-to-nearest-even(x / da)
  * in -127..127, and isum = sum(a). Per block the integer part is exact:
@@ -70,26 +73,34 @@ static int i8_offset(int kind) {
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < Q6_K; }
 
+/* Types whose integers fit 4 bits, so the repacked weights can stay two a byte. */
+int giraffe_i8_nibbles(int kind) { return kind == Q4_0 || kind == Q4_1 || kind == Q4_K; }
+
 /* n_out rows of packed blocks -> q (tiles * n_blocks * 512 bytes) and dm (tiles * n_blocks
  * * 32 floats), tiles = ceil(n_out / 16); rows past n_out are zero. Returns 0 or -1. */
 int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
-                      int n_threads) {
+                      int nibbles, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
+    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
+    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     const int64_t rb = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         for (int64_t b = 0; b < n_blocks; b++) {
-            uint8_t *qt = q + (t * n_blocks + b) * I8_BLOCK_BYTES;
+            uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
             float *dt = dm + (t * n_blocks + b) * 2 * I8_TILE;
-            memset(qt, 0, I8_BLOCK_BYTES);
+            memset(qt, 0, block_bytes);
             for (int c = 0; c < I8_TILE; c++) {
                 dt[c] = dt[I8_TILE + c] = 0.0f;
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
                 sub_block_ints(w + o * rb, kind, b, v, &dt[c], &dt[I8_TILE + c]);
-                for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
+                if (!nibbles)
+                    for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
+                else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
+                    for (int l = 0; l < 32; l++) qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)(v[l] << (l % 8 < 4 ? 0 : 4));
             }
         }
     }
@@ -123,10 +134,12 @@ static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t
 #define I8_ROWS 4 /* input rows per micro-kernel call: 4 rows x 2 tiles = 8 int + 8 float accumulators */
 
 /* y[r][0..31] for up to I8_ROWS rows against tiles t0 (and t1 unless t1 == NULL). */
-static inline void gemm_i8_block(const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1,
-                                 int64_t n_blocks, const int8_t *a, int64_t n_in, const float *da,
-                                 const int32_t *isum, int rows, int offset, int has_min, float *y,
-                                 int64_t y_stride, int cols0, int cols1) {
+static inline __attribute__((always_inline)) void gemm_i8_block(
+    const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1, int64_t n_blocks, const int8_t *a,
+    int64_t n_in, const float *da, const int32_t *isum, int rows, int offset, int has_min, float *y,
+    int64_t y_stride, int cols0, int cols1, const int nibbles) {
+    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
     for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -134,12 +147,20 @@ static inline void gemm_i8_block(const uint8_t *q0, const uint8_t *q1, const flo
         #pragma GCC unroll 8
         for (int r = 0; r < I8_ROWS; r++)
             i0[r] = i1[r] = _mm512_set1_epi32(r < rows ? offset * isum[r * n_blocks + b] : 0);
-        const uint8_t *w0 = q0 + b * I8_BLOCK_BYTES, *w1 = q1 ? q1 + b * I8_BLOCK_BYTES : w0;
+        const uint8_t *w0 = q0 + b * block_bytes, *w1 = q1 ? q1 + b * block_bytes : w0;
         const int8_t *ab = a + 32 * b;
         #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
-            const __m512i v0 = _mm512_loadu_si512(w0 + g * I8_GROUP_BYTES);
-            const __m512i v1 = _mm512_loadu_si512(w1 + g * I8_GROUP_BYTES);
+            __m512i v0, v1;
+            if (!nibbles) {
+                v0 = _mm512_loadu_si512(w0 + g * I8_GROUP_BYTES);
+                v1 = _mm512_loadu_si512(w1 + g * I8_GROUP_BYTES);
+            } else { /* even g: the low nibbles of 64 bytes, odd g: their high nibbles */
+                v0 = _mm512_loadu_si512(w0 + (g / 2) * I8_GROUP_BYTES);
+                v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
+                if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
+                v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
+            }
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
@@ -182,9 +203,10 @@ static inline void gemm_i8_block(const uint8_t *q0, const uint8_t *q1, const flo
 
 /* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
  * giraffe_repack_i8. `kind` gives the offset and whether mins are there. Returns 0 or -1. */
-int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int64_t n_out, int64_t n_in,
+int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
                     const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
+    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     int8_t *a = (int8_t *)malloc((size_t)(m * n_in));
     float *da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
@@ -192,7 +214,8 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int64_t n_out, 
     if (!a || !da || !isum) { free(a); free(da); free(isum); return -1; }
     quantize_activations(x, m, n_in, a, da, isum, n_threads);
     const int offset = i8_offset(kind), has_min = kind == Q4_1 || kind == Q5_1 || kind >= Q4_K;
-    const int64_t pairs = (tiles + 1) / 2, tile_q = n_blocks * I8_BLOCK_BYTES, tile_dm = n_blocks * 2 * I8_TILE;
+    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * 2 * I8_TILE;
+    const int64_t tile_q = n_blocks * (nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES);
     /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
      * L1/L2 while every row chunk streams past them. */
     #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -204,10 +227,18 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int64_t n_out, 
         const int cols1 = !has1 ? 0 : left1 < I8_TILE ? (int)left1 : I8_TILE;
         for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
             const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
-            gemm_i8_block(q + t0 * tile_q, has1 ? q + (t0 + 1) * tile_q : NULL, dm + t0 * tile_dm,
-                          has1 ? dm + (t0 + 1) * tile_dm : NULL, n_blocks, a + r0 * n_in, n_in,
-                          da + r0 * n_blocks, isum + r0 * n_blocks, rows, offset, has_min,
-                          y + r0 * y_stride + col, y_stride, cols0, cols1);
+            const uint8_t *q0 = q + t0 * tile_q, *q1 = has1 ? q + (t0 + 1) * tile_q : NULL;
+            const float *dm0 = dm + t0 * tile_dm, *dm1 = has1 ? dm + (t0 + 1) * tile_dm : NULL;
+            const int8_t *ar = a + r0 * n_in;
+            float *yr = y + r0 * y_stride + col;
+            const float *dar = da + r0 * n_blocks;
+            const int32_t *isr = isum + r0 * n_blocks;
+            if (nibbles) /* two calls with a constant flag: each compiles to its own loop */
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, rows, offset, has_min, yr, y_stride,
+                              cols0, cols1, 1);
+            else
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, rows, offset, has_min, yr, y_stride,
+                              cols0, cols1, 0);
         }
     }
     free(a); free(da); free(isum);
@@ -215,4 +246,5 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int64_t n_out, 
 }
 #else
 int giraffe_i8_supported(int kind) { (void)kind; return 0; }
+int giraffe_i8_nibbles(int kind) { (void)kind; return 0; }
 #endif

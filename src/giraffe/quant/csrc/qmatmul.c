@@ -182,7 +182,7 @@ typedef struct {
     const uint8_t *w[MAX_PARTS]; int kind[MAX_PARTS]; int64_t n_out[MAX_PARTS];
     int n_parts; int64_t n_in; const float *bias;
     /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used when use_i8 is set */
-    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t use_i8;
+    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t nib8[MAX_PARTS]; int64_t use_i8;
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -204,7 +204,8 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
     for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
 #ifdef HAVE_GEMM_I8
         if (m->q8[p] && m->use_i8) {
-            giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+            giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], m->n_in, x, rows, y + col,
+                            n_out, n_threads);
             continue;
         }
 #endif
