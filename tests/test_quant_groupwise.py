@@ -92,6 +92,7 @@ def test_folder_round_trip_keeps_integers_and_equals_the_dequantized_model(
     packed, reference = giraffe.load(out), giraffe.load(out, packed=False)
     layer = packed.model.layers[0].mlp.up_proj
     assert isinstance(layer, GroupQuantLinear) and layer.cfg == cfg
+    assert (packed.model.fast_decode is not None) == bool(kernels.int8_kinds())
     stored = quantize_groups(tiny_lm.model.layers[0].mlp.up_proj.weight.detach(), cfg)
     assert all(torch.equal(layer.parts()[k], stored[k]) for k in stored)  # bytes kept as written
     ids = torch.randint(0, 200, (2, 12))
@@ -125,3 +126,26 @@ def test_quantize_command_writes_a_folder_and_refuses_to_quantize_it_again(tiny_
     )
     assert bad.returncode != 0 and "group size 48 does not divide" in bad.stderr
     assert not (tmp_path / "b").exists()  # nothing half-written
+
+
+@pytest.mark.skipif(not kernels.int8_kinds(), reason="no AVX-512 VNNI: no compiled step")
+@torch.inference_mode()
+def test_folder_models_take_the_compiled_step_with_the_module_paths_numbers(tiny_lm, tmp_path):
+    import giraffe
+
+    packed = giraffe.load(tiny_lm.save(tmp_path / "q", group=GroupConfig(4, 32, False)))
+    model, fast = packed.model, packed.model.fast_decode
+    ids, outputs, taken = torch.randint(0, 200, (1, 10)), [], []
+
+    def counting(*args):
+        out = fast(*args)
+        taken.append(out is not None)
+        return out
+
+    for model.fast_decode in (counting, None):
+        cache = model.new_cache(1, 16)
+        steps = [model.hidden(ids, cache=cache)]
+        steps += [model.hidden(torch.tensor([[t]]), cache=cache) for t in (3, 9, 4)]
+        outputs.append(torch.cat(steps, dim=1))
+    assert taken == [True] * 4  # the prompt and three single tokens, compiled
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import giraffe
+from giraffe.quant import kernels
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,7 @@ def test_packed_model_matches_the_dequantized_reference(ours, packed, float_acti
     assert packed.complete(ids, **kw).token_ids == ours.complete(ids, **kw).token_ids
 
 
+@pytest.mark.skipif(not kernels.int8_kinds(), reason="no AVX-512 VNNI: float activations only")
 def test_int8_activations_cost_far_less_than_the_weights_quantization(ours, packed):
     """Prompts take the int8 GEMM by default (as llama.cpp): close to, not equal to, float.
 

@@ -20,6 +20,7 @@ import torch
 from giraffe.config import ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble
+from giraffe.formats.gguf_packed import fuse_projections
 from giraffe.quant.groupwise import (
     PART_NAMES,
     GroupConfig,
@@ -87,4 +88,5 @@ def assemble_grouped(
         owner = model.get_submodule(owner_path)
         old = getattr(owner, attr)
         setattr(owner, attr, GroupQuantLinear(parts_of(rule.theirs), group, old.bias))
+    fuse_projections(model)  # the compiled prompt/decode step, as for packed GGUF weights
     return model

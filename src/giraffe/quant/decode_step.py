@@ -17,6 +17,7 @@ import ctypes
 import torch
 
 from giraffe.quant import kernels
+from giraffe.quant.groupwise import GroupQuantLinear
 from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear, int8_activations
 
 MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
@@ -37,17 +38,40 @@ class PackedMatrix(ctypes.Structure):
     ]
 
 
+class GroupParts:
+    """Group-wise layers of the same input side by side (q|k|v, gate|up), as FusedQuant is
+    for ggml blocks: no fused buffer, each part keeps its own int8-GEMM weights."""
+
+    def __init__(self, parts: list[GroupQuantLinear]) -> None:
+        self.parts, self.in_features = parts, parts[0].in_features
+        biases = [p.bias for p in parts]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+        self.segments = [(None, p.int8_weights().kind, p.out_features) for p in parts]
+
+    def int8_segments(self) -> list[kernels.Int8Weights]:
+        return [p.int8_weights() for p in self.parts]
+
+    @staticmethod
+    def of(parts) -> GroupParts | None:
+        runs = all(isinstance(p, GroupQuantLinear) and p.int8_weights() is not None for p in parts)
+        return GroupParts(list(parts)) if runs and len(parts) <= MAX_PARTS else None
+
+
 def _matrix(m) -> PackedMatrix:
-    """A QuantLinear or FusedQuant as the C struct: its parts side by side, each its own type."""
+    """A packed projection (or several side by side) as the C struct, each part its own type.
+
+    Group-wise parts have no ggml blocks (NULL): they run only on the int8 GEMM."""
     if isinstance(m, QuantLinear):
         segments = [(m.packed, m.kind, m.out_features)]
+    elif isinstance(m, GroupQuantLinear):
+        segments = [(None, m.int8_weights().kind, m.out_features)]
     else:
         segments = m.segments
     bias = None if m.bias is None else m.bias.detach().contiguous()
     matrix = PackedMatrix()
     for i, (packed, kind, n_out) in enumerate(segments):
         matrix.w[i], matrix.kind[i], matrix.n_out[i] = (
-            packed.data_ptr(),
+            None if packed is None else packed.data_ptr(),
             kernels.KIND_CODES[kind],
             n_out,
         )
@@ -63,16 +87,23 @@ def _attach_int8(matrix: PackedMatrix) -> None:
 
     A part whose type has no int8 form (Q6_K) keeps a NULL pointer: the float kernel."""
     m = matrix._source
-    segments = [m.int8_weights()] if isinstance(m, QuantLinear) else m.int8_segments()
+    single = isinstance(m, (QuantLinear, GroupQuantLinear))
+    segments = [m.int8_weights()] if single else m.int8_segments()
     for i, w in enumerate(segments):
         if w is not None:
             matrix.q8[i], matrix.dm8[i], matrix.nib8[i] = w.q.data_ptr(), w.dm.data_ptr(), w.nibbles
 
 
 def _packed(p) -> bool:
-    if isinstance(p, FusedQuant):
+    if isinstance(p, (FusedQuant, GroupParts)):
         return len(p.segments) <= MAX_PARTS
+    if isinstance(p, GroupQuantLinear):
+        return p.int8_weights() is not None
     return isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS
+
+
+def _int8_only(p) -> bool:
+    return isinstance(p, (GroupQuantLinear, GroupParts))
 
 
 class FastDecode:
@@ -82,6 +113,8 @@ class FastDecode:
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
         self.int8_on = False  # whether the C step's products use the int8 GEMM
+        # group-wise weights exist only as int8-GEMM tiles: no float kernel to fall back on
+        self.int8_only = any(_int8_only(m._source) for layer in layers for m in layer[2:])
 
     @staticmethod
     def build(model) -> FastDecode | None:
@@ -93,7 +126,9 @@ class FastDecode:
         layers = []
         for block in model.layers:
             attn, mlp = block.attn, block.mlp
-            parts = [attn.fused_qkv, attn.o_proj, mlp.fused_gate_up, mlp.down_proj]
+            qkv = attn.fused_qkv or GroupParts.of([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = mlp.fused_gate_up or GroupParts.of([mlp.gate_proj, mlp.up_proj])
+            parts = [qkv, attn.o_proj, gate_up, mlp.down_proj]
             if not all(_packed(p) for p in parts):
                 return None
             norms = (block.attn_norm.weight.detach(), block.mlp_norm.weight.detach())
@@ -111,6 +146,8 @@ class FastDecode:
         B, T = ids.shape
         if torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None
+        if self.int8_only and not int8_activations():
+            return None  # float activations: the module path dequantizes
         slots, shared = self._slots(cache, B, T)
         if slots is None:
             return None
