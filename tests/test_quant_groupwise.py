@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_path import counting
 
 from giraffe.quant import kernels
 from giraffe.quant.blocks import round_activations_int8
 from giraffe.quant.groupwise import (
     GroupConfig,
+    GroupQuantEmbedding,
     GroupQuantLinear,
     dequantize_groups,
     quantize_groups,
@@ -93,6 +95,7 @@ def test_folder_round_trip_keeps_integers_and_equals_the_dequantized_model(
     layer = packed.model.layers[0].mlp.up_proj
     assert isinstance(layer, GroupQuantLinear) and layer.cfg == cfg
     assert (packed.model.fast_decode is not None) == bool(kernels.int8_kinds())
+    assert isinstance(packed.model.embed, GroupQuantEmbedding)  # the tied head reads it too
     stored = quantize_groups(tiny_lm.model.layers[0].mlp.up_proj.weight.detach(), cfg)
     assert all(torch.equal(layer.parts()[k], stored[k]) for k in stored)  # bytes kept as written
     ids = torch.randint(0, 200, (2, 12))
@@ -137,12 +140,7 @@ def test_folder_models_take_the_compiled_step_with_the_module_paths_numbers(tiny
     model, fast = packed.model, packed.model.fast_decode
     ids, outputs, taken = torch.randint(0, 200, (1, 10)), [], []
 
-    def counting(*args):
-        out = fast(*args)
-        taken.append(out is not None)
-        return out
-
-    for model.fast_decode in (counting, None):
+    for model.fast_decode in (counting(fast, taken), None):
         cache = model.new_cache(1, 16)
         steps = [model.hidden(ids, cache=cache)]
         steps += [model.hidden(torch.tensor([[t]]), cache=cache) for t in (3, 9, 4)]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_path import counting
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
@@ -254,12 +255,7 @@ def test_compiled_prompt_and_its_continuation_equal_module_path(
     model = load_gguf(save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q4_0"), packed=True)
     fast, outputs, taken = model.fast_decode, [], []
 
-    def counting(*args):
-        out = fast(*args)
-        taken.append(out is not None)
-        return out
-
-    for model.fast_decode in (counting, None):
+    for model.fast_decode in (counting(fast, taken), None):
         cache = model.new_cache(1, 40)
         with torch.inference_mode():
             first = model.hidden(torch.randint(0, 100, (1, 9), generator=_seeded()), cache=cache)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fast_path import counting
 
 from giraffe.config import PRESETS
 from giraffe.models import Decoder
@@ -99,12 +100,7 @@ def test_row_view_takes_the_compiled_decode_step_on_packed_weights(tmp_path):
     assert fast is not None
     taken = []
 
-    def counting(*args):
-        out = fast(*args)
-        taken.append(out is not None)
-        return out
-
-    model.fast_decode = counting
+    model.fast_decode = counting(fast, taken)
     ids = [1, 2, 3, 4]
     outputs = []
     for _ in ("fast path", "module path"):
@@ -143,14 +139,9 @@ def test_batched_rows_take_the_compiled_step_with_the_module_paths_logits(tmp_pa
     fast = model.fast_decode
     taken = []
 
-    def counting(*args):
-        out = fast(*args)
-        taken.append(out is not None)
-        return out
-
     prompts = [[5, 9, 2, 7, 1, 3, 8], [4, 4], [11, 12, 13, 14]]
     outputs = []
-    for model.fast_decode in (counting, None):
+    for model.fast_decode in (counting(fast, taken), None):
         cache = slot_cache(model)
         for row, p in enumerate(prompts):
             prefill(model, cache, row, p)

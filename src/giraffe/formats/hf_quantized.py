@@ -4,8 +4,9 @@ The folder is an ordinary one (config.json, model.safetensors, tokenizer) except
 attention/MLP projection `X.weight` is replaced by `X.weight.q`, `X.weight.scale` (and
 `X.weight.min` when asymmetric), and config.json carries
 `"quantization_config": {"quant_method": "giraffe-groupwise", "bits", "group_size", "symmetric"}`.
-Norms and embeddings stay float. Reading it gives a model whose projections are
-`giraffe.quant.groupwise.GroupQuantLinear` layers (the stored integers, never a float
+The token table (and an untied output head) is stored the same way; norms stay
+float. Reading it gives a model whose projections are
+`giraffe.quant.groupwise.GroupQuantLinear` layers (the table a `GroupQuantEmbedding`) (the stored integers, never a float
 copy), or with `dequantize=True` plain float layers holding the dequantized weights (the
 reference). Only projections stored one-to-one (`*_proj.weight`, Llama-family names) are
 quantized. It does not know the safetensors file layout; `hf.py` hands it tensors.
@@ -24,17 +25,22 @@ from giraffe.formats.gguf_packed import fuse_projections
 from giraffe.quant.groupwise import (
     PART_NAMES,
     GroupConfig,
+    GroupQuantEmbedding,
     GroupQuantLinear,
     dequantize_groups,
     quantize_groups,
 )
+
+TABLES = ("embed.weight", "lm_head.weight")  # token table and untied head: quantized too
 
 
 def _projection_rules(cfg: ModelConfig) -> list[names.Rule]:
     return [
         r
         for r in names.expand("hf", cfg)
-        if r.layout == "same" and len(r.ours) == 1 and r.ours[0].endswith("_proj.weight")
+        if r.layout == "same"
+        and len(r.ours) == 1
+        and (r.ours[0].endswith("_proj.weight") or r.ours[0] in TABLES)
     ]
 
 
@@ -75,7 +81,14 @@ def assemble_grouped(
         return found
 
     def fetch_any(name: str) -> torch.Tensor:
-        return dequantize_groups(parts_of(name), group) if name in grouped else fetch(name)
+        if name not in grouped:
+            return fetch(name)
+        if dequantize:
+            return dequantize_groups(parts_of(name), group)
+        # A placeholder of the right shape, replaced below: memory that is never written
+        # is never paged in, so no float copy of the model ever exists.
+        scale = fetch(f"{name}.scale")  # (out, in / group)
+        return torch.empty(scale.shape[0], scale.shape[1] * group.group_size)
 
     plain = {k for k in keys if not k.endswith(tuple(f".{p}" for p in PART_NAMES))}
     model = assemble(cfg, "hf", plain | grouped, fetch_any, source)
@@ -85,8 +98,12 @@ def assemble_grouped(
         if rule.theirs not in grouped:
             continue
         owner_path, _, attr = rule.ours[0].removesuffix(".weight").rpartition(".")
-        owner = model.get_submodule(owner_path)
-        old = getattr(owner, attr)
-        setattr(owner, attr, GroupQuantLinear(parts_of(rule.theirs), group, old.bias))
+        owner = model.get_submodule(owner_path)  # "" is the model itself
+        old, parts = getattr(owner, attr), parts_of(rule.theirs)
+        if isinstance(old, torch.nn.Embedding):
+            new = GroupQuantEmbedding(parts, group)
+        else:
+            new = GroupQuantLinear(parts, group, old.bias)
+        setattr(owner, attr, new)
     fuse_projections(model)  # the compiled prompt/decode step, as for packed GGUF weights
     return model

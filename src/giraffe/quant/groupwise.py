@@ -195,3 +195,22 @@ def _to_int8_tiles(parts, cfg: GroupConfig, n_out: int) -> kernels.Int8Weights:
     dm = torch.stack([d.reshape(tiles, 16, blocks), m.reshape(tiles, 16, blocks)], dim=2)
     dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, m x16])
     return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, nibbles)
+
+
+class GroupQuantEmbedding(nn.Module):
+    """A token table kept group-wise; `project` is the tied output head (h @ E^T)."""
+
+    def __init__(self, parts: dict[str, torch.Tensor], cfg: GroupConfig) -> None:
+        super().__init__()
+        self.table = GroupQuantLinear(parts, cfg)
+        self.num_embeddings, self.embedding_dim = self.table.out_features, self.table.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = {
+            k: v[ids.flatten()] for k, v in self.table.parts().items()
+        }  # only the rows asked for
+        values = dequantize_groups(rows, self.table.cfg)  # (N, C)
+        return values.reshape(*ids.shape, self.embedding_dim)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return self.table(h)

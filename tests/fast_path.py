@@ -1,0 +1,14 @@
+"""Watch whether a model's compiled step (`model.fast_decode`) takes each call it is offered."""
+
+from __future__ import annotations
+
+
+def counting(fast, taken: list[bool]):
+    """`fast` wrapped to append True/False to `taken` for each call it took/declined."""
+
+    def wrapper(*args):
+        out = fast(*args)
+        taken.append(out is not None)
+        return out
+
+    return wrapper
