@@ -193,7 +193,20 @@ static int64_t total_out(const packed_matrix *m) {
 
 static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out) {
     double ss = 0.0;
-    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    int64_t i0 = 0;
+#ifdef __AVX512F__
+    /* 16 float lanes, each widened to double before it joins the sum */
+    __m512d acc_lo = _mm512_setzero_pd(), acc_hi = _mm512_setzero_pd();
+    for (; i0 + 16 <= n; i0 += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i0);
+        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        acc_lo = _mm512_fmadd_pd(lo, lo, acc_lo);
+        acc_hi = _mm512_fmadd_pd(hi, hi, acc_hi);
+    }
+    ss = _mm512_reduce_add_pd(_mm512_add_pd(acc_lo, acc_hi));
+#endif
+    for (int64_t i = i0; i < n; i++) ss += (double)x[i] * x[i];
     const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
@@ -217,12 +230,15 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
 }
 
 static void rope(float *v, int heads, int d, const float *cos, const float *sin) {
-    float tmp[512];
     const int half = d / 2;
     for (int h = 0; h < heads; h++) {
         float *x = v + h * d;
-        for (int i = 0; i < d; i++) tmp[i] = x[i];
-        for (int i = 0; i < d; i++) x[i] = tmp[i] * cos[i] + tmp[(i + half) % d] * sin[i];
+        /* two straight loops (no index wrap-around) so the compiler vectorises them */
+        for (int i = 0; i < half; i++) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos[i] + b * sin[i];
+            x[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
     }
 }
 
