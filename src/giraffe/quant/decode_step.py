@@ -1,13 +1,14 @@
-"""One token through a whole packed Llama-family decoder with one compiled call per layer.
+"""New tokens through a whole packed Llama-family decoder with one compiled call per layer.
 
 The plain path runs ~35 small torch ops per layer; for a 135M model at batch 1 their
 dispatch costs as much as the matrix products. `FastDecode` hands each layer to
 `giraffe_decode_layer` (csrc/qmatmul.c): norms, fused q/k/v, RoPE, the KV-cache write,
-attention over the cache, o_proj, SwiGLU and the residuals - for one sequence, or for
-the n sequences of a continuous batch, each at its own cache slot. It only takes the
-cases it can do exactly as the model would (one new token per row, no padding mask, no
-attention maps asked for, every projection packed); everything else returns None and
-the model runs its ordinary path. Tests hold the two equal.
+attention over the cache, o_proj, SwiGLU and the residuals - for one sequence's next
+token, for the n sequences of a continuous batch (each at its own cache slot), or for a
+whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
+takes the cases it can do exactly as the model would (no padding mask, no attention
+maps asked for, every projection packed in ggml blocks or group-wise int8/int4);
+everything else returns None and the model runs its ordinary path. Tests hold the two equal.
 """
 
 from __future__ import annotations

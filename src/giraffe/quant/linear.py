@@ -33,9 +33,9 @@ def int8_activations() -> bool:
     As llama.cpp does for every product: per block of 32, d = max|x|/127, x ~ d * q. It
     measured ~2.3x faster 512-token prompts and ~1.4x faster decoding on SmolLM2-135M
     Q4_1 (4-bit types stay two integers a byte, so decode reads no more than before),
-    for +0.25% perplexity against float
-    activations (and within 0.1% of llama.cpp's own). GIRAFFE_INT8_ACTIVATIONS=0 keeps
-    float activations (equal to the dequantized float model to rounding). Needs AVX-512 VNNI.
+    for +0.25% perplexity against float activations (and within 0.1% of llama.cpp's
+    own). GIRAFFE_INT8_ACTIVATIONS=0 keeps float activations (equal to the dequantized
+    float model to rounding). Needs AVX-512 VNNI.
     """
     if os.environ.get("GIRAFFE_INT8_ACTIVATIONS") == "0":
         return False
