@@ -203,6 +203,7 @@ class Int8Weights:
     nibbles: bool = False  # two 4-bit integers a byte (Q4_0, Q4_1, Q4_K)
 
 
+@lru_cache(maxsize=1)  # asked on every packed product: the library's answer never changes
 def int8_kinds() -> tuple[str, ...]:
     """Block types the int8 GEMM takes on this machine (none without AVX-512 VNNI)."""
     fn = _function("giraffe_i8_supported")
@@ -211,6 +212,7 @@ def int8_kinds() -> tuple[str, ...]:
     return tuple(k for k, code in KIND_CODES.items() if fn(code))
 
 
+@lru_cache(maxsize=1)
 def nibble_kinds() -> tuple[str, ...]:
     """Types the int8 GEMM can keep at 4 bits a weight (their integers fit a nibble)."""
     fn = _function("giraffe_i8_nibbles")

@@ -85,47 +85,68 @@ static inline sub_ref locate(const uint8_t *row, int kind, int64_t b) {
     return s;
 }
 
-/* Scalar reference: the 32 weights of sub-block b of a row, exactly as ggml's dequantize. */
-static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) {
+/* The affine integer form of sub-block b of a row: 32 unsigned q, d, m and the offset.
+ * Returns 0, or -1 for a type without one scale per 32 weights. */
+static inline int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
     const sub_ref s = locate(row, kind, b);
     const uint8_t *blk = s.blk;
-    const int j = s.j;
+    *m = 0.0f;
     if (kind == Q8_0) {
-        const float d = fp16_to_fp32(read_u16(blk));
-        for (int l = 0; l < 32; l++) y[l] = d * (float)(int8_t)blk[2 + l];
+        *d = fp16_to_fp32(read_u16(blk));
+        for (int l = 0; l < 32; l++) q[l] = (uint8_t)((int)(int8_t)blk[2 + l] + 128);
     } else if (kind <= Q5_1) {
-        const float d = fp16_to_fp32(read_u16(blk));
         const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
-        const float m = has_min ? fp16_to_fp32(read_u16(blk + 2)) : 0.0f;
+        *d = fp16_to_fp32(read_u16(blk));
+        if (has_min) *m = fp16_to_fp32(read_u16(blk + 2));
         const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
-        const uint8_t *q = blk + 2 + 2 * has_min + 4 * five;
-        const int offset = has_min ? 0 : (five ? 16 : 8);
+        const uint8_t *nib = blk + 2 + 2 * has_min + 4 * five;
         for (int l = 0; l < 16; l++) {
-            const int lo = (q[l] & 0x0F) | (int)(((qh >> l) & 1) << 4);
-            const int hi = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1) << 4);
-            y[l] = d * (float)(lo - offset) + m;
-            y[l + 16] = d * (float)(hi - offset) + m;
+            q[l] = (uint8_t)((nib[l] & 0x0F) | (((qh >> l) & 1) << 4));
+            q[l + 16] = (uint8_t)((nib[l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
         }
     } else if (kind == Q4_K || kind == Q5_K) {
-        const float d = fp16_to_fp32(read_u16(blk)), dmin = fp16_to_fp32(read_u16(blk + 2));
-        int sc, m;
-        scale_min_k4(j, blk + 4, &sc, &m);
-        const uint8_t *qh = blk + 16, *q = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
+        const int j = s.j;
+        int sc, mn;
+        scale_min_k4(j, blk + 4, &sc, &mn);
+        *d = fp16_to_fp32(read_u16(blk)) * (float)sc;
+        *m = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
+        const uint8_t *qh = blk + 16, *nib = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
         for (int l = 0; l < 32; l++) {
-            int v = j % 2 ? q[l] >> 4 : q[l] & 0x0F;
+            int v = j % 2 ? nib[l] >> 4 : nib[l] & 0x0F;
             if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
-            y[l] = d * (float)sc * (float)v - dmin * (float)m;
+            q[l] = (uint8_t)v;
         }
-    } else { /* Q6_K */
-        const int h = j / 4, k = j % 4;
-        const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
-        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
-        const float d = fp16_to_fp32(read_u16(blk + 208));
-        for (int l = 0; l < 32; l++) {
-            const int low = k < 2 ? ql[l] & 0x0F : ql[l] >> 4;
-            const int v = (low | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
-            y[l] = d * (float)sc[l / 16] * (float)v;
-        }
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static inline int i8_offset(int kind) {
+    return kind == Q8_0 ? -128 : kind == Q4_0 ? -8 : kind == Q5_0 ? -16 : 0;
+}
+
+/* Scalar reference: the 32 weights of sub-block b of a row, exactly as ggml's dequantize:
+ * d * (q + offset) + m from the integer form, in ggml's order of roundings. */
+static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) {
+    if (kind != Q6_K) {
+        uint8_t q[32];
+        float d, m;
+        sub_block_ints(row, kind, b, q, &d, &m);
+        const int offset = i8_offset(kind);
+        for (int l = 0; l < 32; l++) y[l] = d * (float)((int)q[l] + offset) + m;
+        return;
+    }
+    const sub_ref s = locate(row, kind, b);
+    const uint8_t *blk = s.blk;
+    const int j = s.j, h = j / 4, k = j % 4; /* Q6_K: two scales per 32 weights */
+    const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
+    const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
+    const float d = fp16_to_fp32(read_u16(blk + 208));
+    for (int l = 0; l < 32; l++) {
+        const int low = k < 2 ? ql[l] & 0x0F : ql[l] >> 4;
+        const int v = (low | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
+        y[l] = d * (float)sc[l / 16] * (float)v;
     }
 }
 

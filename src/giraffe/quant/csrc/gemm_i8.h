@@ -5,7 +5,7 @@
  * multiply-adds of bytes per instruction, about 4x the float rate. llama.cpp does the same:
  * it rounds activations to int8 per block of 32 (its Q8_0/Q8_1) before its dot products.
  *
- * Weights are repacked once (giraffe_repack_i8) from any 32-weight sub-block with one
+ * Weights are repacked once (giraffe_repack_i8, via blocks.h's sub_block_ints) from any 32-weight sub-block with one
  * scale into an affine integer form  w = d * (q + offset) + m,  q unsigned 0..255:
  *   Q8_0: q = q8 + 128, offset -128      Q4_0: offset -8      Q5_0: offset -16
  *   Q4_1/Q5_1: m = min                   Q4_K/Q5_K: d = d*sc_j, m = -dmin*m_j
@@ -29,47 +29,6 @@
 #include <immintrin.h>
 
 enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512 };
-
-/* The affine integer form of sub-block b of a row: 32 unsigned q, d, m and the offset.
- * Returns 0, or -1 for a type without one scale per 32 weights. */
-static int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
-    const sub_ref s = locate(row, kind, b);
-    const uint8_t *blk = s.blk;
-    *m = 0.0f;
-    if (kind == Q8_0) {
-        *d = fp16_to_fp32(read_u16(blk));
-        for (int l = 0; l < 32; l++) q[l] = (uint8_t)((int)(int8_t)blk[2 + l] + 128);
-    } else if (kind <= Q5_1) {
-        const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
-        *d = fp16_to_fp32(read_u16(blk));
-        if (has_min) *m = fp16_to_fp32(read_u16(blk + 2));
-        const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
-        const uint8_t *nib = blk + 2 + 2 * has_min + 4 * five;
-        for (int l = 0; l < 16; l++) {
-            q[l] = (uint8_t)((nib[l] & 0x0F) | (((qh >> l) & 1) << 4));
-            q[l + 16] = (uint8_t)((nib[l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
-        }
-    } else if (kind == Q4_K || kind == Q5_K) {
-        const int j = s.j;
-        int sc, mn;
-        scale_min_k4(j, blk + 4, &sc, &mn);
-        *d = fp16_to_fp32(read_u16(blk)) * (float)sc;
-        *m = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
-        const uint8_t *qh = blk + 16, *nib = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
-        for (int l = 0; l < 32; l++) {
-            int v = j % 2 ? nib[l] >> 4 : nib[l] & 0x0F;
-            if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
-            q[l] = (uint8_t)v;
-        }
-    } else {
-        return -1;
-    }
-    return 0;
-}
-
-static int i8_offset(int kind) {
-    return kind == Q8_0 ? -128 : kind == Q4_0 ? -8 : kind == Q5_0 ? -16 : 0;
-}
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < Q6_K; }
 
