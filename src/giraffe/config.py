@@ -20,7 +20,23 @@ from dataclasses import dataclass
 
 # family -> what kind of model it is: `giraffe.models.decoder` wires decoders,
 # `giraffe.models.encoder` encoders, `giraffe.models.seq2seq` encoder-decoders.
-ARCHITECTURES = {"llama": "decoder", "gpt2": "decoder", "bert": "encoder", "t5": "encoder-decoder"}
+# The decoder families beyond Llama differ from a Llama block only in the wiring fields
+# below (qk_norm, norm_offset, sandwich_norm, ...): `arch` names the family so that file
+# formats map cleanly (Hugging Face `model_type`, GGUF `general.architecture`, the tensor
+# names), while the model code reads the fields, never the name. docs/architectures.md
+# has the table.
+ARCHITECTURES = {
+    "llama": "decoder",  # Llama 1-3, Mistral, Qwen2, SmolLM
+    "qwen3": "decoder",
+    "gemma2": "decoder",
+    "gemma3": "decoder",
+    "phi3": "decoder",
+    "gptneox": "decoder",  # GPT-NeoX, Pythia
+    "gpt2": "decoder",
+    "bert": "encoder",
+    "t5": "encoder-decoder",
+}
+LAYER_TYPES = ("full", "sliding")  # attention over all earlier tokens / the last sliding_window
 
 
 class ConfigError(ValueError):
@@ -29,7 +45,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "llama"  # family: "llama" (also Mistral, Qwen2, SmolLM), "gpt2", "bert" or "t5"
+    arch: str = (
+        "llama"  # family, a key of ARCHITECTURES ("llama" also covers Mistral, Qwen2, SmolLM)
+    )
     vocab_size: int = 32000  # rows of the token embedding
     hidden_size: int = 512  # width of the residual stream (d_model)
     n_layers: int = 8  # transformer blocks (of the encoder, in an encoder-decoder)
@@ -71,6 +89,36 @@ class ModelConfig:
     relative_max_distance: int = 128
     n_decoder_layers: int | None = None  # decoder blocks; None = n_layers
     decoder_start_id: int = 0  # the token the decoder reads first (T5: the pad id, 0)
+    # --- Decoder wiring beyond a Llama block; every default is Llama's. ---
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3, Gemma 3)
+    # RMSNorm multiplies by (norm_offset + w) in float32: Gemma stores w around 0 and
+    # uses (1 + w); 0 = Llama's plain w. Applies to every RMSNorm of the model.
+    norm_offset: float = 0.0
+    # A second norm on the attention and MLP outputs before each residual add:
+    # x + post(attn(pre(x))) (Gemma 2/3's "sandwich" norms).
+    sandwich_norm: bool = False
+    scale_embed: bool = (
+        False  # token embeddings times sqrt(hidden_size), in the model dtype (Gemma)
+    )
+    query_scale: float | None = (
+        None  # multiplies q.k; None = head_dim^-1/2 (Gemma: query_pre_attn_scalar^-1/2)
+    )
+    attn_softcap: float | None = (
+        None  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2)
+    )
+    final_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX, GPT-J)
+    rotary_dim: int | None = None  # leading dims of each head RoPE rotates; None = all (NeoX: 1/4)
+    # Per layer "full" or "sliding" (only sliding layers use `sliding_window`); None = all
+    # layers alike: sliding when sliding_window is set (Mistral). Gemma 2 alternates,
+    # Gemma 3 has five sliding layers to one full.
+    layer_types: tuple[str, ...] | None = None
+    # RoPE base of the sliding layers, unscaled (Gemma 3: 10000); None = the full layers'
+    # rope (rope_theta, rope_scaling, rope_freq_factors), as in every other family.
+    rope_local_theta: float | None = None
+    # Divisors of each RoPE inverse frequency (head_dim/2 values): llama.cpp stores Llama
+    # 3.1's frequency scaling as a `rope_freqs` tensor; applied after rope_scaling.
+    rope_freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -103,6 +151,7 @@ class ModelConfig:
         _check_choice("activation", self.activation, ("silu", "gelu", "gelu_tanh", "relu"))
         _check_choice("position", self.position, ("rope", "learned", "relative"))
         _check_choice("norm_position", self.norm_position, ("pre", "post"))
+        _check_wiring(self)
         if self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.kind == "encoder":
@@ -127,6 +176,38 @@ class ModelConfig:
         return self.n_decoder_layers or self.n_layers
 
     @property
+    def rotary_dims(self) -> int:
+        return self.rotary_dim or self.dim_per_head
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of this layer's attention; None = it sees every earlier token."""
+        if self.layer_types is not None and self.layer_types[layer] != "sliding":
+            return None
+        return self.sliding_window
+
+    def layer_local_rope(self, layer: int) -> bool:
+        """Whether this layer takes the sliding layers' own RoPE (`rope_local_theta`)."""
+        return self.rope_local_theta is not None and self.layer_window(layer) is not None
+
+    @property
+    def plain_llama_block(self) -> bool:
+        """Whether every block is a plain Llama one (pre-RMSNorm, SwiGLU, full RoPE, one
+        window for all layers): the block the compiled decode step implements.
+
+        RoPE tables (rope_theta, rope_scaling, rope_freq_factors) are computed outside the
+        block and do not matter here; any other wiring field away from its default does.
+        """
+        return (
+            self.arch == "llama"
+            and self.norm == "rmsnorm"
+            and self.mlp == "gated"
+            and self.activation == "silu"
+            and self.position == "rope"
+            and not self.mlp_bias
+            and not any(getattr(self, f) for f in _BLOCK_WIRING)
+        )
+
+    @property
     def rope_scaling_dict(self) -> dict[str, float] | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
@@ -135,6 +216,49 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Wiring fields only `giraffe.models.decoder` implements; their defaults are falsy.
+_BLOCK_WIRING = (
+    "qk_norm", "norm_offset", "sandwich_norm", "scale_embed", "query_scale", "attn_softcap",
+    "final_softcap", "parallel_residual", "rotary_dim", "layer_types", "rope_local_theta",
+)  # fmt: skip
+
+
+def _check_wiring(cfg: ModelConfig) -> None:
+    """The decoder-only fields: set only on decoders, and consistent with each other."""
+    if cfg.kind != "decoder":
+        extra = [f for f in (*_BLOCK_WIRING, "rope_freq_factors") if getattr(cfg, f)]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} apply to decoders only, not a {cfg.kind}")
+        return
+    if cfg.layer_types is not None:
+        if len(cfg.layer_types) != cfg.n_layers or not set(cfg.layer_types) <= set(LAYER_TYPES):
+            raise ConfigError(
+                f"layer_types must name {cfg.n_layers} layers, each one of {LAYER_TYPES}; "
+                f"got {cfg.layer_types!r}"
+            )
+        if "sliding" in cfg.layer_types and not cfg.sliding_window:
+            raise ConfigError("layer_types has sliding layers but sliding_window is not set")
+    if cfg.sliding_window is not None and cfg.sliding_window < 1:
+        raise ConfigError(f"sliding_window must be >= 1, got {cfg.sliding_window}")
+    if cfg.rotary_dim is not None and not (
+        0 < cfg.rotary_dim <= cfg.dim_per_head and cfg.rotary_dim % 2 == 0
+    ):
+        raise ConfigError(
+            f"rotary_dim must be even and within head_dim ({cfg.dim_per_head}), got {cfg.rotary_dim}"
+        )
+    if cfg.rope_freq_factors is not None and len(cfg.rope_freq_factors) != cfg.rotary_dims // 2:
+        raise ConfigError(
+            f"rope_freq_factors has {len(cfg.rope_freq_factors)} values; RoPE over "
+            f"{cfg.rotary_dims} dims needs {cfg.rotary_dims // 2}"
+        )
+    for name in ("attn_softcap", "final_softcap", "query_scale"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if (cfg.qk_norm or cfg.norm_offset) and cfg.norm != "rmsnorm":
+        raise ConfigError("qk_norm and norm_offset are RMSNorm features: set norm='rmsnorm'")
 
 
 def _check_encoder(cfg: ModelConfig) -> None:
@@ -229,6 +353,46 @@ T5_WIRING = dict(
     position="relative",
     tie_embeddings=True,
 )
+
+# The families beyond Llama, as wiring on top of ModelConfig's Llama defaults (see
+# docs/architectures.md). Shapes, windows and scales come from each checkpoint.
+QWEN3_WIRING = dict(arch="qwen3", qk_norm=True, norm_eps=1e-6)
+# Gemma 2 (Gemma Team 2024): (1 + w) RMSNorms before and after attention and MLP, GeGLU
+# with tanh-GELU, embeddings scaled by sqrt(width), tied head, alternating local/global
+# layers, soft-capped attention scores and logits.
+GEMMA2_WIRING = dict(
+    arch="gemma2",
+    norm_eps=1e-6,
+    norm_offset=1.0,
+    sandwich_norm=True,
+    scale_embed=True,
+    activation="gelu_tanh",
+    tie_embeddings=True,
+)
+# Gemma 3 (Gemma Team 2025): Gemma 2's block with QK-norm instead of soft-capping, and
+# five sliding layers (their own RoPE base) to each global one.
+GEMMA3_WIRING = dict(GEMMA2_WIRING, arch="gemma3", qk_norm=True)
+PHI3_WIRING = dict(arch="phi3", tie_embeddings=False)  # a Llama block stored fused
+# GPT-NeoX (Black et al. 2022) / Pythia: LayerNorm with biases, parallel attention and
+# MLP, RoPE on a quarter of each head, biases everywhere, erf GELU, untied head.
+GPTNEOX_WIRING = dict(
+    arch="gptneox",
+    norm="layernorm",
+    norm_bias=True,
+    mlp="plain",
+    activation="gelu",
+    attention_bias=True,
+    attention_out_bias=True,
+    mlp_bias=True,
+    parallel_residual=True,
+    tie_embeddings=False,
+)
+
+
+def periodic_layer_types(n_layers: int, period: int) -> tuple[str, ...]:
+    """Every `period`-th layer full, the others sliding (Gemma 2: period 2, Gemma 3: 6)."""
+    return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(n_layers))
+
 
 # Presets are data: named configs, never subclasses. "{arch}-tiny" builds in
 # milliseconds (tests), "{arch}-small" trains on two CPU cores in minutes, "{arch}-base"

@@ -88,4 +88,5 @@ def _check_complete(expected, params, leftover, source, cfg) -> None:
 def _ignorable(name: str, cfg: ModelConfig) -> bool:
     # A tied model may still carry a copy of the output head.
     tied_head = cfg.tie_embeddings and name in names.TIED_HEAD_NAMES
-    return tied_head or name.endswith(names.IGNORED_SUFFIXES)
+    # configuration stored as a tensor: the format's loader read it into the config
+    return tied_head or name.endswith(names.IGNORED_SUFFIXES) or name in names.CONFIG_TENSORS

@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giraffe.config import GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.files.gguf_reader import FastGGUFReader, GGUFFormatError
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.formats.gguf_config import (  # noqa: F401 - config_from_gguf, field: this module's API
+    GGUF_FAMILIES,
+    config_from_gguf,
+    field,
+    gguf_arch,
+    write_hparams,
+)
 from giraffe.formats.gguf_packed import fuse_projections, install_packed, packable
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
 from giraffe.quant.ptq import quantize_matrix
-
-# general.architecture -> giraffe family
-GGUF_FAMILIES = {"llama": "llama", "qwen2": "llama", "mistral": "llama", "gpt2": "gpt2"}
 
 
 def open_gguf(path: str | os.PathLike):
@@ -41,67 +44,6 @@ def open_gguf(path: str | os.PathLike):
         raise WeightsError(
             f"{path} is not a readable GGUF file ({e}); re-download or re-convert it"
         ) from None
-
-
-def field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
-
-
-def config_from_gguf(reader, source: str = "GGUF") -> ModelConfig:
-    arch = field(reader, "general.architecture")
-    if arch not in GGUF_FAMILIES:
-        known = ", ".join(sorted(GGUF_FAMILIES))
-        raise ConfigError(
-            f"{source}: architecture {arch!r} is not supported (giraffe runs {known})"
-        )
-
-    def get(key, default=None):
-        value = field(reader, f"{arch}.{key}", default)
-        if value is None:
-            raise ConfigError(f"{source}: metadata key {arch}.{key} is missing")
-        return value
-
-    tensors = {t.name for t in reader.tensors}
-    n_heads = int(get("attention.head_count"))
-    width = int(get("embedding_length"))
-    vocab = field(reader, f"{arch}.vocab_size") or _embedding_rows(reader)
-    common = dict(
-        vocab_size=int(vocab),
-        hidden_size=width,
-        n_layers=int(get("block_count")),
-        n_heads=n_heads,
-        intermediate_size=int(get("feed_forward_length")),
-        max_position_embeddings=int(get("context_length", 2048)),
-        tie_embeddings="output.weight" not in tensors,
-    )
-    if GGUF_FAMILIES[arch] == "gpt2":
-        eps = float(get("attention.layer_norm_epsilon", 1e-5))
-        return ModelConfig(**GPT2_WIRING, norm_eps=eps, **common)
-    head_dim = field(reader, f"{arch}.attention.key_length") or field(
-        reader, f"{arch}.rope.dimension_count"
-    )
-    return ModelConfig(
-        arch="llama",
-        n_kv_heads=int(get("attention.head_count_kv", n_heads)),
-        head_dim=int(head_dim) if head_dim else None,
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
-        attention_bias="blk.0.attn_q.bias" in tensors,
-        attention_out_bias="blk.0.attn_output.bias" in tensors,
-        sliding_window=field(reader, f"{arch}.attention.sliding_window"),
-        **common,
-    )
-
-
-def _embedding_rows(reader) -> int:
-    for t in reader.tensors:
-        if t.name == "token_embd.weight":
-            return int(t.shape[1])
-    raise WeightsError("GGUF file has no token_embd.weight tensor")
 
 
 def tensor_to_torch(t) -> torch.Tensor:
@@ -156,14 +98,16 @@ def save_gguf(
     import gguf
 
     cfg = model.config
-    arch = "gpt2" if cfg.arch == "gpt2" else ("qwen2" if cfg.attention_bias else "llama")
+    arch = gguf_arch(cfg)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_name(name)
-    _write_hparams(writer, cfg)
+    config_tensors = write_hparams(writer, cfg)
     if tokenizer is not None:
         _write_tokenizer(writer, tokenizer)
+    for tname, array in config_tensors.items():
+        writer.add_tensor(tname, array)
     for tname, tensor in disassemble(
         model, "gguf", rope_permuted=arch in GGUF_ROPE_PERMUTED
     ).items():
@@ -206,23 +150,3 @@ def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> str:
     else:
         writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[actual])
     return actual
-
-
-def _write_hparams(writer, cfg: ModelConfig) -> None:
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(cfg.n_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.n_heads)
-    writer.add_vocab_size(cfg.vocab_size)
-    if cfg.arch == "gpt2":
-        writer.add_layer_norm_eps(cfg.norm_eps)
-        return
-    writer.add_head_count_kv(cfg.kv_heads)
-    writer.add_key_length(cfg.dim_per_head)
-    writer.add_value_length(cfg.dim_per_head)
-    writer.add_rope_dimension_count(cfg.dim_per_head)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    if cfg.sliding_window:
-        writer.add_sliding_window(cfg.sliding_window)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from giraffe.config import ARCHITECTURES, BERT_WIRING, GPT2_WIRING, ConfigError, ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble, disassemble
+from giraffe.formats.hf_families import MODEL_TYPES, family_config, family_config_to_hf
 from giraffe.formats.hf_quantized import assemble_grouped, quantize_tensors
 from giraffe.formats.hf_t5 import t5_config, t5_config_to_hf
 from giraffe.models import Decoder, Encoder, Seq2Seq
@@ -35,6 +36,7 @@ HF_FAMILIES = {
     "gpt2": "gpt2",
     "bert": "bert",
     "t5": "t5",
+    **MODEL_TYPES,
 }
 # Hugging Face's names for the activations giraffe has.
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -62,6 +64,8 @@ def config_from_hf(raw: dict, source: str = "config.json") -> ModelConfig:
         return _bert_config(raw, source)
     if HF_FAMILIES[model_type] == "t5":
         return t5_config(raw, source)
+    if model_type in MODEL_TYPES:
+        return family_config(raw, model_type, source)
     return _llama_config(raw, model_type)
 
 
@@ -188,6 +192,8 @@ def config_to_hf(cfg: ModelConfig, mlm_head: bool = True) -> dict:
         return _bert_config_to_hf(cfg, mlm_head)
     if cfg.arch == "t5":
         return t5_config_to_hf(cfg)
+    if cfg.arch in MODEL_TYPES.values():
+        return family_config_to_hf(cfg)
     if cfg.arch == "gpt2":
         return {
             "model_type": "gpt2",
@@ -202,6 +208,11 @@ def config_to_hf(cfg: ModelConfig, mlm_head: bool = True) -> dict:
             "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu"}[cfg.activation],
             "tie_word_embeddings": cfg.tie_embeddings,
         }
+    if cfg.rope_freq_factors is not None and not cfg.rope_scaling:
+        raise ConfigError(
+            "this model's RoPE frequencies come from a GGUF rope_freqs tensor, which a "
+            "Hugging Face config.json cannot express; set rope_scaling (e.g. llama3) to save it"
+        )
     # q/k/v biases without an output bias is exactly Qwen2's layout.
     model_type = "qwen2" if cfg.attention_bias and not cfg.attention_out_bias else "llama"
     if model_type == "llama" and cfg.sliding_window:

@@ -19,9 +19,10 @@ from giraffe.config import ModelConfig
 class Rule:
     ours: tuple[str, ...]  # giraffe names; several when the external tensor is fused
     theirs: str  # external name; "{i}" stands for the layer index
-    layout: str = (
-        "same"  # "same" | "conv1d" (stored (in, out)) | "rope_q" | "rope_k" (GGUF row permutation)
-    )
+    # "same" | "conv1d" (stored (in, out)) | "rope_q" | "rope_k" (GGUF row permutation) |
+    # "norm_shift" (llama.cpp stores Gemma's norms as norm_offset + w) | "neox_qkv" (GPT-NeoX's
+    # fused rows interleaved per head: q, k, v of head 0, then of head 1, ...)
+    layout: str = "same"
     mlp: str | None = None  # only for configs with this MLP kind ("gated"/"plain"); None = all
 
 
@@ -55,25 +56,123 @@ def _t5_block(stack: str, var: str, cross: bool) -> list[Rule]:
 
 
 _QKV = tuple(f"layers.{{i}}.attn.{p}_proj" for p in "qkv")
+_GATE_UP = ("layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.up_proj.weight")
 
-# Per-layer templates use {i}; biases are listed and simply skipped when absent.
-TABLES: dict[tuple[str, str], list[Rule]] = {
-    ("hf", "llama"): [
+
+def _hf_llama_like(mlp_norm: str, extra_norms: tuple[tuple[str, str], ...] = ()) -> list[Rule]:
+    """Hugging Face names of a Llama-style model (Llama, Qwen3, Gemma): `model.layers.{i}...`.
+
+    mlp_norm: the HF name of the norm before the MLP (Gemma names the post-attention one
+    differently); extra_norms: (ours, theirs) of further per-layer norms.
+    """
+    layer = "model.layers.{i}"
+    norms = [("attn_norm", "input_layernorm"), ("mlp_norm", mlp_norm), *extra_norms]
+    return [
         _r("embed.weight", "model.embed_tokens.weight"),
-        _r("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        *[_r(f"layers.{{i}}.{ours}.weight", f"{layer}.{theirs}.weight") for ours, theirs in norms],
         *[
-            _r(f"layers.{{i}}.attn.{p}.{w}", f"model.layers.{{i}}.self_attn.{p}.{w}")
+            _r(f"layers.{{i}}.attn.{p}.{w}", f"{layer}.self_attn.{p}.{w}")
             for p in ("q_proj", "k_proj", "v_proj", "o_proj")
             for w in ("weight", "bias")
         ],
-        _r("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
         *[
-            _r(f"layers.{{i}}.mlp.{p}.{w}", f"model.layers.{{i}}.mlp.{p}.{w}")
+            _r(f"layers.{{i}}.attn.{n}.weight", f"{layer}.self_attn.{n}.weight")
+            for n in ("q_norm", "k_norm")
+        ],
+        *[
+            _r(f"layers.{{i}}.mlp.{p}.{w}", f"{layer}.mlp.{p}.{w}")
             for p in ("gate_proj", "up_proj", "down_proj")
             for w in ("weight", "bias")
         ],
         _r("norm.weight", "model.norm.weight"),
         _r("lm_head.weight", "lm_head.weight"),
+    ]
+
+
+def _gguf_llama_like(norm_layout: str = "same") -> list[Rule]:
+    """llama.cpp's names of a Llama-style model; norm_layout "norm_shift" for Gemma's norms."""
+    norms = [
+        ("attn_norm", "attn_norm"),
+        ("mlp_norm", "ffn_norm"),
+        ("attn_post_norm", "post_attention_norm"),  # only models with sandwich norms have them
+        ("mlp_post_norm", "post_ffw_norm"),
+        ("attn.q_norm", "attn_q_norm"),  # only models with qk_norm
+        ("attn.k_norm", "attn_k_norm"),
+    ]
+    return [
+        _r("embed.weight", "token_embd.weight"),
+        *[
+            _r(f"layers.{{i}}.{ours}.weight", f"blk.{{i}}.{theirs}.weight", norm_layout)
+            for ours, theirs in norms
+        ],
+        _r("layers.{i}.attn.q_proj.weight", "blk.{i}.attn_q.weight", "rope_q"),
+        _r("layers.{i}.attn.k_proj.weight", "blk.{i}.attn_k.weight", "rope_k"),
+        _r("layers.{i}.attn.q_proj.bias", "blk.{i}.attn_q.bias", "rope_q"),
+        _r("layers.{i}.attn.k_proj.bias", "blk.{i}.attn_k.bias", "rope_k"),
+        _r("layers.{i}.attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+        _r("layers.{i}.attn.v_proj.bias", "blk.{i}.attn_v.bias"),
+        _r("layers.{i}.attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+        _r("layers.{i}.attn.o_proj.bias", "blk.{i}.attn_output.bias"),
+        _r("layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+        _r("layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+        _r("layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+        _r("norm.weight", "output_norm.weight", norm_layout),
+        _r("lm_head.weight", "output.weight"),
+    ]
+
+
+# GPT-NeoX's per-layer modules: (ours, Hugging Face, llama.cpp), each with weight and bias.
+_NEOX_LAYER = (
+    ("attn_norm", "input_layernorm", "attn_norm"),
+    ("mlp_norm", "post_attention_layernorm", "ffn_norm"),
+    ("attn.o_proj", "attention.dense", "attn_output"),
+    ("mlp.up_proj", "mlp.dense_h_to_4h", "ffn_up"),
+    ("mlp.down_proj", "mlp.dense_4h_to_h", "ffn_down"),
+)
+
+# Per-layer templates use {i}; biases are listed and simply skipped when absent.
+TABLES: dict[tuple[str, str], list[Rule]] = {
+    ("hf", "llama"): _hf_llama_like("post_attention_layernorm"),
+    ("hf", "qwen3"): _hf_llama_like("post_attention_layernorm"),
+    # Gemma 2 and 3: "post_attention_layernorm" is the norm *after* attention (sandwich).
+    **{
+        ("hf", arch): _hf_llama_like(
+            "pre_feedforward_layernorm",
+            (
+                ("attn_post_norm", "post_attention_layernorm"),
+                ("mlp_post_norm", "post_feedforward_layernorm"),
+            ),
+        )
+        for arch in ("gemma2", "gemma3")
+    },
+    ("hf", "phi3"): [
+        _r("embed.weight", "model.embed_tokens.weight"),
+        _r("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+        _r("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+        _r(tuple(f"{n}.weight" for n in _QKV), "model.layers.{i}.self_attn.qkv_proj.weight"),
+        _r("layers.{i}.attn.o_proj.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+        _r(_GATE_UP, "model.layers.{i}.mlp.gate_up_proj.weight"),
+        _r("layers.{i}.mlp.down_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
+        _r("norm.weight", "model.norm.weight"),
+        _r("lm_head.weight", "lm_head.weight"),
+    ],
+    ("hf", "gptneox"): [
+        _r("embed.weight", "gpt_neox.embed_in.weight"),
+        *[
+            _r(f"layers.{{i}}.{ours}.{w}", f"gpt_neox.layers.{{i}}.{theirs}.{w}")
+            for ours, theirs, _ in _NEOX_LAYER
+            for w in ("weight", "bias")
+        ],
+        *[
+            _r(
+                tuple(f"{n}.{w}" for n in _QKV),
+                f"gpt_neox.layers.{{i}}.attention.query_key_value.{w}",
+                "neox_qkv",
+            )
+            for w in ("weight", "bias")
+        ],
+        *[_r(f"norm.{w}", f"gpt_neox.final_layer_norm.{w}") for w in ("weight", "bias")],
+        _r("lm_head.weight", "embed_out.weight"),
     ],
     ("hf", "gpt2"): [
         _r("embed.weight", "transformer.wte.weight"),
@@ -143,22 +242,35 @@ TABLES: dict[tuple[str, str], list[Rule]] = {
         *[_r(f"{s}.norm.weight", f"{s}.final_layer_norm.weight") for s in ("encoder", "decoder")],
         _r("lm_head.weight", "lm_head.weight"),
     ],
-    ("gguf", "llama"): [
+    ("gguf", "llama"): _gguf_llama_like(),
+    ("gguf", "qwen3"): _gguf_llama_like(),
+    ("gguf", "gemma2"): _gguf_llama_like("norm_shift"),
+    ("gguf", "gemma3"): _gguf_llama_like("norm_shift"),
+    # Phi-3: one fused q|k|v tensor, and ffn_up holding gate|up (llama.cpp splits it in two).
+    ("gguf", "phi3"): [
         _r("embed.weight", "token_embd.weight"),
         _r("layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight"),
-        _r("layers.{i}.attn.q_proj.weight", "blk.{i}.attn_q.weight", "rope_q"),
-        _r("layers.{i}.attn.k_proj.weight", "blk.{i}.attn_k.weight", "rope_k"),
-        _r("layers.{i}.attn.q_proj.bias", "blk.{i}.attn_q.bias", "rope_q"),
-        _r("layers.{i}.attn.k_proj.bias", "blk.{i}.attn_k.bias", "rope_k"),
-        _r("layers.{i}.attn.v_proj.weight", "blk.{i}.attn_v.weight"),
-        _r("layers.{i}.attn.v_proj.bias", "blk.{i}.attn_v.bias"),
-        _r("layers.{i}.attn.o_proj.weight", "blk.{i}.attn_output.weight"),
-        _r("layers.{i}.attn.o_proj.bias", "blk.{i}.attn_output.bias"),
         _r("layers.{i}.mlp_norm.weight", "blk.{i}.ffn_norm.weight"),
-        _r("layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
-        _r("layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+        _r(tuple(f"{n}.weight" for n in _QKV), "blk.{i}.attn_qkv.weight"),
+        _r("layers.{i}.attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+        _r(_GATE_UP, "blk.{i}.ffn_up.weight"),
         _r("layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
         _r("norm.weight", "output_norm.weight"),
+        _r("lm_head.weight", "output.weight"),
+    ],
+    # llama.cpp's converter stores GPT-NeoX's fused q/k/v as plain q|k|v blocks.
+    ("gguf", "gptneox"): [
+        _r("embed.weight", "token_embd.weight"),
+        *[
+            _r(f"layers.{{i}}.{ours}.{w}", f"blk.{{i}}.{theirs}.{w}")
+            for ours, _, theirs in _NEOX_LAYER
+            for w in ("weight", "bias")
+        ],
+        *[
+            _r(tuple(f"{n}.{w}" for n in _QKV), f"blk.{{i}}.attn_qkv.{w}")
+            for w in ("weight", "bias")
+        ],
+        *[_r(f"norm.{w}", f"output_norm.{w}") for w in ("weight", "bias")],
         _r("lm_head.weight", "output.weight"),
     ],
     ("gguf", "gpt2"): [
@@ -183,8 +295,14 @@ TABLES: dict[tuple[str, str], list[Rule]] = {
     ],
 }
 
-# Qwen2 GGUF files use the Llama names but Hugging Face's rotary layout (no permutation).
+# Qwen2 GGUF files use the Llama names but Hugging Face's rotary layout (no permutation);
+# so do all the other families (llama.cpp runs them with its "NEOX" rope mode).
 GGUF_ROPE_PERMUTED = {"llama"}
+
+# Tensors llama.cpp keeps beside the weights that hold configuration, not parameters:
+# Llama 3.1's RoPE frequency divisors (`ModelConfig.rope_freq_factors`).
+GGUF_ROPE_FREQS = "rope_freqs.weight"
+CONFIG_TENSORS = (GGUF_ROPE_FREQS,)
 
 # Buffers some checkpoints carry that hold no weights giraffe needs; and BERT's pooler
 # and next-sentence head, which serve classification, not MLM or mean-pooled embeddings.
@@ -243,9 +361,13 @@ def to_giraffe(
         tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
     elif rule.layout in ("rope_q", "rope_k") and rope_permuted:
         tensor = _unpermute_rope(tensor, _rope_heads(rule, cfg))
+    elif rule.layout == "norm_shift":
+        tensor = tensor - cfg.norm_offset
+    elif rule.layout == "neox_qkv":
+        tensor = _neox_heads_to_blocks(tensor, cfg.n_heads)
     if len(rule.ours) == 1:
         return {rule.ours[0]: tensor.contiguous()}
-    sizes = _fused_sizes(cfg)
+    sizes = [_rows(n, cfg) for n in rule.ours]
     return {n: t.contiguous() for n, t in zip(rule.ours, tensor.split(sizes, dim=0), strict=True)}
 
 
@@ -258,6 +380,10 @@ def from_giraffe(
         tensor = tensor.t()
     elif rule.layout in ("rope_q", "rope_k") and rope_permuted:
         tensor = _permute_rope(tensor, _rope_heads(rule, cfg))
+    elif rule.layout == "norm_shift":
+        tensor = tensor + cfg.norm_offset
+    elif rule.layout == "neox_qkv":
+        tensor = _neox_blocks_to_heads(tensor, cfg.n_heads)
     return tensor.contiguous()
 
 
@@ -265,9 +391,25 @@ def _rope_heads(rule: Rule, cfg: ModelConfig) -> int:
     return cfg.n_heads if rule.layout == "rope_q" else cfg.kv_heads
 
 
-def _fused_sizes(cfg: ModelConfig) -> list[int]:
-    d = cfg.dim_per_head
-    return [cfg.n_heads * d, cfg.kv_heads * d, cfg.kv_heads * d]
+def _rows(name: str, cfg: ModelConfig) -> int:
+    """Rows of one giraffe projection inside a fused tensor (q|k|v or gate|up)."""
+    module = name.rsplit(".", 2)[-2]  # "layers.0.attn.q_proj.weight" -> "q_proj"
+    if module == "q_proj":
+        return cfg.n_heads * cfg.dim_per_head
+    if module in ("k_proj", "v_proj"):
+        return cfg.kv_heads * cfg.dim_per_head
+    if module in ("gate_proj", "up_proj"):
+        return cfg.intermediate_size
+    raise ValueError(f"{name} is not part of a fused projection")
+
+
+def _neox_heads_to_blocks(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """GPT-NeoX rows (H, 3, D) per head -> q|k|v blocks (3, H, D) (as llama.cpp's converter does)."""
+    return w.reshape(heads, 3, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
+
+
+def _neox_blocks_to_heads(w: torch.Tensor, heads: int) -> torch.Tensor:
+    return w.reshape(3, heads, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
 def _permute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:

@@ -1,7 +1,12 @@
-"""Decoder-only transformer (GPT-2 and the Llama family) from one `ModelConfig`.
+"""Decoder-only transformer (GPT-2, the Llama family, Qwen3, Gemma 2/3, Phi-3, GPT-NeoX)
+from one `ModelConfig`.
 
 Pre-norm blocks: x + attn(norm(x)), then x + mlp(norm(x)); a final norm and an output
-head (tied to the embedding or not). Parameter names are giraffe's own
+head (tied to the embedding or not). The config's wiring fields add what other families
+do beyond that: norms after attention and MLP too (`sandwich_norm`), both branches read
+the same x (`parallel_residual`), per-layer sliding windows with their own RoPE base
+(`layer_types`, `rope_local_theta`), scaled embeddings, soft-capped logits. The code reads
+those fields, never the family name. Parameter names are giraffe's own
 (`layers.0.attn.q_proj.weight`, ...); the mapping to Hugging Face and GGUF names lives
 in `giraffe.formats.names` alone.
 
@@ -22,10 +27,17 @@ from giraffe.models.common import init_weights as _init_weights
 from giraffe.nn import MLP, Attention, KVCache, Rotary, build_mask, make_norm
 
 
+def _norm(cfg: ModelConfig) -> nn.Module:
+    return make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.norm_bias, cfg.norm_offset)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
-        self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.norm_bias)
+        self.window = cfg.layer_window(layer)  # None = attends to every earlier token
+        self.local_rope = cfg.layer_local_rope(layer)  # takes the sliding layers' RoPE
+        self.parallel = cfg.parallel_residual
+        self.attn_norm = _norm(cfg)
         self.attn = Attention(
             cfg.hidden_size,
             cfg.n_heads,
@@ -33,15 +45,28 @@ class Block(nn.Module):
             cfg.dim_per_head,
             cfg.attention_bias,
             cfg.attention_out_bias,
+            scale=cfg.query_scale,
+            qk_norm_eps=cfg.norm_eps if cfg.qk_norm else None,
+            norm_offset=cfg.norm_offset,
+            softcap=cfg.attn_softcap,
         )
-        self.mlp_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.norm_bias)
+        self.mlp_norm = _norm(cfg)
         self.mlp = MLP(
             cfg.hidden_size, cfg.intermediate_size, cfg.mlp, cfg.activation, cfg.mlp_bias
         )
+        if cfg.sandwich_norm:
+            self.attn_post_norm, self.mlp_post_norm = _norm(cfg), _norm(cfg)
+        self.sandwich = cfg.sandwich_norm
 
     def forward(self, x, rope, mask, causal, cache, layer, keep_weights=None):
-        x = x + self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, keep_weights)
-        return x + self.mlp(self.mlp_norm(x))
+        a = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, keep_weights)
+        if self.parallel:  # GPT-NeoX: both branches read the block's input
+            return x + a + self.mlp(self.mlp_norm(x))
+        if self.sandwich:
+            a = self.attn_post_norm(a)
+        x = x + a
+        m = self.mlp(self.mlp_norm(x))
+        return x + (self.mlp_post_norm(m) if self.sandwich else m)
 
 
 class Decoder(nn.Module):
@@ -52,9 +77,9 @@ class Decoder(nn.Module):
         if cfg.position == "learned":
             self.pos_embed = _embedding(cfg.max_position_embeddings, cfg.hidden_size)
         else:
-            self.rotary = Rotary(cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling_dict)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.norm_bias)
+            self.reset_buffers()
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = _norm(cfg)
         self.lm_head = (
             None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
@@ -105,15 +130,25 @@ class Decoder(nn.Module):
         if positions is None:
             positions = torch.arange(start, start + T).expand(B, T)  # (B, T)
         x = self.embed(ids)  # (B, T, C)
-        rope = None
+        if self.config.scale_embed:  # Gemma: sqrt(width), rounded to the model dtype first
+            x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
+        ropes = {}
         if self.config.position == "learned":
             x = x + self.pos_embed(positions)
         else:
-            rope = self.rotary(positions)
-        mask, causal = (
-            (attn_mask, False) if attn_mask is not None else self._mask(start, T, key_mask)
-        )
+            ropes[False] = self.rotary(positions)
+            if self.rotary_local is not None:
+                ropes[True] = self.rotary_local(positions)
+        masks = {}  # window -> (mask, causal), built once for all layers that share it
         for i, layer in enumerate(self.layers):
+            if layer.window not in masks:
+                masks[layer.window] = (
+                    (_windowed(attn_mask, layer.window), False)
+                    if attn_mask is not None
+                    else self._mask(start, T, key_mask, layer.window)
+                )
+            mask, causal = masks[layer.window]
+            rope = ropes.get(layer.local_rope)
             x = layer(x, rope, mask, causal, cache, i, attention_weights)
         if cache is not None:
             cache.advance(T)
@@ -121,13 +156,15 @@ class Decoder(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:
-            return self.lm_head(h)  # (B, T, V)
-        # Tied: a packed embedding multiplies from its own blocks (see giraffe.quant.linear).
-        project = getattr(self.embed, "project", None)
-        return project(h) if project is not None else F.linear(h, self.embed.weight)
+            logits = self.lm_head(h)  # (B, T, V)
+        else:
+            # Tied: a packed embedding multiplies from its own blocks (giraffe.quant.linear).
+            project = getattr(self.embed, "project", None)
+            logits = project(h) if project is not None else F.linear(h, self.embed.weight)
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
-    def _mask(self, start: int, T: int, key_mask: torch.Tensor | None):
-        window = self.config.sliding_window
+    def _mask(self, start: int, T: int, key_mask: torch.Tensor | None, window: int | None):
         if window is not None and start + T <= window:
             window = None  # the window cannot bite yet: keep the fast unmasked path
         if key_mask is None and window is None:
@@ -140,8 +177,13 @@ class Decoder(nn.Module):
     def reset_buffers(self) -> None:
         """Recompute non-learned buffers (RoPE tables), e.g. after building on the meta device."""
         cfg = self.config
-        if cfg.position == "rope":
-            self.rotary = Rotary(cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling_dict)
+        if cfg.position != "rope":
+            return
+        dims, scaling = cfg.rotary_dims, cfg.rope_scaling_dict
+        self.rotary = Rotary(dims, cfg.rope_theta, scaling, cfg.rope_freq_factors)
+        # Gemma 3's sliding layers: their own base, no scaling; None = they share `rotary`
+        local = cfg.rope_local_theta
+        self.rotary_local = None if local is None else Rotary(dims, local)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         cfg = self.config
@@ -150,3 +192,16 @@ class Decoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _windowed(mask: torch.Tensor, window: int | None) -> torch.Tensor:
+    """A caller's causal slot mask (B, 1, T, S) narrowed to the last `window` slots.
+
+    Each query's own slot is the last True one in its row (a causal mask always lets a
+    query see itself and nothing later), so the window is counted back from there.
+    """
+    if window is None:
+        return mask
+    slots = torch.arange(mask.shape[-1])  # (S,)
+    own = (mask * slots).amax(dim=-1, keepdim=True)  # (B, 1, T, 1)
+    return mask & (slots > own - window)

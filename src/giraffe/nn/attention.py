@@ -4,7 +4,10 @@
 is the plain softmax(QK^T / sqrt(d)) V written out, which also returns the attention
 weights for the explainers. Tests hold the two equal. A mask is boolean (True = may
 attend) or a float tensor added to the scores (T5's relative position bias, with -inf
-where attention is not allowed). This module does not know where positions come from
+where attention is not allowed). Options some families add: a per-head RMSNorm on q and
+k before RoPE (Qwen3, Gemma 3), a query scale other than 1/sqrt(d) (Gemma), and tanh
+soft-capping of the scores (Gemma 2), which the fused kernel lacks, so capped attention
+takes the written-out path. This module does not know where positions come from
 (it receives RoPE tables or a bias) or how a cache is laid out beyond `KVCache`.
 """
 
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from giraffe.nn.kv_cache import KVCache
+from giraffe.nn.norms import RMSNorm
 from giraffe.nn.positions import apply_rotary
 
 
@@ -47,8 +51,11 @@ def attend(
     mask: torch.Tensor | None,
     causal: bool,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     # q: (B, H, T, D); k, v: (B, H_kv, S, D); grouped-query heads share k/v (Ainslie et al. 2023)
+    if softcap is not None:  # scaled_dot_product_attention has no soft-capping
+        return attend_reference(q, k, v, mask, causal, scale, softcap)[0]
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
         mask = mask.to(q.dtype)  # an additive bias must match q (e.g. under bf16 autocast)
     return F.scaled_dot_product_attention(
@@ -63,16 +70,20 @@ def attend_reference(
     mask: torch.Tensor | None,
     causal: bool,
     scale: float | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The textbook computation; returns (output (B,H,T,D), weights (B,H,T,S)).
 
     scale: multiplies q.k; None = 1/sqrt(D) (Vaswani et al. 2017). T5 uses 1.
+    softcap: scores -> softcap * tanh(scores / softcap) before masking (Gemma 2).
     """
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
     v = v.repeat_interleave(groups, dim=1)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is None and causal:
         mask = build_mask(k.shape[2] - q.shape[2], q.shape[2], k.shape[2], None, None)
     if mask is not None and mask.dtype != torch.bool:
@@ -93,10 +104,17 @@ class Attention(nn.Module):
         qkv_bias: bool,
         out_bias: bool,
         scale: float | None = None,  # None = 1/sqrt(head_dim); T5 uses 1 (folded into its init)
+        qk_norm_eps: float | None = None,  # set: per-head RMSNorm on q and k before RoPE
+        norm_offset: float = 0.0,  # the q/k norms' (offset + w), as the model's other norms
+        softcap: float | None = None,  # tanh soft-capping of the scores (Gemma 2)
     ) -> None:
         super().__init__()
         self.n_heads, self.kv_heads, self.head_dim = n_heads, kv_heads, head_dim
-        self.scale = scale
+        self.scale, self.softcap = scale, softcap
+        if qk_norm_eps is not None:
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps, norm_offset)
+        self.qk_norm = qk_norm_eps is not None
         self.q_proj = nn.Linear(dim, n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
@@ -127,6 +145,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:  # over each head's D values, before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
@@ -139,15 +159,16 @@ class Attention(nn.Module):
         out = None
         # mask None: a plain causal prompt, or one query that sees every cached key
         plain = mask is None and (causal or T == 1) and keep_weights is None
+        plain = plain and self.softcap is None
         if plain and self.causal_kernel is not None and not torch.is_grad_enabled():
             scale = 1 / math.sqrt(q.shape[-1]) if self.scale is None else self.scale
             out = self.causal_kernel(q, k, v, scale, None)  # None when it cannot
         if out is not None:
             pass
         elif keep_weights is None:
-            out = attend(q, k, v, mask, causal, self.scale)
+            out = attend(q, k, v, mask, causal, self.scale, self.softcap)
         else:
-            out, weights = attend_reference(q, k, v, mask, causal, self.scale)
+            out, weights = attend_reference(q, k, v, mask, causal, self.scale, self.softcap)
             keep_weights.append(weights)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out)

@@ -1,6 +1,8 @@
 """Rotary position embeddings (RoPE, Su et al. 2021, arXiv:2104.09864).
 
 Uses the "rotate half" layout of Hugging Face Llama: dimension i pairs with i + D/2.
+Partial rotary (GPT-NeoX): the tables cover only the first dims of each head, which
+`apply_rotary` rotates while the rest pass through unchanged.
 GGUF files store q/k weights permuted for llama.cpp's adjacent-pair layout; undoing
 that is the loader's job, not this module's. Learned absolute positions (GPT-2) are a
 plain `nn.Embedding` in the model and need nothing here.
@@ -16,8 +18,21 @@ from torch import nn
 from giraffe.config import ConfigError
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """inv_freq[i] = theta^(-2i/D), optionally rescaled for long-context variants."""
+def rope_inverse_frequencies(
+    head_dim: int, theta: float, scaling: dict | None, factors: tuple[float, ...] | None = None
+) -> torch.Tensor:
+    """inv_freq[i] = theta^(-2i/D), optionally rescaled for long-context variants.
+
+    factors: per-frequency divisors applied last (llama.cpp's `rope_freqs` tensor, which
+    is how its converter stores Llama 3.1's scaling).
+    """
+    inv_freq = _scaled(head_dim, theta, scaling)
+    if factors is not None:
+        inv_freq = inv_freq / torch.tensor(factors, dtype=torch.float32, device="cpu")
+    return inv_freq
+
+
+def _scaled(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
     # Always on the CPU: tables are cheap, and on "meta" the math would import torch._dynamo.
     steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
     inv_freq = 1.0 / (theta ** (steps / head_dim))
@@ -51,9 +66,15 @@ def _llama3_scaling(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
 class Rotary(nn.Module):
     """Produces (cos, sin) tables for given positions; holds no learned weights."""
 
-    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        theta: float,
+        scaling: dict | None = None,
+        factors: tuple[float, ...] | None = None,
+    ) -> None:
         super().__init__()
-        inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)
+        inv_freq = rope_inverse_frequencies(head_dim, theta, scaling, factors)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +96,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, written as one roll: fewer ops per layer, same numbers.
 
-    x: (B, H, T, D); cos, signed_sin: (B, 1, T, D) from `Rotary`.
+    x: (B, H, T, D); cos, signed_sin: (B, 1, T, R) from `Rotary`, R <= D: with R < D
+    (partial rotary) the first R dims of each head rotate and the others pass through.
     """
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :rot], cos, signed_sin), x[..., rot:]), dim=-1)
+    return x * cos + x.roll(rot // 2, dims=-1) * signed_sin

@@ -121,8 +121,7 @@ class FastDecode:
     def build(model) -> FastDecode | None:
         """A FastDecode when every layer qualifies, else None."""
         cfg = model.config
-        plain = cfg.arch == "llama" and cfg.mlp == "gated" and cfg.activation == "silu"
-        if not plain or cfg.norm != "rmsnorm" or kernels.decode_layer_function() is None:
+        if not cfg.plain_llama_block or kernels.decode_layer_function() is None:
             return None
         layers = []
         for block in model.layers:

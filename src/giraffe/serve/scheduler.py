@@ -244,7 +244,7 @@ class Scheduler:
             if n == 1:  # a batch of one: the compiled one-token step can take it
                 h = self.model.hidden(tokens, cache=RowView(self.cache, 0, 1), positions=positions)
             else:
-                mask = self.cache.slot_mask(n, self.model.config.sliding_window)
+                mask = self.cache.slot_mask(n)  # the model narrows it for its sliding layers
                 view = BatchView(self.cache, n)
                 h = self.model.hidden(tokens, cache=view, positions=positions, attn_mask=mask)
             logits = self.model.head(h[:, -1]).float()  # (n, V)
