@@ -208,6 +208,11 @@ def family_config_to_hf(cfg: ModelConfig) -> dict:
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_embeddings,
+        # transformers' per-family defaults (Phi-3: pad 32000) may not fit this vocabulary;
+        # the tokenizer's ids, when a caller has them, are merged in by `save_hf`
+        "pad_token_id": None,
+        "bos_token_id": None,
+        "eos_token_id": None,
     }
     if cfg.rope_scaling:
         out["rope_scaling"] = cfg.rope_scaling_dict
