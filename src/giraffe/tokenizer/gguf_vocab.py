@@ -6,8 +6,8 @@
   "smollm" = every digit alone, then GPT-2's regex. The regexes are llama.cpp's own
   strings, applied one after another (each splits the previous pieces). An unknown pre
   type is an error, as in llama.cpp: guessing gives wrong ids without a word of warning.
-  Every behaviour in PRE_TOKENIZERS is checked against llama.cpp's ids in the tests;
-  "deepseek-llm" is left out (its character class is not valid in Oniguruma).
+  Every behaviour in PRE_TOKENIZERS is checked against llama.cpp's ids in the tests.
+  Decoding removes spaces as llama.cpp's `clean_spaces` does, for the names it applies to.
 - "llama": SentencePiece-style vocabulary with scores and <0xNN> byte fallback. llama.cpp
   (`llm_tokenizer_spm`) starts from single characters and keeps merging the adjacent pair
   whose joined text is a token with the highest score. `tokenizers`' BPE does the same
@@ -104,6 +104,36 @@ _GPT4O = PreTokenizer(
         "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
     ),
 )
+# Qwen 3.5: QWEN2 with combining marks (\p{M}) kept with their letters.
+_QWEN35 = PreTokenizer(
+    "qwen35",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+        "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+# DeepSeek LLM: the cased letters (\p{LC}) spelled out as ranges. Some endpoints are Greek
+# and letterlike symbols whose NFC form is another code point (U+1F7D, U+1FBE, U+1FD3,
+# U+1FDB, U+2126, U+212A); written as escapes so that no editor's normalisation turns a
+# range like U+1F5F-U+1F7D into the empty U+1F5F-U+03CE, which Oniguruma rejects.
+_CASED = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚ"
+    "Ḁ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ\u1f5f-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌ\u1fd0-\u1fd3\u1fd6-\u1fdbῠ-Ῥῲ-ῴῶ-ῼ"
+    "ℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ"
+    "\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2"
+    "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+_DEEPSEEK_LLM = PreTokenizer(
+    "deepseek-llm",
+    (
+        "[\r\n]",
+        f"\\s?[{_CASED}]+",
+        "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+        "\\s+$",
+        "[一-龥ࠀ-一가-퟿]+",
+        "\\p{N}+",
+    ),
+)
 _PORO = PreTokenizer("poro-chat", (" ?[^(\\s|.,!?…。，、।۔،)]+",))
 _VIKING = PreTokenizer("viking", (" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"))
 # tokenizer.ggml.pre -> behaviour, grouped as llama.cpp's llama_vocab::impl::load groups them
@@ -127,12 +157,25 @@ PRE_TOKENIZERS = {
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"), _QWEN2),
     "falcon": _FALCON,
     "deepseek-coder": _DEEPSEEK_CODER,
+    "deepseek-llm": _DEEPSEEK_LLM,
+    "qwen35": _QWEN35,
     **dict.fromkeys(("deepseek-v3", "hunyuan-dense"), _DEEPSEEK_V3),
     "tekken": _TEKKEN,
     **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O),
     **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), _PORO),
     "viking": _VIKING,
 }
+
+# llama.cpp's detokenize removes the space before ?!., and before 's 'm 're 've, and
+# around a lone ' (its `clean_spaces`, after Hugging Face's clean_up_tokenization_spaces)
+# for every BPE vocabulary except these pre-tokenizer names (llama-vocab.cpp).
+NO_CLEAN_SPACES = frozenset(
+    ("deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "qwen35")
+    + ("deepseek-r1-qwen", "poro-chat", "viking", "tekken", "smollm", "gpt-4o", "llama4")
+    + ("trillion", "hunyuan", "hunyuan-dense")
+)
+# The three passes, in llama.cpp's order, each a regex replacement on the decoded text.
+_CLEAN_SPACES = ((" (?=[?!.,])", ""), (" ' ", "'"), (" (?='(?:[sm]|re|ve))", ""))
 
 
 def gguf_metadata(path_or_reader) -> dict[str, object]:
@@ -166,7 +209,7 @@ def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Toke
     kind, pre = vocab.get("model"), None
     if kind == "gpt2":
         pre = _pre_tokenizer(vocab.get("pre"), name)
-        tok = _byte_level_bpe(vocab, pre)
+        tok = _byte_level_bpe(vocab, pre, vocab.get("pre", "default") not in NO_CLEAN_SPACES)
         defaults = {"add_bos": pre.add_bos, "add_eos": False}
     elif kind == "llama":
         tok = _sentencepiece_bpe(vocab)
@@ -254,7 +297,7 @@ def _pre_tokenizer(pre: str | None, name: str) -> PreTokenizer:
     return PRE_TOKENIZERS[pre]
 
 
-def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer) -> HFTokenizer:
+def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer, clean_spaces: bool) -> HFTokenizer:
     merges = vocab.get("merges")
     if not merges:
         raise TokenizerError(f"{vocab.name}: a 'gpt2' vocabulary needs tokenizer.ggml.merges")
@@ -273,7 +316,10 @@ def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer) -> HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
-    tok.decoder = decoders.ByteLevel()
+    clean = _CLEAN_SPACES if clean_spaces else ()
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteLevel(), *(decoders.Replace(Regex(a), b) for a, b in clean)]
+    )
     return tok
 
 
