@@ -2,7 +2,8 @@
 
 The oracle is fixtures/gguf_llamacpp_tokens.json, made by llama.cpp with the script beside
 it: ids with and without the special tokens the file adds, and llama.cpp's decoded text,
-for both real models and for SmolLM2's vocabulary under more pre-tokenizer names.
+for both real models, for SmolLM2's vocabulary under more pre-tokenizer names, and for
+BERT WordPiece (MiniLM's vocabulary written as llama.cpp's converter writes it).
 """
 
 from __future__ import annotations
@@ -89,3 +90,26 @@ def test_decoding_cleans_spaces_as_llama_cpp(smollm2_meta, pre):
     tok = tokenizer_from_metadata({**smollm2_meta, "tokenizer.ggml.pre": pre}, "test.gguf")
     for case in FIXTURE["pre_types"][pre]["clean"]:
         assert tok.decode(case["ids"]) == case["decoded"], (pre, case["text"])
+
+
+BERT = FIXTURE["bert"]
+
+
+@pytest.fixture(scope="module")
+def bert():
+    import importlib.metadata
+
+    from gguf_vocabs import bert_vocab_meta, minilm_tokenizer_json
+
+    try:
+        path = minilm_tokenizer_json()
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("minilm-l6 is not installed: run `giraffe pull minilm-l6` (make test does)")
+    return tokenizer_from_metadata(bert_vocab_meta(path), "bert.gguf")
+
+
+@pytest.mark.parametrize("case", BERT, ids=[short(c) for c in BERT])
+def test_bert_wordpiece_equals_llama_cpp(bert, case):
+    assert bert.encode(case["text"]) == case["ids"]
+    assert bert.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
+    assert bert.decode(case["ids"]) == case["decoded"]

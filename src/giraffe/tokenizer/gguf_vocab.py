@@ -214,12 +214,17 @@ def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Toke
     elif kind == "llama":
         tok = _sentencepiece_bpe(vocab)
         defaults = {"add_bos": True, "add_eos": False, "bos": 1, "eos": 2, "unk": 0}
+    elif kind == "bert":
+        tok = _wordpiece(vocab)
+        defaults = {"add_bos": True, "add_eos": False, "add_sep": True}
+        defaults |= {"bos": 101, "sep": 102, "unk": 100, "pad": 0}  # llama.cpp's WPM defaults
     elif kind is None:
         raise TokenizerError(f"{name} has no tokenizer.ggml.model: it carries no tokenizer")
     else:
         raise TokenizerError(
             f"{name}: GGUF tokenizer model {kind!r} is not supported "
-            "(giraffe reads 'gpt2' byte-level BPE and 'llama' SentencePiece vocabularies)"
+            "(giraffe reads 'gpt2' byte-level BPE, 'llama' SentencePiece and 'bert' WordPiece "
+            "vocabularies)"
         )
     _add_special(tok, vocab)
     special = _special_tokens(vocab, defaults, meta.get("tokenizer.chat_template"))
@@ -348,6 +353,43 @@ def _sentencepiece_bpe(vocab: _Vocab) -> HFTokenizer:
     return tok
 
 
+def _wordpiece(vocab: _Vocab) -> HFTokenizer:
+    """BERT's WordPiece as llama.cpp stores and runs it (`llm_tokenizer_wpm`).
+
+    The converter rewrites the vocabulary to a "phantom space" form: a word-initial piece
+    `x` becomes `▁x`, a continuation `##x` becomes `x`. llama.cpp decomposes the text
+    (NFD) and drops its combining marks, drops control characters, lowercases, splits at whitespace, punctuation, ASCII
+    symbols and CJK characters, puts `▁` before each word and matches the longest piece
+    from the left, again and again; a word with an unmatched rest becomes [UNK]. Here: the
+    same normalisation, BERT's pre-tokenizer, `▁` prepended to each piece (Metaspace), and
+    a WordPiece model whose continuation prefix is empty.
+    """
+    unk_id = vocab.token_id("unknown", 100)
+    unk = vocab.tokens[unk_id] if unk_id is not None else "[UNK]"
+    model = models.WordPiece(
+        vocab=vocab.ids, unk_token=unk, continuing_subword_prefix="", max_input_chars_per_word=10**6
+    )
+    tok = HFTokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.BertPreTokenizer(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False),
+        ]
+    )
+    # llama.cpp: each piece's text with ▁ read as a space, then its clean_spaces passes.
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.Fuse(),
+            *(decoders.Replace(Regex(a), b) for a, b in _CLEAN_SPACES),
+        ]
+    )
+    return tok
+
+
 def _add_special(tok: HFTokenizer, vocab: _Vocab) -> None:
     # Control and unknown tokens vanish from decode(skip_special_tokens=True), as in
     # llama.cpp's token_to_piece(special=False); user-defined ones are ordinary text there.
@@ -366,7 +408,7 @@ def _special_tokens(vocab: _Vocab, defaults: dict, template) -> SpecialTokens:
     return SpecialTokens(
         bos_id=vocab.token_id("bos", defaults.get("bos")),
         eos_id=eos,
-        pad_id=vocab.token_id("padding", None),
+        pad_id=vocab.token_id("padding", defaults.get("pad")),
         stop_ids=frozenset(i for i in stops if i is not None),
         add_bos=bool(vocab.get("add_bos_token", defaults["add_bos"])),
         chat_template=template if isinstance(template, str) else None,
@@ -376,15 +418,22 @@ def _special_tokens(vocab: _Vocab, defaults: dict, template) -> SpecialTokens:
 def _add_bos_eos(tok: HFTokenizer, vocab: _Vocab, special: SpecialTokens, defaults: dict):
     """encode(add_special_tokens=True) adds bos/eos as the file's add_*_token flags say."""
     add_eos = bool(vocab.get("add_eos_token", defaults["add_eos"]))
-    ends = [("bos", special.bos_id, special.add_bos), ("eos", special.eos_id, add_eos)]
-    for what, token_id, wanted in ends:
+    add_sep = bool(vocab.get("add_sep_token", defaults.get("add_sep", False)))
+    sep_id = vocab.token_id("seperator", defaults.get("sep"))  # the GGUF key's spelling
+    ends = [
+        ("bos", "bos", special.bos_id, special.add_bos),
+        ("eos", "eos", special.eos_id, add_eos),
+    ]
+    ends.append(("sep", "seperator", sep_id, add_sep))
+    for flag, key, token_id, wanted in ends:
         if wanted and token_id is None:
             raise TokenizerError(
-                f"{vocab.name}: tokenizer.ggml.add_{what}_token is true, "
-                f"but tokenizer.ggml.{what}_token_id is not set"
+                f"{vocab.name}: tokenizer.ggml.add_{flag}_token is true, "
+                f"but tokenizer.ggml.{key}_token_id is not set"
             )
     bos = [vocab.tokens[special.bos_id]] if special.add_bos else []
     eos = [vocab.tokens[special.eos_id]] if add_eos else []
+    eos += [vocab.tokens[sep_id]] if add_sep else []
     if bos or eos:
         tok.post_processor = processors.TemplateProcessing(
             single=[*bos, "$A", *eos],
