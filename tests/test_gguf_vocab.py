@@ -113,3 +113,18 @@ def test_bert_wordpiece_equals_llama_cpp(bert, case):
     assert bert.encode(case["text"]) == case["ids"]
     assert bert.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
     assert bert.decode(case["ids"]) == case["decoded"]
+
+
+T5 = FIXTURE["t5"]
+T5_RUNS = [(merge, c) for merge in (True, False) for c in T5[f"remove_extra_whitespaces={merge}"]]
+
+
+@pytest.mark.parametrize("merge, case", T5_RUNS, ids=[f"merge={m}-{short(c)}" for m, c in T5_RUNS])
+def test_t5_unigram_equals_llama_cpp(merge, case):
+    from gguf_vocabs import t5_vocab_meta
+
+    vocab = {k: T5[k] for k in ("tokens", "scores", "token_type")}
+    tok = tokenizer_from_metadata(t5_vocab_meta(vocab, merge), "t5.gguf")
+    assert tok.encode(case["text"]) == case["ids"]
+    assert tok.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
+    assert tok.decode(case["ids"]) == case["decoded"]

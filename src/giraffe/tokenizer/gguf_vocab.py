@@ -218,13 +218,16 @@ def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Toke
         tok = _wordpiece(vocab)
         defaults = {"add_bos": True, "add_eos": False, "add_sep": True}
         defaults |= {"bos": 101, "sep": 102, "unk": 100, "pad": 0}  # llama.cpp's WPM defaults
+    elif kind == "t5":
+        tok = _unigram(vocab)
+        defaults = {"add_bos": False, "add_eos": True, "eos": 1, "unk": 2, "pad": 0}
     elif kind is None:
         raise TokenizerError(f"{name} has no tokenizer.ggml.model: it carries no tokenizer")
     else:
         raise TokenizerError(
             f"{name}: GGUF tokenizer model {kind!r} is not supported "
-            "(giraffe reads 'gpt2' byte-level BPE, 'llama' SentencePiece and 'bert' WordPiece "
-            "vocabularies)"
+            "(giraffe reads 'gpt2' byte-level BPE, 'llama' SentencePiece, 'bert' WordPiece "
+            "and 't5' Unigram vocabularies)"
         )
     _add_special(tok, vocab)
     special = _special_tokens(vocab, defaults, meta.get("tokenizer.chat_template"))
@@ -387,6 +390,46 @@ def _wordpiece(vocab: _Vocab) -> HFTokenizer:
             *(decoders.Replace(Regex(a), b) for a, b in _CLEAN_SPACES),
         ]
     )
+    return tok
+
+
+def _unigram(vocab: _Vocab) -> HFTokenizer:
+    """T5's Unigram model as llama.cpp runs it (`llm_tokenizer_ugm`).
+
+    Text is normalised by the SentencePiece charsmap the file carries, spaces become `▁`,
+    and with `remove_extra_whitespaces` runs of spaces collapse and the ends are trimmed;
+    a `▁` goes before the text when `add_space_prefix` is on (or spaces are merged). Then
+    the best-scoring segmentation (Viterbi) over the pieces, an unknown character scoring
+    the lowest normal score minus 10, consecutive unknowns fused: the same rules as
+    `tokenizers`' Unigram. User-defined pieces score 0, as in llama.cpp.
+    """
+    if vocab.get("treat_whitespace_as_suffix", False):
+        raise TokenizerError(
+            f"{vocab.name}: tokenizer.ggml.treat_whitespace_as_suffix is not supported"
+        )
+    scores = [
+        float(s) if k in (NORMAL, UNUSED) else 0.0
+        for s, k in zip(vocab.scores, vocab.types, strict=True)
+    ]
+    unk_id = vocab.token_id("unknown", 2)
+    model = models.Unigram(list(zip(vocab.tokens, scores, strict=True)), unk_id, False)
+    tok = HFTokenizer(model)
+    merge = bool(vocab.get("remove_extra_whitespaces", False))
+    prefix = bool(vocab.get("add_space_prefix", False))
+    charsmap = vocab.get("precompiled_charsmap")
+    steps = [normalizers.Precompiled(bytes(charsmap))] if charsmap else []
+    if merge:  # (\A, \z: Oniguruma's ^ and $ also match at line breaks)
+        steps += [
+            normalizers.Replace(Regex(" +"), " "),
+            normalizers.Replace(Regex("\\A | \\z"), ""),
+        ]
+    if merge or prefix:
+        # llama.cpp puts the ▁ before the first non-space character: text of spaces only
+        # gets none. Prepend (which leaves an empty text empty), then take it back there.
+        steps += [normalizers.Prepend(" "), normalizers.Replace(Regex("\\A (?= *\\z)"), "")]
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), *strip])
     return tok
 
 
