@@ -243,9 +243,7 @@ def test_generation_blocks_render_and_mask_as_transformers(tiny_folder, name):
     ]
 
 
-def test_generation_spans_inside_loops_and_sets():
-    # A block inside {% set %} renders later than it is evaluated; its span must still be
-    # where the text lands (transformers gives the same spans).
+def test_generation_spans_inside_loops_and_filters():
     template = (
         "{% for m in messages %}{% if m.role == 'assistant' %}A: {% generation %}"
         "{{ m.content | upper }}{% endgeneration %};{% else %}U: {{ m.content }};{% endif %}"
@@ -253,6 +251,20 @@ def test_generation_spans_inside_loops_and_sets():
     )
     text, spans = render_chat_spans(TURNS[:4], template)
     assert [text[a:b] for a, b in spans] == ["A GIRAFFE, 5.5 M TALL.", "  ACACIA LEAVES.\n"]
+
+
+def test_generation_block_inside_set_is_refused():
+    # {% set %} renders the block before its text is placed: the span would be wrong.
+    template = (
+        "{% for m in messages %}{% set body %}{% generation %}{{ m.content }}"
+        "{% endgeneration %}{% endset %}[{{ m.role }}] {{ body }}\n{% endfor %}"
+    )
+    with pytest.raises(ChatTemplateError, match="inside \\{% set %\\} or a macro"):
+        render_chat_spans(TURNS[:2], template)
+    assert (
+        render_chat(TURNS[:2], template)
+        == "[user] Hi! Who are you?\n[assistant] A giraffe, 5.5 m tall.\n"
+    )
 
 
 def test_token_mask_overlap_rule():

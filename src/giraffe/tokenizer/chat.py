@@ -140,8 +140,8 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     )
 
 
-# While `render_chat_spans` runs: (pieces rendered so far, generation spans found).
-_TRACKING: ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = ContextVar(
+# While `render_chat_spans` runs: (pieces rendered so far, (start, end, text) per block).
+_TRACKING: ContextVar[tuple[list[str], list[tuple[int, int, str]]] | None] = ContextVar(
     "giraffe_generation_tracking", default=None
 )
 
@@ -167,7 +167,7 @@ class GenerationBlocks(Extension):
             # Output is streamed piece by piece, so what came before is all of `pieces`.
             pieces, spans = tracking
             start = sum(len(p) for p in pieces)
-            spans.append((start, start + len(text)))
+            spans.append((start, start + len(text), text))
         return text
 
 
@@ -210,12 +210,8 @@ def _context(messages, add_generation_prompt, bos_token, eos_token, tools, docum
         add_generation_prompt=add_generation_prompt,
         bos_token=bos_token,
         eos_token=eos_token,
-        **{k: _plain_extra(k, v) for k, v in extra.items()},
+        **{k: plain(v, k) for k, v in extra.items()},
     )
-
-
-def _plain_extra(name: str, value):
-    return plain(value, name)
 
 
 def render_chat(
@@ -262,15 +258,23 @@ def render_chat_spans(
         messages, add_generation_prompt, bos_token, eos_token, tools, documents, extra
     )
     pieces: list[str] = []
-    spans: list[tuple[int, int]] = []
-    token = _TRACKING.set((pieces, spans))
+    blocks: list[tuple[int, int, str]] = []
+    token = _TRACKING.set((pieces, blocks))
     try:
         with _errors():
             for piece in _compile(template).generate(**context):
                 pieces.append(piece)
     finally:
         _TRACKING.reset(token)
-    return "".join(pieces), spans
+    text = "".join(pieces)
+    # A block inside {% set %} or a macro renders before its text is placed: its span
+    # would be wrong (transformers' is too), so it is refused rather than trusted.
+    if any(text[a:b] != body for a, b, body in blocks):
+        raise ChatTemplateError(
+            "a {% generation %} block is rendered inside {% set %} or a macro, so where its "
+            "text lands is unknown; put the block in the template's main flow"
+        )
+    return text, [(a, b) for a, b, _ in blocks]
 
 
 def token_mask(offsets, spans) -> list[bool]:
