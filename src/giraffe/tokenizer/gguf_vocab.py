@@ -136,6 +136,55 @@ _DEEPSEEK_LLM = PreTokenizer(
 )
 _PORO = PreTokenizer("poro-chat", (" ?[^(\\s|.,!?…。，、।۔،)]+",))
 _VIKING = PreTokenizer("viking", (" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"))
+_SEED_CODER = PreTokenizer(
+    "seed-coder",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_BAILINGMOE = PreTokenizer(
+    "bailingmoe",
+    (
+        "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
+        "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+    ),
+)
+_UFAKZEKA = PreTokenizer(  # Qwen2's regex without the English contractions
+    "ufakzeka",
+    (
+        "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_LAGUNA = PreTokenizer("laguna", ("[^\\n]+|[\\n]+", QWEN2))
+_EXAONE_MOE = PreTokenizer(
+    "exaone-moe",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+"
+        "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+    ),
+)
+_MINICPM5 = PreTokenizer(
+    "minicpm5",
+    (
+        "\\p{N}{1,3}",
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_CHAMELEON = PreTokenizer(
+    "chameleon",
+    (
+        "<sentinel:[0-9]+>",
+        "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        "([\\t\\n]|    |  )",
+        "\\p{N}",
+        "[\\p{P}!-/:-@\\[-`{-~]",
+        GPT2,
+    ),
+    add_bos=True,
+)
 # tokenizer.ggml.pre -> behaviour, grouped as llama.cpp's llama_vocab::impl::load groups them
 PRE_TOKENIZERS = {
     "default": _DEFAULT,
@@ -164,6 +213,17 @@ PRE_TOKENIZERS = {
     **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O),
     **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), _PORO),
     "viking": _VIKING,
+    **dict.fromkeys(("grok-2", "solar-open"), _QWEN2),
+    "seed-coder": _SEED_CODER,
+    **dict.fromkeys(("bailingmoe", "llada-moe"), _BAILINGMOE),
+    "minimax-m2": _GPT4O,
+    "lfm2": _LLAMA3,
+    "mellum2": _DIGITS_GPT2,
+    "ufakzeka": _UFAKZEKA,
+    "laguna": _LAGUNA,
+    "exaone-moe": _EXAONE_MOE,
+    "minicpm5": _MINICPM5,
+    "chameleon": _CHAMELEON,
 }
 
 # llama.cpp's detokenize removes the space before ?!., and before 's 'm 're 've, and
@@ -172,7 +232,8 @@ PRE_TOKENIZERS = {
 NO_CLEAN_SPACES = frozenset(
     ("deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "qwen35")
     + ("deepseek-r1-qwen", "poro-chat", "viking", "tekken", "smollm", "gpt-4o", "llama4")
-    + ("trillion", "hunyuan", "hunyuan-dense")
+    + ("trillion", "hunyuan", "hunyuan-dense", "grok-2", "solar-open", "seed-coder")
+    + ("bailingmoe", "llada-moe", "minimax-m2", "ufakzeka", "laguna", "chameleon")
 )
 # The three passes, in llama.cpp's order, each a regex replacement on the decoded text.
 _CLEAN_SPACES = ((" (?=[?!.,])", ""), (" ' ", "'"), (" (?='(?:[sm]|re|ve))", ""))
