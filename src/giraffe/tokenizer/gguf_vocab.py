@@ -173,6 +173,23 @@ _MINICPM5 = PreTokenizer(
         "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
     ),
 )
+# llama.cpp splits digit runs into threes from the right with a zero-width regex,
+# "(?=(\\d{3})+(?!\\d))"; `tokenizers` cannot split at empty matches, so the groups are
+# matched instead ([0-9]: ECMAScript's \\d, which llama.cpp's std::regex uses here).
+_SUPERBPE = PreTokenizer("superbpe", ("\\p{N}+", "[0-9]{1,3}(?=(?:[0-9]{3})*(?![0-9]))"))
+# Tiny Aya: digits in threes from the right up to a word boundary (ECMAScript's \\b, ASCII
+# word characters), then the tekken-style word regex with \\p{Lu}... classes.
+_TINY_AYA = PreTokenizer(
+    "tiny_aya",
+    (
+        "[0-9]{1,3}(?=(?:[0-9]{3})*(?![A-Za-z0-9_]))",
+        "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+        + _CONTRACTIONS
+        + "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+        + _CONTRACTIONS
+        + "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
 _CHAMELEON = PreTokenizer(
     "chameleon",
     (
@@ -224,6 +241,8 @@ PRE_TOKENIZERS = {
     "exaone-moe": _EXAONE_MOE,
     "minicpm5": _MINICPM5,
     "chameleon": _CHAMELEON,
+    "superbpe": _SUPERBPE,
+    "tiny_aya": _TINY_AYA,
 }
 
 # llama.cpp's detokenize removes the space before ?!., and before 's 'm 're 've, and
@@ -233,7 +252,8 @@ NO_CLEAN_SPACES = frozenset(
     ("deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "qwen35")
     + ("deepseek-r1-qwen", "poro-chat", "viking", "tekken", "smollm", "gpt-4o", "llama4")
     + ("trillion", "hunyuan", "hunyuan-dense", "grok-2", "solar-open", "seed-coder")
-    + ("bailingmoe", "llada-moe", "minimax-m2", "ufakzeka", "laguna", "chameleon")
+    + ("bailingmoe", "llada-moe", "minimax-m2", "ufakzeka", "laguna", "chameleon", "superbpe")
+    + ("tiny_aya",)
 )
 # The three passes, in llama.cpp's order, each a regex replacement on the decoded text.
 _CLEAN_SPACES = ((" (?=[?!.,])", ""), (" ' ", "'"), (" (?='(?:[sm]|re|ve))", ""))
