@@ -64,10 +64,10 @@ def test_gemma3_ids_and_text_equal_llama_cpp(gemma, case):
 @pytest.mark.slow
 def test_real_vocabularies_specials(qwen, gemma):
     assert qwen.vocab_size == 151936 and not qwen.add_bos
-    assert qwen.eos_token == "<|im_end|>" or qwen.eos_token == "<|endoftext|>"
-    assert qwen.special_tokens["<|im_end|>"] in qwen.stop_ids
+    assert qwen.eos_token == "<|im_end|>" and qwen.bos_token == "<|endoftext|>"
+    assert qwen.stop_ids == {151643, 151645}  # <|endoftext|>, <|im_end|> (llama.cpp's EOG set)
     assert gemma.vocab_size == 262144 and gemma.add_bos and gemma.bos_token == "<bos>"
-    assert gemma.special_tokens["<end_of_turn>"] in gemma.stop_ids
+    assert gemma.eos_token == "<eos>" and gemma.stop_ids == {1, 106}  # <eos>, <end_of_turn>
     assert gemma.chat_template is None  # the base model ships none
 
 
