@@ -188,12 +188,25 @@ def test_4_bit_types_give_the_same_products_as_nibbles_and_as_bytes(kind):
     assert torch.equal(kernels.gemm_int8(nibbles, x), kernels.gemm_int8(as_bytes, x))
 
 
-def test_repacking_a_type_without_one_scale_per_32_weights_is_refused():
-    with pytest.raises(ValueError, match="does not take Q6_K"):
-        kernels.repack_int8(packed_weight("Q6_K"), "Q6_K", 96, 256)
-    if kernels.int8_kinds():
-        with pytest.raises(ValueError, match="Q8_0 integers do not fit 4 bits"):
-            kernels.repack_int8(packed_weight("Q8_0"), "Q8_0", 96, 256, nibbles=True)
+@needs_vnni
+def test_repacking_wider_integers_as_nibbles_is_refused():
+    for kind in ("Q8_0", "Q5_0", "Q6_K"):
+        with pytest.raises(ValueError, match=f"{kind} integers do not fit 4 bits"):
+            kernels.repack_int8(packed_weight(kind), kind, 96, 256, nibbles=True)
+
+
+@needs_vnni
+@pytest.mark.parametrize("kind", INT8_KINDS)
+def test_int8_tiles_dequantize_to_the_blocks_bit_for_bit(kind):
+    """The int8 form can be the only copy: it gives back exactly ggml's weights."""
+    raw = packed_weight(kind, rows=37, cols=512)  # a ragged last tile
+    expected = kernels.dequantize(raw, kind, 37, 512)
+    tiles = kernels.repack_int8(raw, kind, 37, 512)
+    assert torch.equal(tiles.dequantize(), expected)
+    ids = torch.tensor([[36, 0], [17, 17]])
+    assert torch.equal(tiles.dequantize(ids), expected[ids.flatten()])
+    with pytest.raises(IndexError, match="row ids outside 0..36"):
+        tiles.dequantize(torch.tensor([37]))
 
 
 def requantize_v_proj(model, kind: str) -> None:

@@ -1,22 +1,30 @@
 """Put GGUF block tensors into a model as packed layers instead of float32 weights.
 
 Chooses which tensors can stay packed (2-D, a block type the kernel knows, one giraffe
-weight each or a fused q/k/v) and swaps the model's `nn.Linear` / `nn.Embedding` for
-`giraffe.quant.linear` layers holding the raw bytes. Row permutations from the name
-table (llama.cpp's RoPE order) apply to packed rows as to float rows, since blocks run
-along the input dimension. It does not parse files; `gguf.py` hands it the reader's tensors.
+weight each or a fused q/k/v, the token embedding and an untied output head) and swaps
+the model's `nn.Linear` / `nn.Embedding` for `giraffe.quant.linear` layers over the raw
+bytes - views of the memory-mapped file, not copies. Products that will run on the int8
+GEMM are compacted at once (their tiles become the one resident copy and the file's pages
+are handed back); an untied embedding only looks rows up, so it stays in the file's
+blocks and costs memory only for the rows read. Row permutations from the name table
+(llama.cpp's RoPE order) apply to packed rows as to float rows, since blocks run along
+the input dimension. It does not parse files; `gguf.py` hands it the reader's tensors.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
+
 import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
+from giraffe.formats.assemble import WeightsError
 from giraffe.quant import kernels
 from giraffe.quant.decode_step import FastDecode
 from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantEmbedding, QuantLinear
+
+FLOAT_TYPES = ("F32", "F16")
 
 
 def packable(cfg: ModelConfig, tensors: dict) -> dict[str, names.Rule]:
@@ -26,24 +34,48 @@ def packable(cfg: ModelConfig, tensors: dict) -> dict[str, names.Rule]:
         t = tensors.get(rule.theirs)
         if t is None or t.tensor_type.name not in KERNEL_KINDS or len(t.shape) != 2:
             continue
-        if all(n.endswith("_proj.weight") for n in rule.ours) or rule.ours == ("embed.weight",):
+        projection = all(n.endswith("_proj.weight") for n in rule.ours)
+        if projection or rule.ours in (("embed.weight",), ("lm_head.weight",)):
             keep[rule.theirs] = rule
     return keep
 
 
-def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None:
+def warn_unpacked_types(tensors: dict) -> None:
+    """One warning naming the block types the kernels lack (those tensors run dequantized)."""
+    missing = sorted(
+        {t.tensor_type.name for t in tensors.values()} - set(KERNEL_KINDS) - set(FLOAT_TYPES)
+    )
+    if missing:
+        warnings.warn(
+            f"giraffe has no packed kernel for block type(s) {', '.join(missing)}: those "
+            "tensors are dequantized to float32 (the reference path: slower, more memory)",
+            stacklevel=3,
+        )
+
+
+def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool, reader=None) -> None:
+    """Swap in the packed layer(s) of one file tensor; compacts products to their int8 tiles
+    and hands the file's pages back to `reader` when nothing keeps a view of them."""
     kind = tensor.tensor_type.name
-    raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8))  # (rows, bytes per row)
+    raw = torch.from_numpy(tensor.data)  # (rows, bytes per row): a view of the mapped file
     in_features = int(tensor.shape[0])
+    views = False
     for name, rows in names.to_giraffe(rule, raw, model.config, rope_permuted).items():
         owner_path, _, attr = name.removesuffix(".weight").rpartition(".")
         owner = model.get_submodule(owner_path)  # "" is the model itself
         old = getattr(owner, attr)
-        if isinstance(old, torch.nn.Embedding):
-            new = QuantEmbedding(rows, kind, old.num_embeddings, old.embedding_dim)
-        else:
-            new = QuantLinear(rows, kind, in_features, rows.shape[0], old.bias)
+        try:
+            if isinstance(old, torch.nn.Embedding):
+                new = QuantEmbedding(rows, kind, old.num_embeddings, old.embedding_dim)
+                layer = new.table if model.lm_head is None else None  # tied: it is the head
+            else:
+                new = layer = QuantLinear(rows, kind, in_features, rows.shape[0], old.bias)
+        except ValueError as e:
+            raise WeightsError(f"tensor {tensor.name}: {e}") from None
+        views |= layer is None or not layer.compact()
         setattr(owner, attr, new)
+    if not views and hasattr(reader, "release"):
+        reader.release(tensor)
 
 
 def fuse_projections(model) -> None:

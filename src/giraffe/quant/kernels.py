@@ -20,21 +20,21 @@ from pathlib import Path
 
 import torch
 
+from giraffe.quant.types import BLOCK_TYPES
+
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
 HEADERS = [
     Path(__file__).parent / "csrc" / name for name in ("blocks.h", "gemm_i8.h", "attention.h")
 ]
-# Block type -> the code csrc/blocks.h uses for it.
-KIND_CODES = {
-    "Q8_0": 0,
-    "Q4_0": 1,
-    "Q4_1": 2,
-    "Q5_0": 3,
-    "Q5_1": 4,
-    "Q4_K": 5,
-    "Q5_K": 6,
-    "Q6_K": 7,
-}
+# Block type -> the code csrc/blocks.h uses for it (from the one table, giraffe.quant.types).
+KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
+# What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
+# structs' shapes as this module calls them.
+ABI_VERSION = 3
+
+
+class KernelMismatchError(RuntimeError):
+    """The compiled library disagrees with giraffe's Python side (block table, ABI, struct sizes)."""
 
 
 def cache_dir() -> Path:
@@ -99,9 +99,14 @@ SIGNATURES = {
                                  _I64, _P, _I64, _I64, _I],
     "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I],
     "giraffe_gemm_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
-    "giraffe_decode_layer": [_P, _I64, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
-                             _P, _P, _P, _P, _I64, _P, _I64, _I64, _P, _I],
+    "giraffe_decode_layer": [_P],
+    "giraffe_dequantize_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I],
+    "giraffe_block_table": [_P, _I],
+    "giraffe_abi_version": [],
+    "giraffe_layer_step_size": [],
+    "giraffe_packed_matrix_size": [],
 }  # fmt: skip
+I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
 
 
 @lru_cache(maxsize=1)
@@ -117,9 +122,10 @@ def _library() -> dict | None:
     except OSError as e:
         print(f"giraffe: {e}; using the slower pure-torch path", file=sys.stderr)
         return None
+    check_library(lib)
     functions = {}
     for name, argtypes in SIGNATURES.items():
-        if name in ("giraffe_repack_i8", "giraffe_gemm_i8") and not lib.giraffe_i8_supported(0):
+        if name in I8_ONLY and not lib.giraffe_i8_supported(0):
             continue  # built without AVX-512 VNNI
         if not hasattr(lib, name):
             continue  # built without AVX-512 (the attention kernel)
@@ -127,6 +133,40 @@ def _library() -> dict | None:
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
         functions[name] = fn
     return functions
+
+
+def check_library(lib) -> None:
+    """Refuse a library whose ABI version or block table differs from giraffe.quant.types.
+
+    A stale or hand-edited build would otherwise read blocks with the wrong sizes and
+    return wrong numbers; this makes it an error that says what differs."""
+    version = lib.giraffe_abi_version()
+    if version != ABI_VERSION:
+        raise KernelMismatchError(
+            f"the compiled kernel library speaks ABI {version}, giraffe expects {ABI_VERSION}; "
+            f"delete {cache_dir()} so it rebuilds from this version's sources"
+        )
+    columns = 7  # csrc/blocks.h's BLOCK_TABLE_COLUMNS
+    table = (ctypes.c_int32 * (columns * 64))()
+    rows = lib.giraffe_block_table(table, 64)
+    theirs = {tuple(table[r * columns : (r + 1) * columns]) for r in range(max(rows, 0))}
+    ours = {tuple(t) for t in BLOCK_TYPES.values()}
+    if theirs != ours:
+        names = {t.code: k for k, t in BLOCK_TYPES.items()}
+        differ = sorted(names.get(row[0], f"code {row[0]}") for row in theirs ^ ours)
+        raise KernelMismatchError(
+            f"the compiled kernels' block table differs from giraffe.quant.types for "
+            f"{', '.join(dict.fromkeys(differ))}; csrc/blocks.h and types.py must describe the "
+            f"same types (fix the one that is wrong, then delete {cache_dir()})"
+        )
+    for name in ("giraffe_layer_step_size", "giraffe_packed_matrix_size"):
+        getattr(lib, name).restype = ctypes.c_int
+
+
+def struct_size(name: str) -> int:
+    """sizeof a struct as the library sees it ("layer_step", "packed_matrix"); 0 without it."""
+    fn = _function(f"giraffe_{name}_size")
+    return 0 if fn is None else fn()
 
 
 def _function(name: str):
@@ -201,6 +241,35 @@ class Int8Weights:
     n_out: int
     n_in: int
     nibbles: bool = False  # two 4-bit integers a byte (Q4_0, Q4_1, Q4_K)
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight back as float32 (n_out, n_in), or only `rows` (any int shape -> (N, n_in)):
+        the same numbers as dequantizing the ggml blocks it came from."""
+        index = None if rows is None else rows.reshape(-1).to(torch.int64).contiguous()
+        n = self.n_out if index is None else index.numel()
+        out = torch.empty(n, self.n_in, dtype=torch.float32)  # (n, n_in)
+        status = _function("giraffe_dequantize_i8")(
+            self.q.data_ptr(), self.dm.data_ptr(), KIND_CODES[self.kind], int(self.nibbles),
+            self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise IndexError(f"row ids outside 0..{self.n_out - 1} for a {self.kind} weight")
+        return out
+
+    def rows(self, start: int, stop: int) -> Int8Weights:
+        """Output rows start..stop-1 as views (both multiples of 16, the tile height)."""
+        if start % 16 or (stop % 16 and stop != self.n_out):
+            raise ValueError(f"int8 tiles split at multiples of 16 rows, not {start}..{stop}")
+        tile_q, tile_dm = (
+            self.q.numel() // -(-self.n_out // 16),
+            self.dm.numel() // -(-self.n_out // 16),
+        )
+        t0, t1 = start // 16, -(-stop // 16)
+        return Int8Weights(
+            self.q[t0 * tile_q : t1 * tile_q], self.dm[t0 * tile_dm : t1 * tile_dm],
+            self.kind, stop - start, self.n_in, self.nibbles,
+        )  # fmt: skip
 
 
 @lru_cache(maxsize=1)  # asked on every packed product: the library's answer never changes
