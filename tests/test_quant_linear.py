@@ -90,9 +90,11 @@ def test_fallback_without_kernel(monkeypatch):
     assert torch.allclose(layer(x), F.linear(x, layer.dequantized_weight()), atol=0, rtol=0)
 
 
-def test_fused_projection_equals_separate_layers():
+@pytest.mark.parametrize("int8", ["0", "1"])
+def test_fused_projection_equals_separate_layers(int8, monkeypatch):
     from giraffe.quant.linear import FusedQuant
 
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
     parts = [
         QuantLinear(packed_weight("Q4_1", rows=r, seed=r), "Q4_1", 256, r, bias=torch.randn(r))
         for r in (64, 32, 32)
@@ -103,8 +105,15 @@ def test_fused_projection_equals_separate_layers():
     assert fused is not None
     for a, b in zip(fused(x), separate, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert all(p.packed.data_ptr() != 0 for p in parts)  # parts now view the shared buffer
-    assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    if fused.packed is not None:  # float activations: parts view one buffer of blocks
+        assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    else:  # int8: parts view one buffer of tiles (repacked in place, no concatenated copy)
+        tile = fused._int8.q.numel() // 8  # 128 rows = 8 tiles
+        assert parts[1]._int8.q.data_ptr() == fused._int8.q[4 * tile :].data_ptr()
+        fused.compact()
+        assert all(p.packed is None for p in parts)  # one resident copy
+        for a, b in zip(fused(x), separate, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
     assert FusedQuant.of([parts[0], QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)]) is None
 
 

@@ -81,14 +81,17 @@ class FastGGUFReader:
         ]
         self._check_overlaps(infos, start)
 
-    def release(self, tensor: TensorInfo) -> None:
-        """Drop this process's pages of a tensor (it stays readable: they come back on use).
+    def release(self, address: int, nbytes: int) -> None:
+        """Drop this process's pages of bytes [address, address + nbytes) of the map; they
+        stay readable (they come back on use). Memory outside the map is ignored.
 
-        For a caller that keeps its own copy (a repacked or dequantized form), so that the
-        file's pages do not also count in resident memory."""
-        at = tensor.data.ctypes.data - self._map.ctypes.data
-        first = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
-        last = (at + tensor.data.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        For a caller that keeps its own form of a tensor (repacked or dequantized), so that
+        the file's pages do not also count in resident memory."""
+        at = address - self._map.ctypes.data
+        if at < 0 or at + nbytes > len(self._map):
+            return  # not a view of this file (e.g. rows permuted into a copy)
+        first = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the range only
+        last = (at + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
         if last > first:
             self._map._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
 

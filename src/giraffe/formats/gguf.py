@@ -141,9 +141,9 @@ def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Dec
 
     model = assemble(cfg, "gguf", by_name, fetch, str(path), rope_permuted=permuted)
     for rule in keep.values():
-        install_packed(model, rule, by_name[rule.theirs], permuted, reader)
+        install_packed(model, rule, by_name[rule.theirs], permuted)
     if keep:
-        fuse_projections(model)
+        fuse_projections(model, reader)
     return model
 
 

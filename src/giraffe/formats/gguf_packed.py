@@ -53,13 +53,11 @@ def warn_unpacked_types(tensors: dict) -> None:
         )
 
 
-def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool, reader=None) -> None:
-    """Swap in the packed layer(s) of one file tensor; compacts products to their int8 tiles
-    and hands the file's pages back to `reader` when nothing keeps a view of them."""
+def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None:
+    """Swap in the packed layer(s) of one file tensor, over a view of the mapped file."""
     kind = tensor.tensor_type.name
-    raw = torch.from_numpy(tensor.data)  # (rows, bytes per row): a view of the mapped file
+    raw = torch.from_numpy(tensor.data)  # (rows, bytes per row): no bytes read yet
     in_features = int(tensor.shape[0])
-    views = False
     for name, rows in names.to_giraffe(rule, raw, model.config, rope_permuted).items():
         owner_path, _, attr = name.removesuffix(".weight").rpartition(".")
         owner = model.get_submodule(owner_path)  # "" is the model itself
@@ -67,24 +65,42 @@ def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool, reader=
         try:
             if isinstance(old, torch.nn.Embedding):
                 new = QuantEmbedding(rows, kind, old.num_embeddings, old.embedding_dim)
-                layer = new.table if model.lm_head is None else None  # tied: it is the head
             else:
-                new = layer = QuantLinear(rows, kind, in_features, rows.shape[0], old.bias)
+                new = QuantLinear(rows, kind, in_features, rows.shape[0], old.bias)
         except ValueError as e:
             raise WeightsError(f"tensor {tensor.name}: {e}") from None
-        views |= layer is None or not layer.compact()
         setattr(owner, attr, new)
-    if not views and hasattr(reader, "release"):
-        reader.release(tensor)
 
 
-def fuse_projections(model) -> None:
+def fuse_projections(model, reader=None) -> None:
     """One kernel call for q/k/v and one for gate/up in every layer, where all are packed
-    alike; compiled prompt attention; the compiled decode step where every layer qualifies."""
+    alike; products compacted to their int8 tiles (the file's pages handed back to
+    `reader`); compiled prompt attention; the compiled decode step where every layer
+    qualifies (built last: it keeps pointers to whichever form is resident)."""
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
         attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj])
         attn.causal_kernel = kernels.attention_causal if kernels.available() else None
         if mlp.gated:
             mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj])
+    compact(model, reader)
     model.fast_decode = FastDecode.build(model)
+
+
+def compact(model, reader=None) -> None:
+    """Every packed product keeps one resident copy (QuantLinear.compact). An untied
+    embedding is only looked up: it stays in the file's blocks, read row by row."""
+    release = None
+    if hasattr(reader, "release"):
+
+        def release(t: torch.Tensor) -> None:
+            reader.release(t.data_ptr(), t.numel() * t.element_size())
+
+    lookups_only = getattr(model.embed, "table", None) if model.lm_head is not None else None
+    for block in model.layers:
+        for fused in (block.attn.fused_qkv, getattr(block.mlp, "fused_gate_up", None)):
+            if fused is not None:
+                fused.compact(release)
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m is not lookups_only:
+            m.compact(release)

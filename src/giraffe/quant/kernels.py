@@ -289,24 +289,41 @@ def nibble_kinds() -> tuple[str, ...]:
 
 
 def repack_int8(
-    packed: torch.Tensor, kind: str, n_out: int, n_in: int, nibbles: bool | None = None
+    packed: torch.Tensor | list[torch.Tensor],
+    kind: str,
+    n_out: int,
+    n_in: int,
+    nibbles: bool | None = None,
 ) -> Int8Weights:
     """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, or
-    ~0.75 as nibbles (None: nibbles where the type allows)."""
+    ~0.75 as nibbles (None: nibbles where the type allows).
+
+    `packed` may be a list of parts stacked along the output rows (q|k|v): each is
+    repacked straight into its place in one buffer, no concatenated copy; every part
+    but the last must be whole 16-row tiles."""
     if kind not in int8_kinds() or n_in % 32:
         raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
     nibbles = kind in nibble_kinds() if nibbles is None else nibbles
     if nibbles and kind not in nibble_kinds():
         raise ValueError(f"{kind} integers do not fit 4 bits; repack it as bytes")
+    parts = packed if isinstance(packed, list) else [packed]
+    if any(p.shape[0] % 16 for p in parts[:-1]) or sum(p.shape[0] for p in parts) != n_out:
+        raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    q = torch.empty(tiles * blocks * (256 if nibbles else 512), dtype=torch.uint8)
-    dm = torch.empty(tiles * blocks * 32, dtype=torch.float32)
-    args = (packed.contiguous().data_ptr(), KIND_CODES[kind], n_out, n_in, q.data_ptr())
-    status = _function("giraffe_repack_i8")(
-        *args, dm.data_ptr(), int(nibbles), torch.get_num_threads()
-    )
-    if status != 0:
-        raise ValueError(f"repacking {kind} {n_out}x{n_in} for the int8 GEMM failed")
+    tile_q, tile_dm = blocks * (256 if nibbles else 512), blocks * 32
+    q = torch.empty(tiles * tile_q, dtype=torch.uint8)
+    dm = torch.empty(tiles * tile_dm, dtype=torch.float32)
+    start = 0  # in tiles
+    for part in parts:
+        rows = part.shape[0]
+        args = (part.contiguous().data_ptr(), KIND_CODES[kind], rows, n_in)
+        status = _function("giraffe_repack_i8")(
+            *args, q[start * tile_q :].data_ptr(), dm[start * tile_dm :].data_ptr(),
+            int(nibbles), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"repacking {kind} {rows}x{n_in} for the int8 GEMM failed")
+        start += rows // 16
     return Int8Weights(q, dm, kind, n_out, n_in, nibbles)
 
 

@@ -63,6 +63,11 @@ class QuantLinear(nn.Module):
         self.kind, self.in_features, self.out_features = kind, in_features, out_features
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weight lives, whichever form is resident."""
+        return (self._int8.q if self.packed is None else self.packed).device
+
     def dequantized_weight(self) -> torch.Tensor:
         if self.packed is None:  # compacted: the int8 tiles are the only copy
             return self._int8.dequantize()
@@ -81,15 +86,18 @@ class QuantLinear(nn.Module):
             )
         return self._int8
 
-    def compact(self) -> bool:
+    def compact(self, release=None) -> bool:
         """Keep only the int8 tiles (drop the ggml blocks) when inference will use them.
 
         Returns whether it did: not without the int8 GEMM, nor with float activations
-        chosen (GIRAFFE_INT8_ACTIVATIONS=0), where the blocks serve the float kernel."""
+        chosen (GIRAFFE_INT8_ACTIVATIONS=0), where the blocks serve the float kernel.
+        `release(tensor)` is told of the blocks dropped (a loader hands back file pages)."""
         if self.packed is None:
             return True
         if not int8_activations() or self.int8_weights() is None:
             return False
+        if release is not None:
+            release(self.packed)
         self.packed = None
         return True
 
@@ -182,10 +190,12 @@ class FusedQuant:
         self.packed, self._int8 = None, None
         compacted = [p.packed is None for p in parts]
         tiled = all(n % 16 == 0 for n in self.sizes[:-1])
-        if self.kind is None or (any(compacted) and not (all(compacted) and tiled)):
+        if self.kind is None or any(compacted):
             self.kind = None  # separate segments, each part its own form
-        elif all(compacted):
-            self._int8 = _concat_int8([p._int8 for p in parts])
+        elif tiled and int8_activations() and self.kind in kernels.int8_kinds():
+            # the parts' blocks repacked into one buffer of tiles; compact() drops the blocks
+            packed = [p.packed for p in parts]
+            self._int8 = kernels.repack_int8(packed, self.kind, sum(self.sizes), self.in_features)
             self._share_int8()
         else:
             self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
@@ -207,21 +217,14 @@ class FusedQuant:
             p._int8 = self._int8.rows(start, start + n)
             start += n
 
-    def compact(self) -> None:
+    def compact(self, release=None) -> None:
         """Keep only int8 tiles (see QuantLinear.compact) where every part allows it."""
-        if self.kind is None:
+        if self.kind is None or self._int8 is None or self.packed is not None:
             for p in self.parts:
-                p.compact()
+                p.compact(release)  # separate parts, or blocks kept for the float kernel
             return
-        tiled = all(n % 16 == 0 for n in self.sizes[:-1])
-        if self.packed is None or not tiled or not int8_activations():
-            return
-        if self.int8_segments()[0] is None:
-            return
-        self._share_int8()
         for p in self.parts:
-            p.packed = None
-        self.packed = None
+            p.compact(release)  # their tiles are views of the fused buffer already
 
     @staticmethod
     def of(parts) -> FusedQuant | None:
@@ -256,12 +259,3 @@ class FusedQuant:
         if self.bias is not None:
             y = y + self.bias
         return y.split(self.sizes, dim=-1)
-
-
-def _concat_int8(parts: list[kernels.Int8Weights]) -> kernels.Int8Weights:
-    """Int8 tiles of parts stacked along the output rows (each part whole 16-row tiles)."""
-    first = parts[0]
-    q = torch.cat([p.q for p in parts])  # tiles follow one another
-    dm = torch.cat([p.dm for p in parts])
-    n_out = sum(p.n_out for p in parts)
-    return kernels.Int8Weights(q, dm, first.kind, n_out, first.n_in, first.nibbles)
