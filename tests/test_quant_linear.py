@@ -78,6 +78,19 @@ def test_embedding_rows_and_tied_projection():
     assert torch.allclose(emb.project(h), h @ table.T, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_embedding_lookups_of_every_packed_type_from_blocks_and_from_tiles(kind):
+    raw = packed_weight(kind, rows=40, cols=256)
+    emb = QuantEmbedding(raw, kind, 40, 256)
+    table = emb.table.dequantized_weight()
+    ids = torch.tensor([[3, 39, 3], [17, 0, 1]])
+    assert torch.equal(emb(ids), table[ids])
+    if kind in kernels.int8_kinds():  # a tied head keeps only its int8 tiles
+        with torch.inference_mode():
+            assert emb.table.compact()
+        assert emb.table.packed is None and torch.equal(emb(ids), table[ids])
+
+
 def test_wrong_byte_count_is_reported():
     with pytest.raises(ValueError, match="bytes per row"):
         QuantLinear(packed_weight("Q4_0"), "Q4_0", 128, 96)

@@ -109,6 +109,12 @@ SIGNATURES = {
 I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
 
 
+def library_path() -> Path | None:
+    """The compiled library (built now if needed), or None without a compiler."""
+    cc = _compiler()
+    return None if cc is None else _build(cc)
+
+
 @lru_cache(maxsize=1)
 def _library() -> dict | None:
     """Name -> ctypes function of the compiled library, or None (no compiler, opted out)."""

@@ -61,6 +61,7 @@ class QuantLinear(nn.Module):
             "packed", packed.contiguous(), persistent=False
         )  # (out, bytes per row) uint8
         self.kind, self.in_features, self.out_features = kind, in_features, out_features
+        self._int8: kernels.Int8Weights | None = None  # the int8 GEMM's tiles, made at first use
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @property
@@ -78,7 +79,7 @@ class QuantLinear(nn.Module):
 
     def int8_weights(self) -> kernels.Int8Weights | None:
         """The weight repacked for the int8 GEMM (made at first use), or None if its type has none."""
-        if getattr(self, "_int8", None) is None:
+        if self._int8 is None:
             if self.kind not in kernels.int8_kinds():
                 return None
             self._int8 = kernels.repack_int8(
