@@ -194,7 +194,7 @@ def _to_int8_tiles(parts, cfg: GroupConfig, n_out: int) -> kernels.Int8Weights:
     q_tiles = q_tiles.contiguous().flatten()
     dm = torch.stack([d.reshape(tiles, 16, blocks), m.reshape(tiles, 16, blocks)], dim=2)
     dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, m x16])
-    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, nibbles)
+    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, int(nibbles))
 
 
 class GroupQuantEmbedding(nn.Module):

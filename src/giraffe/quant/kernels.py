@@ -30,7 +30,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 class KernelMismatchError(RuntimeError):
@@ -241,12 +241,14 @@ def dequantize(
 class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
-    q: torch.Tensor  # (tiles * blocks * 512 (256 as nibbles),) uint8: integers in VNNI order
+    q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives),) uint8: VNNI order
     dm: torch.Tensor  # (tiles * blocks * 32,) float32: 16 scales then 16 mins per tile block
     kind: str
     n_out: int
     n_in: int
-    nibbles: bool = False  # two 4-bit integers a byte (Q4_0, Q4_1, Q4_K)
+    # how the integers are packed: 0 a byte each; 1 two 4-bit integers a byte (Q4_0, Q4_1,
+    # Q4_K); 2 those nibbles plus a plane of fifth bits (Q5_0, Q5_1, Q5_K)
+    nibbles: int = 0
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight back as float32 (n_out, n_in), or only `rows` (any int shape -> (N, n_in)):
@@ -289,7 +291,7 @@ def int8_kinds() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def nibble_kinds() -> tuple[str, ...]:
-    """Types the int8 GEMM can keep at 4 bits a weight (their integers fit a nibble)."""
+    """Types the int8 GEMM keeps under a byte a weight (their integers fit 4 or 5 bits)."""
     fn = _function("giraffe_i8_nibbles")
     return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
 
@@ -301,22 +303,23 @@ def repack_int8(
     n_in: int,
     nibbles: bool | None = None,
 ) -> Int8Weights:
-    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, or
-    ~0.75 as nibbles (None: nibbles where the type allows).
+    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, ~0.75 as
+    nibbles (4-bit types), ~0.875 as nibbles + fifth bits (5-bit types). nibbles: None
+    or True for the type's own packed form (as the block table says), False for bytes.
 
     `packed` may be a list of parts stacked along the output rows (q|k|v): each is
     repacked straight into its place in one buffer, no concatenated copy; every part
     but the last must be whole 16-row tiles."""
     if kind not in int8_kinds() or n_in % 32:
         raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
-    nibbles = kind in nibble_kinds() if nibbles is None else nibbles
     if nibbles and kind not in nibble_kinds():
-        raise ValueError(f"{kind} integers do not fit 4 bits; repack it as bytes")
+        raise ValueError(f"{kind} integers do not fit 4 or 5 bits; repack it as bytes")
+    form = BLOCK_TYPES[kind].nibbles if nibbles is None or nibbles else 0
     parts = packed if isinstance(packed, list) else [packed]
     if any(p.shape[0] % 16 for p in parts[:-1]) or sum(p.shape[0] for p in parts) != n_out:
         raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    tile_q, tile_dm = blocks * (256 if nibbles else 512), blocks * 32
+    tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * 32
     q = torch.empty(tiles * tile_q, dtype=torch.uint8)
     dm = torch.empty(tiles * tile_dm, dtype=torch.float32)
     start = 0  # in tiles
@@ -325,12 +328,12 @@ def repack_int8(
         args = (part.contiguous().data_ptr(), KIND_CODES[kind], rows, n_in)
         status = _function("giraffe_repack_i8")(
             *args, q[start * tile_q :].data_ptr(), dm[start * tile_dm :].data_ptr(),
-            int(nibbles), torch.get_num_threads(),
+            form, torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"repacking {kind} {rows}x{n_in} for the int8 GEMM failed")
         start += rows // 16
-    return Int8Weights(q, dm, kind, n_out, n_in, nibbles)
+    return Int8Weights(q, dm, kind, n_out, n_in, form)
 
 
 def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,17 +28,18 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 3
+#define GIRAFFE_ABI_VERSION 4
 
 enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, N_KINDS = 8 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
 static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210};
 static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256};
-/* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, whether
- * the integers fit 4 bits (kept two a byte), whether each 16 weights have their own scale. */
+/* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
+ * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
+ * nibbles plus a plane of fifth bits), whether each 16 weights have their own scale. */
 static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32};
 static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 0, 0, 1, 0, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 0};
 static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1};
 enum { BLOCK_TABLE_COLUMNS = 7 };
 

@@ -18,7 +18,10 @@
  * (groups 0-3, then 4-7) and scaled each by its own. Types whose q fit 4 bits
  * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
  * low and high halves of the same 64 bytes), half the bytes that a bandwidth-bound
- * decode step reads, for two more instructions per 64 bytes.
+ * decode step reads, for two more instructions per 64 bytes. Types whose q fit 5 bits
+ * (Q5_0, Q5_1, Q5_K) keep the nibbles plus, per tile and block, 8 x 64 bits of fifth bits
+ * (bit i of word g: the weight in byte i of group g), added back with one masked add:
+ * 320 bytes instead of 512. `form` names the three layouts: 0 bytes, 1 nibbles, 2 fives.
  *
  * Activations: per row and block, da = max|x| / 127 and a = round-to-nearest-even(x / da)
  * in -127..127, and isum = sum(a). Per block the integer part is exact:
@@ -30,20 +33,26 @@
 #define HAVE_GEMM_I8 1
 #include <immintrin.h>
 
-enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512 };
+enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES = 256 };
+
+/* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits. */
+static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : 320; }
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS; }
 
 /* Types whose integers fit 4 bits, so the repacked weights can stay two a byte. */
-int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) && I8_NIBBLES[kind]; }
+int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
+
+/* A form a type may be repacked in: bytes always, or its own packed form. */
+static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
 
 /* n_out rows of packed blocks -> q (tiles * n_blocks * 512 bytes) and dm (tiles * n_blocks
  * * 32 floats), tiles = ceil(n_out / 16); rows past n_out are zero. Returns 0 or -1. */
 int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
                       int nibbles, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
-    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
-    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
+    if (!form_ok(kind, nibbles)) return -1;
+    const int block_bytes = i8_block_bytes(nibbles);
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     const int64_t rb = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -64,7 +73,14 @@ int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, u
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
-                    for (int l = 0; l < 32; l++) qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)(v[l] << (l % 8 < 4 ? 0 : 4));
+                    for (int l = 0; l < 32; l++) {
+                        qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)((v[l] & 0x0F) << (l % 8 < 4 ? 0 : 4));
+                        if (nibbles == 2 && v[l] & 0x10) { /* fifth bit: word l/4, bit of byte 4c + l%4 */
+                            uint8_t *word = qt + I8_NIBBLE_BYTES + 8 * (l / 4);
+                            const int bit = 4 * c + l % 4;
+                            word[bit / 8] |= (uint8_t)(1u << (bit % 8));
+                        }
+                    }
             }
         }
     }
@@ -106,8 +122,8 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
     const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1, int64_t n_blocks, const int8_t *a,
     int64_t n_in, const float *da, const int32_t *isum, const int32_t *isum_lo, int rows, int offset, int has_min,
     float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split) {
-    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    const int block_bytes = i8_block_bytes(nibbles);
+    const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
     for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -136,6 +152,13 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                     v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
                     if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
                     v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
+                    if (nibbles == 2) { /* OR in the fifth bits: 64 mask bits per group */
+                        uint64_t b0, b1;
+                        memcpy(&b0, w0 + I8_NIBBLE_BYTES + 8 * g, 8);
+                        memcpy(&b1, w1 + I8_NIBBLE_BYTES + 8 * g, 8);
+                        v0 = _mm512_mask_add_epi8(v0, _cvtu64_mask64(b0), v0, fifth);
+                        v1 = _mm512_mask_add_epi8(v1, _cvtu64_mask64(b1), v1, fifth);
+                    }
                 }
                 #pragma GCC unroll 8
                 for (int r = 0; r < I8_ROWS; r++) {
@@ -182,7 +205,7 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
 int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
                     const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
-    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
+    if (!form_ok(kind, nibbles)) return -1;
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     int8_t *a = (int8_t *)malloc((size_t)(m * n_in));
     float *da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
@@ -191,7 +214,7 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
     quantize_activations(x, m, n_in, a, da, isum, isum_lo, n_threads);
     const int offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
     const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * 2 * I8_TILE;
-    const int64_t tile_q = n_blocks * (nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES);
+    const int64_t tile_q = n_blocks * i8_block_bytes(nibbles);
     /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
      * L1/L2 while every row chunk streams past them. */
     #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -210,9 +233,12 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
             const float *dar = da + r0 * n_blocks;
             const int32_t *isr = isum + r0 * n_blocks, *islo = isum_lo + r0 * n_blocks;
             /* three calls with constant flags: each compiles to its own loop */
-            if (nibbles)
+            if (nibbles == 1)
                 gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
                               y_stride, cols0, cols1, 1, 0);
+            else if (nibbles == 2)
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
+                              y_stride, cols0, cols1, 2, 0);
             else if (I8_SPLIT[kind])
                 gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, 0, yr, y_stride,
                               cols0, cols1, 0, 1);
@@ -231,11 +257,11 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
  * lets the int8 form be the only resident copy: float paths and lookups read it. */
 int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
                           const int64_t *rows, int64_t n_rows, float *out, int n_threads) {
-    if (!giraffe_i8_supported(kind) || n_in % 32 || (nibbles && !giraffe_i8_nibbles(kind))) return -1;
+    if (!giraffe_i8_supported(kind) || n_in % 32 || !form_ok(kind, nibbles)) return -1;
     if (!rows) n_rows = n_out;
     for (int64_t i = 0; rows && i < n_rows; i++)
         if (rows[i] < 0 || rows[i] >= n_out) return -1;
-    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
+    const int block_bytes = i8_block_bytes(nibbles);
     const int64_t n_blocks = n_in / 32;
     const int offset = I8_OFFSET[kind], has_min = I8_HAS_MIN[kind], split = I8_SPLIT[kind];
     #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -250,6 +276,10 @@ int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbl
                 int v;
                 if (nibbles) v = (qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] >> (l % 8 < 4 ? 0 : 4)) & 0x0F;
                 else v = qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4];
+                if (nibbles == 2) {
+                    const int bit = 4 * c + l % 4;
+                    v |= ((qt[I8_NIBBLE_BYTES + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << 4;
+                }
                 const float d = dt[split && l >= 16 ? I8_TILE + c : c];
                 y[l] = d * (float)(v + offset);
                 if (has_min) y[l] += dt[I8_TILE + c];
