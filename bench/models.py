@@ -130,6 +130,7 @@ def bytes_per_token(path: Path) -> dict:
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
         return {"file_bytes_per_token": size, "giraffe_bytes_per_token": None}
     from giraffe.files.gguf_reader import FastGGUFReader
+    from giraffe.quant.kernels import scales_per_block
     from giraffe.quant.types import BLOCK_TYPES
 
     reader = FastGGUFReader(path)
@@ -140,11 +141,12 @@ def bytes_per_token(path: Path) -> dict:
             continue  # an untied table: one row read per token
         file_bytes += t.data.nbytes
         kind = BLOCK_TYPES.get(t.tensor_type.name)
-        weights = int(t.shape.prod())
-        # the int8 tiles: a byte (or a nibble) per weight, plus 2 floats per 16 rows x 32
-        giraffe_bytes += (
-            t.data.nbytes if kind is None else weights * (0.75 if kind.nibbles else 1.25)
-        )
+        if kind is None:
+            giraffe_bytes += t.data.nbytes
+            continue
+        # the int8 tiles per 16 rows x 32 inputs: the integers in their form, then the scales
+        per_tile_block = (512, 256, 320)[kind.nibbles] + 4 * scales_per_block(t.tensor_type.name)
+        giraffe_bytes += int(t.shape.prod()) * per_tile_block / 512
     return {"file_bytes_per_token": file_bytes, "giraffe_bytes_per_token": int(giraffe_bytes)}
 
 

@@ -30,7 +30,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 class KernelMismatchError(RuntimeError):
@@ -242,7 +242,7 @@ class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
     q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives),) uint8: VNNI order
-    dm: torch.Tensor  # (tiles * blocks * 32,) float32: 16 scales then 16 mins per tile block
+    dm: torch.Tensor  # (tiles * blocks * 16 or 32,) float32: 16 scales (then 16 mins) a tile block
     kind: str
     n_out: int
     n_in: int
@@ -296,6 +296,13 @@ def nibble_kinds() -> tuple[str, ...]:
     return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
 
 
+def scales_per_block(kind: str) -> int:
+    """Floats per tile and block of 32 inputs: 16 scales, and 16 mins (or Q6_K's second
+    scales) where the type has them."""
+    t = BLOCK_TYPES[kind]
+    return 32 if t.has_min or t.split else 16
+
+
 def repack_int8(
     packed: torch.Tensor | list[torch.Tensor],
     kind: str,
@@ -319,7 +326,7 @@ def repack_int8(
     if any(p.shape[0] % 16 for p in parts[:-1]) or sum(p.shape[0] for p in parts) != n_out:
         raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * 32
+    tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * scales_per_block(kind)
     q = torch.empty(tiles * tile_q, dtype=torch.uint8)
     dm = torch.empty(tiles * tile_dm, dtype=torch.float32)
     start = 0  # in tiles

@@ -13,7 +13,7 @@
  * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
  * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
  * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
- * Per tile and block also 16 scales d, then 16 mins m (floats); for Q6_K ("split" scales)
+ * Per tile and block also 16 scales d (floats), then, for types with a min, 16 mins m; for Q6_K ("split" scales)
  * 16 scales of weights 0-15, then 16 of weights 16-31, whose integer sums are kept apart
  * (groups 0-3, then 4-7) and scaled each by its own. Types whose q fit 4 bits
  * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
@@ -43,33 +43,38 @@ int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS; }
 /* Types whose integers fit 4 bits, so the repacked weights can stay two a byte. */
 int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
 
+/* Floats of scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the
+ * type has them; types with neither keep the 16 d alone. */
+static inline int i8_scales(int kind) { return I8_HAS_MIN[kind] || I8_SPLIT[kind] ? 2 * I8_TILE : I8_TILE; }
+
 /* A form a type may be repacked in: bytes always, or its own packed form. */
 static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
 
-/* n_out rows of packed blocks -> q (tiles * n_blocks * 512 bytes) and dm (tiles * n_blocks
- * * 32 floats), tiles = ceil(n_out / 16); rows past n_out are zero. Returns 0 or -1. */
+/* n_out rows of packed blocks -> q (tiles * n_blocks * i8_block_bytes(form) bytes) and dm
+ * (tiles * n_blocks * i8_scales(kind) floats), tiles = ceil(n_out / 16); rows past n_out
+ * are zero. Returns 0 or -1. */
 int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
                       int nibbles, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
     if (!form_ok(kind, nibbles)) return -1;
-    const int block_bytes = i8_block_bytes(nibbles);
+    const int block_bytes = i8_block_bytes(nibbles), scales = i8_scales(kind);
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     const int64_t rb = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         for (int64_t b = 0; b < n_blocks; b++) {
             uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            float *dt = dm + (t * n_blocks + b) * 2 * I8_TILE;
+            float *dt = dm + (t * n_blocks + b) * scales;
             memset(qt, 0, block_bytes);
+            memset(dt, 0, sizeof(float) * scales);
             for (int c = 0; c < I8_TILE; c++) {
-                dt[c] = dt[I8_TILE + c] = 0.0f;
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
                 float d[2], m;
                 sub_block_ints(w + o * rb, kind, b, v, d, &m);
                 dt[c] = d[0];
-                dt[I8_TILE + c] = I8_SPLIT[kind] ? d[1] : m;
+                if (scales > I8_TILE) dt[I8_TILE + c] = I8_SPLIT[kind] ? d[1] : m;
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
@@ -122,14 +127,14 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
     const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1, int64_t n_blocks, const int8_t *a,
     int64_t n_in, const float *da, const int32_t *isum, const int32_t *isum_lo, int rows, int offset, int has_min,
     float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split) {
-    const int block_bytes = i8_block_bytes(nibbles);
+    const int block_bytes = i8_block_bytes(nibbles), scales = has_min || split ? 2 * I8_TILE : I8_TILE;
     const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
     for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *w0 = q0 + b * block_bytes, *w1 = q1 ? q1 + b * block_bytes : w0;
         const int8_t *ab = a + 32 * b;
-        const float *s0 = dm0 + b * 2 * I8_TILE, *s1 = (dm1 ? dm1 : dm0) + b * 2 * I8_TILE;
+        const float *s0 = dm0 + b * scales, *s1 = (dm1 ? dm1 : dm0) + b * scales;
         #pragma GCC unroll 2
         for (int half = 0; half < 2; half++) {
             if (half && !split) break; /* constant trip counts, so the loops unroll */
@@ -213,7 +218,8 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
     if (!a || !da || !isum) { free(a); free(da); free(isum); return -1; }
     quantize_activations(x, m, n_in, a, da, isum, isum_lo, n_threads);
     const int offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
-    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * 2 * I8_TILE;
+    const int scales = i8_scales(kind);
+    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * scales;
     const int64_t tile_q = n_blocks * i8_block_bytes(nibbles);
     /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
      * L1/L2 while every row chunk streams past them. */
@@ -270,7 +276,7 @@ int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbl
         const int c = (int)(o % I8_TILE);
         for (int64_t b = 0; b < n_blocks; b++) {
             const uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            const float *dt = dm + (t * n_blocks + b) * 2 * I8_TILE;
+            const float *dt = dm + (t * n_blocks + b) * i8_scales(kind);
             float *y = out + i * n_in + 32 * b;
             for (int l = 0; l < 32; l++) {
                 int v;
