@@ -148,3 +148,38 @@ def test_block_type_the_engine_lacks_runs_dequantized_with_one_warning(tmp_path,
     reference = load_gguf(path, packed=False)
     with torch.inference_mode():
         assert torch.allclose(model(IDS), reference(IDS), atol=1e-4)
+
+
+@needs_vnni
+def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
+    from giraffe.quant import tile_cache
+
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    path = untied_model(tmp_path)
+    real, calls = kernels.repack_int8, []
+
+    def counted(*args, **kw):
+        calls.append(args[1])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels, "repack_int8", counted)
+    first = load_gguf(path, packed=True)
+    assert len(list((tmp_path / "tiles").glob("*/index.json"))) == 1
+    repacked_first, calls[:] = len(calls), []
+    second = load_gguf(path, packed=True)
+    # only q|k|v is made again: llama's files permute q and k rows, so those are copies,
+    # not views of the file that a cache could name
+    assert len(calls) == first.config.n_layers < repacked_first
+    with torch.inference_mode():
+        assert torch.equal(first(IDS), second(IDS))
+    assert second.fast_decode is not None and second.lm_head.packed is None
+    # a rewritten file is another file: its tiles are made afresh, never the stale ones
+    monkeypatch.undo()
+    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    torch.manual_seed(1)
+    save_gguf(Decoder(first.config), path, dtype="q8_0")
+    third, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
+    with torch.inference_mode():
+        got, want = third(IDS), reference(IDS)
+    assert (got - want).abs().max() / want.abs().max() < 0.05

@@ -81,6 +81,10 @@ class FastGGUFReader:
         ]
         self._check_overlaps(infos, start)
 
+    def map_span(self) -> tuple[int, int]:
+        """(address, length) of the file's map in this process: tensor views lie inside it."""
+        return self._map.ctypes.data, len(self._map)
+
     def release(self, address: int, nbytes: int) -> None:
         """Drop this process's pages of bytes [address, address + nbytes) of the map; they
         stay readable (they come back on use). Memory outside the map is ignored.

@@ -20,9 +20,16 @@ import torch
 from giraffe.config import ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError
-from giraffe.quant import kernels
+from giraffe.quant import kernels, tile_cache
 from giraffe.quant.decode_step import FastDecode
-from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantEmbedding, QuantLinear
+from giraffe.quant.linear import (
+    KERNEL_KINDS,
+    FusedQuant,
+    QuantEmbedding,
+    QuantLinear,
+    int8_activations,
+)
+from giraffe.quant.tile_cache import TileCache
 
 FLOAT_TYPES = ("F32", "F16")
 
@@ -77,17 +84,28 @@ def fuse_projections(model, reader=None) -> None:
     alike; products compacted to their int8 tiles (the file's pages handed back to
     `reader`); compiled prompt attention; the compiled decode step where every layer
     qualifies (built last: it keeps pointers to whichever form is resident)."""
+    cache = _tile_cache(reader)
+    repack = None if cache is None else cache.repack
     for block in model.layers:
         attn, mlp = block.attn, block.mlp
-        attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj])
+        attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj], repack)
         attn.causal_kernel = kernels.attention_causal if kernels.available() else None
         if mlp.gated:
-            mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj])
-    compact(model, reader)
+            mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj], repack)
+    compact(model, reader, repack)
+    if cache is not None:
+        cache.finish()
     model.fast_decode = FastDecode.build(model)
 
 
-def compact(model, reader=None) -> None:
+def _tile_cache(reader) -> TileCache | None:
+    """Tiles of this file kept on disk between loads (when the reader maps a file)."""
+    if not hasattr(reader, "map_span") or not tile_cache.enabled() or not int8_activations():
+        return None
+    return TileCache(reader.path, *reader.map_span())
+
+
+def compact(model, reader=None, repack=None) -> None:
     """Every packed product keeps one resident copy (QuantLinear.compact). An untied
     embedding is only looked up: it stays in the file's blocks, read row by row."""
     release = None
@@ -100,7 +118,7 @@ def compact(model, reader=None) -> None:
     for block in model.layers:
         for fused in (block.attn.fused_qkv, getattr(block.mlp, "fused_gate_up", None)):
             if fused is not None:
-                fused.compact(release)
+                fused.compact(release, repack)
     for m in model.modules():
         if isinstance(m, QuantLinear) and m is not lookups_only:
-            m.compact(release)
+            m.compact(release, repack)

@@ -77,25 +77,26 @@ class QuantLinear(nn.Module):
             return fast
         return dequantize(self.packed.numpy(), self.kind, (self.out_features, self.in_features))
 
-    def int8_weights(self) -> kernels.Int8Weights | None:
-        """The weight repacked for the int8 GEMM (made at first use), or None if its type has none."""
+    def int8_weights(self, repack=None) -> kernels.Int8Weights | None:
+        """The weight repacked for the int8 GEMM (made at first use), or None if its type has
+        none. repack: kernels.repack_int8 or a stand-in with its signature (a tile cache)."""
         if self._int8 is None:
             if self.kind not in kernels.int8_kinds():
                 return None
-            self._int8 = kernels.repack_int8(
-                self.packed, self.kind, self.out_features, self.in_features
-            )
+            repack = repack or kernels.repack_int8
+            self._int8 = repack(self.packed, self.kind, self.out_features, self.in_features)
         return self._int8
 
-    def compact(self, release=None) -> bool:
+    def compact(self, release=None, repack=None) -> bool:
         """Keep only the int8 tiles (drop the ggml blocks) when inference will use them.
 
         Returns whether it did: not without the int8 GEMM, nor with float activations
         chosen (GIRAFFE_INT8_ACTIVATIONS=0), where the blocks serve the float kernel.
-        `release(tensor)` is told of the blocks dropped (a loader hands back file pages)."""
+        `release(tensor)` is told of the blocks dropped (a loader hands back file pages);
+        `repack` makes the tiles (see int8_weights)."""
         if self.packed is None:
             return True
-        if not int8_activations() or self.int8_weights() is None:
+        if not int8_activations() or self.int8_weights(repack) is None:
             return False
         if release is not None:
             release(self.packed)
@@ -181,7 +182,7 @@ class FusedQuant:
     call. Whoever replaces one of the parts (e.g. with a LoRA layer) must drop the fusion.
     """
 
-    def __init__(self, parts: list[QuantLinear]) -> None:
+    def __init__(self, parts: list[QuantLinear], repack=None) -> None:
         self.in_features = parts[0].in_features
         self.sizes = [p.out_features for p in parts]
         biases = [p.bias for p in parts]
@@ -195,8 +196,8 @@ class FusedQuant:
             self.kind = None  # separate segments, each part its own form
         elif tiled and int8_activations() and self.kind in kernels.int8_kinds():
             # the parts' blocks repacked into one buffer of tiles; compact() drops the blocks
-            packed = [p.packed for p in parts]
-            self._int8 = kernels.repack_int8(packed, self.kind, sum(self.sizes), self.in_features)
+            packed, repack = [p.packed for p in parts], repack or kernels.repack_int8
+            self._int8 = repack(packed, self.kind, sum(self.sizes), self.in_features)
             self._share_int8()
         else:
             self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
@@ -218,24 +219,22 @@ class FusedQuant:
             p._int8 = self._int8.rows(start, start + n)
             start += n
 
-    def compact(self, release=None) -> None:
-        """Keep only int8 tiles (see QuantLinear.compact) where every part allows it."""
-        if self.kind is None or self._int8 is None or self.packed is not None:
-            for p in self.parts:
-                p.compact(release)  # separate parts, or blocks kept for the float kernel
-            return
+    def compact(self, release=None, repack=None) -> None:
+        """Keep only int8 tiles (see QuantLinear.compact) where every part allows it; parts
+        of one buffer of tiles already hold views of it."""
         for p in self.parts:
-            p.compact(release)  # their tiles are views of the fused buffer already
+            p.compact(release, repack)
 
     @staticmethod
-    def of(parts) -> FusedQuant | None:
-        """A fusion when every part is packed in a type the kernel knows, else None."""
+    def of(parts, repack=None) -> FusedQuant | None:
+        """A fusion when every part is packed in a type the kernel knows, else None.
+        repack: how tiles are made (kernels.repack_int8 or a tile cache)."""
         ok = all(isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS for p in parts)
         if not ok or not kernels.available():
             return None
         if len({(p.in_features, p.bias is None) for p in parts}) != 1:
             return None
-        return FusedQuant(parts)
+        return FusedQuant(parts, repack)
 
     def int8_segments(self) -> list[kernels.Int8Weights | None]:
         """Per segment, its weight repacked for the int8 GEMM (None where its type has none)."""
