@@ -106,10 +106,10 @@ class TileCache:
             (self.dir / "index.json").unlink(missing_ok=True)  # stale until finish() rewrites it
             self.writer = open(self.dir / "tiles.bin", "wb")  # noqa: SIM115 (closed by finish)
         at = self.writer.tell()
-        q, dm = tiles.q.numpy().tobytes(), tiles.dm.numpy().tobytes()
-        self.writer.write(q)
-        self.writer.write(dm)
-        self.index[key] = [at, len(q), len(dm), tiles.nibbles]
+        q, dm = tiles.q.numpy(), tiles.dm.numpy()
+        self.writer.write(memoryview(q))  # written from the tensors' memory: no copy
+        self.writer.write(memoryview(dm).cast("B"))
+        self.index[key] = [at, q.nbytes, dm.nbytes, tiles.nibbles]
 
     def _view(self, entry: list, kind: str, n_out: int, n_in: int) -> kernels.Int8Weights:
         at, q_bytes, dm_bytes, form = entry
