@@ -78,6 +78,19 @@ def test_embedding_rows_and_tied_projection():
     assert torch.allclose(emb.project(h), h @ table.T, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_embedding_lookups_of_every_packed_type_from_blocks_and_from_tiles(kind):
+    raw = packed_weight(kind, rows=40, cols=256)
+    emb = QuantEmbedding(raw, kind, 40, 256)
+    table = emb.table.dequantized_weight()
+    ids = torch.tensor([[3, 39, 3], [17, 0, 1]])
+    assert torch.equal(emb(ids), table[ids])
+    if kind in kernels.int8_kinds():  # a tied head keeps only its int8 tiles
+        with torch.inference_mode():
+            assert emb.table.compact()
+        assert emb.table.packed is None and torch.equal(emb(ids), table[ids])
+
+
 def test_wrong_byte_count_is_reported():
     with pytest.raises(ValueError, match="bytes per row"):
         QuantLinear(packed_weight("Q4_0"), "Q4_0", 128, 96)
@@ -90,9 +103,11 @@ def test_fallback_without_kernel(monkeypatch):
     assert torch.allclose(layer(x), F.linear(x, layer.dequantized_weight()), atol=0, rtol=0)
 
 
-def test_fused_projection_equals_separate_layers():
+@pytest.mark.parametrize("int8", ["0", "1"])
+def test_fused_projection_equals_separate_layers(int8, monkeypatch):
     from giraffe.quant.linear import FusedQuant
 
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
     parts = [
         QuantLinear(packed_weight("Q4_1", rows=r, seed=r), "Q4_1", 256, r, bias=torch.randn(r))
         for r in (64, 32, 32)
@@ -103,8 +118,15 @@ def test_fused_projection_equals_separate_layers():
     assert fused is not None
     for a, b in zip(fused(x), separate, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert all(p.packed.data_ptr() != 0 for p in parts)  # parts now view the shared buffer
-    assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    if fused.packed is not None:  # float activations: parts view one buffer of blocks
+        assert parts[1].packed.data_ptr() == fused.packed[64:].data_ptr()
+    else:  # int8: parts view one buffer of tiles (repacked in place, no concatenated copy)
+        tile = fused._int8.q.numel() // 8  # 128 rows = 8 tiles
+        assert parts[1]._int8.q.data_ptr() == fused._int8.q[4 * tile :].data_ptr()
+        fused.compact()
+        assert all(p.packed is None for p in parts)  # one resident copy
+        for a, b in zip(fused(x), separate, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
     assert FusedQuant.of([parts[0], QuantLinear(packed_weight("Q8_0"), "Q8_0", 256, 96)]) is None
 
 
@@ -179,21 +201,36 @@ def test_inputs_that_need_gradients_keep_the_differentiable_path():
 
 @needs_vnni
 @pytest.mark.parametrize("kind", kernels.nibble_kinds())
-def test_4_bit_types_give_the_same_products_as_nibbles_and_as_bytes(kind):
+def test_4_and_5_bit_types_give_the_same_products_packed_and_as_bytes(kind):
     packed = packed_weight(kind, rows=40, cols=512)
     nibbles = kernels.repack_int8(packed, kind, 40, 512)
     as_bytes = kernels.repack_int8(packed, kind, 40, 512, nibbles=False)
-    assert nibbles.nibbles and nibbles.q.numel() * 2 == as_bytes.q.numel()
+    per_block = {1: 256, 2: 320}[nibbles.nibbles]  # nibbles, or nibbles + fifth bits
+    assert nibbles.q.numel() * 512 == as_bytes.q.numel() * per_block
+    assert torch.equal(nibbles.dequantize(), as_bytes.dequantize())
     x = torch.randn(7, 512)
     assert torch.equal(kernels.gemm_int8(nibbles, x), kernels.gemm_int8(as_bytes, x))
 
 
-def test_repacking_a_type_without_one_scale_per_32_weights_is_refused():
-    with pytest.raises(ValueError, match="does not take Q6_K"):
-        kernels.repack_int8(packed_weight("Q6_K"), "Q6_K", 96, 256)
-    if kernels.int8_kinds():
-        with pytest.raises(ValueError, match="Q8_0 integers do not fit 4 bits"):
-            kernels.repack_int8(packed_weight("Q8_0"), "Q8_0", 96, 256, nibbles=True)
+@needs_vnni
+def test_repacking_wider_integers_as_nibbles_is_refused():
+    for kind in ("Q8_0", "Q6_K"):
+        with pytest.raises(ValueError, match=f"{kind} integers do not fit 4 or 5 bits"):
+            kernels.repack_int8(packed_weight(kind), kind, 96, 256, nibbles=True)
+
+
+@needs_vnni
+@pytest.mark.parametrize("kind", INT8_KINDS)
+def test_int8_tiles_dequantize_to_the_blocks_bit_for_bit(kind):
+    """The int8 form can be the only copy: it gives back exactly ggml's weights."""
+    raw = packed_weight(kind, rows=37, cols=512)  # a ragged last tile
+    expected = kernels.dequantize(raw, kind, 37, 512)
+    tiles = kernels.repack_int8(raw, kind, 37, 512)
+    assert torch.equal(tiles.dequantize(), expected)
+    ids = torch.tensor([[36, 0], [17, 17]])
+    assert torch.equal(tiles.dequantize(ids), expected[ids.flatten()])
+    with pytest.raises(IndexError, match="row ids outside 0..36"):
+        tiles.dequantize(torch.tensor([37]))
 
 
 def requantize_v_proj(model, kind: str) -> None:

@@ -5,11 +5,16 @@ for a 49k-token vocabulary; this one walks the header once with `struct` and rea
 string arrays in a tight loop. It offers the small part of `gguf.GGUFReader`'s
 interface giraffe uses (`fields[key].contents()`, `tensors` with name, shape,
 tensor_type and data), and a test holds both readers equal. Tensor data are views
-into the map, never copies. Writing stays with the `gguf` package.
+into the map, never copies (the map is copy-on-write, so views are writable numpy arrays
+that torch takes without a copy); `release` hands a tensor's pages back once a caller has
+made its own form of it. Tensors are checked against the file: each must fit its block
+type (whole blocks per row) and lie inside the file without overlapping the next one.
+Writing stays with the `gguf` package.
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +54,7 @@ class TensorInfo:
 class FastGGUFReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="c")
         self._buf = memoryview(self._map)
         self._pos = 0
         try:
@@ -74,6 +79,37 @@ class FastGGUFReader:
         self.tensors = [
             self._tensor(name, dims, kind, start + offset) for name, dims, kind, offset in infos
         ]
+        self._check_overlaps(infos, start)
+
+    def map_span(self) -> tuple[int, int]:
+        """(address, length) of the file's map in this process: tensor views lie inside it."""
+        return self._map.ctypes.data, len(self._map)
+
+    def release(self, address: int, nbytes: int) -> None:
+        """Drop this process's pages of bytes [address, address + nbytes) of the map; they
+        stay readable (they come back on use). Memory outside the map is ignored.
+
+        For a caller that keeps its own form of a tensor (repacked or dequantized), so that
+        the file's pages do not also count in resident memory."""
+        at = address - self._map.ctypes.data
+        if at < 0 or at + nbytes > len(self._map):
+            return  # not a view of this file (e.g. rows permuted into a copy)
+        first = -(-at // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the range only
+        last = (at + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._map._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def _check_overlaps(self, infos, start: int) -> None:
+        spans = sorted(
+            (start + offset, t.data.nbytes, t.name)
+            for t, (*_, offset) in zip(self.tensors, infos, strict=True)
+        )
+        for (a, size, name), (b, _, following) in zip(spans, spans[1:], strict=False):
+            if a + size > b:
+                raise GGUFFormatError(
+                    f"{self.path}: tensor {name} ({size} bytes for its type and shape) overlaps "
+                    f"tensor {following}; the header's shape or type is wrong (corrupt file?)"
+                )
 
     def _unpack(self, fmt: str):
         values = struct.unpack_from(fmt, self._buf, self._pos)
@@ -110,6 +146,11 @@ class FastGGUFReader:
 
     def _tensor(self, name, dims, kind, offset) -> TensorInfo:
         block, type_size = GGML_QUANT_SIZES[kind]
+        if not dims or dims[0] % block:
+            raise GGUFFormatError(
+                f"{self.path}: tensor {name} has rows of {dims[0] if dims else 0} weights, not "
+                f"whole {kind.name} blocks of {block} (corrupt header?)"
+            )
         n = int(np.prod(dims))
         size = n // block * type_size
         if offset + size > len(self._map):

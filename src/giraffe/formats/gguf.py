@@ -25,7 +25,12 @@ from giraffe.formats.gguf_config import (  # noqa: F401 - config_from_gguf, fiel
     gguf_arch,
     write_hparams,
 )
-from giraffe.formats.gguf_packed import fuse_projections, install_packed, packable
+from giraffe.formats.gguf_packed import (
+    fuse_projections,
+    install_packed,
+    packable,
+    warn_unpacked_types,
+)
 from giraffe.formats.names import GGUF_ROPE_PERMUTED
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
@@ -58,14 +63,18 @@ def tensor_to_torch(t) -> torch.Tensor:
 def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Decoder:
     """Load weights; pass an already opened `reader` to avoid parsing the header twice.
 
-    packed=True keeps Q8_0/Q4_0/Q4_1 matrices in their blocks (`giraffe.quant.linear`)
-    instead of dequantizing them to float32: a quarter to a sixth of the memory traffic.
+    packed=True keeps block-quantized matrices (every type `giraffe.quant.types` lists) in
+    their blocks or int8 tiles (`giraffe.quant.linear`, one resident copy) instead of
+    dequantizing them to float32: a quarter to a sixth of the memory traffic. A type the
+    kernels lack is dequantized, with one warning naming it.
     """
     reader = reader or open_gguf(path)
     cfg = config_from_gguf(reader, str(path))
     by_name = {t.name: t for t in reader.tensors}
     permuted = field(reader, "general.architecture") in GGUF_ROPE_PERMUTED
     keep = packable(cfg, by_name) if packed else {}
+    if packed:
+        warn_unpacked_types(by_name)
 
     def fetch(name: str) -> torch.Tensor:
         if name in keep:  # a shape-only stand-in; the packed layer replaces it below
@@ -76,7 +85,7 @@ def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Dec
     for rule in keep.values():
         install_packed(model, rule, by_name[rule.theirs], permuted)
     if keep:
-        fuse_projections(model)
+        fuse_projections(model, reader)
     return model
 
 

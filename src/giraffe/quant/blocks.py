@@ -15,20 +15,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from giraffe.quant.types import BLOCK_TYPES
+
 BLOCK = 32
 # Vectorised here in torch: bytes per 32-weight block.
-BYTES_PER_BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+BYTES_PER_BLOCK = {k: BLOCK_TYPES[k].bytes for k in ("Q8_0", "Q4_0", "Q4_1")}
 # Every block type the packed layers keep: (weights per block, bytes per block), ggml-common.h.
-BLOCK_SIZES = {
-    "Q8_0": (32, 34),
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
+BLOCK_SIZES = {k: (t.weights, t.bytes) for k, t in BLOCK_TYPES.items()}
 
 
 def row_bytes(kind: str, n_in: int) -> int:

@@ -39,6 +39,36 @@ class PackedMatrix(ctypes.Structure):
     ]
 
 
+class LayerStep(ctypes.Structure):
+    """csrc/qmatmul.c's layer_step: one layer's arguments, declared once on each side.
+
+    The library reports its size and the C side checks the `size` stamped here, so a
+    struct that drifted on one side is refused, never read wrongly."""
+
+    _P, _I64 = ctypes.c_void_p, ctypes.c_int64
+    _M = ctypes.POINTER(PackedMatrix)
+    _fields_ = [
+        ("size", _I64), ("x", _P), ("n", _I64), ("dim", _I64),
+        ("attn_norm", _P), ("mlp_norm", _P), ("eps", ctypes.c_float),
+        ("qkv", _M), ("o", _M), ("gate_up", _M), ("down", _M),
+        ("n_heads", ctypes.c_int), ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int),
+        ("cos", _P), ("sin", _P), ("k_cache", _P), ("v_cache", _P),
+        ("row_stride", _I64), ("slots", _P), ("max_len", _I64), ("window", _I64),
+        ("scratch", _P), ("n_threads", ctypes.c_int),
+    ]  # fmt: skip
+
+
+def check_structs() -> None:
+    """KernelMismatchError when the library's structs differ in size from these mirrors."""
+    for name, mirror in (("layer_step", LayerStep), ("packed_matrix", PackedMatrix)):
+        theirs = kernels.struct_size(name)
+        if theirs != ctypes.sizeof(mirror):
+            raise kernels.KernelMismatchError(
+                f"csrc/qmatmul.c's {name} is {theirs} bytes, giraffe's mirror "
+                f"{ctypes.sizeof(mirror)}; the two declarations must change together"
+            )
+
+
 class GroupParts:
     """Group-wise layers of the same input side by side (q|k|v, gate|up), as FusedQuant is
     for ggml blocks: no fused buffer, each part keeps its own int8-GEMM weights."""
@@ -103,10 +133,6 @@ def _packed(p) -> bool:
     return isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS
 
 
-def _int8_only(p) -> bool:
-    return isinstance(p, (GroupQuantLinear, GroupParts))
-
-
 class FastDecode:
     def __init__(self, model, layers: list[tuple]) -> None:
         self.cfg = model.config
@@ -114,8 +140,25 @@ class FastDecode:
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
         self.int8_on = False  # whether the C step's products use the int8 GEMM
-        # group-wise weights exist only as int8-GEMM tiles: no float kernel to fall back on
-        self.int8_only = any(_int8_only(m._source) for layer in layers for m in layer[2:])
+        # group-wise and compacted weights exist only as int8-GEMM tiles: no float kernel
+        self.int8_only = any(
+            not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
+        )
+        check_structs()
+        self.steps = [self._step(layer) for layer in layers]
+
+    def _step(self, layer: tuple) -> LayerStep:
+        """A layer's fixed arguments; each call fills in the rows, cache and scratch."""
+        cfg = self.cfg
+        attn_norm, mlp_norm, qkv, o, gate_up, down = layer
+        step = LayerStep(size=ctypes.sizeof(LayerStep), dim=cfg.hidden_size, eps=cfg.norm_eps)
+        step.attn_norm, step.mlp_norm = attn_norm.data_ptr(), mlp_norm.data_ptr()
+        step.qkv, step.o, step.gate_up, step.down = (
+            ctypes.pointer(m) for m in (qkv, o, gate_up, down)
+        )
+        step.n_heads, step.kv_heads, step.head_dim = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
+        step.window = cfg.sliding_window or 0
+        return step
 
     @staticmethod
     def build(model) -> FastDecode | None:
@@ -158,19 +201,13 @@ class FastDecode:
         cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
         self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
-        cfg = self.cfg
-        window = cfg.sliding_window or 0
         row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
-        for i, (attn_norm, mlp_norm, qkv, o, gate_up, down) in enumerate(self.layers):
-            status = self.fn(
-                x.data_ptr(), n, cfg.hidden_size, attn_norm.data_ptr(), mlp_norm.data_ptr(),
-                ctypes.c_float(cfg.norm_eps), ctypes.byref(qkv), ctypes.byref(o),
-                ctypes.byref(gate_up), ctypes.byref(down), cfg.n_heads, cfg.kv_heads,
-                cfg.dim_per_head, cos.data_ptr(), sin.data_ptr(), cache.k[i, 0].data_ptr(),
-                cache.v[i, 0].data_ptr(), row_stride, slots.data_ptr(), cache.max_len, window,
-                self.scratch.data_ptr(), torch.get_num_threads(),
-            )  # fmt: skip
-            if status != 0:
+        for i, step in enumerate(self.steps):
+            step.x, step.n, step.cos, step.sin = x.data_ptr(), n, cos.data_ptr(), sin.data_ptr()
+            step.k_cache, step.v_cache = cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr()
+            step.row_stride, step.slots, step.max_len = row_stride, slots.data_ptr(), cache.max_len
+            step.scratch, step.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
+            if self.fn(ctypes.byref(step)) != 0:
                 raise ValueError(
                     f"the compiled decode step rejected layer {i} (slots {slots.tolist()})"
                 )

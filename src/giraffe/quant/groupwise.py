@@ -192,9 +192,10 @@ def _to_int8_tiles(parts, cfg: GroupConfig, n_out: int) -> kernels.Int8Weights:
     if nibbles:
         q_tiles = q_tiles[:, :, 0::2] | (q_tiles[:, :, 1::2] << 4)
     q_tiles = q_tiles.contiguous().flatten()
-    dm = torch.stack([d.reshape(tiles, 16, blocks), m.reshape(tiles, 16, blocks)], dim=2)
-    dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, m x16])
-    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, nibbles)
+    scales = [d] if kernels.scales_per_block(kind) == 16 else [d, m]  # mins only where used
+    dm = torch.stack([s.reshape(tiles, 16, blocks) for s in scales], dim=2)
+    dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, (m x16)])
+    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, int(nibbles))
 
 
 class GroupQuantEmbedding(nn.Module):

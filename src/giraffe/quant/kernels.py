@@ -20,21 +20,21 @@ from pathlib import Path
 
 import torch
 
+from giraffe.quant.types import BLOCK_TYPES
+
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
 HEADERS = [
     Path(__file__).parent / "csrc" / name for name in ("blocks.h", "gemm_i8.h", "attention.h")
 ]
-# Block type -> the code csrc/blocks.h uses for it.
-KIND_CODES = {
-    "Q8_0": 0,
-    "Q4_0": 1,
-    "Q4_1": 2,
-    "Q5_0": 3,
-    "Q5_1": 4,
-    "Q4_K": 5,
-    "Q5_K": 6,
-    "Q6_K": 7,
-}
+# Block type -> the code csrc/blocks.h uses for it (from the one table, giraffe.quant.types).
+KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
+# What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
+# structs' shapes as this module calls them.
+ABI_VERSION = 5
+
+
+class KernelMismatchError(RuntimeError):
+    """The compiled library disagrees with giraffe's Python side (block table, ABI, struct sizes)."""
 
 
 def cache_dir() -> Path:
@@ -99,9 +99,20 @@ SIGNATURES = {
                                  _I64, _P, _I64, _I64, _I],
     "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I],
     "giraffe_gemm_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
-    "giraffe_decode_layer": [_P, _I64, _I64, _P, _P, _F, _P, _P, _P, _P, _I, _I, _I,
-                             _P, _P, _P, _P, _I64, _P, _I64, _I64, _P, _I],
+    "giraffe_decode_layer": [_P],
+    "giraffe_dequantize_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I],
+    "giraffe_block_table": [_P, _I],
+    "giraffe_abi_version": [],
+    "giraffe_layer_step_size": [],
+    "giraffe_packed_matrix_size": [],
 }  # fmt: skip
+I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
+
+
+def library_path() -> Path | None:
+    """The compiled library (built now if needed), or None without a compiler."""
+    cc = _compiler()
+    return None if cc is None else _build(cc)
 
 
 @lru_cache(maxsize=1)
@@ -117,9 +128,10 @@ def _library() -> dict | None:
     except OSError as e:
         print(f"giraffe: {e}; using the slower pure-torch path", file=sys.stderr)
         return None
+    check_library(lib)
     functions = {}
     for name, argtypes in SIGNATURES.items():
-        if name in ("giraffe_repack_i8", "giraffe_gemm_i8") and not lib.giraffe_i8_supported(0):
+        if name in I8_ONLY and not lib.giraffe_i8_supported(0):
             continue  # built without AVX-512 VNNI
         if not hasattr(lib, name):
             continue  # built without AVX-512 (the attention kernel)
@@ -127,6 +139,40 @@ def _library() -> dict | None:
         fn.restype, fn.argtypes = ctypes.c_int, argtypes
         functions[name] = fn
     return functions
+
+
+def check_library(lib) -> None:
+    """Refuse a library whose ABI version or block table differs from giraffe.quant.types.
+
+    A stale or hand-edited build would otherwise read blocks with the wrong sizes and
+    return wrong numbers; this makes it an error that says what differs."""
+    version = lib.giraffe_abi_version()
+    if version != ABI_VERSION:
+        raise KernelMismatchError(
+            f"the compiled kernel library speaks ABI {version}, giraffe expects {ABI_VERSION}; "
+            f"delete {cache_dir()} so it rebuilds from this version's sources"
+        )
+    columns = 7  # csrc/blocks.h's BLOCK_TABLE_COLUMNS
+    table = (ctypes.c_int32 * (columns * 64))()
+    rows = lib.giraffe_block_table(table, 64)
+    theirs = {tuple(table[r * columns : (r + 1) * columns]) for r in range(max(rows, 0))}
+    ours = {tuple(t) for t in BLOCK_TYPES.values()}
+    if theirs != ours:
+        names = {t.code: k for k, t in BLOCK_TYPES.items()}
+        differ = sorted(names.get(row[0], f"code {row[0]}") for row in theirs ^ ours)
+        raise KernelMismatchError(
+            f"the compiled kernels' block table differs from giraffe.quant.types for "
+            f"{', '.join(dict.fromkeys(differ))}; csrc/blocks.h and types.py must describe the "
+            f"same types (fix the one that is wrong, then delete {cache_dir()})"
+        )
+    for name in ("giraffe_layer_step_size", "giraffe_packed_matrix_size"):
+        getattr(lib, name).restype = ctypes.c_int
+
+
+def struct_size(name: str) -> int:
+    """sizeof a struct as the library sees it ("layer_step", "packed_matrix"); 0 without it."""
+    fn = _function(f"giraffe_{name}_size")
+    return 0 if fn is None else fn()
 
 
 def _function(name: str):
@@ -195,12 +241,43 @@ def dequantize(
 class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
-    q: torch.Tensor  # (tiles * blocks * 512 (256 as nibbles),) uint8: integers in VNNI order
-    dm: torch.Tensor  # (tiles * blocks * 32,) float32: 16 scales then 16 mins per tile block
+    q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives),) uint8: VNNI order
+    dm: torch.Tensor  # (tiles * blocks * 16 or 32,) float32: 16 scales (then 16 mins) a tile block
     kind: str
     n_out: int
     n_in: int
-    nibbles: bool = False  # two 4-bit integers a byte (Q4_0, Q4_1, Q4_K)
+    # how the integers are packed: 0 a byte each; 1 two 4-bit integers a byte (Q4_0, Q4_1,
+    # Q4_K); 2 those nibbles plus a plane of fifth bits (Q5_0, Q5_1, Q5_K)
+    nibbles: int = 0
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight back as float32 (n_out, n_in), or only `rows` (any int shape -> (N, n_in)):
+        the same numbers as dequantizing the ggml blocks it came from."""
+        index = None if rows is None else rows.reshape(-1).to(torch.int64).contiguous()
+        n = self.n_out if index is None else index.numel()
+        out = torch.empty(n, self.n_in, dtype=torch.float32)  # (n, n_in)
+        status = _function("giraffe_dequantize_i8")(
+            self.q.data_ptr(), self.dm.data_ptr(), KIND_CODES[self.kind], int(self.nibbles),
+            self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise IndexError(f"row ids outside 0..{self.n_out - 1} for a {self.kind} weight")
+        return out
+
+    def rows(self, start: int, stop: int) -> Int8Weights:
+        """Output rows start..stop-1 as views (both multiples of 16, the tile height)."""
+        if start % 16 or (stop % 16 and stop != self.n_out):
+            raise ValueError(f"int8 tiles split at multiples of 16 rows, not {start}..{stop}")
+        tile_q, tile_dm = (
+            self.q.numel() // -(-self.n_out // 16),
+            self.dm.numel() // -(-self.n_out // 16),
+        )
+        t0, t1 = start // 16, -(-stop // 16)
+        return Int8Weights(
+            self.q[t0 * tile_q : t1 * tile_q], self.dm[t0 * tile_dm : t1 * tile_dm],
+            self.kind, stop - start, self.n_in, self.nibbles,
+        )  # fmt: skip
 
 
 @lru_cache(maxsize=1)  # asked on every packed product: the library's answer never changes
@@ -214,31 +291,56 @@ def int8_kinds() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def nibble_kinds() -> tuple[str, ...]:
-    """Types the int8 GEMM can keep at 4 bits a weight (their integers fit a nibble)."""
+    """Types the int8 GEMM keeps under a byte a weight (their integers fit 4 or 5 bits)."""
     fn = _function("giraffe_i8_nibbles")
     return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
 
 
+def scales_per_block(kind: str) -> int:
+    """Floats per tile and block of 32 inputs: 16 scales, and 16 mins (or Q6_K's second
+    scales) where the type has them."""
+    t = BLOCK_TYPES[kind]
+    return 32 if t.has_min or t.split else 16
+
+
 def repack_int8(
-    packed: torch.Tensor, kind: str, n_out: int, n_in: int, nibbles: bool | None = None
+    packed: torch.Tensor | list[torch.Tensor],
+    kind: str,
+    n_out: int,
+    n_in: int,
+    nibbles: bool | None = None,
 ) -> Int8Weights:
-    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, or
-    ~0.75 as nibbles (None: nibbles where the type allows)."""
+    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, ~0.75 as
+    nibbles (4-bit types), ~0.875 as nibbles + fifth bits (5-bit types). nibbles: None
+    or True for the type's own packed form (as the block table says), False for bytes.
+
+    `packed` may be a list of parts stacked along the output rows (q|k|v): each is
+    repacked straight into its place in one buffer, no concatenated copy; every part
+    but the last must be whole 16-row tiles."""
     if kind not in int8_kinds() or n_in % 32:
         raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
-    nibbles = kind in nibble_kinds() if nibbles is None else nibbles
     if nibbles and kind not in nibble_kinds():
-        raise ValueError(f"{kind} integers do not fit 4 bits; repack it as bytes")
+        raise ValueError(f"{kind} integers do not fit 4 or 5 bits; repack it as bytes")
+    form = BLOCK_TYPES[kind].nibbles if nibbles is None or nibbles else 0
+    parts = packed if isinstance(packed, list) else [packed]
+    if any(p.shape[0] % 16 for p in parts[:-1]) or sum(p.shape[0] for p in parts) != n_out:
+        raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    q = torch.empty(tiles * blocks * (256 if nibbles else 512), dtype=torch.uint8)
-    dm = torch.empty(tiles * blocks * 32, dtype=torch.float32)
-    args = (packed.contiguous().data_ptr(), KIND_CODES[kind], n_out, n_in, q.data_ptr())
-    status = _function("giraffe_repack_i8")(
-        *args, dm.data_ptr(), int(nibbles), torch.get_num_threads()
-    )
-    if status != 0:
-        raise ValueError(f"repacking {kind} {n_out}x{n_in} for the int8 GEMM failed")
-    return Int8Weights(q, dm, kind, n_out, n_in, nibbles)
+    tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * scales_per_block(kind)
+    q = torch.empty(tiles * tile_q, dtype=torch.uint8)
+    dm = torch.empty(tiles * tile_dm, dtype=torch.float32)
+    start = 0  # in tiles
+    for part in parts:
+        rows = part.shape[0]
+        args = (part.contiguous().data_ptr(), KIND_CODES[kind], rows, n_in)
+        status = _function("giraffe_repack_i8")(
+            *args, q[start * tile_q :].data_ptr(), dm[start * tile_dm :].data_ptr(),
+            form, torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"repacking {kind} {rows}x{n_in} for the int8 GEMM failed")
+        start += rows // 16
+    return Int8Weights(q, dm, kind, n_out, n_in, form)
 
 
 def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,6 +6,11 @@ compiled kernel (`giraffe.quant.kernels`); tests hold the two equal to rounding.
 inference, by default, activations are rounded to int8 per block of 32 and multiplied by
 the VNNI int8 GEMM, as llama.cpp does (see `int8_activations`), tested equal to "round
 x, then the float reference" (blocks.round_activations_int8).
+
+One resident copy: a layer holds its weight either as ggml blocks (`packed`, often a view
+of the memory-mapped file) or, once `compact()`ed, only as the int8 GEMM's tiles (the
+blocks dropped); every other path (float activations, training, row lookups) then
+dequantizes from the tiles, which give the same numbers as the blocks.
 Knows nothing of file names: a loader hands it bytes and a block type.
 """
 
@@ -56,23 +61,47 @@ class QuantLinear(nn.Module):
             "packed", packed.contiguous(), persistent=False
         )  # (out, bytes per row) uint8
         self.kind, self.in_features, self.out_features = kind, in_features, out_features
+        self._int8: kernels.Int8Weights | None = None  # the int8 GEMM's tiles, made at first use
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weight lives, whichever form is resident."""
+        return (self._int8.q if self.packed is None else self.packed).device
+
     def dequantized_weight(self) -> torch.Tensor:
+        if self.packed is None:  # compacted: the int8 tiles are the only copy
+            return self._int8.dequantize()
         fast = kernels.dequantize(self.packed, self.kind, self.out_features, self.in_features)
         if fast is not None:  # the C unpacker: ~10x quicker, same numbers (tested)
             return fast
         return dequantize(self.packed.numpy(), self.kind, (self.out_features, self.in_features))
 
-    def int8_weights(self) -> kernels.Int8Weights | None:
-        """The weight repacked for the int8 GEMM (made at first use), or None if its type has none."""
-        if self.kind not in kernels.int8_kinds():
-            return None
-        if getattr(self, "_int8", None) is None:
-            self._int8 = kernels.repack_int8(
-                self.packed, self.kind, self.out_features, self.in_features
-            )
+    def int8_weights(self, repack=None) -> kernels.Int8Weights | None:
+        """The weight repacked for the int8 GEMM (made at first use), or None if its type has
+        none. repack: kernels.repack_int8 or a stand-in with its signature (a tile cache)."""
+        if self._int8 is None:
+            if self.kind not in kernels.int8_kinds():
+                return None
+            repack = repack or kernels.repack_int8
+            self._int8 = repack(self.packed, self.kind, self.out_features, self.in_features)
         return self._int8
+
+    def compact(self, release=None, repack=None) -> bool:
+        """Keep only the int8 tiles (drop the ggml blocks) when inference will use them.
+
+        Returns whether it did: not without the int8 GEMM, nor with float activations
+        chosen (GIRAFFE_INT8_ACTIVATIONS=0), where the blocks serve the float kernel.
+        `release(tensor)` is told of the blocks dropped (a loader hands back file pages);
+        `repack` makes the tiles (see int8_weights)."""
+        if self.packed is None:
+            return True
+        if not int8_activations() or self.int8_weights(repack) is None:
+            return False
+        if release is not None:
+            release(self.packed)
+        self.packed = None
+        return True
 
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
         rows = x.numel() // self.in_features
@@ -84,6 +113,8 @@ class QuantLinear(nn.Module):
         if inference and int8_activations() and self.int8_weights() is not None:
             y = kernels.gemm_int8(self._int8, x)
             return y if self.bias is None else y + self.bias
+        if self.packed is None:  # compacted: float paths dequantize the tiles
+            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         fast = float_input and self.kind in KERNEL_KINDS and rows <= KERNEL_MAX_ROWS
         if fast and kernels.available():
             y = kernels.qmatmul(self.packed, self.kind, self.out_features, self.in_features, x)
@@ -125,6 +156,9 @@ class QuantEmbedding(nn.Module):
         self.weight_kind, self.num_embeddings, self.embedding_dim = kind, vocab, dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.table.packed is None:  # compacted (a tied head): rows from the int8 tiles
+            values = self.table._int8.dequantize(ids)  # (N, dim)
+            return values.reshape(*ids.shape, self.embedding_dim)
         rows = self.table.packed[ids.flatten()]  # (N, bytes per row): only the rows asked for
         shape = (ids.numel(), self.embedding_dim)
         values = kernels.dequantize(rows, self.weight_kind, *shape)
@@ -140,45 +174,73 @@ class FusedQuant:
     """Several packed projections of the same input as one kernel call (q/k/v, gate/up).
 
     Not an nn.Module on purpose: it owns no parameters, so state dicts and savers never
-    see it. When the parts share a block type, their buffers become views of one
-    concatenated buffer (no extra memory) and one call computes all. Parts of different
-    types (a Q4_K_M file keeps v in Q8_0 beside Q5_0 q/k) stay separate `segments`, which
-    the compiled decode step still takes in one layer call. Whoever replaces one of the
-    parts (e.g. with a LoRA layer) must drop the fusion.
+    see it. When the parts share a block type, their weights become views of one
+    concatenated buffer (no extra memory) and one call computes all: the ggml blocks, or,
+    for compacted parts, their int8 tiles (when every part but the last is a whole number
+    of 16-row tiles). Parts of different types (a Q4_K_M file keeps v in Q8_0 beside Q5_0
+    q/k) stay separate `segments`, which the compiled decode step still takes in one layer
+    call. Whoever replaces one of the parts (e.g. with a LoRA layer) must drop the fusion.
     """
 
-    def __init__(self, parts: list[QuantLinear]) -> None:
+    def __init__(self, parts: list[QuantLinear], repack=None) -> None:
         self.in_features = parts[0].in_features
         self.sizes = [p.out_features for p in parts]
         biases = [p.bias for p in parts]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
         self.parts = parts
         self.kind = parts[0].kind if len({p.kind for p in parts}) == 1 else None
+        self.packed, self._int8 = None, None
+        compacted = [p.packed is None for p in parts]
+        tiled = all(n % 16 == 0 for n in self.sizes[:-1])
+        if self.kind is None or any(compacted):
+            self.kind = None  # separate segments, each part its own form
+        elif tiled and int8_activations() and self.kind in kernels.int8_kinds():
+            # the parts' blocks repacked into one buffer of tiles; compact() drops the blocks
+            packed, repack = [p.packed for p in parts], repack or kernels.repack_int8
+            self._int8 = repack(packed, self.kind, sum(self.sizes), self.in_features)
+            self._share_int8()
+        else:
+            self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
+            start = 0
+            for p, n in zip(parts, self.sizes, strict=True):
+                p.packed = self.packed[start : start + n]
+                start += n
+
+    @property
+    def segments(self) -> list[tuple]:
+        """(ggml blocks or None when compacted, block type, rows) per separate product."""
         if self.kind is None:
-            self.segments = [(p.packed, p.kind, p.out_features) for p in parts]
-            return
-        self.packed = torch.cat([p.packed for p in parts])  # (sum out, bytes per row)
+            return [(p.packed, p.kind, p.out_features) for p in self.parts]
+        return [(self.packed, self.kind, sum(self.sizes))]
+
+    def _share_int8(self) -> None:
         start = 0
-        for p, n in zip(parts, self.sizes, strict=True):
-            p.packed = self.packed[start : start + n]
+        for p, n in zip(self.parts, self.sizes, strict=True):
+            p._int8 = self._int8.rows(start, start + n)
             start += n
-        self.segments = [(self.packed, self.kind, sum(self.sizes))]
+
+    def compact(self, release=None, repack=None) -> None:
+        """Keep only int8 tiles (see QuantLinear.compact) where every part allows it; parts
+        of one buffer of tiles already hold views of it."""
+        for p in self.parts:
+            p.compact(release, repack)
 
     @staticmethod
-    def of(parts) -> FusedQuant | None:
-        """A fusion when every part is packed in a type the kernel knows, else None."""
+    def of(parts, repack=None) -> FusedQuant | None:
+        """A fusion when every part is packed in a type the kernel knows, else None.
+        repack: how tiles are made (kernels.repack_int8 or a tile cache)."""
         ok = all(isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS for p in parts)
         if not ok or not kernels.available():
             return None
         if len({(p.in_features, p.bias is None) for p in parts}) != 1:
             return None
-        return FusedQuant(parts)
+        return FusedQuant(parts, repack)
 
     def int8_segments(self) -> list[kernels.Int8Weights | None]:
         """Per segment, its weight repacked for the int8 GEMM (None where its type has none)."""
         if self.kind is None:
             return [p.int8_weights() for p in self.parts]
-        if not hasattr(self, "_int8"):
+        if self._int8 is None:
             whole = QuantLinear(self.packed, self.kind, self.in_features, sum(self.sizes))
             self._int8 = whole.int8_weights()
         return [self._int8]
@@ -190,7 +252,7 @@ class FusedQuant:
         inference = whole and not torch.is_grad_enabled()
         if inference and int8_activations() and self.int8_segments()[0] is not None:
             y = kernels.gemm_int8(self._int8, x)
-        elif whole and rows <= KERNEL_MAX_ROWS:
+        elif whole and self.packed is not None and rows <= KERNEL_MAX_ROWS:
             y = kernels.qmatmul(self.packed, self.kind, sum(self.sizes), self.in_features, x)
         else:
             return tuple(p(x) for p in self.parts)

@@ -117,7 +117,7 @@ class LoraLinear(nn.Module):
         float_base = isinstance(base, nn.Linear)
         like = dict(
             dtype=base.weight.dtype if float_base else torch.float32,
-            device=base.weight.device if float_base else base.packed.device,
+            device=base.weight.device if float_base else base.device,
         )
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **like)  # weight (r, in)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **like)  # weight (out, r)

@@ -26,10 +26,36 @@
 #include <immintrin.h>
 #endif
 
+/* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
+ * refuses a library whose version or block table differs from its own (never a wrong answer). */
+#define GIRAFFE_ABI_VERSION 5
+
 enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, N_KINDS = 8 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
 static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210};
 static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256};
+/* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
+ * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
+ * nibbles plus a plane of fifth bits), whether each 16 weights have their own scale. */
+static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32};
+static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 0};
+static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1};
+enum { BLOCK_TABLE_COLUMNS = 7 };
+
+/* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split.
+ * Returns the number of rows written (N_KINDS), or -1 when `max_rows` is too small. */
+int giraffe_block_table(int32_t *out, int max_rows) {
+    if (max_rows < N_KINDS) return -1;
+    for (int k = 0; k < N_KINDS; k++) {
+        const int32_t row[BLOCK_TABLE_COLUMNS] = {k, BLOCK_WEIGHTS[k], BLOCK_BYTES[k], I8_OFFSET[k],
+                                                  I8_HAS_MIN[k], I8_NIBBLES[k], I8_SPLIT[k]};
+        memcpy(out + k * BLOCK_TABLE_COLUMNS, row, sizeof(row));
+    }
+    return N_KINDS;
+}
+
+int giraffe_abi_version(void) { return GIRAFFE_ABI_VERSION; }
 
 static inline int kind_ok(int kind, int64_t n_in) {
     return kind >= 0 && kind < N_KINDS && n_in % BLOCK_WEIGHTS[kind] == 0;
@@ -85,18 +111,22 @@ static inline sub_ref locate(const uint8_t *row, int kind, int64_t b) {
     return s;
 }
 
-/* The affine integer form of sub-block b of a row: 32 unsigned q, d, m and the offset.
- * Returns 0, or -1 for a type without one scale per 32 weights. */
-static inline int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
+/* The integer form of sub-block b of a row: 32 unsigned q, two scales and a min, with
+ *   w[l] = d[l / 16] * (q[l] + i8_offset(kind)) + m.
+ * Every type but Q6_K has one scale per 32 weights (d[0] == d[1]); Q6_K's 16-weight
+ * sub-blocks carry their own (d*sc each, no min). Values equal ggml's dequantize bit for
+ * bit (same roundings in the same order: the d*sc product first, as ggml does). */
+static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
     const sub_ref s = locate(row, kind, b);
     const uint8_t *blk = s.blk;
+    const int j = s.j;
     *m = 0.0f;
     if (kind == Q8_0) {
-        *d = fp16_to_fp32(read_u16(blk));
+        d[0] = fp16_to_fp32(read_u16(blk));
         for (int l = 0; l < 32; l++) q[l] = (uint8_t)((int)(int8_t)blk[2 + l] + 128);
     } else if (kind <= Q5_1) {
         const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
-        *d = fp16_to_fp32(read_u16(blk));
+        d[0] = fp16_to_fp32(read_u16(blk));
         if (has_min) *m = fp16_to_fp32(read_u16(blk + 2));
         const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
         const uint8_t *nib = blk + 2 + 2 * has_min + 4 * five;
@@ -105,10 +135,9 @@ static inline int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_
             q[l + 16] = (uint8_t)((nib[l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
         }
     } else if (kind == Q4_K || kind == Q5_K) {
-        const int j = s.j;
         int sc, mn;
         scale_min_k4(j, blk + 4, &sc, &mn);
-        *d = fp16_to_fp32(read_u16(blk)) * (float)sc;
+        d[0] = fp16_to_fp32(read_u16(blk)) * (float)sc;
         *m = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
         const uint8_t *qh = blk + 16, *nib = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
         for (int l = 0; l < 32; l++) {
@@ -116,38 +145,32 @@ static inline int sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_
             if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
             q[l] = (uint8_t)v;
         }
-    } else {
-        return -1;
+    } else { /* Q6_K: half h = j/4 and k = j%4 pick the low/high bits and two scales */
+        const int h = j / 4, k = j % 4;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
+        const float dd = fp16_to_fp32(read_u16(blk + 208));
+        d[0] = dd * (float)sc[0];
+        d[1] = dd * (float)sc[1];
+        for (int l = 0; l < 32; l++) {
+            const int low = k < 2 ? ql[l] & 0x0F : ql[l] >> 4;
+            q[l] = (uint8_t)(low | (((qh[l] >> (2 * k)) & 3) << 4));
+        }
+        return;
     }
-    return 0;
+    d[1] = d[0];
 }
 
-static inline int i8_offset(int kind) {
-    return kind == Q8_0 ? -128 : kind == Q4_0 ? -8 : kind == Q5_0 ? -16 : 0;
-}
+static inline int i8_offset(int kind) { return I8_OFFSET[kind]; }
 
 /* Scalar reference: the 32 weights of sub-block b of a row, exactly as ggml's dequantize:
  * d * (q + offset) + m from the integer form, in ggml's order of roundings. */
 static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) {
-    if (kind != Q6_K) {
-        uint8_t q[32];
-        float d, m;
-        sub_block_ints(row, kind, b, q, &d, &m);
-        const int offset = i8_offset(kind);
-        for (int l = 0; l < 32; l++) y[l] = d * (float)((int)q[l] + offset) + m;
-        return;
-    }
-    const sub_ref s = locate(row, kind, b);
-    const uint8_t *blk = s.blk;
-    const int j = s.j, h = j / 4, k = j % 4; /* Q6_K: two scales per 32 weights */
-    const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
-    const int8_t *sc = (const int8_t *)(blk + 192) + 8 * h + 2 * k;
-    const float d = fp16_to_fp32(read_u16(blk + 208));
-    for (int l = 0; l < 32; l++) {
-        const int low = k < 2 ? ql[l] & 0x0F : ql[l] >> 4;
-        const int v = (low | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
-        y[l] = d * (float)sc[l / 16] * (float)v;
-    }
+    uint8_t q[32];
+    float d[2], m;
+    sub_block_ints(row, kind, b, q, d, &m);
+    const int offset = i8_offset(kind);
+    for (int l = 0; l < 32; l++) y[l] = d[l / 16] * (float)((int)q[l] + offset) + m;
 }
 
 #ifdef __AVX512F__

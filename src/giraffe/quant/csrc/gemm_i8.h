@@ -9,14 +9,19 @@
  * scale into an affine integer form  w = d * (q + offset) + m,  q unsigned 0..255:
  *   Q8_0: q = q8 + 128, offset -128      Q4_0: offset -8      Q5_0: offset -16
  *   Q4_1/Q5_1: m = min                   Q4_K/Q5_K: d = d*sc_j, m = -dmin*m_j
- * (Q6_K's sub-blocks carry two scales, so it has no such form and keeps the float path.)
+ *   Q6_K: offset -32, and two scales d*sc per 32 weights (its sub-blocks are 16 wide), no min
  * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
  * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
  * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
- * Per tile and block also 16 scales d, then 16 mins m (floats). Types whose q fit 4 bits
+ * Per tile and block also 16 scales d (floats), then, for types with a min, 16 mins m; for Q6_K ("split" scales)
+ * 16 scales of weights 0-15, then 16 of weights 16-31, whose integer sums are kept apart
+ * (groups 0-3, then 4-7) and scaled each by its own. Types whose q fit 4 bits
  * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
  * low and high halves of the same 64 bytes), half the bytes that a bandwidth-bound
- * decode step reads, for two more instructions per 64 bytes.
+ * decode step reads, for two more instructions per 64 bytes. Types whose q fit 5 bits
+ * (Q5_0, Q5_1, Q5_K) keep the nibbles plus, per tile and block, 8 x 64 bits of fifth bits
+ * (bit i of word g: the weight in byte i of group g), added back with one masked add:
+ * 320 bytes instead of 512. `form` names the three layouts: 0 bytes, 1 nibbles, 2 fives.
  *
  * Activations: per row and block, da = max|x| / 127 and a = round-to-nearest-even(x / da)
  * in -127..127, and isum = sum(a). Per block the integer part is exact:
@@ -28,47 +33,69 @@
 #define HAVE_GEMM_I8 1
 #include <immintrin.h>
 
-enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512 };
+enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES = 256 };
 
-int giraffe_i8_supported(int kind) { return kind >= 0 && kind < Q6_K; }
+/* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits. */
+static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : 320; }
+
+int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS; }
 
 /* Types whose integers fit 4 bits, so the repacked weights can stay two a byte. */
-int giraffe_i8_nibbles(int kind) { return kind == Q4_0 || kind == Q4_1 || kind == Q4_K; }
+int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
 
-/* n_out rows of packed blocks -> q (tiles * n_blocks * 512 bytes) and dm (tiles * n_blocks
- * * 32 floats), tiles = ceil(n_out / 16); rows past n_out are zero. Returns 0 or -1. */
+/* Floats of scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the
+ * type has them; types with neither keep the 16 d alone. */
+static inline int i8_scales(int kind) { return I8_HAS_MIN[kind] || I8_SPLIT[kind] ? 2 * I8_TILE : I8_TILE; }
+
+/* A form a type may be repacked in: bytes always, or its own packed form. */
+static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
+
+/* n_out rows of packed blocks -> q (tiles * n_blocks * i8_block_bytes(form) bytes) and dm
+ * (tiles * n_blocks * i8_scales(kind) floats), tiles = ceil(n_out / 16); rows past n_out
+ * are zero. Returns 0 or -1. */
 int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
                       int nibbles, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
-    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
-    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
+    if (!form_ok(kind, nibbles)) return -1;
+    const int block_bytes = i8_block_bytes(nibbles), scales = i8_scales(kind);
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     const int64_t rb = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         for (int64_t b = 0; b < n_blocks; b++) {
             uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            float *dt = dm + (t * n_blocks + b) * 2 * I8_TILE;
+            float *dt = dm + (t * n_blocks + b) * scales;
             memset(qt, 0, block_bytes);
+            memset(dt, 0, sizeof(float) * scales);
             for (int c = 0; c < I8_TILE; c++) {
-                dt[c] = dt[I8_TILE + c] = 0.0f;
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
-                sub_block_ints(w + o * rb, kind, b, v, &dt[c], &dt[I8_TILE + c]);
+                float d[2], m;
+                sub_block_ints(w + o * rb, kind, b, v, d, &m);
+                dt[c] = d[0];
+                if (scales > I8_TILE) dt[I8_TILE + c] = I8_SPLIT[kind] ? d[1] : m;
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
-                    for (int l = 0; l < 32; l++) qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)(v[l] << (l % 8 < 4 ? 0 : 4));
+                    for (int l = 0; l < 32; l++) {
+                        qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)((v[l] & 0x0F) << (l % 8 < 4 ? 0 : 4));
+                        if (nibbles == 2 && v[l] & 0x10) { /* fifth bit: word l/4, bit of byte 4c + l%4 */
+                            uint8_t *word = qt + I8_NIBBLE_BYTES + 8 * (l / 4);
+                            const int bit = 4 * c + l % 4;
+                            word[bit / 8] |= (uint8_t)(1u << (bit % 8));
+                        }
+                    }
             }
         }
     }
     return 0;
 }
 
-/* Rows of x -> int8 a, scale da and integer sum isum per block of 32. */
+/* Rows of x -> int8 a, scale da and integer sum isum per block of 32 (isum_lo: of its
+ * first 16, for types with a scale per 16 weights). */
 static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t *a, float *da, int32_t *isum,
-                                 int n_threads) {
+                                 int32_t *isum_lo, int n_threads) {
     const int64_t n_blocks = n_in / 32;
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r = 0; r < m; r++) {
@@ -85,60 +112,78 @@ static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t
             _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(qlo));
             _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(qhi));
             da[r * n_blocks + b] = d;
-            isum[r * n_blocks + b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+            isum_lo[r * n_blocks + b] = _mm512_reduce_add_epi32(qlo);
+            isum[r * n_blocks + b] = isum_lo[r * n_blocks + b] + _mm512_reduce_add_epi32(qhi);
         }
     }
 }
 
 #define I8_ROWS 4 /* input rows per micro-kernel call: 4 rows x 2 tiles = 8 int + 8 float accumulators */
 
-/* y[r][0..31] for up to I8_ROWS rows against tiles t0 (and t1 unless t1 == NULL). */
+/* y[r][0..31] for up to I8_ROWS rows against tiles t0 (and t1 unless t1 == NULL).
+ * `split`: each 16 weights of a block have their own scale (Q6_K): the integer sums of
+ * groups 0-3 and 4-7 are scaled apart. */
 static inline __attribute__((always_inline)) void gemm_i8_block(
     const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1, int64_t n_blocks, const int8_t *a,
-    int64_t n_in, const float *da, const int32_t *isum, int rows, int offset, int has_min, float *y,
-    int64_t y_stride, int cols0, int cols1, const int nibbles) {
-    const int block_bytes = nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES;
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    int64_t n_in, const float *da, const int32_t *isum, const int32_t *isum_lo, int rows, int offset, int has_min,
+    float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split) {
+    const int block_bytes = i8_block_bytes(nibbles), scales = has_min || split ? 2 * I8_TILE : I8_TILE;
+    const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
     for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
-        __m512i i0[I8_ROWS], i1[I8_ROWS];
-        #pragma GCC unroll 8
-        for (int r = 0; r < I8_ROWS; r++)
-            i0[r] = i1[r] = _mm512_set1_epi32(r < rows ? offset * isum[r * n_blocks + b] : 0);
         const uint8_t *w0 = q0 + b * block_bytes, *w1 = q1 ? q1 + b * block_bytes : w0;
         const int8_t *ab = a + 32 * b;
-        #pragma GCC unroll 8
-        for (int g = 0; g < 8; g++) {
-            __m512i v0, v1;
-            if (!nibbles) {
-                v0 = _mm512_loadu_si512(w0 + g * I8_GROUP_BYTES);
-                v1 = _mm512_loadu_si512(w1 + g * I8_GROUP_BYTES);
-            } else { /* even g: the low nibbles of 64 bytes, odd g: their high nibbles */
-                v0 = _mm512_loadu_si512(w0 + (g / 2) * I8_GROUP_BYTES);
-                v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
-                if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
-                v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
+        const float *s0 = dm0 + b * scales, *s1 = (dm1 ? dm1 : dm0) + b * scales;
+        #pragma GCC unroll 2
+        for (int half = 0; half < 2; half++) {
+            if (half && !split) break; /* constant trip counts, so the loops unroll */
+            __m512i i0[I8_ROWS], i1[I8_ROWS];
+            #pragma GCC unroll 8
+            for (int r = 0; r < I8_ROWS; r++) {
+                const int64_t at = r * n_blocks + b;
+                const int32_t sum = r >= rows ? 0 : !split ? isum[at] : half ? isum[at] - isum_lo[at] : isum_lo[at];
+                i0[r] = i1[r] = _mm512_set1_epi32(offset * sum);
             }
+            #pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) {
+                if (split && g / 4 != half) continue;
+                __m512i v0, v1;
+                if (!nibbles) {
+                    v0 = _mm512_loadu_si512(w0 + g * I8_GROUP_BYTES);
+                    v1 = _mm512_loadu_si512(w1 + g * I8_GROUP_BYTES);
+                } else { /* even g: the low nibbles of 64 bytes, odd g: their high nibbles */
+                    v0 = _mm512_loadu_si512(w0 + (g / 2) * I8_GROUP_BYTES);
+                    v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
+                    if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
+                    v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
+                    if (nibbles == 2) { /* OR in the fifth bits: 64 mask bits per group */
+                        uint64_t b0, b1;
+                        memcpy(&b0, w0 + I8_NIBBLE_BYTES + 8 * g, 8);
+                        memcpy(&b1, w1 + I8_NIBBLE_BYTES + 8 * g, 8);
+                        v0 = _mm512_mask_add_epi8(v0, _cvtu64_mask64(b0), v0, fifth);
+                        v1 = _mm512_mask_add_epi8(v1, _cvtu64_mask64(b1), v1, fifth);
+                    }
+                }
+                #pragma GCC unroll 8
+                for (int r = 0; r < I8_ROWS; r++) {
+                    if (r < rows) {
+                        int32_t four;
+                        memcpy(&four, ab + r * n_in + 4 * g, 4);
+                        const __m512i x4 = _mm512_set1_epi32(four);
+                        i0[r] = _mm512_dpbusd_epi32(i0[r], v0, x4);
+                        i1[r] = _mm512_dpbusd_epi32(i1[r], v1, x4);
+                    }
+                }
+            }
+            const __m512 d0 = _mm512_loadu_ps(s0 + half * I8_TILE), d1 = _mm512_loadu_ps(s1 + half * I8_TILE);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
-                    int32_t four;
-                    memcpy(&four, ab + r * n_in + 4 * g, 4);
-                    const __m512i x4 = _mm512_set1_epi32(four);
-                    i0[r] = _mm512_dpbusd_epi32(i0[r], v0, x4);
-                    i1[r] = _mm512_dpbusd_epi32(i1[r], v1, x4);
+                    const __m512 sa = _mm512_set1_ps(da[r * n_blocks + b]);
+                    acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0[r]), _mm512_mul_ps(d0, sa), acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[r]), _mm512_mul_ps(d1, sa), acc1[r]);
                 }
-            }
-        }
-        const float *s0 = dm0 + b * 2 * I8_TILE, *s1 = (dm1 ? dm1 : dm0) + b * 2 * I8_TILE;
-        const __m512 d0 = _mm512_loadu_ps(s0), d1 = _mm512_loadu_ps(s1);
-        #pragma GCC unroll 8
-        for (int r = 0; r < I8_ROWS; r++) {
-            if (r < rows) {
-                const __m512 sa = _mm512_set1_ps(da[r * n_blocks + b]);
-                acc0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0[r]), _mm512_mul_ps(d0, sa), acc0[r]);
-                acc1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1[r]), _mm512_mul_ps(d1, sa), acc1[r]);
             }
         }
         if (has_min) {
@@ -165,16 +210,17 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
 int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
                     const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
-    if (nibbles && !giraffe_i8_nibbles(kind)) return -1;
+    if (!form_ok(kind, nibbles)) return -1;
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     int8_t *a = (int8_t *)malloc((size_t)(m * n_in));
     float *da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
-    int32_t *isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(m * n_blocks));
+    int32_t *isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * m * n_blocks)), *isum_lo = isum + m * n_blocks;
     if (!a || !da || !isum) { free(a); free(da); free(isum); return -1; }
-    quantize_activations(x, m, n_in, a, da, isum, n_threads);
-    const int offset = i8_offset(kind), has_min = kind == Q4_1 || kind == Q5_1 || kind >= Q4_K;
-    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * 2 * I8_TILE;
-    const int64_t tile_q = n_blocks * (nibbles ? I8_BLOCK_BYTES / 2 : I8_BLOCK_BYTES);
+    quantize_activations(x, m, n_in, a, da, isum, isum_lo, n_threads);
+    const int offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
+    const int scales = i8_scales(kind);
+    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * scales;
+    const int64_t tile_q = n_blocks * i8_block_bytes(nibbles);
     /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
      * L1/L2 while every row chunk streams past them. */
     #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -191,16 +237,61 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
             const int8_t *ar = a + r0 * n_in;
             float *yr = y + r0 * y_stride + col;
             const float *dar = da + r0 * n_blocks;
-            const int32_t *isr = isum + r0 * n_blocks;
-            if (nibbles) /* two calls with a constant flag: each compiles to its own loop */
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, rows, offset, has_min, yr, y_stride,
-                              cols0, cols1, 1);
+            const int32_t *isr = isum + r0 * n_blocks, *islo = isum_lo + r0 * n_blocks;
+            /* three calls with constant flags: each compiles to its own loop */
+            if (nibbles == 1)
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
+                              y_stride, cols0, cols1, 1, 0);
+            else if (nibbles == 2)
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
+                              y_stride, cols0, cols1, 2, 0);
+            else if (I8_SPLIT[kind])
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, 0, yr, y_stride,
+                              cols0, cols1, 0, 1);
             else
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, rows, offset, has_min, yr, y_stride,
-                              cols0, cols1, 0);
+                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
+                              y_stride, cols0, cols1, 0, 0);
         }
     }
     free(a); free(da); free(isum);
+    return 0;
+}
+
+/* The weights back from the int8 form, as floats: rows `rows[0..n_rows-1]` (all n_out rows
+ * in order when rows is NULL) into out (n_rows, n_in). w = d * (q + offset) + m, the same
+ * numbers as ggml's dequantize of the blocks it was repacked from (sub_block_ints). This
+ * lets the int8 form be the only resident copy: float paths and lookups read it. */
+int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
+                          const int64_t *rows, int64_t n_rows, float *out, int n_threads) {
+    if (!giraffe_i8_supported(kind) || n_in % 32 || !form_ok(kind, nibbles)) return -1;
+    if (!rows) n_rows = n_out;
+    for (int64_t i = 0; rows && i < n_rows; i++)
+        if (rows[i] < 0 || rows[i] >= n_out) return -1;
+    const int block_bytes = i8_block_bytes(nibbles);
+    const int64_t n_blocks = n_in / 32;
+    const int offset = I8_OFFSET[kind], has_min = I8_HAS_MIN[kind], split = I8_SPLIT[kind];
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n_rows; i++) {
+        const int64_t o = rows ? rows[i] : i, t = o / I8_TILE;
+        const int c = (int)(o % I8_TILE);
+        for (int64_t b = 0; b < n_blocks; b++) {
+            const uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
+            const float *dt = dm + (t * n_blocks + b) * i8_scales(kind);
+            float *y = out + i * n_in + 32 * b;
+            for (int l = 0; l < 32; l++) {
+                int v;
+                if (nibbles) v = (qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] >> (l % 8 < 4 ? 0 : 4)) & 0x0F;
+                else v = qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4];
+                if (nibbles == 2) {
+                    const int bit = 4 * c + l % 4;
+                    v |= ((qt[I8_NIBBLE_BYTES + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << 4;
+                }
+                const float d = dt[split && l >= 16 ? I8_TILE + c : c];
+                y[l] = d * (float)(v + offset);
+                if (has_min) y[l] += dt[I8_TILE + c];
+            }
+        }
+    }
     return 0;
 }
 #else

@@ -293,12 +293,12 @@ static void silu_times_up(const float *gate_up, int64_t hidden, float *out) {
  *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
  *   (attention.h's flash kernel where built).
  * The matrix products take all n rows together. cos/sin are (n, D). */
-int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_norm, const float *mlp_norm,
-                         float eps, const packed_matrix *qkv, const packed_matrix *o,
-                         const packed_matrix *gate_up, const packed_matrix *down, int n_heads, int kv_heads,
-                         int head_dim, const float *cos, const float *sin, float *k_cache, float *v_cache,
-                         int64_t row_stride, const int64_t *slots, int64_t max_len, int64_t window,
-                         float *scratch, int n_threads) {
+static int decode_layer(float *x, int64_t n, int64_t dim, const float *attn_norm, const float *mlp_norm,
+                        float eps, const packed_matrix *qkv, const packed_matrix *o,
+                        const packed_matrix *gate_up, const packed_matrix *down, int n_heads, int kv_heads,
+                        int head_dim, const float *cos, const float *sin, float *k_cache, float *v_cache,
+                        int64_t row_stride, const int64_t *slots, int64_t max_len, int64_t window,
+                        float *scratch, int n_threads) {
     if (head_dim > 512) return -1;
     const int prompt = row_stride == 0 && n > 1;
     for (int64_t r = 0; r < n; r++) {
@@ -361,6 +361,32 @@ int giraffe_decode_layer(float *x, int64_t n, int64_t dim, const float *attn_nor
     matmul_rows(down, act, n, h, n_threads);
     for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
     return 0;
+}
+
+/* The arguments of one layer step, declared once (giraffe.quant.decode_step.LayerStep
+ * mirrors it; the library reports its size, and the caller stamps `size`, so a mismatch
+ * is refused rather than read wrongly). Per layer: weights, norms and shapes; per call:
+ * x, n, the rotary rows, the cache, the slots and the scratch. */
+typedef struct {
+    int64_t size; /* sizeof(layer_step) as the caller sees it */
+    float *x; int64_t n; int64_t dim;
+    const float *attn_norm, *mlp_norm; float eps;
+    const packed_matrix *qkv, *o, *gate_up, *down;
+    int n_heads, kv_heads, head_dim;
+    const float *cos, *sin; float *k_cache, *v_cache;
+    int64_t row_stride; const int64_t *slots; int64_t max_len, window;
+    float *scratch; int n_threads;
+} layer_step;
+
+int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
+int giraffe_packed_matrix_size(void) { return (int)sizeof(packed_matrix); }
+
+/* One layer for s->n rows (see decode_layer). Returns 0, or -1 on bad input. */
+int giraffe_decode_layer(const layer_step *s) {
+    if (!s || s->size != (int64_t)sizeof(layer_step)) return -2;
+    return decode_layer(s->x, s->n, s->dim, s->attn_norm, s->mlp_norm, s->eps, s->qkv, s->o, s->gate_up, s->down,
+                        s->n_heads, s->kv_heads, s->head_dim, s->cos, s->sin, s->k_cache, s->v_cache, s->row_stride,
+                        s->slots, s->max_len, s->window, s->scratch, s->n_threads);
 }
 
 /* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does

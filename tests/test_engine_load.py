@@ -1,0 +1,185 @@
+"""Loading packed GGUF models: untied heads packed, one resident copy, the kernels' table
+checked against Python's, corrupt tensors and block types the engine lacks."""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
+
+from giraffe.config import PRESETS
+from giraffe.formats.assemble import WeightsError
+from giraffe.formats.gguf import load_gguf, save_gguf
+from giraffe.models import Decoder
+from giraffe.quant import kernels, types
+from giraffe.quant.decode_step import FastDecode
+from giraffe.quant.linear import QuantEmbedding, QuantLinear
+
+needs_vnni = pytest.mark.skipif(not kernels.int8_kinds(), reason="no AVX-512 VNNI int8 GEMM")
+IDS = torch.tensor([[5, 17, 3, 99, 250, 7]])
+
+
+def untied_model(tmp_path, dtype="q8_0"):
+    torch.manual_seed(0)
+    cfg = PRESETS["llama-tiny"].replace(tie_embeddings=False)
+    return save_gguf(Decoder(cfg), tmp_path / "untied.gguf", dtype=dtype)
+
+
+@pytest.mark.parametrize("int8", ["1", "0"])
+def test_untied_head_and_embedding_stay_packed_and_equal_the_float_model(
+    tmp_path, int8, monkeypatch
+):
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
+    path = untied_model(tmp_path)
+    packed, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
+    assert isinstance(packed.lm_head, QuantLinear) and isinstance(packed.embed, QuantEmbedding)
+    with torch.inference_mode():
+        got, want = packed(IDS), reference(IDS)
+    # float activations: the same weights, float32 sums in another order; int8: rounding
+    tolerance = 1e-4 if int8 == "0" else 0.05
+    assert (got - want).abs().max() / want.abs().max() < tolerance
+
+
+@needs_vnni
+def test_one_resident_copy_at_inference(tmp_path, monkeypatch):
+    """Products keep only their int8 tiles; the untied embedding only the file's blocks."""
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+    model = load_gguf(untied_model(tmp_path), packed=True)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    products = [m for m in layers if m is not model.embed.table]
+    assert products and all(m.packed is None and m._int8 is not None for m in products)
+    assert model.embed.table.packed is not None and model.embed.table._int8 is None
+    # float activations still work, dequantizing whichever form is resident
+    with torch.inference_mode():
+        int8_logits = model(IDS)
+        monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
+        float_logits = model(IDS)
+    reference = load_gguf(untied_model(tmp_path), packed=False)
+    with torch.inference_mode():
+        want = reference(IDS)
+    assert torch.allclose(float_logits, want, atol=1e-4)
+    assert (int8_logits - want).abs().max() / want.abs().max() < 0.05
+
+
+@needs_vnni
+def test_tied_table_compacted_serves_lookups_and_the_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+    torch.manual_seed(0)
+    path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "tied.gguf", dtype="q4_1")
+    model, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
+    assert model.embed.table.packed is None  # the head: int8 tiles only
+    ids = torch.tensor([[0, 511, 42]])
+    assert torch.equal(model.embed(ids), reference.embed(ids))
+
+
+def test_mismatched_block_table_is_refused_at_load(monkeypatch):
+    path = kernels.library_path()
+    if path is None:
+        pytest.skip("no C compiler: no kernel library to check")
+    lib = ctypes.CDLL(str(path))
+    kernels.check_library(lib)  # the real table agrees
+    wrong = types.BLOCK_TYPES["Q6_K"]._replace(bytes=208)
+    monkeypatch.setitem(types.BLOCK_TYPES, "Q6_K", wrong)
+    with pytest.raises(kernels.KernelMismatchError, match="block table differs .* Q6_K"):
+        kernels.check_library(lib)
+    monkeypatch.setitem(types.BLOCK_TYPES, "Q6_K", wrong._replace(bytes=210))
+    monkeypatch.setattr(kernels, "ABI_VERSION", kernels.ABI_VERSION + 1)
+    with pytest.raises(kernels.KernelMismatchError, match="speaks ABI"):
+        kernels.check_library(lib)
+
+
+def test_layer_struct_of_another_size_is_refused(tmp_path, monkeypatch):
+    model = load_gguf(untied_model(tmp_path), packed=True)
+    if model.fast_decode is None:
+        pytest.skip("no compiled decode step on this machine")
+    monkeypatch.setattr(kernels, "struct_size", lambda name: 8)
+    with pytest.raises(kernels.KernelMismatchError, match="layer_step is 8 bytes"):
+        FastDecode.build(model)
+
+
+def _patch_dims(path, name: str, dims: tuple[int, ...]) -> None:
+    """Overwrite a tensor's shape in the GGUF header (name, u32 n_dims, u64 dims)."""
+    data = bytearray(path.read_bytes())
+    key = name.encode()
+    at = data.index(len(key).to_bytes(8, "little") + key) + 8 + len(key)
+    assert int.from_bytes(data[at : at + 4], "little") == len(dims)
+    for i, d in enumerate(dims):
+        data[at + 4 + 8 * i : at + 12 + 8 * i] = d.to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "dims,message",
+    [((64, 256), "overlaps tensor"), ((48, 128), "not whole Q8_0 blocks of 32")],
+)
+def test_corrupt_tensor_shape_is_a_clear_error_at_load(tmp_path, dims, message):
+    path = untied_model(tmp_path)
+    _patch_dims(path, "blk.0.ffn_up.weight", dims)  # truly (64 in, 128 out), Q8_0
+    with pytest.raises(WeightsError, match=message):
+        load_gguf(path, packed=True)
+
+
+def test_block_type_the_engine_lacks_runs_dequantized_with_one_warning(tmp_path, monkeypatch):
+    """A BF16 matrix (a type the kernels lack) is dequantized; everything else stays packed."""
+    import giraffe.formats.gguf as gguf_format
+
+    plain = gguf_format.quantize_matrix
+
+    def one_bf16(array: np.ndarray, dtype: str):
+        if array.shape == (64, 128):  # the down projections
+            return quantize(array, GGMLQuantizationType.BF16), "BF16"
+        return plain(array, dtype)
+
+    monkeypatch.setattr(gguf_format, "quantize_matrix", one_bf16)
+    path = untied_model(tmp_path)
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_gguf(path, packed=True)
+    named = [w for w in caught if "BF16" in str(w.message)]
+    assert len(named) == 1 and "dequantized to float32" in str(named[0].message)
+    assert isinstance(model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert isinstance(model.layers[0].mlp.up_proj, QuantLinear)
+    reference = load_gguf(path, packed=False)
+    with torch.inference_mode():
+        assert torch.allclose(model(IDS), reference(IDS), atol=1e-4)
+
+
+@needs_vnni
+def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
+    from giraffe.quant import tile_cache
+
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    path = untied_model(tmp_path)
+    real, calls = kernels.repack_int8, []
+
+    def counted(*args, **kw):
+        calls.append(args[1])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels, "repack_int8", counted)
+    first = load_gguf(path, packed=True)
+    assert len(list((tmp_path / "tiles").glob("*/index.json"))) == 1
+    repacked_first, calls[:] = len(calls), []
+    second = load_gguf(path, packed=True)
+    # only q|k|v is made again: llama's files permute q and k rows, so those are copies,
+    # not views of the file that a cache could name
+    assert len(calls) == first.config.n_layers < repacked_first
+    with torch.inference_mode():
+        assert torch.equal(first(IDS), second(IDS))
+    assert second.fast_decode is not None and second.lm_head.packed is None
+    # a rewritten file is another file: its tiles are made afresh, never the stale ones
+    monkeypatch.undo()
+    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    torch.manual_seed(1)
+    save_gguf(Decoder(first.config), path, dtype="q8_0")
+    third, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
+    with torch.inference_mode():
+        got, want = third(IDS), reference(IDS)
+    assert (got - want).abs().max() / want.abs().max() < 0.05
