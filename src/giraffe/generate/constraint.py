@@ -29,6 +29,10 @@ import torch
 from giraffe.generate.params import DecodingConfig, GenerationError
 
 JSON_OBJECT = '{"type": "object"}'  # OpenAI's response_format {"type": "json_object"}
+# Whitespace between JSON tokens: what models write ("\n  "), but bounded, so that a model
+# cannot spend its whole budget on blank lines where the grammar allows them.
+JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A]{0,24}"}
+SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader holds exactly
 
 
 class ConstraintError(GenerationError):
@@ -96,12 +100,56 @@ class TokenTable:
         self.lltok = ll.LLTokenizer(wrapper, n_vocab=n_vocab, eos_token=stops)
 
 
+def strict(schema):
+    """OpenAI's strict mode: objects admit no properties beyond those listed, unless they say so.
+
+    JSON Schema's own default is the opposite (any extra property is fine), which lets a
+    small model wander off into invented keys and run out of tokens mid-string.
+    """
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    for k in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(k), dict):
+            out[k] = {name: strict(v) for name, v in schema[k].items()}
+    is_object = schema.get("type") == "object" or "properties" in schema
+    if is_object and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+_SUBSCHEMAS = ("items", "prefixItems", "anyOf", "allOf", "oneOf", "additionalProperties", "not")
+
+
+def bounded(schema):
+    """Integers without bounds get JSON's safe range (+-2**53-1): every such value is valid
+    for the schema as written, and a model can no longer write digits until it runs out
+    of tokens (SmolLM2 does, greedily: "population": 1111111...)."""
+    if isinstance(schema, list):
+        return [bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) if k in _SUBSCHEMAS else v for k, v in schema.items()}
+    for k in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(schema.get(k), dict):
+            out[k] = {name: bounded(v) for name, v in schema[k].items()}
+    if schema.get("type") == "integer":
+        out.setdefault("minimum", -SAFE_INTEGER)
+        out.setdefault("maximum", SAFE_INTEGER)
+    return out
+
+
 def schema_text(schema) -> str:
-    """A JSON Schema given as a dict, JSON text or a pydantic model class -> JSON text."""
+    """A JSON Schema given as a dict, JSON text or a pydantic model class -> JSON text.
+
+    A pydantic model is made strict (`strict`), as OpenAI's client does for `parse`.
+    """
     if isinstance(schema, str):
         return schema
     if isinstance(schema, type) and hasattr(schema, "model_json_schema"):
-        schema = schema.model_json_schema()  # a pydantic model class
+        schema = strict(schema.model_json_schema())  # a pydantic model class
     if not isinstance(schema, (dict, bool)):
         raise ConstraintError(
             f"json_schema must be a JSON Schema (a dict), JSON text or a pydantic model, "
@@ -130,7 +178,8 @@ def response_format_schema(response_format) -> str | None:
                 '"schema": {...}}',
                 "json_schema",
             )
-        return schema_text(spec["schema"])
+        schema = spec["schema"]
+        return schema_text(strict(schema) if spec.get("strict") else schema)
     raise ConstraintError(
         f"response_format type {kind!r} is not supported: use 'text', 'json_object' or "
         "'json_schema'",
@@ -148,7 +197,7 @@ def grammar_of(cfg: DecodingConfig) -> str | None:
             raise ConstraintError(f"json_schema is not valid JSON: {e}") from None
         if not isinstance(schema, (dict, bool)):
             raise ConstraintError("json_schema must be a JSON object (a JSON Schema)")
-        return ll.LLMatcher.grammar_from_json_schema(schema)
+        return ll.LLMatcher.grammar_from_json_schema(bounded(schema), defaults=JSON_OPTIONS)
     if cfg.grammar is not None:
         return ll.LLMatcher.grammar_from_lark(cfg.grammar)
     return None

@@ -179,7 +179,8 @@ class ResponseFormat(BaseModel):
                     'response_format {"type": "json_schema"} needs "json_schema": '
                     '{"name": ..., "schema": {...}}',
                 )
-            return {"type": "json_schema", "json_schema": {"schema": self.json_schema.schema_}}
+            spec = {"schema": self.json_schema.schema_, "strict": bool(self.json_schema.strict)}
+            return {"type": "json_schema", "json_schema": spec}
         return {"type": self.type}
 
 
