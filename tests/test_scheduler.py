@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from giraffe.generate.params import DecodingConfig
+from giraffe.generate.params import DecodingConfig, GenerationError
 from giraffe.lm import load
 from giraffe.serve import scheduler as sched
 from giraffe.serve.scheduler import Job, QueueFull, Scheduler
@@ -158,7 +158,7 @@ def test_deadline_fails_the_job_with_a_timeout(scheduler, lm):
 def test_full_queue_and_overlong_prompt_are_refused(lm):
     s = Scheduler(lm, max_batch=1, max_queue=1, max_context=16)
     try:
-        with pytest.raises(sched.GenerationError, match="context is 16"):
+        with pytest.raises(GenerationError, match="context is 16"):
             s.submit(Job(list(range(1, 17)), DecodingConfig(), Collector()))
         s.submit(
             Job([1, 2], lm.decoding(max_new_tokens=14, ignore_eos=True, temperature=0), Collector())

@@ -327,7 +327,8 @@ def serve(args) -> None:
 
     from giraffe.embedder import load as load_embedder
     from giraffe.rag.command import EMBEDDER
-    from giraffe.serve.app import Server, ServeSettings, create_app
+    from giraffe.serve.app import create_app
+    from giraffe.serve.state import Server, ServeSettings
 
     model = args.model or registry.DEFAULT_CHAT_MODEL
     api_key = args.api_key or os.environ.get("GIRAFFE_API_KEY") or None

@@ -9,6 +9,7 @@ not know file formats beyond asking `giraffe.formats` for weights and
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from giraffe.formats import load_weights, resolve, save_hf
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
 from giraffe.formats.hf import model_kind, read_json
 from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
+from giraffe.generate import constraint
 from giraffe.generate.beam import beam_search
-from giraffe.generate.engine import DecodeSession, GenerationError, TokenEvent
-from giraffe.generate.params import DecodingConfig
-from giraffe.generate.stops import StopText
+from giraffe.generate.engine import DecodeSession, GenerationError
+from giraffe.generate.params import DecodingConfig, DecodingError
+from giraffe.generate.sequence import stop_set
+from giraffe.generate.stops import StopText, TextStream
 from giraffe.models import Decoder
 from giraffe.quant import kernels
 from giraffe.quant.groupwise import GroupConfig
@@ -37,6 +40,11 @@ from giraffe.tokenizer.chat import render_chat, resolve_template
 
 # Recommended sampling for registered models (their model cards); GGUF files carry none.
 REGISTERED_DEFAULTS = {"smollm2-135m-instruct": {"temperature": 0.2, "top_p": 0.9}}
+# Fill-in-the-middle token names (prefix, suffix, middle) by model family.
+FIM_TOKENS = {
+    "qwen2.5-coder": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    "starcoder": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+}
 GENERATION_CONFIG_KEYS = (
     "temperature",
     "top_p",
@@ -56,26 +64,6 @@ class Completion:
     logprobs: list[float] | None = None  # per generated token, when asked for
     top_logprobs: list[list[tuple[int, float]]] | None = None  # alternatives per token
     pieces: list[str] = field(default_factory=list)  # the text each token added
-
-
-class TextStream:
-    """One sequence's token events -> text pieces: whole characters, stop strings cut off."""
-
-    def __init__(self, tokenizer: Tokenizer, stop_strings, stop_ids: set[int]) -> None:
-        self.decoder = tokenizer.stream_decoder()
-        self.stops = StopText(tuple(stop_strings))
-        self.stop_ids = stop_ids
-
-    def push(self, event: TokenEvent) -> tuple[str, bool]:
-        """(text safe to show, whether a stop string ended it); a hit sets finish_reason."""
-        token = event.token_id
-        text = "" if token in self.stop_ids else self.decoder.push(token)
-        piece, hit = self.stops.push(text)
-        if hit:
-            event.finish_reason = "stop"
-        elif event.finish_reason:
-            piece += self.stops.push(self.decoder.flush())[0] + self.stops.flush()
-        return piece, hit
 
 
 class LanguageModel:
@@ -107,9 +95,63 @@ class LanguageModel:
         _check_ids(ids, self.config.vocab_size)
         return self.model(torch.tensor([list(ids)]))[0].float()
 
+    def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[tuple]:
+        """Each prompt token's log-probability given the tokens before it, as evaluation
+        harnesses ask for: (logprob, [(id, logprob)] * top) per token, (None, None) first."""
+        logp = self.logits(ids).log_softmax(dim=-1)  # (T, V): row t predicts token t + 1
+        out: list[tuple] = [(None, None)]
+        targets = torch.tensor(list(ids[1:]))
+        chosen = logp[torch.arange(len(ids) - 1), targets].tolist()
+        best = logp[:-1].topk(top, dim=-1) if top > 0 else None
+        for t, lp in enumerate(chosen):
+            alts = None
+            if best is not None:
+                alts = list(zip(best.indices[t].tolist(), best.values[t].tolist(), strict=True))
+            out.append((lp, alts))
+        return out
+
     # ---- generation ---------------------------------------------------------------------
     def decoding(self, **kw) -> DecodingConfig:
-        return DecodingConfig.from_kwargs(**{**self.defaults, **kw})
+        """A checked DecodingConfig: the model's defaults, then kw.
+
+        Besides DecodingConfig's fields: `json_schema` may be a dict, JSON text or a
+        pydantic model class, and `response_format` is OpenAI's ({"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"schema": ...}}) or a pydantic model class.
+        A schema the grammar engine cannot use raises `constraint.ConstraintError` here.
+        """
+        kw = dict(kw)
+        if "response_format" in kw:
+            kw["json_schema"] = constraint.response_format_schema(kw.pop("response_format"))
+        if kw.get("json_schema") is not None:
+            kw["json_schema"] = constraint.schema_text(kw["json_schema"])
+        cfg = DecodingConfig.from_kwargs(**{**self.defaults, **kw})
+        vocab = self.config.vocab_size
+        outside = [t for t, _ in cfg.logit_bias if not 0 <= t < vocab]
+        if outside:
+            raise DecodingError(
+                f"logit_bias names token {outside[0]}, outside the vocabulary (0..{vocab - 1})",
+                "logit_bias",
+            )
+        if cfg.json_schema is not None or cfg.grammar is not None:
+            constraint.check(cfg, self.token_table)
+        return cfg
+
+    @functools.cached_property
+    def token_table(self) -> constraint.TokenTable:
+        """The vocabulary as token bytes for constrained decoding (built on first use, ~1 s)."""
+        tok = self.tokenizer
+        return constraint.TokenTable(
+            [tok.token_bytes(i) for i in range(tok.vocab_size)],
+            self.config.vocab_size,
+            sorted(tok.stop_ids),
+            sorted(tok.special_tokens.values()),
+            tok.encode,
+            tok.bos_id,
+        )
+
+    def table_for(self, cfg: DecodingConfig) -> constraint.TokenTable | None:
+        constrained = cfg.json_schema is not None or cfg.grammar is not None
+        return self.token_table if constrained else None
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -143,7 +185,7 @@ class LanguageModel:
             Completion("", [], "length", len(p), [] if want else None, [] if want else None)
             for p in ids
         ]
-        stop_ids = self._stop_ids(cfg)
+        stop_ids = stop_set(cfg, self.tokenizer.stop_ids)
         for row, piece, event in self._events(ids, cfg, seeds):
             r = results[row]
             r.text += piece
@@ -169,12 +211,11 @@ class LanguageModel:
             if piece:
                 yield piece
 
-    def _stop_ids(self, cfg: DecodingConfig) -> set[int]:
-        return set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(self.tokenizer.stop_ids))
-
     def _events(self, prompts, cfg: DecodingConfig, seeds):
         """Yield (row, text piece, TokenEvent) in order; a piece may be '' (held back)."""
-        session = DecodeSession(self.model, prompts, cfg, self.tokenizer.stop_ids, seeds)
+        session = DecodeSession(
+            self.model, prompts, cfg, self.tokenizer.stop_ids, seeds, self.table_for(cfg)
+        )
         texts = [self.text_stream(cfg) for _ in prompts]
         for events in session:
             for ev in events:
@@ -184,7 +225,8 @@ class LanguageModel:
                 yield ev.row, piece, ev
 
     def text_stream(self, cfg: DecodingConfig) -> TextStream:
-        return TextStream(self.tokenizer, cfg.stop, self._stop_ids(cfg))
+        stops = stop_set(cfg, self.tokenizer.stop_ids)
+        return TextStream(self.tokenizer.stream_decoder(), cfg.stop, stops)
 
     def _beam(self, ids: list[int], cfg: DecodingConfig) -> Completion:
         result = beam_search(self.model, ids, cfg, self.tokenizer.stop_ids)
@@ -196,22 +238,69 @@ class LanguageModel:
         return Completion(text, result.token_ids, reason, len(ids))
 
     # ---- chat ---------------------------------------------------------------------------
-    def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
+    def render_chat(self, messages, add_generation_prompt: bool = True, tools=None) -> str:
+        """The conversation as the model's own template writes it; tools: OpenAI-style
+        function definitions, which tool-capable templates (Qwen2.5's) put in the prompt."""
         tok = self.tokenizer
+        extra = {"tools": tools} if tools else {}
         return render_chat(
             messages,
             resolve_template(tok.chat_template),
             add_generation_prompt=add_generation_prompt,
             bos_token=tok.bos_token or "",
             eos_token=tok.eos_token or "",
+            **extra,
         )
 
-    def chat_ids(self, messages) -> list[int]:
+    def chat_ids(self, messages, tools=None) -> list[int]:
         # The template writes any special tokens itself, so none are added here.
-        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+        text = self.render_chat(messages, tools=tools)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def chat(self, messages, *, stream: bool = False, **decoding):
-        ids = self.chat_ids(messages)
+    def fill_in_middle_ids(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt (code models trained with FIM tokens): the model
+        writes what goes between prefix and suffix. GenerationError if it has no FIM tokens."""
+        special = self.tokenizer.special_tokens
+        names = FIM_TOKENS.get(self.fim_style or "", ())
+        if not names:
+            raise GenerationError(
+                f"{self.source} has no fill-in-the-middle tokens (such as <|fim_prefix|>): "
+                "suffix needs a code model trained for it, e.g. qwen2.5-coder-0.5b-instruct"
+            )
+        pre, suf, mid = (special[n] for n in names)
+        encode = self.tokenizer.encode
+        bos = [self.tokenizer.bos_id] if self.tokenizer.add_bos else []
+        return [*bos, pre, *encode(prefix), suf, *encode(suffix), mid]
+
+    @property
+    def fim_style(self) -> str | None:
+        special = self.tokenizer.special_tokens
+        for style, names in FIM_TOKENS.items():
+            if all(n in special for n in names):
+                return style
+        return None
+
+    def tokenizer_info(self) -> dict:
+        """What clients (evaluation harnesses) need to know about the vocabulary."""
+        tok = self.tokenizer
+        return {
+            "vocab_size": tok.vocab_size,
+            "model_vocab_size": self.config.vocab_size,
+            "bos_token": tok.bos_token,
+            "bos_token_id": tok.bos_id,
+            "eos_token": tok.eos_token,
+            "eos_token_id": tok.eos_id,
+            "stop_token_ids": sorted(tok.stop_ids),
+            "add_bos_token": tok.add_bos,
+            "special_tokens": dict(sorted(tok.special_tokens.items(), key=lambda kv: kv[1])),
+            "chat_template": tok.chat_template,
+            "fill_in_middle": self.fim_style,
+        }
+
+    def chat(self, messages, *, stream: bool = False, tools=None, **decoding):
+        """Answer a conversation. decoding may hold response_format= / json_schema= to
+        constrain the answer (see `decoding`)."""
+        ids = self.chat_ids(messages, tools)
         if stream:
             return self.stream(ids, **decoding)
         return self.complete(ids, **decoding).text

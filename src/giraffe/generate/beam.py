@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from giraffe.generate.engine import check_prompts
 from giraffe.generate.params import DecodingConfig
 from giraffe.generate.samplers import process_logits
+from giraffe.generate.sequence import check_prompts, stop_set
 
 
 @dataclass
@@ -41,7 +41,7 @@ def beam_search(model, prompt: list[int], cfg: DecodingConfig, stop_ids=()) -> B
     check_prompts([prompt], context)
     K, L = cfg.num_beams, len(prompt)
     budget = min(cfg.max_new_tokens, context - L)
-    stops = set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(stop_ids))
+    stops = set(stop_set(cfg, stop_ids))
     cache = model.new_cache(1, L + budget)
     logits = _last(model, torch.tensor([prompt]), cache)
     cache.reorder(torch.zeros(K, dtype=torch.long))  # every beam starts from the one prompt

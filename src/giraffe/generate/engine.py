@@ -14,25 +14,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from giraffe.generate.params import DecodingConfig
-from giraffe.generate.sequence import SequenceState, TokenEvent, step_many
+from giraffe.generate.params import DecodingConfig, GenerationError
+from giraffe.generate.sequence import SequenceState, TokenEvent, check_prompts, step_many
 
 __all__ = ["DecodeSession", "GenerationError", "TokenEvent", "check_prompts"]
-
-
-class GenerationError(ValueError):
-    """The request cannot be generated as asked (empty prompt, too long for the context)."""
-
-
-def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise GenerationError(f"prompt {i} is empty: give at least one token")
-        if len(p) >= context:
-            raise GenerationError(
-                f"prompt {i} has {len(p)} tokens but the model's context is {context}: "
-                "shorten it to leave room for the answer"
-            )
 
 
 class DecodeSession:
@@ -43,7 +28,9 @@ class DecodeSession:
         cfg: DecodingConfig,
         stop_ids: Sequence[int] = (),
         seeds: Sequence[int | None] | None = None,
+        table=None,
     ) -> None:
+        """table: a `constraint.TokenTable`, needed when cfg has a json_schema or grammar."""
         context = model.config.max_position_embeddings
         check_prompts(prompts, context)
         self.model, self.cfg = model, cfg
@@ -54,7 +41,7 @@ class DecodeSession:
         seeds = list(seeds) if seeds is not None else [None] * self.B
         V = model.config.vocab_size
         self.rows = [
-            SequenceState(p, cfg, V, self.budget, stop_ids, seed, row)
+            SequenceState(p, cfg, V, self.budget, stop_ids, seed, row, table)
             for row, (p, seed) in enumerate(zip(prompts, seeds, strict=True))
         ]
         self._setup(prompts)

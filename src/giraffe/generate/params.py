@@ -1,17 +1,51 @@
 """Decoding options: one frozen dataclass, validated when built, shared by CLI, API and server.
 
 Field names follow Hugging Face `generate` (and OpenAI's API for the two penalties), so
-users can bring their habits. It does not know models, tokenizers or text.
+users can bring their habits. The numeric bounds live in one table, `BOUNDS`: the
+dataclass checks them, and the HTTP schema (`giraffe.serve.schema`) declares them from
+it, so the three doors accept the same values. It does not know models, tokenizers or text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 
 
 class DecodingError(ValueError):
-    """A decoding option has a value outside its allowed range, or does not exist."""
+    """A decoding option has a value outside its allowed range, or does not exist; `param` names it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class GenerationError(ValueError):
+    """The request cannot be generated as asked (empty prompt, too long for the context)."""
+
+
+# name -> {"ge"|"gt"|"le"|"lt": limit}, as pydantic's Field spells them
+BOUNDS: dict[str, dict[str, float]] = {
+    "max_new_tokens": {"ge": 1},
+    "min_new_tokens": {"ge": 0},
+    "temperature": {"ge": 0},
+    "top_k": {"ge": 0},
+    "top_p": {"gt": 0, "le": 1},
+    "min_p": {"ge": 0, "lt": 1},
+    "repetition_penalty": {"gt": 0},
+    "frequency_penalty": {"ge": -2, "le": 2},
+    "presence_penalty": {"ge": -2, "le": 2},
+    "no_repeat_ngram_size": {"ge": 0},
+    "num_beams": {"ge": 1},
+    "top_logprobs": {"ge": 0, "le": 20},
+}
+_COMPARE = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="),
+            "lt": (operator.lt, "<")}  # fmt: skip
+
+
+def bounds_text(name: str) -> str:
+    return " and ".join(f"{_COMPARE[k][1]} {v}" for k, v in BOUNDS[name].items())
 
 
 @dataclass(frozen=True)
@@ -36,31 +70,41 @@ class DecodingConfig:
     seed: int | None = None  # same seed, same tokens; None = fresh randomness
     logprobs: bool = False  # report the log-probability of each chosen token
     top_logprobs: int = 0  # also report this many alternatives per token, 0..20
+    json_schema: str | None = None  # JSON text of a JSON Schema the output must match
+    grammar: str | None = None  # a Lark grammar (llguidance's dialect) the output must match
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit); -100 bans
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
+        for name, limits in BOUNDS.items():
+            value = getattr(self, name)
+            ok = all(_COMPARE[k][0](value, v) for k, v in limits.items())
+            _require(ok, name, value, bounds_text(name))
         _require(
-            0 <= self.min_new_tokens <= self.max_new_tokens,
+            self.min_new_tokens <= self.max_new_tokens,
             "min_new_tokens",
             self.min_new_tokens,
             f"between 0 and max_new_tokens ({self.max_new_tokens})",
         )
-        _require(self.temperature >= 0, "temperature", self.temperature, ">= 0 (0 = greedy)")
-        _require(self.top_k >= 0, "top_k", self.top_k, ">= 0 (0 = off)")
-        _require(0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
-        _require(0 <= self.min_p < 1, "min_p", self.min_p, "in [0, 1)")
-        _require(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "> 0")
-        for name in ("frequency_penalty", "presence_penalty"):
-            _require(-2 <= getattr(self, name) <= 2, name, getattr(self, name), "in [-2, 2]")
-        _require(
-            self.no_repeat_ngram_size >= 0,
-            "no_repeat_ngram_size",
-            self.no_repeat_ngram_size,
-            ">= 0",
-        )
-        _require(self.num_beams >= 1, "num_beams", self.num_beams, ">= 1")
-        _require(0 <= self.top_logprobs <= 20, "top_logprobs", self.top_logprobs, "in 0..20")
         _require(all(isinstance(s, str) for s in self.stop), "stop", self.stop, "a list of strings")
+        _require(
+            all(-100 <= b <= 100 for _, b in self.logit_bias),
+            "logit_bias",
+            dict(self.logit_bias),
+            "a map of token id to a bias in [-100, 100]",
+        )
+        constrained = self.json_schema is not None or self.grammar is not None
+        _require(
+            self.num_beams == 1 or not (constrained or self.logit_bias),
+            "num_beams",
+            self.num_beams,
+            "1 with json_schema, grammar or logit_bias (beam search does not take them)",
+        )
+        _require(
+            self.json_schema is None or self.grammar is None,
+            "grammar",
+            "...",
+            "unset when json_schema is given (one constraint at a time)",
+        )
 
     @property
     def sampling(self) -> bool:
@@ -74,11 +118,14 @@ class DecodingConfig:
         unknown = sorted(set(kw) - known)
         if unknown:
             raise DecodingError(
-                f"unknown decoding option {unknown[0]!r}; valid options: {', '.join(sorted(known))}"
+                f"unknown decoding option {unknown[0]!r}; valid options: {', '.join(sorted(known))}",
+                unknown[0],
             )
         if isinstance(kw.get("stop"), str):
             kw["stop"] = (kw["stop"],)
-        for name in ("stop", "stop_token_ids"):
+        if isinstance(kw.get("logit_bias"), dict):
+            kw["logit_bias"] = _bias_pairs(kw["logit_bias"])
+        for name in ("stop", "stop_token_ids", "logit_bias"):
             if kw.get(name) is not None:
                 kw[name] = tuple(kw[name])
             elif name in kw:
@@ -89,6 +136,16 @@ class DecodingConfig:
             raise DecodingError(f"bad decoding option type: {e}") from None
 
 
+def _bias_pairs(bias: dict) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} (keys are strings in JSON) as sorted (id, bias) pairs."""
+    try:
+        return tuple(sorted((int(k), float(v)) for k, v in bias.items()))
+    except (TypeError, ValueError):
+        raise DecodingError(
+            f"logit_bias={bias!r} is invalid: it must map token ids to numbers", "logit_bias"
+        ) from None
+
+
 def _require(ok: bool, name: str, value, allowed: str) -> None:
     if not ok:
-        raise DecodingError(f"{name}={value!r} is invalid: it must be {allowed}")
+        raise DecodingError(f"{name}={value!r} is invalid: it must be {allowed}", name)

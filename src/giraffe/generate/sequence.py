@@ -2,10 +2,12 @@
 
 The samplers are pure; the state they read (tokens seen for the repetition penalty,
 counts for OpenAI's penalties, the token list for n-gram bans, the per-sequence random
-generator) lives here, one object per sequence, so that a sequence samples the same
+generator, the grammar matcher of constrained decoding) lives here, one object per
+sequence, so that a sequence samples the same
 tokens alone, in a fixed batch (`DecodeSession`) or in a batch that others join and
 leave (the server's scheduler). It takes one row of logits and returns one
-`TokenEvent`; it does not know the model, the cache or text.
+`TokenEvent`; it does not know the model, the cache or text. `stop_set` is the one
+rule for which tokens end a sequence; `check_prompts` the one check on prompts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from giraffe.generate.params import DecodingConfig
+from giraffe.generate.constraint import Constraint, TokenTable, mask_rows
+from giraffe.generate.params import DecodingConfig, GenerationError
 from giraffe.generate.samplers import choose_rows, logprobs_of, process_logits
 
 
@@ -26,6 +29,24 @@ class TokenEvent:
     logprob: float | None  # log-probability of token_id under the model, when asked for
     top: list[tuple[int, float]] | None  # the top alternatives (id, logprob), when asked for
     finish_reason: str | None  # "stop" (stop token), "length", or None while the row goes on
+
+
+def stop_set(cfg: DecodingConfig, eos_ids) -> frozenset[int]:
+    """The tokens that end a sequence: the config's own, and the model's unless ignore_eos."""
+    return frozenset(cfg.stop_token_ids) | (frozenset() if cfg.ignore_eos else frozenset(eos_ids))
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
+    """Every prompt has at least one token and leaves room for one more in the context."""
+    for i, p in enumerate(prompts):
+        which = "the prompt" if len(prompts) == 1 else f"prompt {i}"
+        if len(p) == 0:
+            raise GenerationError(f"{which} is empty: give at least one token")
+        if len(p) >= context:
+            raise GenerationError(
+                f"{which} has {len(p)} tokens but the context is {context}: "
+                "shorten it to leave room for the answer"
+            )
 
 
 def make_generator(cfg: DecodingConfig, seed: int | None) -> torch.Generator | None:
@@ -46,9 +67,17 @@ class SequenceState:
         stop_ids: Sequence[int] = (),
         seed: int | None = None,
         row: int = 0,
+        table: TokenTable | None = None,
     ) -> None:
+        """table: the vocabulary for a json_schema / grammar constraint (giraffe.lm builds it)."""
         self.cfg, self.row, self.budget = cfg, row, budget
-        self.stop_ids = set(cfg.stop_token_ids) | (set() if cfg.ignore_eos else set(stop_ids))
+        self.stop_ids = set(stop_set(cfg, stop_ids))
+        bad = [t for t, _ in cfg.logit_bias if not 0 <= t < vocab_size]
+        if bad:
+            raise GenerationError(
+                f"logit_bias names token {bad[0]}, outside the vocabulary (0..{vocab_size - 1})"
+            )
+        self.constraint = Constraint.for_config(cfg, table)
         self.seen = torch.zeros(1, vocab_size, dtype=torch.bool)  # prompt + generated
         self.seen[0, torch.tensor(list(prompt), dtype=torch.long)] = True
         self.counts = torch.zeros(1, vocab_size, dtype=torch.long)  # generated only
@@ -71,6 +100,8 @@ class SequenceState:
         )  # fmt: skip
 
     def _record(self, token: int, lp) -> TokenEvent:
+        if self.constraint is not None:
+            self.constraint.advance(token)
         self.seen[0, token] = True
         self.counts[0, token] += 1
         self.tokens.append(token)
@@ -129,6 +160,9 @@ def _step_alone(state: SequenceState, logits: torch.Tensor) -> TokenEvent | Exce
 def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[TokenEvent]:
     first = states[0]
     cfg = first.cfg
+    raw = logits
+    logits = _bias(logits, [s.cfg.logit_bias for s in states])
+    logits = mask_rows(logits, [s.constraint for s in states])
     seen = counts = None
     if cfg.repetition_penalty != 1.0:
         seen = torch.cat([s.seen for s in states])  # (k, V)
@@ -146,7 +180,7 @@ def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[Token
     chosen = choose_rows(processed, cfg, [s.generator for s in states])  # (k,)
     k = max(s.cfg.top_logprobs for s in states)
     want = any(s.cfg.logprobs or s.cfg.top_logprobs > 0 for s in states)
-    lp = logprobs_of(logits, chosen, k) if want else None
+    lp = logprobs_of(raw, chosen, k) if want else None  # the model's own, unbiased
     events = []
     for row, state in enumerate(states):
         row_lp = None
@@ -159,3 +193,14 @@ def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[Token
             )
         events.append(state._record(int(chosen[row]), row_lp))
     return events
+
+
+def _bias(logits: torch.Tensor, biases: list[tuple[tuple[int, float], ...]]) -> torch.Tensor:
+    """OpenAI's logit_bias: add each row's (id, bias); -100 (or below) bans the token outright."""
+    if not any(biases):
+        return logits
+    out = logits.clone()
+    for row, pairs in enumerate(biases):
+        for token, bias in pairs:
+            out[row, token] = float("-inf") if bias <= -100 else out[row, token] + bias
+    return out

@@ -1,6 +1,9 @@
-"""Stop strings on streamed text: emit what is safe, hold back what may start a stop string.
+"""Streamed text: emit what is safe, hold back what may start a stop string (`StopText`), and
+one sequence's token events turned into text pieces (`TextStream`).
 
-Pure string logic: it does not know tokens or models. A stop string may arrive split
+`StopText` is pure string logic; `TextStream` adds a stream decoder (token ids -> whole
+characters, given by the tokenizer) and the stop tokens. Both `giraffe.lm` and the
+server's scheduler stream text through it. It does not know models. A stop string may arrive split
 across several tokens, so the longest tail that is a prefix of some stop string waits
 until the next piece decides it.
 """
@@ -33,3 +36,31 @@ class StopText:
             if any(s.startswith(buf[-k:]) for s in self.stops):
                 return k
         return 0
+
+
+class TextStream:
+    """One sequence's token events -> text pieces: whole characters, stop strings cut off.
+
+    decoder: a `giraffe.tokenizer.StreamDecoder` (push(id) -> text, flush() -> text).
+    stop_ids: tokens that end the sequence and add no text (`sequence.stop_set`).
+    """
+
+    def __init__(self, decoder, stop_strings, stop_ids) -> None:
+        self.decoder = decoder
+        self.stops = StopText(tuple(stop_strings))
+        self.stop_ids = frozenset(stop_ids)
+
+    def push(self, event) -> tuple[str, bool]:
+        """(text safe to show, whether a stop string ended it); a hit sets finish_reason."""
+        token = event.token_id
+        text = "" if token in self.stop_ids else self.decoder.push(token)
+        piece, hit = self.stops.push(text)
+        if hit:
+            event.finish_reason = "stop"
+        elif event.finish_reason:
+            piece += self.stops.push(self.decoder.flush())[0] + self.stops.flush()
+        return piece, hit
+
+    def in_output(self, event) -> bool:
+        """False for the stop token that ended the sequence: it ends the text, is not part of it."""
+        return not (event.finish_reason == "stop" and event.token_id in self.stop_ids)

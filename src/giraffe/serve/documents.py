@@ -48,8 +48,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from giraffe.serve.app import JobGroup, Server, api_error, decoding_for, sse
 from giraffe.serve.errors import APIError
+from giraffe.serve.jobs import JobGroup, api_error, decoding_for, sse
+from giraffe.serve.state import Server
 
 EMBED_SLICE = 16  # chunks per model-thread call: a few tenths of a second of MiniLM on CPU
 TEMPLATE_TOKENS = 16  # the chat template's role markers around the two messages

@@ -3,11 +3,17 @@
 Every failure the server reports - bad JSON, a wrong type, an unknown model, a prompt
 over the context, a full queue, a missing key - leaves as
 `{"error": {"message", "type", "param", "code"}}` with the status code OpenAI uses, so
-clients raise their usual exceptions. It does not know models or generation.
+clients raise their usual exceptions.
+
+Which failures are the client's: exactly the error classes giraffe raises for bad input
+(`USER_ERRORS`: decoding options, prompts, schemas, chat templates, token ids) become a
+400 naming the field; any other exception, a plain ValueError included, is a fault of
+the server and a 500. It does not know models or generation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 
@@ -16,7 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from giraffe.generate.constraint import ConstraintError
+from giraffe.generate.params import DecodingError, GenerationError
 from giraffe.serve.responses import error_body
+from giraffe.tokenizer import TokenizerError
+from giraffe.tokenizer.chat import ChatTemplateError
 
 log = logging.getLogger("giraffe.serve")
 
@@ -48,6 +58,53 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         headers = {"Retry-After": "1"} if self.status in (429, 503) else None
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+class UnsupportedField(ValueError):
+    """A field the client set that giraffe does not implement, or not in this combination."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+USER_ERRORS = (
+    DecodingError,
+    GenerationError,
+    TokenizerError,
+    ChatTemplateError,
+    UnsupportedField,
+)
+# DecodingConfig's names -> the request fields that set them
+HTTP_FIELD = {
+    "max_new_tokens": "max_tokens",
+    "json_schema": "response_format",
+    "grammar": "response_format",
+    "stop_token_ids": "stop",
+}
+
+
+def as_api_error(e: BaseException, param: str | None = None) -> APIError | None:
+    """A user error as a 400 naming the field (its own, else `param`); None for anything else."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, ConstraintError):
+        return APIError(400, str(e), param or "response_format", "invalid_schema")
+    if isinstance(e, GenerationError) and "context" in str(e):
+        return APIError(400, str(e), param, "context_length_exceeded")
+    if isinstance(e, USER_ERRORS):
+        own = getattr(e, "param", None)
+        return APIError(400, str(e), HTTP_FIELD.get(own, own) or param)
+    return None
+
+
+@contextlib.contextmanager
+def user_errors(param: str | None = None):
+    """Turn the user-error classes raised inside into a 400 (param: the field they concern)."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        raise as_api_error(e, param) from e
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

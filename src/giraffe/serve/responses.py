@@ -67,6 +67,38 @@ def completion_logprobs(tok: Tokenizer, events: list[TokenEvent], start_offset: 
     }
 
 
+def prompt_logprobs(tok: Tokenizer, ids: list[int], scored: list[tuple]) -> dict:
+    """The prompt's own tokens in the legacy completions shape (`echo` with `logprobs`):
+    the first token has no logprob (nothing comes before it), so null, as OpenAI's."""
+    tokens, offsets, offset = [], [], 0
+    for token_id in ids:
+        text, _ = token_text(tok, token_id)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+    top = [
+        None if alts is None else {token_text(tok, t)[0]: v for t, v in alts} for _, alts in scored
+    ]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for lp, _ in scored],
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
+
+
+def join_logprobs(prompt: dict, generated: dict | None, prompt_chars: int) -> dict:
+    """Echoed prompt logprobs followed by the generated tokens' (offsets after the prompt)."""
+    if generated is None:
+        return prompt
+    return {
+        "tokens": prompt["tokens"] + generated["tokens"],
+        "token_logprobs": prompt["token_logprobs"] + generated["token_logprobs"],
+        "top_logprobs": prompt["top_logprobs"] + generated["top_logprobs"],
+        "text_offset": prompt["text_offset"] + [o + prompt_chars for o in generated["text_offset"]],
+    }
+
+
 def chat_response(rid: str, model: str, choices: list[dict], use: dict) -> dict:
     return {
         "id": rid,
@@ -79,10 +111,11 @@ def chat_response(rid: str, model: str, choices: list[dict], use: dict) -> dict:
     }
 
 
-def chat_choice(index: int, text: str, finish_reason: str, logprobs: dict | None) -> dict:
+def chat_choice(index: int, message: dict, finish_reason: str, logprobs: dict | None) -> dict:
+    """message: {"role": "assistant", "content": ..., "tool_calls": [...] when it called tools}."""
     return {
         "index": index,
-        "message": {"role": "assistant", "content": text},
+        "message": message,
         "logprobs": logprobs,
         "finish_reason": finish_reason,
     }

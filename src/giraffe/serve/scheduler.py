@@ -19,7 +19,9 @@ its own, which is fast as long as no other thread computes.
 Failures stay local: an exception while sampling or detokenizing one job fails that job
 only; an exception in the shared forward pass fails the jobs of that step (their cache
 rows are then unknown) and the loop goes on. It does not know HTTP, JSON or chat
-templates: a job is token ids plus a `DecodingConfig`.
+templates: a job is token ids plus a `DecodingConfig`. Sampling, stop tokens, prompt
+checks, grammar constraints and text streaming are `giraffe.generate`'s, the same code
+`LanguageModel` runs: this module only decides who is in the batch.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from giraffe.generate.engine import GenerationError
 from giraffe.generate.params import DecodingConfig
-from giraffe.generate.sequence import SequenceState, TokenEvent, step_many
-from giraffe.lm import LanguageModel, TextStream
+from giraffe.generate.sequence import SequenceState, TokenEvent, check_prompts, step_many
+from giraffe.generate.stops import TextStream
+from giraffe.lm import LanguageModel
 from giraffe.nn.slot_cache import BatchView, RowView, SlotCache
 
 
@@ -111,13 +113,7 @@ class Scheduler:
 
     # ---- called from other threads ----------------------------------------------------
     def submit(self, job: Job) -> None:
-        if not job.prompt:
-            raise GenerationError("the prompt is empty: give at least one token")
-        if len(job.prompt) >= self.context:
-            raise GenerationError(
-                f"the prompt has {len(job.prompt)} tokens but this server's context is "
-                f"{self.context}: shorten it to leave room for the answer"
-            )
+        check_prompts([job.prompt], self.context)  # GenerationError: the client's to fix
         with self.wake:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(
@@ -210,7 +206,7 @@ class Scheduler:
             budget = min(job.cfg.max_new_tokens, self.context - len(job.prompt))
             state = SequenceState(
                 job.prompt, job.cfg, self.model.config.vocab_size, budget,
-                self.lm.tokenizer.stop_ids, job.seed,
+                self.lm.tokenizer.stop_ids, job.seed, table=self.lm.table_for(job.cfg),
             )  # fmt: skip
             running = Running(job, state, self.lm.text_stream(job.cfg))
             h = self.model.hidden(
@@ -274,8 +270,7 @@ class Scheduler:
         done = r.state.finished or hit
         r.job.generated += 1
         r.next_token = event.token_id
-        in_output = not (event.finish_reason == "stop" and event.token_id in r.text.stop_ids)
-        _deliver(r.job, Update(text, event, in_output, done))
+        _deliver(r.job, Update(text, event, r.text.in_output(event), done))
         return done
 
     def _fail(self, job: Job, error: BaseException) -> None:

@@ -2,27 +2,30 @@
 
 Field names, types and defaults follow OpenAI's API reference, so that the official
 clients work unchanged; giraffe's extra knobs (`top_k`, `min_p`, `repetition_penalty`,
-`no_repeat_ngram_size`, `num_beams`, `ignore_eos`) are accepted as extra body fields. Unknown fields
-are ignored, as clients send many optional ones; fields giraffe cannot honour (tools,
-logit_bias, echo, suffix) are refused by name rather than silently dropped. It does
-not know the model, the scheduler or HTTP.
+`no_repeat_ngram_size`, `num_beams`, `ignore_eos`) are accepted as extra body fields. The
+numeric bounds of the sampling fields come from `giraffe.generate.params.BOUNDS`, the
+table `DecodingConfig` checks, so the published schema and the engine agree. Unknown
+fields are ignored, as clients send many optional ones; a combination giraffe cannot
+honour is refused by name rather than silently dropped. It does not know the model,
+the scheduler or HTTP.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-Penalty = Annotated[StrictFloat, Field(ge=-2, le=2)]
+from giraffe.generate.params import BOUNDS
+from giraffe.serve.errors import UnsupportedField
+
+Number = StrictFloat  # strict: no strings; an integer (1) is still a valid float
 
 
-class UnsupportedField(ValueError):
-    """A field the client set that giraffe does not implement; `param` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+def bounded(name: str, kind=Number, **extra):
+    """The type of a request field that sets DecodingConfig's `name`, with its bounds."""
+    return Annotated[kind, Field(**{**BOUNDS[name], **extra})]
 
 
 class SamplingFields(BaseModel):
@@ -31,23 +34,23 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr
-    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    temperature: bounded("temperature") | None = None
+    top_p: bounded("top_p") | None = None
     n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
+    presence_penalty: bounded("presence_penalty") | None = None
+    frequency_penalty: bounded("frequency_penalty") | None = None
     seed: StrictInt | None = None
-    logit_bias: dict | None = None
+    logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
     # giraffe's extras (Hugging Face names)
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
-    min_p: Annotated[StrictFloat, Field(ge=0, lt=1)] | None = None
-    repetition_penalty: Annotated[StrictFloat, Field(gt=0)] | None = None
-    no_repeat_ngram_size: Annotated[StrictInt, Field(ge=0)] | None = None
-    num_beams: Annotated[StrictInt, Field(ge=1, le=8)] | None = None
+    top_k: bounded("top_k", StrictInt) | None = None
+    min_p: bounded("min_p") | None = None
+    repetition_penalty: bounded("repetition_penalty") | None = None
+    no_repeat_ngram_size: bounded("no_repeat_ngram_size", StrictInt) | None = None
+    num_beams: bounded("num_beams", StrictInt, le=8) | None = None  # the server's limit
     ignore_eos: StrictBool | None = None  # as llama.cpp's server: keep going past end-of-text
 
     def include_usage(self) -> bool:
@@ -55,15 +58,13 @@ class SamplingFields(BaseModel):
 
     def decoding(self, max_tokens: int | None) -> dict:
         """Keyword arguments for `LanguageModel.decoding`: only what the client set."""
-        if self.logit_bias:
-            raise UnsupportedField("logit_bias", "logit_bias is not supported by giraffe")
         if self.num_beams and self.num_beams > 1 and self.stream:
             raise UnsupportedField("num_beams", "num_beams > 1 cannot stream: set stream=false")
         kw = {}
         for name in (
             "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed",
             "top_k", "min_p", "repetition_penalty", "no_repeat_ngram_size", "num_beams",
-            "ignore_eos",
+            "ignore_eos", "logit_bias",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
@@ -80,45 +81,137 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class FunctionCall(BaseModel):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Function(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    description: StrictStr | None = None
+    parameters: dict | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: Function
+
+
+class NamedFunction(BaseModel):
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: StrictStr | None = None  # which call a tool message answers
+    name: StrictStr | None = None
 
     def as_dict(self) -> dict:
+        """The message as chat templates read it (OpenAI's shape: tool_calls, tool_call_id)."""
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         role = "system" if self.role == "developer" else self.role  # OpenAI's newer name
-        return {"role": role, "content": content or ""}
+        out = {"role": role, "content": content or ""}
+        if self.tool_calls:
+            out["content"] = content  # None stays None: templates test for it
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name, "arguments": _arguments(c)}}
+                for c in self.tool_calls
+            ]  # fmt: skip
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+def _arguments(call: ToolCall):
+    """Templates (Qwen's, Llama's) write arguments with tojson: give them the object."""
+    try:
+        return json.loads(call.function.arguments)
+    except ValueError:
+        raise UnsupportedField(
+            "messages.tool_calls.function.arguments",
+            f"the arguments of tool call {call.id!r} are not valid JSON",
+        ) from None
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr = "response"
+    schema_: dict = Field(alias="schema")
+    strict: StrictBool | None = None
+    description: StrictStr | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    def as_dict(self) -> dict:
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise UnsupportedField(
+                    "response_format.json_schema",
+                    'response_format {"type": "json_schema"} needs "json_schema": '
+                    '{"name": ..., "schema": {...}}',
+                )
+            spec = {"schema": self.json_schema.schema_, "strict": bool(self.json_schema.strict)}
+            return {"type": "json_schema", "json_schema": spec}
+        return {"type": self.type}
 
 
 class ChatRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     logprobs: StrictBool = False
-    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
-    tools: list | None = None
+    top_logprobs: bounded("top_logprobs", StrictInt) | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
 
     def decoding_kwargs(self) -> dict:
-        if self.tools:
-            raise UnsupportedField("tools", "tools / function calling is not supported by giraffe")
         kw = self.decoding(self.max_completion_tokens or self.max_tokens)
         if self.logprobs:
             kw.update(logprobs=True, top_logprobs=self.top_logprobs or 0)
         elif self.top_logprobs:
             raise UnsupportedField("top_logprobs", "top_logprobs needs logprobs=true")
+        if self.response_format is not None:
+            kw["response_format"] = self.response_format.as_dict()
         return kw
 
 
-PromptIds = list[StrictInt]
+PromptIds = Annotated[list[StrictInt], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
     prompt: StrictStr | list[StrictStr] | PromptIds | list[PromptIds]
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16  # OpenAI's default here
-    logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16  # OpenAI's default here
+    logprobs: bounded("top_logprobs", StrictInt) | None = None
     echo: StrictBool = False
     suffix: StrictStr | None = None
 
@@ -131,11 +224,12 @@ class CompletionRequest(SamplingFields):
         return list(p)
 
     def decoding_kwargs(self) -> dict:
-        if self.echo:
-            raise UnsupportedField("echo", "echo is not supported by giraffe")
-        if self.suffix:
-            raise UnsupportedField("suffix", "suffix (fill-in-the-middle) is not supported")
-        kw = self.decoding(self.max_tokens)
+        if self.suffix is not None and self.echo:
+            raise UnsupportedField(
+                "echo", "echo cannot be combined with suffix (fill-in-the-middle)"
+            )
+        # max_tokens=0 generates nothing (echo scores the prompt); the engine needs >= 1
+        kw = self.decoding(max(self.max_tokens, 1) if self.max_tokens is not None else None)
         if self.logprobs is not None:
             kw.update(logprobs=True, top_logprobs=self.logprobs)
         return kw
@@ -160,7 +254,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: StrictStr | None = None
-    messages: list[Message] | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
     add_special_tokens: StrictBool = False
 
 

@@ -1,0 +1,218 @@
+"""/v1/chat/completions and /v1/completions: requests to scheduler jobs, updates to OpenAI's shapes.
+
+A chat request is rendered by the model's own template (with its `tools`, tools.py),
+a completion request's prompts are text, token ids, or a fill-in-the-middle pair
+(`suffix`). Both become a `JobGroup`; the answer leaves as one JSON response or as
+server-sent events. `echo` with `logprobs` scores the prompt itself on the model's
+thread (what evaluation harnesses ask for), and `max_tokens: 0` generates nothing. It
+does not know sampling, grammars or how updates cross threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from giraffe.generate.params import DecodingConfig
+from giraffe.serve import responses as R
+from giraffe.serve import tools as T
+from giraffe.serve.errors import APIError, user_errors
+from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, decoding_for, sse
+from giraffe.serve.schema import ChatRequest, CompletionRequest
+from giraffe.serve.state import Server
+
+
+def completion_routes(server: Server, guarded) -> APIRouter:
+    router = APIRouter()
+    lm, tok = server.lm, server.lm.tokenizer
+
+    @router.post("/v1/chat/completions", dependencies=guarded)
+    async def chat(body: ChatRequest, request: Request):
+        server.check_model(body.model)
+        with user_errors():
+            plan = T.plan(body, lm)
+            kw = plan.decoding(body.decoding_kwargs())
+        cfg = _decoding(server, kw, plan)
+        with user_errors("messages"):
+            messages = plan.messages([m.as_dict() for m in body.messages])
+            prompt = lm.chat_ids(messages, plan.template_tools)
+        group = JobGroup(server, [prompt], cfg, body.n)
+        group.submit()
+        rid = R.new_id("chatcmpl")
+        if body.stream:
+            events = chat_events(group, rid, server.model_id, body.include_usage(), cfg, tok, plan)
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await group.collect(request)
+        choices = []
+        for i, r in enumerate(results):
+            message, reason = plan.message(r.text, r.finish_reason)
+            choices.append(R.chat_choice(i, message, reason, chat_logprobs(tok, r, cfg)))
+        use = R.usage(group.prompt_tokens, sum(r.generated for r in results))
+        return R.chat_response(rid, server.model_id, choices, use)
+
+    @router.post("/v1/completions", dependencies=guarded)
+    async def completions(body: CompletionRequest, request: Request):
+        server.check_model(body.model)
+        cfg = decoding_for(server, body)
+        with user_errors("prompt"):
+            prompts = _prompt_ids(lm, body)
+        scored = None
+        if body.echo and body.logprobs is not None:
+            k = body.logprobs
+            score = lambda: [lm.prompt_logprobs(p, k) for p in prompts]  # noqa: E731
+            with user_errors("prompt"):  # on the model thread, between decode steps
+                scored = await asyncio.wrap_future(server.scheduler.call(score))
+        scored = scored or [None] * len(prompts)
+        echo = [_echo(tok, body, p, s) for p, s in zip(prompts, scored, strict=True)]
+        echo = [e for e in echo for _ in range(body.n)] if body.echo else None
+        rid = R.new_id("cmpl")
+        if body.max_tokens == 0:  # score or echo the prompt only
+            results = [ChoiceResult() for _ in prompts for _ in range(body.n)]
+            return _completion_response(rid, server, results, cfg, tok, echo, prompts)
+        group = JobGroup(server, prompts, cfg, body.n, "prompt")
+        group.submit()
+        if body.stream:
+            events = completion_events(
+                group, rid, server.model_id, body.include_usage(), cfg, tok, echo
+            )
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await group.collect(request)
+        return _completion_response(rid, server, results, cfg, tok, echo, prompts)
+
+    return router
+
+
+def _decoding(server: Server, kw: dict, plan) -> DecodingConfig:
+    try:
+        return server.decoding(kw)
+    except APIError as e:  # a tool's parameters schema is the tools' fault, not response_format's
+        if plan.constrains and e.code == "invalid_schema":
+            e.param = "tools"
+        raise
+
+
+def _prompt_ids(lm, body: CompletionRequest) -> list[list[int]]:
+    prompts = body.prompts()
+    if body.suffix is None:
+        return [lm.encode_prompt(p) for p in prompts]
+    if not all(isinstance(p, str) for p in prompts):
+        raise APIError(400, "suffix (fill-in-the-middle) needs text prompts", "suffix")
+    return [lm.fill_in_middle_ids(p, body.suffix) for p in prompts]
+
+
+def _echo(tok, body: CompletionRequest, ids: list[int], scored) -> tuple[str, dict | None]:
+    """The prompt as echoed text, and its logprobs in the legacy shape when scored."""
+    text = body.prompt if isinstance(body.prompt, str) else tok.decode(ids)
+    if isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], str):
+        text = tok.decode(ids, skip_special_tokens=True)
+    if scored is None:
+        return text, None
+    return text, R.prompt_logprobs(tok, ids, scored)
+
+
+def _completion_response(rid, server, results, cfg, tok, echo, prompts) -> dict:
+    choices = []
+    for i, r in enumerate(results):
+        text, lp = r.text, None
+        if cfg.logprobs:
+            lp = R.completion_logprobs(tok, r.events)
+        if echo is not None:
+            prefix, prompt_lp = echo[i]
+            text = prefix + text
+            if prompt_lp is not None:
+                lp = R.join_logprobs(prompt_lp, lp, len(prefix))
+        choices.append(R.completion_choice(i, text, r.finish_reason, lp))
+    n_prompt = sum(len(p) for p in prompts)
+    use = R.usage(n_prompt, sum(r.generated for r in results))
+    return R.completion_response(rid, server.model_id, choices, use)
+
+
+def chat_logprobs(tok, result: ChoiceResult, cfg: DecodingConfig) -> dict | None:
+    if not cfg.logprobs:
+        return None
+    return {"content": [R.chat_logprob_entry(tok, ev) for ev in result.events]}
+
+
+async def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok, plan):
+    """Chat chunks: a role delta per choice, content (or tool-call) deltas, a finish chunk, [DONE]."""
+    generated = 0
+    streams = [plan.stream() for _ in group.jobs]
+    try:
+        yield "".join(
+            sse(R.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
+            for i in range(len(group.jobs))
+        )
+        async for batch in group.updates():
+            out, failed = [], False
+            for i, update in batch:
+                if update.error is not None:
+                    out.append(sse(api_error(update.error).body()))
+                    failed = True
+                    break
+                generated += update.event is not None
+                lp = None
+                if cfg.logprobs and update.event is not None and update.in_output:
+                    lp = {"content": [R.chat_logprob_entry(tok, update.event)]}
+                deltas = streams[i].push(update.text) if update.text else []
+                if update.done:
+                    deltas += streams[i].finish()
+                for n, delta in enumerate(deltas):
+                    out.append(
+                        sse(R.chat_chunk(rid, model, i, delta, None, lp if n == 0 else None))
+                    )
+                if lp and not deltas:
+                    out.append(sse(R.chat_chunk(rid, model, i, {"content": ""}, None, lp)))
+                if update.done:
+                    reason = update.event.finish_reason if update.event else "stop"
+                    reason = streams[i].finish_reason(reason or "stop")
+                    out.append(sse(R.chat_chunk(rid, model, i, {}, reason)))
+            yield "".join(out)
+            if failed:
+                break
+        else:
+            if include_usage:
+                use = R.usage(group.prompt_tokens, generated)
+                yield sse(R.usage_chunk(rid, model, "chat.completion.chunk", use))
+        yield sse("[DONE]")
+    finally:
+        group.cancel()  # the client went away, or we are done: free the rows now
+
+
+async def completion_events(group: JobGroup, rid, model, include_usage, cfg, tok, echo):
+    generated = 0
+    try:
+        if echo is not None:
+            chunks = []
+            for i, (prefix, prompt_lp) in enumerate(echo):
+                choice = R.completion_choice(i, prefix, None, prompt_lp)
+                chunks.append(sse(R.completion_response(rid, model, [choice], None)))
+            yield "".join(chunks)
+        async for batch in group.updates():
+            out, failed = [], False
+            for i, update in batch:
+                if update.error is not None:
+                    out.append(sse(api_error(update.error).body()))
+                    failed = True
+                    break
+                generated += update.event is not None
+                lp = None
+                if cfg.logprobs and update.event is not None and update.in_output:
+                    lp = R.completion_logprobs(tok, [update.event])
+                reason = None
+                if update.done:
+                    reason = (update.event.finish_reason if update.event else None) or "stop"
+                if update.text or lp or reason:
+                    choice = R.completion_choice(i, update.text, reason, lp)
+                    out.append(sse(R.completion_response(rid, model, [choice], None)))
+            yield "".join(out)
+            if failed:
+                break
+        else:
+            if include_usage:
+                use = R.usage(group.prompt_tokens, generated)
+                yield sse(R.usage_chunk(rid, model, "text_completion", use))
+        yield sse("[DONE]")
+    finally:
+        group.cancel()
