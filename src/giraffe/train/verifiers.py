@@ -3,6 +3,8 @@
 Each is `fn(prompt, completion, **fields) -> float`; `fields` are the prompt record's
 other keys. A program checks the answer, so the reward cannot be flattered:
 - `exact_answer`: 1 when the completion (stripped) equals `answer`;
+- `number_answer`: the required format is the bare number ("68", a final "." allowed): 1
+  when it equals `answer`, 0.2 for a bare wrong number, 0 for anything else;
 - `tagged_answer`: the required format "<answer>X</answer>": 1 when X equals `answer`,
   0.2 for the format with a wrong X, 0 without the format;
 - `json_valid`: 1 when the completion parses as JSON (after an optional ```json fence),
@@ -26,7 +28,9 @@ from pathlib import Path
 
 ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 FENCE = re.compile(r"^```[a-zA-Z]*\n(.*?)\n?```$", re.DOTALL)
-FORMAT_ONLY = 0.2  # tagged_answer's reward for the right format around a wrong answer
+FORMAT_ONLY = (
+    0.2  # number_answer's and tagged_answer's reward for the right format around a wrong answer
+)
 
 
 def _unfence(text: str) -> str:
@@ -37,6 +41,19 @@ def _unfence(text: str) -> str:
 
 def exact_answer(prompt: str, completion: str, answer, **fields) -> float:
     return float(completion.strip() == str(answer).strip())
+
+
+def bare_number(completion: str) -> str | None:
+    """The completion when it is just an integer (a final "." allowed), else None."""
+    text = completion.strip().removesuffix(".").strip()
+    return text if re.fullmatch(r"-?\d+", text) else None
+
+
+def number_answer(prompt: str, completion: str, answer, **fields) -> float:
+    number = bare_number(completion)
+    if number is None:
+        return 0.0
+    return 1.0 if int(number) == int(answer) else FORMAT_ONLY
 
 
 def tagged_answer(prompt: str, completion: str, answer, **fields) -> float:
