@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -41,12 +42,13 @@ EXAMPLES = ROOT / "examples" / "rl"
 QUESTION = "What is {a} + {b}? Reply with only the number."
 
 
-def arithmetic_sets(seed: int = 18, n_train: int = 256, n_val: int = 32) -> tuple[list, list]:
+def arithmetic_sets(seed: int = 18, n_val: int = 16) -> tuple[list, list]:
+    """Sums of two numbers from 2 to 9 (64 questions): 48 to train on, 16 held out."""
     rng = random.Random(seed)
-    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    pairs = [(a, b) for a in range(2, 10) for b in range(2, 10)]
     rng.shuffle(pairs)
     rows = [{"prompt": QUESTION.format(a=a, b=b), "answer": str(a + b)} for a, b in pairs]
-    return rows[:n_train], rows[n_train : n_train + n_val]
+    return rows[n_val:], rows[:n_val]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -62,9 +64,11 @@ def arithmetic(args) -> dict:
     cfg = RLConfig(
         model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
         reward="python:giraffe.train.verifiers:number_answer", algo="grpo",
-        max_steps=args.steps, batch_size=4, group=4, max_new_tokens=8, lr=args.lr,
-        lora_r=8, lora_alpha=16, lora_targets="all-linear", beta=0.04, eval_every=1000,
-        eval_examples=len(val), save_every=5, progress=args.progress,
+        max_steps=args.steps, batch_size=2, group=4, max_new_tokens=10, lr=args.lr,
+        temperature=0.7,
+        lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj", beta=args.beta,
+        template=args.template, eval_every=1000, eval_examples=len(val), save_every=5,
+        progress=args.progress,
     )  # fmt: skip
     metrics = run(cfg)
     answers = {row["prompt"]: row["answer"] for row in val}
@@ -73,7 +77,9 @@ def arithmetic(args) -> dict:
         texts = [(s[key], answers[s["prompt"]]) for s in metrics["samples"]]
         right = sum(bare_number(t) is not None and int(bare_number(t)) == int(a) for t, a in texts)
         bare = sum(bare_number(t) is not None for t, _ in texts)
-        return {"accuracy": right / len(texts), "format": bare / len(texts), "n": len(texts)}
+        has = sum(a in re.findall(r"-?\d+", t) for t, a in texts)
+        n = len(texts)
+        return {"accuracy": right / n, "format": bare / n, "right_number_anywhere": has / n, "n": n}
 
     return {
         **report(cfg, metrics),
@@ -135,6 +141,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--tokens", type=int, default=48, help="rlhf: longest answer")
+    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
+    p.add_argument("--template", default=None, help="chat template (default: the model's)")
     p.add_argument("--val", type=int, default=16, help="rlhf: held-out prompts scored")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--results", default=None, help="default bench/results/rl-demo-TASK.json")

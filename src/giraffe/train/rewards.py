@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from giraffe.train.finetune import FinetuneError
+from giraffe.train.tuning import FinetuneError
 
 PYTHON = "python:"
 

@@ -38,7 +38,14 @@ from giraffe.train.checkpoint import (
     set_rng_states,
 )
 from giraffe.train.denormals import flush_denormals
-from giraffe.train.finetune import (
+from giraffe.train.rewards import RewardFailures, load_reward
+from giraffe.train.rl_data import conversation_ids, load_prompts
+from giraffe.train.rl_report import RLReporter
+from giraffe.train.rl_update import Updater, make_chunks, reference_for
+from giraffe.train.rollout import row_seed, sample_answers
+from giraffe.train.schedule import make_optimizer, make_scheduler
+from giraffe.train.tune_settings import ALGOS, RLConfig
+from giraffe.train.tuning import (
     FinetuneError,
     check_run,
     load_model,
@@ -50,13 +57,6 @@ from giraffe.train.finetune import (
     step_indices,
     uses_lora,
 )
-from giraffe.train.rewards import RewardFailures, load_reward
-from giraffe.train.rl_data import conversation_ids, load_prompts
-from giraffe.train.rl_report import RLReporter
-from giraffe.train.rl_settings import ALGOS, RLConfig
-from giraffe.train.rl_update import Updater, make_chunks, reference_for
-from giraffe.train.rollout import row_seed, sample_answers
-from giraffe.train.schedule import make_optimizer, make_scheduler
 
 
 class RewardWarning(UserWarning):

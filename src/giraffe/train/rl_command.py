@@ -30,7 +30,7 @@ RESULT_KEYS = (
 
 
 def add_rl_parser(subparsers) -> argparse.ArgumentParser:
-    from giraffe.train.rl_settings import RLConfig
+    from giraffe.train.tune_settings import RLConfig
 
     p = subparsers.add_parser(
         "rl",
@@ -44,7 +44,7 @@ def add_rl_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_rl(args) -> int:
     from giraffe.train.rl import RewardWarning, train_rl
-    from giraffe.train.rl_settings import RLConfig
+    from giraffe.train.tune_settings import RLConfig
 
     cfg = config_from_args(RLConfig, args)
     with warnings.catch_warnings(record=True) as caught:

@@ -82,15 +82,19 @@ class Updater:
             if self.reference is not None:
                 c.ref = self._reference_logp(c)
             if need_old:
-                scores = answer_logprobs(self.model, c.ids, c.picked, c.mask, self.value_head)
+                scores = self._scores(self.model, c, self.value_head)
                 c.old = scores.logp
                 c.old_values = scores.values
+
+    def _scores(self, model, c: Chunk, value_head=None):
+        T = self.cfg.temperature
+        return answer_logprobs(model, c.ids, c.picked, c.mask, value_head, temperature=T)
 
     def _reference_logp(self, c: Chunk) -> torch.Tensor:
         if self.reference == "adapters-off":
             with disable_adapters(self.model):
-                return answer_logprobs(self.model, c.ids, c.picked, c.mask).logp
-        return answer_logprobs(self.reference, c.ids, c.picked, c.mask).logp
+                return self._scores(self.model, c).logp
+        return self._scores(self.reference, c).logp
 
     # ---- advantages ----------------------------------------------------------------------
     def advantages(self, chunks: list[Chunk], rewards: torch.Tensor) -> torch.Tensor:
@@ -164,7 +168,7 @@ class Updater:
 
     def _loss(self, c: Chunk):
         cfg = self.cfg
-        scores = answer_logprobs(self.model, c.ids, c.picked, c.mask, self.value_head)
+        scores = self._scores(self.model, c, self.value_head)
         old = c.old if c.old is not None else scores.logp.detach()
         entropy = float(ro.masked_mean(scores.entropy, c.mask, "token"))
         if cfg.algo == "rloo":

@@ -134,12 +134,18 @@ class AnswerScores:
     values: torch.Tensor | None  # (N, A) value head output, when a value head is given
 
 
-def answer_logprobs(model, ids, picked, answer_mask, value_head=None) -> AnswerScores:
+def answer_logprobs(
+    model, ids, picked, answer_mask, value_head=None, temperature: float = 1.0
+) -> AnswerScores:
     """Per-token scores over answer tokens only: the vocabulary projection runs at the
-    M answer positions, not at every position of the batch."""
+    M answer positions, not at every position of the batch. The logits are divided by
+    the sampling temperature (as TRL does), so the log-probabilities are those of the
+    distribution the answers were drawn from."""
     h = model.hidden(ids[:, :-1])  # (N, L-1, C): position t predicts ids[t+1]
     h_answer = h[picked]  # (M, C), row-major: row 0's answer tokens in order, then row 1's...
     logits = model.head(h_answer)  # (M, V)
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
     target = ids[:, 1:][picked]  # (M,)
     lp, ent = token_logprobs_and_entropy(logits, target)
 

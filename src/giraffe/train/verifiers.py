@@ -4,7 +4,8 @@ Each is `fn(prompt, completion, **fields) -> float`; `fields` are the prompt rec
 other keys. A program checks the answer, so the reward cannot be flattered:
 - `exact_answer`: 1 when the completion (stripped) equals `answer`;
 - `number_answer`: the required format is the bare number ("68", a final "." allowed): 1
-  when it equals `answer`, 0.2 for a bare wrong number, 0 for anything else;
+  when it equals `answer`; 0.5 when the right number is somewhere in a longer reply;
+  0.2 for a bare wrong number; 0 otherwise;
 - `tagged_answer`: the required format "<answer>X</answer>": 1 when X equals `answer`,
   0.2 for the format with a wrong X, 0 without the format;
 - `json_valid`: 1 when the completion parses as JSON (after an optional ```json fence),
@@ -28,9 +29,8 @@ from pathlib import Path
 
 ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 FENCE = re.compile(r"^```[a-zA-Z]*\n(.*?)\n?```$", re.DOTALL)
-FORMAT_ONLY = (
-    0.2  # number_answer's and tagged_answer's reward for the right format around a wrong answer
-)
+FORMAT_ONLY = 0.2  # the required format around a wrong answer (number_/tagged_answer)
+IN_TEXT = 0.5  # number_answer: the right number, but inside other text
 
 
 def _unfence(text: str) -> str:
@@ -51,9 +51,10 @@ def bare_number(completion: str) -> str | None:
 
 def number_answer(prompt: str, completion: str, answer, **fields) -> float:
     number = bare_number(completion)
-    if number is None:
-        return 0.0
-    return 1.0 if int(number) == int(answer) else FORMAT_ONLY
+    if number is not None:
+        return 1.0 if int(number) == int(answer) else FORMAT_ONLY
+    mentioned = re.findall(r"-?\d+", completion)
+    return IN_TEXT if str(int(answer)) in mentioned else 0.0
 
 
 def tagged_answer(prompt: str, completion: str, answer, **fields) -> float:
