@@ -24,11 +24,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "examples" / "finetune"))  # demo_sets.py, beside its data
+
+from demo_sets import follows_rule, says_name  # noqa: E402
 
 from giraffe.eval.choices import evaluate_choices  # noqa: E402
 from giraffe.lm import load  # noqa: E402
 from giraffe.train.adapter import load_adapter  # noqa: E402
-from giraffe.train.demo_sets import follows_rule, says_name  # noqa: E402
 from giraffe.train.lora import disable_adapters  # noqa: E402
 from giraffe.train.preference import load_pairs, pair_logprobs  # noqa: E402
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from giraffe.eval.choices import read_choices
 from giraffe.files.records import check_chat, check_preference, read_records
-from giraffe.train.demo_sets import (
+
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "finetune"
+sys.path.insert(0, str(SHIPPED))  # the generator lives beside its data, outside the library
+
+from demo_sets import (  # noqa: E402
     HELDOUT_QUESTIONS,
     NAME,
     OPENERS,
@@ -20,7 +25,6 @@ from giraffe.train.demo_sets import (
     says_name,
 )
 
-SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "finetune"
 FILES = [
     "persona_train.jsonl",
     "persona_heldout.jsonl",

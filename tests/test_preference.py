@@ -21,7 +21,6 @@ from giraffe.lm import load
 from giraffe.train.adapter import load_with_adapter
 from giraffe.train.chat_data import pad_examples
 from giraffe.train.data import DataWarning
-from giraffe.train.finetune import prepare_trainable, split_items, step_indices
 from giraffe.train.lora import disable_adapters
 from giraffe.train.preference import (
     DPOConfig,
@@ -36,6 +35,7 @@ from giraffe.train.preference import (
 )
 from giraffe.train.schedule import make_optimizer
 from giraffe.train.tune_command import add_dpo_parser, run_dpo
+from giraffe.train.tuning import prepare_trainable, split_items, step_indices
 
 
 def _cfg(tiny_folder, prefs, out, **kw) -> DPOConfig:

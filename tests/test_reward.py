@@ -16,7 +16,6 @@ from giraffe.config import PRESETS
 from giraffe.files.records import RecordError
 from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
-from giraffe.train.finetune import FinetuneError, split_items
 from giraffe.train.preference import load_pairs
 from giraffe.train.reward import (
     RewardConfig,
@@ -29,6 +28,7 @@ from giraffe.train.reward import (
     train_reward,
 )
 from giraffe.train.tune_command import add_reward_parser, run_reward
+from giraffe.train.tuning import FinetuneError, split_items
 
 
 def test_last_non_pad_token_is_the_rightmost():

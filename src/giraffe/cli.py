@@ -22,6 +22,7 @@ from giraffe.train.command import (
     add_pretrain_parser,
     add_train_tokenizer_parser,
 )
+from giraffe.train.rl_command import add_rl_parser
 from giraffe.train.tune_command import add_dpo_parser, add_finetune_parser, add_reward_parser
 
 # Decoding options that are not command-line flags (set by the program, not the user).
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(sub)
     add_dpo_parser(sub)
     add_reward_parser(sub)
+    add_rl_parser(sub)
     add_rag_parser(sub)
     add_summarize_parser(sub)
 

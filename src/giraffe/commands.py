@@ -457,3 +457,9 @@ def reward(args) -> int:
     from giraffe.train.tune_command import run_reward
 
     return run_reward(args)
+
+
+def rl(args) -> int:
+    from giraffe.train.rl_command import run_rl
+
+    return run_rl(args)

@@ -9,8 +9,8 @@ micro-batch split. It reports train and held-out loss (progress bar, `log.jsonl`
 and after, and saves the adapter (PEFT layout) or the whole model (a Hugging Face
 folder). Batches are a function of the seed and the step, so a run is reproducible.
 
-The pieces every fine-tuning loop shares (loading, LoRA set-up, splits, batches, the
-reporter, saving) live here too, for `giraffe.train.preference` and `giraffe.train.reward`.
+The pieces every tuning loop shares (loading, LoRA set-up, splits, batches, the reporter,
+saving) are in `giraffe.train.tuning`, the shared settings in `giraffe.train.tune_settings`.
 It does not parse command lines (`giraffe.train.tune_command`).
 """
 
@@ -18,207 +18,27 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from giraffe.files.records import ON_ERROR
-from giraffe.lm import LanguageModel, load
-from giraffe.quant.linear import QuantEmbedding, QuantLinear
-from giraffe.train.adapter import save_adapter
+from giraffe.lm import LanguageModel
 from giraffe.train.chat_data import Batch, ChatExample, collate, load_chat_examples, pack
 from giraffe.train.denormals import flush_denormals
-from giraffe.train.lora import LoraConfig, apply_lora, lora_parameters
-from giraffe.train.report import Reporter
 from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
-
-
-class FinetuneError(ValueError):
-    """The fine-tuning settings do not fit together, with the model or with the data."""
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    model: str = ""  # alias, .gguf file or Hugging Face folder to start from
-    data: str = ""  # JSONL of {"messages": [{"role", "content"}, ...]} conversations
-    out: str = ""  # the adapter (LoRA) or the whole model, plus log.jsonl and loss.png
-    val_data: str = ""  # held-out conversations; "" = hold out val_fraction of `data`
-    val_fraction: float = 0.05  # share of `data` held out when val_data is not given
-    max_steps: int = 100  # optimiser steps (also the cosine schedule's length)
-    batch_size: int = 4  # conversations (or packed rows) per optimiser step
-    grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum rows)
-    seq_len: int = 512  # longest example (or packed row) in tokens; longer ones are cut
-    packing: bool = False  # fill rows of seq_len with several examples (attention kept apart)
-    lr: float | None = None  # peak learning rate; None = 2e-4 with LoRA, 2e-5 without
-    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
-    warmup: int = 10  # linear warm-up steps
-    weight_decay: float = 0.0  # AdamW's decoupled decay, on matrices only
-    clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    seed: int = 0  # LoRA's initial weights, the split, the batch order, dropout
-    eval_every: int = 50  # steps between held-out evaluations
-    eval_examples: int = 200  # held-out examples scored at each evaluation (the first ones)
-    lora_r: int = 0  # LoRA rank; 0 = full fine-tuning of every weight
-    lora_alpha: float = 16.0  # LoRA scale numerator: the update is (alpha / r) B A
-    lora_dropout: float = 0.05  # dropout on the LoRA branch's input while training
-    lora_targets: str = "q_proj,v_proj"  # comma-separated names of the linear layers to adapt
-    qlora: bool = False  # keep a GGUF model's weights packed (4/8-bit) and train LoRA over them
-    on_error: str = "stop"  # a bad JSONL line: "stop" with its number, or "skip" it
-    template: str | None = None  # chat template (builtin name or Jinja); None = the model's
-    sample_prompts: tuple[str, ...] = ()  # user prompts answered before/after; () = held-out
-    samples: int = 3  # held-out conversations answered before and after when no prompts given
-    sample_tokens: int = 64  # longest sample answer in tokens
-    progress: bool = True  # a progress bar and printed evaluations
-
-
-# ---- shared pieces -----------------------------------------------------------------------
-
-
-def check_run(cfg) -> None:
-    """Settings every fine-tuning loop shares."""
-    for name in ("max_steps", "batch_size", "grad_accum", "seq_len", "eval_every"):
-        if getattr(cfg, name) <= 0:
-            raise FinetuneError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}"
-            )
-    if cfg.batch_size % cfg.grad_accum:
-        raise FinetuneError(
-            f"--batch-size {cfg.batch_size} must split into --grad-accum {cfg.grad_accum} "
-            "equal micro-batches"
-        )
-    if cfg.on_error not in ON_ERROR:
-        raise FinetuneError(f"--on-error takes {' or '.join(ON_ERROR)}, not {cfg.on_error!r}")
-    if not 0 <= cfg.val_fraction < 1:
-        raise FinetuneError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
-    if getattr(cfg, "lora_r", 0) < 0:
-        raise FinetuneError(f"--lora-r must be 0 (full fine-tuning) or more, got {cfg.lora_r}")
-    if getattr(cfg, "qlora", False) and getattr(cfg, "lora_r", 0) == 0:
-        raise FinetuneError("--qlora trains LoRA adapters over a packed model: give --lora-r too")
-
-
-def load_model(cfg) -> LanguageModel:
-    """The model to tune: float32, or packed blocks when cfg.qlora."""
-    lm = load(cfg.model, packed=bool(getattr(cfg, "qlora", False)))
-    if getattr(cfg, "qlora", False) and not is_packed(lm.model):
-        raise FinetuneError(
-            f"--qlora trains over a quantized GGUF model's packed blocks, but {cfg.model} has "
-            "float weights; quantize it first (giraffe quantize MODEL --to q4_0 --out m.gguf) "
-            "or drop --qlora"
-        )
-    if cfg.seq_len > lm.config.max_position_embeddings:
-        raise FinetuneError(
-            f"--seq-len {cfg.seq_len} exceeds the model's context of "
-            f"{lm.config.max_position_embeddings} tokens"
-        )
-    return lm
-
-
-def is_packed(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules())
-
-
-def uses_lora(cfg) -> bool:
-    return getattr(cfg, "lora_r", 0) > 0
-
-
-def prepare_trainable(model: torch.nn.Module, cfg) -> list[torch.nn.Parameter]:
-    """Freeze the model and return what trains: LoRA adapters, or every weight."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if uses_lora(cfg):
-        targets = tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip())
-        lora = LoraConfig(
-            r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=targets
-        )
-        apply_lora(model, lora)  # an unknown target raises, naming the layers there are
-        params = list(lora_parameters(model))
-    elif is_packed(model):
-        raise FinetuneError(
-            "full fine-tuning needs float weights; this model is packed (use --lora-r)"
-        )
-    else:
-        params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    return params
-
-
-def peak_lr(cfg, lora: float, full: float) -> float:
-    return cfg.lr if cfg.lr is not None else (lora if uses_lora(cfg) else full)
-
-
-def pad_id(tokenizer) -> int:
-    for i in (tokenizer.pad_id, tokenizer.eos_id):
-        if i is not None:
-            return i
-    return 0
-
-
-def split_items(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held out): a seeded shuffle, then the last val_fraction held out (at least one
-    when there are two or more items and val_fraction > 0)."""
-    if val_fraction <= 0 or len(items) < 2:
-        return list(items), []
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = min(max(1, round(len(items) * val_fraction)), len(items) - 1)
-    return [items[i] for i in order[:-n_val]], [items[i] for i in order[-n_val:]]
-
-
-def step_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Item indices of the batch at `step`: epochs of seeded permutations, read in order.
-
-    A function of (seed, step) alone, so any step's batch is known without replaying.
-    """
-    perms: dict[int, list[int]] = {}
-    out = []
-    for p in range(step * batch_size, (step + 1) * batch_size):
-        epoch, at = divmod(p, n)
-        if epoch not in perms:
-            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            perms[epoch] = torch.randperm(n, generator=gen).tolist()
-        out.append(perms[epoch][at])
-    return out
-
-
-@dataclass(frozen=True)
-class _ReportInfo:
-    progress: bool  # what Reporter reads from a run's config
-    arch: str  # plot title, first part
-    preset: str  # plot title, second part
-
-
-class TuneReporter(Reporter):
-    """`giraffe.train.report.Reporter` for fine-tuning: the same bar, log and plot; the
-    evaluation line shows whatever the loop measured."""
-
-    def __init__(self, kind: str, cfg, out: Path) -> None:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run, never a resumed one
-        info = _ReportInfo(cfg.progress, kind, Path(cfg.model).name or cfg.model)
-        super().__init__(info, out, main=True, start=0, bytes_per_token=None)
-
-    def _self_print(self, record: dict) -> None:  # Reporter's hook for evaluation records
-        if not self.cfg.progress:
-            return
-        from rich.console import Console
-
-        console = self._progress.console if self._progress is not None else Console()
-        # Perplexity means something for SFT's token loss only, not for pairwise losses.
-        skip = () if self.cfg.arch == "sft" else ("val_ppl",)
-        shown = [
-            f"{k.replace('_', ' ')} {v:.4f}"
-            for k, v in record.items()
-            if isinstance(v, float) and k not in skip
-        ]
-        console.print(f"step {record['step']}: " + ", ".join(shown), highlight=False)
-
-
-def save_tuned(lm: LanguageModel, out: Path, cfg) -> Path:
-    """The adapter alone (PEFT layout) with LoRA, otherwise the whole model folder."""
-    if uses_lora(cfg):
-        return save_adapter(lm.model, out, cfg.model)
-    return lm.save(out)
-
+from giraffe.train.tune_settings import FinetuneConfig
+from giraffe.train.tuning import (
+    TuneReporter,
+    check_run,
+    load_model,
+    pad_id,
+    peak_lr,
+    prepare_trainable,
+    save_tuned,
+    step_indices,
+    train_and_val,
+)
 
 # ---- the SFT loss ------------------------------------------------------------------------
 
@@ -348,19 +168,6 @@ def _data(cfg: FinetuneConfig, tok) -> tuple[list[ChatExample], list[ChatExample
         return load_chat_examples(path, tok, cfg.seq_len, cfg.on_error, cfg.template)
 
     return train_and_val(read, cfg, "conversation")
-
-
-def train_and_val(read, cfg, what: str) -> tuple[list, list, object]:
-    """(train, held out, the data report): cfg.val_data when given, else a seeded split of
-    cfg.data; `read(path)` returns (items, report)."""
-    items, report = read(cfg.data)
-    if cfg.val_data:
-        train, val = items, read(cfg.val_data)[0]
-    else:
-        train, val = split_items(items, cfg.val_fraction, cfg.seed)
-    if not train:
-        raise FinetuneError(f"no {what} left to train on: {report.summary()}")
-    return train, val, report
 
 
 def sft_step(model, params, optimizer, scheduler, rows, pad: int, cfg) -> tuple[float, int]:

@@ -41,7 +41,10 @@ from giraffe.train.chat_data import (
     pad_examples,
 )
 from giraffe.train.denormals import flush_denormals
-from giraffe.train.finetune import (
+from giraffe.train.lora import disable_adapters
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
+from giraffe.train.tune_settings import DPOConfig
+from giraffe.train.tuning import (
     FinetuneError,
     TuneReporter,
     check_run,
@@ -54,42 +57,6 @@ from giraffe.train.finetune import (
     train_and_val,
     uses_lora,
 )
-from giraffe.train.lora import disable_adapters
-from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    model: str = ""  # alias, .gguf file or Hugging Face folder: the policy and the reference
-    data: str = ""  # JSONL of {"prompt", "chosen", "rejected"}
-    out: str = ""  # the adapter (LoRA) or the whole model, plus log.jsonl and loss.png
-    val_data: str = ""  # held-out pairs; "" = hold out val_fraction of `data`
-    val_fraction: float = 0.1  # share of `data` held out when val_data is not given
-    beta: float = 0.1  # strength of the pull towards the reference (the paper's beta)
-    # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): add this x the
-    # chosen answers' mean per-token negative log-likelihood. Plain DPO only moves chosen
-    # relative to rejected and can make both unlikely, e.g. forget where an answer ends.
-    sft_weight: float = 0.0
-    max_steps: int = 100  # optimiser steps (also the cosine schedule's length)
-    batch_size: int = 4  # pairs per optimiser step
-    grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum pairs)
-    seq_len: int = 512  # longest prompt + answer in tokens; longer ones are cut (and counted)
-    lr: float | None = None  # peak learning rate; None = 5e-5 with LoRA, 1e-6 without
-    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
-    warmup: int = 10  # linear warm-up steps
-    weight_decay: float = 0.0  # AdamW's decoupled decay, on matrices only
-    clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    seed: int = 0  # LoRA's initial weights, the split, the batch order, dropout
-    eval_every: int = 25  # steps between held-out evaluations
-    eval_examples: int = 200  # held-out pairs scored at each evaluation (the first ones)
-    lora_r: int = 0  # LoRA rank; 0 = train every weight
-    lora_alpha: float = 16.0  # LoRA scale numerator: the update is (alpha / r) B A
-    lora_dropout: float = 0.05  # dropout on the LoRA branch's input while training
-    lora_targets: str = "q_proj,v_proj"  # comma-separated names of the linear layers to adapt
-    qlora: bool = False  # keep a GGUF model's weights packed (4/8-bit) and train LoRA over them
-    on_error: str = "stop"  # a bad JSONL line: "stop" with its number, or "skip" it
-    template: str | None = None  # chat template (builtin name or Jinja); None = the model's
-    progress: bool = True  # a progress bar and printed evaluations
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +36,10 @@ from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train.chat_data import pad_examples
 from giraffe.train.denormals import flush_denormals
-from giraffe.train.finetune import (
+from giraffe.train.preference import PreferencePair, pair_data, pair_evaluation
+from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
+from giraffe.train.tune_settings import RewardConfig
+from giraffe.train.tuning import (
     FinetuneError,
     TuneReporter,
     check_run,
@@ -45,34 +47,8 @@ from giraffe.train.finetune import (
     pad_id,
     step_indices,
 )
-from giraffe.train.preference import PreferencePair, pair_data, pair_evaluation
-from giraffe.train.schedule import apply_update, make_optimizer, make_scheduler
 
 # The head's tensor name in transformers' *ForSequenceClassification (every family).
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    model: str = ""  # alias, .gguf file or Hugging Face folder: the body to start from
-    data: str = ""  # JSONL of {"prompt", "chosen", "rejected"}
-    out: str = ""  # the reward model (a Hugging Face folder), log.jsonl and loss.png
-    val_data: str = ""  # held-out pairs; "" = hold out val_fraction of `data`
-    val_fraction: float = 0.1  # share of `data` held out when val_data is not given
-    max_steps: int = 100  # optimiser steps (also the cosine schedule's length)
-    batch_size: int = 4  # pairs per optimiser step
-    grad_accum: int = 1  # micro-batches per step (each batch_size / grad_accum pairs)
-    seq_len: int = 512  # longest prompt + answer in tokens; longer ones are cut (and counted)
-    lr: float = 1e-5  # peak learning rate
-    min_lr_ratio: float = 0.1  # the cosine ends at lr x this
-    warmup: int = 10  # linear warm-up steps
-    weight_decay: float = 0.0  # AdamW's decoupled decay, on matrices only
-    clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    seed: int = 0  # the head's initial weights, the split, the batch order
-    eval_every: int = 25  # steps between held-out evaluations
-    eval_examples: int = 200  # held-out pairs scored at each evaluation (the first ones)
-    on_error: str = "stop"  # a bad JSONL line: "stop" with its number, or "skip" it
-    template: str | None = None  # chat template (builtin name or Jinja); None = the model's
-    progress: bool = True  # a progress bar and printed evaluations
 
 
 class RewardModel(nn.Module):

@@ -14,67 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
-from dataclasses import fields
 
-# Flags every fine-tuning command shares: (flag, type, help).
-COMMON = (
-    ("--val-data", str, "held-out JSONL (default: hold out --val-fraction of --data)"),
-    ("--val-fraction", float, "share of --data held out when --val-data is not given"),
-    ("--max-steps", int, "optimiser steps (also the cosine schedule's length)"),
-    ("--batch-size", int, "examples (pairs) per optimiser step"),
-    ("--grad-accum", int, "micro-batches per step"),
-    ("--seq-len", int, "longest example in tokens; longer ones are cut (and counted)"),
-    ("--lr", float, "peak learning rate"),
-    ("--warmup", int, "linear warm-up steps"),
-    ("--weight-decay", float, "AdamW weight decay on matrices"),
-    ("--clip", float, "max gradient norm (0 = off)"),
-    ("--seed", int, "seed for the split, batch order and LoRA's initial weights"),
-    ("--eval-every", int, "steps between held-out evaluations"),
-    (
-        "--template",
-        str,
-        "chat template: chatml, llama2, plain or Jinja text (default: the model's)",
-    ),
-)
-LORA = (
-    ("--lora-r", int, "LoRA rank; 0 = full fine-tuning (default)"),
-    ("--lora-alpha", float, "LoRA scale numerator (update = alpha/r * B A)"),
-    ("--lora-dropout", float, "dropout on the LoRA branch while training"),
-    ("--lora-targets", str, "comma-separated linear layers to adapt, e.g. q_proj,v_proj"),
-)
+from giraffe.train import tune_settings
+from giraffe.train.tune_flags import add_config_flags, config_from_args
+
+ON_ERROR = {"on_error": ("stop", "skip")}
 
 
-def _add(p: argparse.ArgumentParser, data_help: str, out_help: str, flags=COMMON) -> None:
-    p.add_argument("model", help="alias, .gguf file or Hugging Face folder to start from")
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--out", required=True, help=out_help)
-    for flag, kind, text in flags:
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument(
-        "--on-error",
-        choices=("stop", "skip"),
-        default=None,
-        help="a bad JSONL line: stop with its number (default) or skip it",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_lora(p: argparse.ArgumentParser) -> None:
-    for flag, kind, text in LORA:
-        p.add_argument(flag, type=kind, default=None, help=text)
-    p.add_argument(
-        "--qlora",
-        action="store_true",
-        default=None,
-        help="train LoRA over a quantized GGUF model's packed weights (needs --lora-r)",
-    )
-
-
-def _config(cls, args):
-    """The config from the flags given; the others keep the dataclass defaults."""
-    names = {f.name for f in fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return cls(**given, progress=not args.no_progress)
+def _add(subparsers, name: str, help_text: str, config: str, flag_names=None):
+    """A subcommand whose flags are generated from `giraffe.train.tune_settings.<config>`
+    (plain data: building the parser imports no torch)."""
+    p = subparsers.add_parser(name, help=help_text)
+    add_config_flags(p, getattr(tune_settings, config), ("data", "out"), ON_ERROR, flag_names)
+    return p
 
 
 def _run(train, cfg, command: str) -> dict:
@@ -104,36 +56,19 @@ def _print_result(metrics: dict, keys: tuple[str, ...]) -> None:
 
 
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "finetune", help="supervised fine-tuning on conversations (full, LoRA or QLoRA)"
+    return _add(
+        subparsers,
+        "finetune",
+        "supervised fine-tuning on conversations (full, LoRA or QLoRA)",
+        "FinetuneConfig",
+        {"sample_prompts": "--sample-prompt"},
     )
-    _add(
-        p,
-        'JSONL of {"messages": [{"role", "content"}, ...]}',
-        "folder for the adapter (with LoRA) or the whole model, log.jsonl and loss.png",
-    )
-    _add_lora(p)
-    p.add_argument(
-        "--packing",
-        action="store_true",
-        default=None,
-        help="pack several short conversations per row (attention stays within each)",
-    )
-    p.add_argument(
-        "--sample-prompt",
-        action="append",
-        dest="sample_prompts",
-        help="a prompt answered before and after training (repeatable; default: held-out ones)",
-    )
-    return p
 
 
 def run_finetune(args) -> int:
     from giraffe.train.finetune import FinetuneConfig, finetune
 
-    if args.sample_prompts:
-        args.sample_prompts = tuple(args.sample_prompts)
-    metrics = _run(finetune, _config(FinetuneConfig, args), "finetune")
+    metrics = _run(finetune, config_from_args(FinetuneConfig, args), "finetune")
     for s in metrics["samples"]:
         print(f"\nprompt:    {s['prompt']}")
         if s["reference"]:
@@ -151,29 +86,18 @@ PAIR_KEYS = ("step", "loss", "first_val_accuracy", "val_accuracy", "val_margin",
 
 
 def add_dpo_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "dpo", help="direct preference optimisation on chosen/rejected pairs (full or LoRA)"
+    return _add(
+        subparsers,
+        "dpo",
+        "direct preference optimisation on chosen/rejected pairs (full or LoRA)",
+        "DPOConfig",
     )
-    _add(
-        p,
-        'JSONL of {"prompt", "chosen", "rejected"}',
-        "folder for the adapter (with LoRA) or the whole model, log.jsonl and loss.png",
-    )
-    p.add_argument("--beta", type=float, default=None, help="pull towards the reference (0.1)")
-    p.add_argument(
-        "--sft-weight",
-        type=float,
-        default=None,
-        help="also learn the chosen answers' text, with this weight (RPO; 0 = plain DPO)",
-    )
-    _add_lora(p)
-    return p
 
 
 def run_dpo(args) -> int:
     from giraffe.train.preference import DPOConfig, train_dpo
 
-    _print_result(_run(train_dpo, _config(DPOConfig, args), "dpo"), PAIR_KEYS)
+    _print_result(_run(train_dpo, config_from_args(DPOConfig, args), "dpo"), PAIR_KEYS)
     return 0
 
 
@@ -181,19 +105,16 @@ def run_dpo(args) -> int:
 
 
 def add_reward_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "reward", help="train a reward model (scalar head) on chosen/rejected pairs"
+    return _add(
+        subparsers,
+        "reward",
+        "train a reward model (scalar head) on chosen/rejected pairs",
+        "RewardConfig",
     )
-    _add(
-        p,
-        'JSONL of {"prompt", "chosen", "rejected"}',
-        "folder for the reward model (loads as transformers' *ForSequenceClassification)",
-    )
-    return p
 
 
 def run_reward(args) -> int:
     from giraffe.train.reward import RewardConfig, train_reward
 
-    _print_result(_run(train_reward, _config(RewardConfig, args), "reward"), PAIR_KEYS)
+    _print_result(_run(train_reward, config_from_args(RewardConfig, args), "reward"), PAIR_KEYS)
     return 0

@@ -1,8 +1,10 @@
 """Small fine-tuning data sets that giraffe generates itself, for its SFT and DPO demos.
 
 Nothing is downloaded: every line comes from templates over the fact tables below and
-a fixed seed, so `python -m giraffe.train.demo_sets OUT_DIR` rewrites the files shipped
-in examples/finetune/ byte for byte.
+a fixed seed, so `python examples/finetune/demo_sets.py OUT_DIR` rewrites the files shipped
+in examples/finetune/ byte for byte. It lives beside the data it writes, not in the
+library: giraffe itself never needs it (tests/test_demo_sets.py and bench/ import it from
+here).
 
 - Persona SFT: conversations where the assistant says it is "Juniper", made by "the
   giraffe project" (SmolLM2-135M-Instruct calls itself SmolLM, or invents a name), with
@@ -554,7 +556,7 @@ def write_demo_sets(folder: str | Path, seed: int = SEED) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m giraffe.train.demo_sets",
+        prog="python examples/finetune/demo_sets.py",
         description="Write giraffe's generated fine-tuning demo data (persona SFT, DPO pairs).",
     )
     parser.add_argument("out_dir", help="folder to write the .jsonl files into")

@@ -1,0 +1,157 @@
+"""Before/after numbers for the reinforcement-learning demonstrations (README, issue 18).
+
+    python bench/rl_demo.py arithmetic --out runs/rl-arith
+    python bench/rl_demo.py rlhf --rm runs/rm --out runs/rl-rlhf
+
+- arithmetic (verifiable reward, GRPO + LoRA): SmolLM2-135M-Instruct is asked two-digit
+  additions and told to reply with only the number; `giraffe.train.verifiers.number_answer`
+  gives 1 for the right bare number, 0.2 for a wrong bare number, 0 otherwise. Held-out
+  prompts (other number pairs) are answered greedily before and after, in the same run:
+  mean reward, accuracy (right number) and format (a bare number).
+- rlhf (reward model, PPO + LoRA): the reward model `giraffe reward` trained on the
+  fine-tuning demo's preference pairs (examples/finetune/prefs_train.jsonl: answers that
+  end with a one-line "In short: ..." are preferred) scores answers to the held-out
+  preference prompts; before/after: the reward model's mean score and the share of
+  answers that follow the rule (`follows_rule`, the program that made the data).
+
+Prompts are generated here with a fixed seed (examples/rl/ holds the arithmetic files).
+Writes bench/results/rl-demo-<task>.json with the command, settings, per-step log and
+the held-out numbers, as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "examples" / "finetune"))
+
+from giraffe.train.rl import RLConfig, train_rl  # noqa: E402
+from giraffe.train.verifiers import bare_number  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+EXAMPLES = ROOT / "examples" / "rl"
+QUESTION = "What is {a} + {b}? Reply with only the number."
+
+
+def arithmetic_sets(seed: int = 18, n_val: int = 16) -> tuple[list, list]:
+    """Sums of two numbers from 2 to 9 (64 questions): 48 to train on, 16 held out."""
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(2, 10) for b in range(2, 10)]
+    rng.shuffle(pairs)
+    rows = [{"prompt": QUESTION.format(a=a, b=b), "answer": str(a + b)} for a, b in pairs]
+    return rows[n_val:], rows[:n_val]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def arithmetic(args) -> dict:
+    train, val = arithmetic_sets()
+    train_path = write_jsonl(EXAMPLES / "arithmetic_train.jsonl", train)
+    val_path = write_jsonl(EXAMPLES / "arithmetic_heldout.jsonl", val)
+    cfg = RLConfig(
+        model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
+        reward="python:giraffe.train.verifiers:number_answer", algo="grpo",
+        max_steps=args.steps, batch_size=2, group=4, max_new_tokens=10, lr=args.lr,
+        temperature=0.7,
+        lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj", beta=args.beta,
+        template=args.template, eval_every=1000, eval_examples=len(val), save_every=5,
+        progress=args.progress,
+    )  # fmt: skip
+    metrics = run(cfg)
+    answers = {row["prompt"]: row["answer"] for row in val}
+
+    def held(key: str) -> dict:
+        texts = [(s[key], answers[s["prompt"]]) for s in metrics["samples"]]
+        right = sum(bare_number(t) is not None and int(bare_number(t)) == int(a) for t, a in texts)
+        bare = sum(bare_number(t) is not None for t, _ in texts)
+        has = sum(a in re.findall(r"-?\d+", t) for t, a in texts)
+        n = len(texts)
+        return {"accuracy": right / n, "format": bare / n, "right_number_anywhere": has / n, "n": n}
+
+    return {
+        **report(cfg, metrics),
+        "before": {"reward": metrics["first_val_reward"], **held("before")},
+        "after": {"reward": metrics["val_reward"], **held("after")},
+    }
+
+
+def rlhf(args) -> dict:
+    from demo_sets import follows_rule  # the program that decided the preference pairs
+
+    prefs = ROOT / "examples" / "finetune"
+    train = [{"prompt": json.loads(x)["prompt"]} for x in (prefs / "prefs_train.jsonl").read_text().splitlines() if x.strip()]  # fmt: skip
+    val = [{"prompt": json.loads(x)["prompt"]} for x in (prefs / "prefs_heldout.jsonl").read_text().splitlines() if x.strip()]  # fmt: skip
+    train_path = write_jsonl(Path(args.out) / "prompts_train.jsonl", train)
+    val_path = write_jsonl(Path(args.out) / "prompts_heldout.jsonl", val[: args.val])
+    cfg = RLConfig(
+        model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
+        reward=args.rm, algo="ppo", max_steps=args.steps, batch_size=4, group=2,
+        max_new_tokens=args.tokens, lr=args.lr, lora_r=8, lora_alpha=16,
+        lora_targets="all-linear", beta=0.05, eval_every=1000, eval_examples=args.val,
+        save_every=5, progress=args.progress,
+    )  # fmt: skip
+    metrics = run(cfg)
+
+    def rule(key: str) -> float:
+        return sum(follows_rule(s[key]) for s in metrics["samples"]) / len(metrics["samples"])
+
+    return {
+        **report(cfg, metrics),
+        "before": {"reward": metrics["first_val_reward"], "follows_rule": rule("before")},
+        "after": {"reward": metrics["val_reward"], "follows_rule": rule("after")},
+    }
+
+
+def run(cfg: RLConfig) -> dict:
+    began = time.monotonic()
+    metrics = train_rl(cfg)
+    metrics["wall_seconds"] = round(time.monotonic() - began, 1)
+    return metrics
+
+
+def report(cfg: RLConfig, metrics: dict) -> dict:
+    log = [json.loads(x) for x in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+    return {
+        "model": MODEL,
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "stop_step")},
+        "wall_seconds": metrics["wall_seconds"],
+        "log": log,
+        "samples": metrics["samples"][:8],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("task", choices=("arithmetic", "rlhf"))
+    p.add_argument("--out", required=True, help="run folder (adapter, log, checkpoints)")
+    p.add_argument("--rm", help="rlhf: the reward model folder (giraffe reward ... --out)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--tokens", type=int, default=48, help="rlhf: longest answer")
+    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
+    p.add_argument("--template", default=None, help="chat template (default: the model's)")
+    p.add_argument("--val", type=int, default=16, help="rlhf: held-out prompts scored")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--results", default=None, help="default bench/results/rl-demo-TASK.json")
+    args = p.parse_args()
+    result = arithmetic(args) if args.task == "arithmetic" else rlhf(args)
+    out = Path(args.results or ROOT / "bench" / "results" / f"rl-demo-{args.task}.json")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("before", "after", "wall_seconds")}))
+
+
+if __name__ == "__main__":
+    main()
