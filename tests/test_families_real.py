@@ -83,9 +83,7 @@ def test_top1_and_perplexity_match_llama_cpp(real, activations):
     agree = float((ours == theirs).mean())
     ppl = math.exp(-logp_next.mean())
     rel = ppl / text["perplexity"] - 1
-    gaps = [
-        float(probs[t, ours[t]] - probs[t, theirs[t]]) for t in np.flatnonzero(ours != theirs)
-    ]
+    gaps = [float(probs[t, ours[t]] - probs[t, theirs[t]]) for t in np.flatnonzero(ours != theirs)]
     print(
         f"{alias} {activations}: top-1 {agree:.4f}, perplexity {ppl:.4f} vs llama.cpp "
         f"{text['perplexity']:.4f} ({rel:+.3%}; its float16-cache run: "
@@ -98,7 +96,9 @@ def test_top1_and_perplexity_match_llama_cpp(real, activations):
 
 def self_agreement(fx: dict) -> float:
     """llama.cpp against llama.cpp: float32 vs float16 KV cache, top-1 on the same text."""
-    return float(np.mean(np.array(fx["english"]["top1"]) == np.array(fx["english_f16_cache"]["top1"])))
+    return float(
+        np.mean(np.array(fx["english"]["top1"]) == np.array(fx["english_f16_cache"]["top1"]))
+    )
 
 
 @torch.inference_mode()
@@ -116,10 +116,14 @@ def test_greedy_continuations_match_llama_cpp(real, activations):
             out[e.row].append(e.token_id)
             tops[e.row].append(e.top)
     for g, ours, top in zip(fx["greedy"], out, tops, strict=True):
-        diff = next((i for i, (a, b) in enumerate(zip(ours, g["generated"])) if a != b), None)
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(ours, g["generated"], strict=False)) if a != b), None
+        )
         if diff is None:
             assert len(ours) == len(g["generated"])
             continue
         (a, pa), (b, pb) = g["steps"][diff]
-        print(f"{alias}: first difference at {diff}: llama.cpp {g['steps'][diff]}, giraffe {top[diff]}")
+        print(
+            f"{alias}: first difference at {diff}: llama.cpp {g['steps'][diff]}, giraffe {top[diff]}"
+        )
         assert ours[diff] in (a, b) and abs(pa - pb) <= NEAR_TIE  # a near-tie, shown above
