@@ -366,3 +366,23 @@ def test_explain_attention_shows_the_sliding_layers(tiny_folder):
     for layer, kind in enumerate(model.config.layer_types):
         seen = w[layer][:, far].abs().sum()
         assert (seen == 0) if kind == "sliding" else (seen > 0)
+
+
+def test_serve_scheduler_batches_rows_past_the_window(lm_folder):
+    """Continuous batching in the server: each row as if it ran alone, past every window."""
+    from test_scheduler import submit
+
+    import giraffe
+    from giraffe.serve.scheduler import Scheduler
+
+    lm = giraffe.load(lm_folder)
+    scheduler = Scheduler(lm, max_batch=4, max_queue=3)
+    try:
+        prompts = ["The giraffe", "No, I am not", "Giraffes eat leaves from tall"]
+        jobs = [submit(scheduler, lm, p, max_new_tokens=14) for p in prompts]
+        for (_, c), p in zip(jobs, prompts, strict=True):
+            alone = lm.complete(p, temperature=0, max_new_tokens=14, ignore_eos=True)
+            assert c.wait().tokens == alone.token_ids, p
+        assert max(scheduler.stats()["batch_sizes"]) >= 2
+    finally:
+        scheduler.close()

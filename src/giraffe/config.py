@@ -394,6 +394,12 @@ def periodic_layer_types(n_layers: int, period: int) -> tuple[str, ...]:
     return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(n_layers))
 
 
+# The tiny shape every family's "-tiny" preset shares (tests, and training in seconds).
+_TINY = dict(
+    vocab_size=512, hidden_size=64, n_layers=2, n_heads=4, intermediate_size=128,
+    max_position_embeddings=256,
+)  # fmt: skip
+
 # Presets are data: named configs, never subclasses. "{arch}-tiny" builds in
 # milliseconds (tests), "{arch}-small" trains on two CPU cores in minutes, "{arch}-base"
 # is the published base shape of the family (a GPU's job). The trainer looks presets up
@@ -407,6 +413,33 @@ PRESETS: dict[str, ModelConfig] = {
         n_kv_heads=2,
         intermediate_size=128,
         max_position_embeddings=256,
+    ),
+    # The other decoder families at the tiny size, wired as their checkpoints are.
+    "qwen3-tiny": ModelConfig(**QWEN3_WIRING, **_TINY, n_kv_heads=2, head_dim=32),
+    "gemma2-tiny": ModelConfig(
+        **GEMMA2_WIRING,
+        **_TINY,
+        n_kv_heads=2,
+        head_dim=32,
+        query_scale=32**-0.5,
+        sliding_window=32,
+        layer_types=periodic_layer_types(2, 2),
+        attn_softcap=50.0,
+        final_softcap=30.0,
+    ),  # fmt: skip
+    "gemma3-tiny": ModelConfig(
+        **{**GEMMA3_WIRING, **_TINY, "n_layers": 6},
+        n_kv_heads=1,
+        head_dim=32,
+        query_scale=32**-0.5,
+        sliding_window=32,
+        layer_types=periodic_layer_types(6, 6),
+        rope_theta=1e6,
+        rope_local_theta=1e4,
+    ),  # fmt: skip
+    "phi3-tiny": ModelConfig(**PHI3_WIRING, **_TINY),
+    "gptneox-tiny": ModelConfig(
+        **GPTNEOX_WIRING, **{**_TINY, "intermediate_size": 256}, rotary_dim=4
     ),
     "gpt2-tiny": ModelConfig(
         **GPT2_WIRING,

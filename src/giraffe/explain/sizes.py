@@ -113,8 +113,10 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         "token-type embedding": cfg.type_vocab_size * C,
         "attention (all layers)": cfg.n_layers * attn,
         "MLP (all layers)": cfg.n_layers * mlp,
-        # two per block, plus the final norm (decoders) or the embedding norm (BERT)
-        "norms": (2 * cfg.n_layers + 1) * norm,
+        # two per block (four with Gemma's sandwich norms), plus the final norm (decoders)
+        # or the embedding norm (BERT); QK-norm adds two per-head norms per block
+        "norms": ((4 if cfg.sandwich_norm else 2) * cfg.n_layers + 1) * norm
+        + (2 * cfg.n_layers * d if cfg.qk_norm else 0),
         "output head": 0 if cfg.tie_embeddings or _is_encoder(cfg) else cfg.vocab_size * C,
     }
     return {k: v for k, v in counts.items() if v}
@@ -148,8 +150,13 @@ def kv_cache_bytes(cfg: ModelConfig, tokens: int, bytes_per_value: float = 4.0) 
 
 
 def cached_tokens(cfg: ModelConfig, context: int) -> int:
-    """Tokens a cache must hold for `context`: a sliding window caps it (Mistral)."""
-    return min(context, cfg.sliding_window) if cfg.sliding_window else context
+    """Tokens a cache must hold for `context`, per layer on average: a sliding window caps
+    the layers that have one (every layer in Mistral, five in six in Gemma 3)."""
+    per_layer = [
+        context if w is None else min(context, w)
+        for w in map(cfg.layer_window, range(cfg.n_layers))
+    ]
+    return -(-sum(per_layer) // cfg.n_layers)  # rounded up
 
 
 def memory_table(cfg: ModelConfig) -> list[dict]:

@@ -5,6 +5,7 @@ here: Gemma's query scale (1/sqrt(head_dim), or 1/sqrt(width/heads) for the 27B
 models), its fixed pattern of sliding and global layers (Gemma 2: every other one,
 Gemma 3: one in six) and Gemma 3's local RoPE base (10000). Llama 3.1's RoPE scaling
 travels as a `rope_freqs` tensor of per-frequency divisors (`rope_freq_factors`).
+llama.cpp runs Phi-3 without its sliding window (transformers and giraffe apply it).
 Where a config differs from what llama.cpp would assume, the writer stores the value
 under the matching GGUF key (giraffe reads it back) and warns that llama.cpp will not.
 This module reads and writes metadata only; tensors are `giraffe.formats.gguf`'s.
@@ -214,6 +215,8 @@ def write_hparams(writer, cfg: ModelConfig) -> dict[str, np.ndarray]:
         writer.add_parallel_residual(cfg.parallel_residual)
     if cfg.sliding_window:
         writer.add_sliding_window(cfg.sliding_window)
+        if arch == "phi3":  # measured: llama.cpp's Phi-3 graph attends to every token
+            _warn(f"sliding window of {cfg.sliding_window} tokens (llama.cpp ignores it for phi3)")
     scaling = cfg.rope_scaling_dict or {}
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "linear":
