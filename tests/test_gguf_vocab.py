@@ -65,9 +65,10 @@ def test_gemma3_ids_and_text_equal_llama_cpp(gemma, case):
 def test_real_vocabularies_specials(qwen, gemma):
     assert qwen.vocab_size == 151936 and not qwen.add_bos
     assert qwen.eos_token == "<|im_end|>" and qwen.bos_token == "<|endoftext|>"
-    assert qwen.stop_ids == {151643, 151645}  # <|endoftext|>, <|im_end|> (llama.cpp's EOG set)
+    assert qwen.stop_ids == set(FIXTURE["models"]["qwen2.5-coder-0.5b-instruct"]["eog"])
     assert gemma.vocab_size == 262144 and gemma.add_bos and gemma.bos_token == "<bos>"
-    assert gemma.eos_token == "<eos>" and gemma.stop_ids == {1, 106}  # <eos>, <end_of_turn>
+    assert gemma.eos_token == "<eos>"
+    assert gemma.stop_ids == set(FIXTURE["models"]["gemma-3-270m"]["eog"])  # llama.cpp's EOG set
     assert gemma.chat_template is None  # the base model ships none
 
 

@@ -37,11 +37,21 @@ from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, TokenizerError
 
 # llama.cpp token types (gguf spec `tokenizer.ggml.token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# Token texts llama.cpp treats as end of generation (and as control tokens) whatever their type.
+# Token texts llama.cpp treats as end of generation (and as control tokens) whatever their
+# type: its end-of-turn list, "</s>", and the fill-in-the-middle pad/repo/file separators
+# (a code model that writes one has left the file it was asked to complete).
 EOG_TEXTS = frozenset(
     ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
-    + ("<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>")
+    + ("<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "</s>")
+    + ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>")
+    + ("<|file_sep|>",)
 )
+# Fill-in-the-middle markers llama.cpp makes control tokens (parsed in text, never merged).
+FIM_TEXTS = frozenset(
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<fim-prefix>", "<fim-suffix>")
+    + ("<fim-middle>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+)
+_CONTROL_TEXTS = EOG_TEXTS | FIM_TEXTS
 
 
 @dataclass(frozen=True)
@@ -339,7 +349,7 @@ class _Vocab:
         for i, t in enumerate(
             self.tokens
         ):  # llama.cpp makes these control tokens, whatever their type
-            if t in EOG_TEXTS and self.types[i] not in (CONTROL, UNKNOWN):
+            if t in _CONTROL_TEXTS and self.types[i] not in (CONTROL, UNKNOWN):
                 self.types[i] = CONTROL
 
     def get(self, key: str, default=None):
