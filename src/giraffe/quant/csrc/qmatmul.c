@@ -230,19 +230,31 @@ static void lora_delta(const float *A, const float *B, int64_t r, float scale, i
     free(t);
 }
 
-/* y (rows, n_out) = x (rows, n_in) @ W^T + bias */
+/* y (rows, n_out) = x (rows, n_in) @ W^T + bias: the int8 parts together (activations
+ * rounded once, one parallel region), then any part on the float kernel, then adapters. */
 static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, float *y, int n_threads) {
     const int64_t n_out = total_out(m);
-    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
+    int done[MAX_PARTS] = {0};
 #ifdef HAVE_GEMM_I8
-        if (m->q8[p] && m->use_i8) {
-            giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], m->n_in, x, rows, y + col,
-                            n_out, n_threads);
-            continue;
-        }
-#endif
-        qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+    i8_part parts[MAX_PARTS];
+    int n_i8 = 0;
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
+        if (!(m->q8[p] && m->use_i8)) continue;
+        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], y + col};
+        parts[n_i8++] = w;
+        done[p] = 1;
     }
+    i8_acts s;
+    if (n_i8 && i8_acts_make(x, rows, m->n_in, n_threads, &s) == 0) {
+        gemm_i8_parts(parts, n_i8, &s, n_out, n_threads);
+        i8_acts_free(&s);
+    } else if (n_i8) { /* out of memory: each part on its own */
+        for (int p = 0; p < m->n_parts; p++) done[p] = 0;
+    }
+#endif
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
+        if (!done[p] && m->w[p]) /* (a part with tiles only is always done above) */
+            qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
     for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
         if (m->lora_r[p] > 0)
             lora_delta(m->lora_a[p], m->lora_b[p], m->lora_r[p], m->lora_scale[p], m->n_in, m->n_out[p], x, rows,
