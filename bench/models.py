@@ -182,7 +182,10 @@ def run_engine(engine: str, path: Path, args) -> dict:
         "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
         "--decode-tokens", str(args.decode_tokens), "--t0", repr(time.time()),
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {args.timeout} s"}
     if out.returncode != 0:
         lines = [x for x in out.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1][:300] if lines else f"exit status {out.returncode}"}
