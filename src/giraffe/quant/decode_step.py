@@ -7,8 +7,11 @@ attention over the cache, o_proj, SwiGLU and the residuals - for one sequence's 
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
 whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
-maps asked for, every projection packed in ggml blocks or group-wise int8/int4);
+maps asked for, every projection packed in ggml blocks, int8 tiles or group-wise
+int8/int4, optionally under a LoRA adapter whose low-rank delta the C step adds);
 everything else returns None and the model runs its ordinary path. Tests hold the two equal.
+The C arguments are one struct per layer (`LayerStep`), mirrored from csrc/qmatmul.c and
+size-checked against the library.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The C source compiles at first use with the machine's gcc (-O3 -march=native -fopenmp)
 into a per-user cache keyed by the source's hash and the compiler; a message says so
 while it compiles. When no compiler is there, or `GIRAFFE_NO_KERNELS=1`, `available()`
-is False and callers take the pure-torch path. This module knows buffers, not models.
+is False and callers take the pure-torch path. A library whose ABI version or block table
+differs from `giraffe.quant.types` is refused (`KernelMismatchError`). This module knows
+buffers, not models.
 """
 
 from __future__ import annotations
