@@ -182,7 +182,10 @@ def run_engine(engine: str, path: Path, args) -> dict:
         "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
         "--decode-tokens", str(args.decode_tokens), "--t0", repr(time.time()),
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {args.timeout} s"}
     if out.returncode != 0:
         lines = [x for x in out.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1][:300] if lines else f"exit status {out.returncode}"}
@@ -270,7 +273,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="two rows, short prompt, one round")
     p.add_argument("--rows", help=f"comma-separated subset of: {', '.join(SUITE)}")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, help="processes per engine and row (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--decode-tokens", type=int, default=128)
@@ -284,7 +287,8 @@ def main() -> None:
     if args.worker:
         return worker(args)
     if args.quick:
-        args.rounds, args.prefill_tokens, args.decode_tokens = 1, 128, 32
+        args.prefill_tokens, args.decode_tokens = 128, 32
+    args.rounds = args.rounds or (1 if args.quick else 3)
     rows = args.rows.split(",") if args.rows else list(QUICK if args.quick else SUITE)
     unknown = [r for r in rows if r not in SUITE]
     if unknown:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_path import counting
 from torch import nn
 
 from giraffe.config import PRESETS
@@ -219,13 +220,48 @@ def packed_model_with_lora() -> Decoder:
     return model
 
 
-def test_applying_lora_drops_packed_fusions():
+def test_applying_lora_keeps_the_compiled_step_and_stripping_restores_fusions():
     model = packed_model_with_lora()
+    # wrapped parts are not fused (a fusion would bypass the adapters) ...
     assert all(b.attn.fused_qkv is None and b.mlp.fused_gate_up is None for b in model.layers)
-    assert model.fast_decode is None
+    # ... but the compiled step takes them, each adapter beside its packed product
+    assert (model.fast_decode is not None) == kernels.available()
     strip_lora(model, merge=False)  # packed bases: back to the fused fast path
     assert isinstance(model.layers[0].attn.q_proj, QuantLinear)
     assert (model.layers[0].attn.fused_qkv is not None) == kernels.available()
+
+
+@pytest.mark.parametrize("int8", ["1", "0"])
+@pytest.mark.parametrize("targets", [("all-linear",), ("q_proj", "v_proj")])
+def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(int8, targets, monkeypatch):
+    """Prompt, then one-token steps: the engine with adapters against the module path."""
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
+    model = tiny()
+    quantize_blocks(model)
+    apply_lora(model, LoraConfig(r=4, alpha=8.0, targets=targets))
+    randomise(model, std=0.05)
+    model.eval()
+    fast = model.fast_decode
+    if fast is None:
+        pytest.skip("no compiled decode step on this machine")
+    outputs, taken = [], []
+    for step in (counting(fast, taken), None):
+        model.fast_decode = step
+        cache = model.new_cache(1, 32)
+        with torch.inference_mode():
+            first = model.hidden(ids(1, 6), cache=cache)
+            more = [model.hidden(torch.tensor([[t]]), cache=cache) for t in (9, 2, 6)]
+        outputs.append(torch.cat([first, *more], dim=1))
+    assert taken == [True] * 4
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
+    # a disabled adapter is the base alone on both paths
+    with disable_adapters(model), torch.inference_mode():
+        model.fast_decode, cache = fast, model.new_cache(1, 32)
+        engine = model.hidden(ids(1, 6), cache=cache)
+        model.fast_decode, cache = None, model.new_cache(1, 32)
+        torch.testing.assert_close(
+            engine, model.hidden(ids(1, 6), cache=cache), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_qlora_forward_equals_lora_on_the_dequantized_weights(float_activations):

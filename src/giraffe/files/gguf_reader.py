@@ -29,6 +29,8 @@ SCALARS = {
     10: ("<Q", np.uint64), 11: ("<q", np.int64), 12: ("<d", np.float64),
 }  # fmt: skip
 STRING, ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
+WINDOW = 1 << 20  # bytes of the header copied at a time while reading string arrays
 
 
 class GGUFFormatError(ValueError):
@@ -122,13 +124,30 @@ class FastGGUFReader:
         self._pos += n
         return text
 
+    def _strings(self, count: int) -> list[str]:
+        """`count` length-prefixed strings (a vocabulary: 150k of them), in one tight loop
+        over a bytes window of the map (slicing bytes is ~2x faster than a memoryview)."""
+        out, length = [], _U64.unpack_from
+        append = out.append
+        base, raw, pos = self._pos, b"", 0  # raw = map[base : base + len(raw)]; pos within it
+        for _ in range(count):
+            if pos + 8 > len(raw) or pos + 8 + length(raw, pos)[0] > len(raw):
+                base, pos = base + pos, 0  # refill the window at the next string
+                (n,) = _U64.unpack_from(self._buf, base)
+                raw = bytes(self._buf[base : base + max(WINDOW, 8 + n)])
+            (n,) = length(raw, pos)
+            append(raw[pos + 8 : pos + 8 + n].decode("utf-8"))
+            pos += 8 + n
+        self._pos = base + pos
+        return out
+
     def _value(self, kind: int):
         if kind == STRING:
             return self._string()
         if kind == ARRAY:
             item, count = self._unpack("<IQ")
             if item == STRING:
-                return [self._string() for _ in range(count)]
+                return self._strings(count)
             if item == ARRAY:
                 return [self._value(self._unpack("<I")[0]) for _ in range(count)]
             dtype = np.dtype(SCALARS[item][1])

@@ -7,8 +7,11 @@ attention over the cache, o_proj, SwiGLU and the residuals - for one sequence's 
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
 whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
-maps asked for, every projection packed in ggml blocks or group-wise int8/int4);
+maps asked for, every projection packed in ggml blocks, int8 tiles or group-wise
+int8/int4, optionally under a LoRA adapter whose low-rank delta the C step adds);
 everything else returns None and the model runs its ordinary path. Tests hold the two equal.
+The C arguments are one struct per layer (`LayerStep`), mirrored from csrc/qmatmul.c and
+size-checked against the library.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class PackedMatrix(ctypes.Structure):
         ("dm8", ctypes.c_void_p * MAX_PARTS),
         ("nib8", ctypes.c_int64 * MAX_PARTS),
         ("use_i8", ctypes.c_int64),
+        ("lora_a", ctypes.c_void_p * MAX_PARTS),
+        ("lora_b", ctypes.c_void_p * MAX_PARTS),
+        ("lora_r", ctypes.c_int64 * MAX_PARTS),
+        ("lora_scale", ctypes.c_float * MAX_PARTS),
     ]
 
 
@@ -69,44 +76,69 @@ def check_structs() -> None:
             )
 
 
+def _adapter(p) -> tuple:
+    """(packed base, adapter or None): a low-rank adapter is any layer holding a `base` and
+    `lora_A`/`lora_B` linears with a `scale` (giraffe.train.lora's LoraLinear, seen only by
+    these attributes: quant sits below train)."""
+    base = getattr(p, "base", None)
+    if base is not None and hasattr(p, "lora_A") and hasattr(p, "lora_B"):
+        return base, p
+    return p, None
+
+
+def _single(p) -> bool:
+    """One packed product the C step can run: ggml blocks or int8 tiles."""
+    if isinstance(p, GroupQuantLinear):
+        return p.int8_weights() is not None
+    return isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS
+
+
 class GroupParts:
-    """Group-wise layers of the same input side by side (q|k|v, gate|up), as FusedQuant is
-    for ggml blocks: no fused buffer, each part keeps its own int8-GEMM weights."""
+    """Packed layers of the same input side by side (q|k|v, gate|up) with no fused buffer,
+    each part its own segment: group-wise layers, or parts under LoRA adapters (the C step
+    adds each adapter's low-rank delta beside its packed product)."""
 
-    def __init__(self, parts: list[GroupQuantLinear]) -> None:
-        self.parts, self.in_features = parts, parts[0].in_features
-        biases = [p.bias for p in parts]
+    def __init__(self, parts: list) -> None:
+        self.parts = parts
+        self.bases, self.adapters = zip(*(_adapter(p) for p in parts), strict=True)
+        self.in_features = self.bases[0].in_features
+        biases = [b.bias for b in self.bases]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
-        self.segments = [(None, p.int8_weights().kind, p.out_features) for p in parts]
+        self.segments = [
+            (b.packed, b.kind, b.out_features)
+            if isinstance(b, QuantLinear)
+            else (None, b.int8_weights().kind, b.out_features)
+            for b in self.bases
+        ]
 
-    def int8_segments(self) -> list[kernels.Int8Weights]:
-        return [p.int8_weights() for p in self.parts]
+    def int8_segments(self) -> list[kernels.Int8Weights | None]:
+        return [b.int8_weights() for b in self.bases]
 
     @staticmethod
     def of(parts) -> GroupParts | None:
-        runs = all(isinstance(p, GroupQuantLinear) and p.int8_weights() is not None for p in parts)
-        return GroupParts(list(parts)) if runs and len(parts) <= MAX_PARTS else None
+        bases = [_adapter(p)[0] for p in parts]
+        if len(parts) > MAX_PARTS or not all(_single(b) for b in bases):
+            return None
+        if len({(b.in_features, b.bias is None) for b in bases}) != 1:
+            return None
+        return GroupParts(list(parts))
 
 
 def _matrix(m) -> PackedMatrix:
     """A packed projection (or several side by side) as the C struct, each part its own type.
 
-    Group-wise parts have no ggml blocks (NULL): they run only on the int8 GEMM."""
-    if isinstance(m, QuantLinear):
-        segments = [(m.packed, m.kind, m.out_features)]
-    elif isinstance(m, GroupQuantLinear):
-        segments = [(None, m.int8_weights().kind, m.out_features)]
-    else:
-        segments = m.segments
+    Group-wise and compacted parts have no ggml blocks (NULL): they run only on the int8 GEMM."""
+    if not isinstance(m, (FusedQuant, GroupParts)):
+        m = GroupParts([m])
     bias = None if m.bias is None else m.bias.detach().contiguous()
     matrix = PackedMatrix()
-    for i, (packed, kind, n_out) in enumerate(segments):
+    for i, (packed, kind, n_out) in enumerate(m.segments):
         matrix.w[i], matrix.kind[i], matrix.n_out[i] = (
             None if packed is None else packed.data_ptr(),
             kernels.KIND_CODES[kind],
             n_out,
         )
-    matrix.n_parts, matrix.n_in = len(segments), m.in_features
+    matrix.n_parts, matrix.n_in = len(m.segments), m.in_features
     matrix.bias = None if bias is None else bias.data_ptr()
     matrix._keep = bias  # the struct holds a raw pointer: keep the tensor alive
     matrix._source = m
@@ -114,23 +146,37 @@ def _matrix(m) -> PackedMatrix:
 
 
 def _attach_int8(matrix: PackedMatrix) -> None:
-    """Give the struct its parts' int8 GEMM weights (repacked now if not yet).
-
-    A part whose type has no int8 form (Q6_K) keeps a NULL pointer: the float kernel."""
-    m = matrix._source
-    single = isinstance(m, (QuantLinear, GroupQuantLinear))
-    segments = [m.int8_weights()] if single else m.int8_segments()
-    for i, w in enumerate(segments):
+    """Give the struct its parts' int8 GEMM weights (repacked now if not yet)."""
+    for i, w in enumerate(matrix._source.int8_segments()):
         if w is not None:
             matrix.q8[i], matrix.dm8[i], matrix.nib8[i] = w.q.data_ptr(), w.dm.data_ptr(), w.nibbles
+
+
+def _adapters(matrix: PackedMatrix) -> list[tuple]:
+    """(matrix, part, adapter) for each LoRA adapter among a struct's parts."""
+    return [(matrix, i, a) for i, a in enumerate(getattr(matrix._source, "adapters", ())) if a]
+
+
+def _set_adapter(matrix: PackedMatrix, i: int, adapter) -> bool:
+    """Point the struct at an adapter's current A and B (none while it is disabled).
+    False when the module path must run instead (dropout active in training mode)."""
+    if adapter.disabled or adapter.merged:
+        matrix.lora_r[i] = 0
+        return True
+    if adapter.training and isinstance(adapter.dropout, torch.nn.Dropout):
+        return False  # dropout would apply on the module path
+    a, b = adapter.lora_A.weight, adapter.lora_B.weight
+    if a.dtype != torch.float32 or not (a.is_contiguous() and b.is_contiguous()):
+        return False
+    matrix.lora_a[i], matrix.lora_b[i] = a.data_ptr(), b.data_ptr()
+    matrix.lora_r[i], matrix.lora_scale[i] = a.shape[0], adapter.scale
+    return True
 
 
 def _packed(p) -> bool:
     if isinstance(p, (FusedQuant, GroupParts)):
         return len(p.segments) <= MAX_PARTS
-    if isinstance(p, GroupQuantLinear):
-        return p.int8_weights() is not None
-    return isinstance(p, QuantLinear) and p.kind in KERNEL_KINDS
+    return GroupParts.of([p]) is not None
 
 
 class FastDecode:
@@ -146,6 +192,7 @@ class FastDecode:
         )
         check_structs()
         self.steps = [self._step(layer) for layer in layers]
+        self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
 
     def _step(self, layer: tuple) -> LayerStep:
         """A layer's fixed arguments; each call fills in the rows, cache and scratch."""
@@ -192,7 +239,7 @@ class FastDecode:
         if self.int8_only and not int8_activations():
             return None  # float activations: the module path dequantizes
         slots, shared = self._slots(cache, B, T)
-        if slots is None:
+        if slots is None or not all(_set_adapter(*a) for a in self.adapters):
             return None
         n = B * T
         if positions is None:

@@ -3,7 +3,9 @@
 The C source compiles at first use with the machine's gcc (-O3 -march=native -fopenmp)
 into a per-user cache keyed by the source's hash and the compiler; a message says so
 while it compiles. When no compiler is there, or `GIRAFFE_NO_KERNELS=1`, `available()`
-is False and callers take the pure-torch path. This module knows buffers, not models.
+is False and callers take the pure-torch path. A library whose ABI version or block table
+differs from `giraffe.quant.types` is refused (`KernelMismatchError`). This module knows
+buffers, not models.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 class KernelMismatchError(RuntimeError):

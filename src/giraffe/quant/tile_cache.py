@@ -5,8 +5,8 @@ Repacking every matrix of a 0.5B model at load takes seconds; the tiles depend o
 the file's bytes, the block type and the library's ABI. `TileCache` is the `repack`
 function the packed layers take (`QuantLinear.compact`, `FusedQuant`): on a first load it
 repacks (giraffe.quant.kernels.repack_int8) and appends the tiles to one file; `finish()`
-then writes its index. A later load of the same file (same path, size, mtime, ABI) maps
-that file copy-on-write and hands out views: the tiles are the one resident copy, and
+then writes its index. A later load of the same file (same path, size, mtime, ABI and
+block table) maps that file copy-on-write and hands out views: the tiles are the one resident copy, and
 pages the OS can drop and read back. Weights are named by where their bytes sit in the
 model file's map, so it only serves views of that map (a permuted copy is repacked
 fresh, uncached). A cache that is incomplete or stale is ignored and rebuilt, never read.
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from giraffe.quant import kernels
+from giraffe.quant.types import BLOCK_TYPES
 
 
 def cache_root() -> Path:
@@ -53,7 +54,9 @@ class TileCache:
 
     def __init__(self, model_file: Path, base: int, size: int) -> None:
         stat = model_file.stat()
-        ident = f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{kernels.ABI_VERSION}"
+        # the layout's every input: the file, the library's ABI and the block table
+        table = sorted(BLOCK_TYPES.items())
+        ident = f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{kernels.ABI_VERSION}|{table}"
         self.dir = cache_root() / hashlib.sha256(ident.encode()).hexdigest()[:24]
         self.base, self.size = base, size
         self.index: dict[str, list] = {}

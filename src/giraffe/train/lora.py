@@ -231,6 +231,8 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         setattr(parent, attr, wrapper.train(base.training))  # an eval model stays in eval
     _drop_fusions(model)  # fused packed q/k/v and the compiled decode step bypass the wrappers
     _set_packed_class(model, DifferentiableQuantLinear)
+    # rebuilt around the wrappers: the compiled step adds each adapter beside its product
+    _restore_fusions(model, [m.base for _, m in lora_layers(model)])
     return names
 
 

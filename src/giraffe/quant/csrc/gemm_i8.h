@@ -205,55 +205,85 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
     }
 }
 
+/* Activations rounded to int8 once, for every product of the same input (q|k|v parts). */
+typedef struct { int8_t *a; float *da; int32_t *isum, *isum_lo; int64_t m, n_in; } i8_acts;
+
+static int i8_acts_make(const float *x, int64_t m, int64_t n_in, int n_threads, i8_acts *s) {
+    const int64_t n_blocks = n_in / 32;
+    s->m = m, s->n_in = n_in;
+    s->a = (int8_t *)malloc((size_t)(m * n_in));
+    s->da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
+    s->isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * m * n_blocks));
+    if (!s->a || !s->da || !s->isum) { free(s->a); free(s->da); free(s->isum); return -1; }
+    s->isum_lo = s->isum + m * n_blocks;
+    quantize_activations(x, m, n_in, s->a, s->da, s->isum, s->isum_lo, m > 1 ? n_threads : 1);
+    return 0;
+}
+
+static void i8_acts_free(i8_acts *s) { free(s->a); free(s->da); free(s->isum); }
+
+/* One weight (tiles of giraffe_repack_i8) against the rounded activations. */
+typedef struct { const uint8_t *q; const float *dm; int kind, form; int64_t n_out; float *y; } i8_part;
+
+static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE - 1) / I8_TILE + 1) / 2; }
+
+/* Columns of tile pair p of one weight, for all rows: each thread owns whole pairs of tiles,
+ * whose weights (16 KB per 512 inputs) stay in L1/L2 while every row chunk streams past. */
+static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t y_stride) {
+    const int64_t n_in = s->n_in, m = s->m, n_blocks = n_in / 32, tiles = (w->n_out + I8_TILE - 1) / I8_TILE;
+    const int kind = w->kind, nibbles = w->form, offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
+    const int64_t tile_dm = n_blocks * i8_scales(kind), tile_q = n_blocks * i8_block_bytes(nibbles);
+    const int64_t t0 = 2 * p, col = t0 * I8_TILE;
+    const int has1 = t0 + 1 < tiles;
+    const int64_t left0 = w->n_out - col, left1 = left0 - I8_TILE;
+    const int cols0 = left0 < I8_TILE ? (int)left0 : I8_TILE;
+    const int cols1 = !has1 ? 0 : left1 < I8_TILE ? (int)left1 : I8_TILE;
+    for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
+        const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
+        const uint8_t *q0 = w->q + t0 * tile_q, *q1 = has1 ? w->q + (t0 + 1) * tile_q : NULL;
+        const float *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
+        const int8_t *ar = s->a + r0 * n_in;
+        float *yr = w->y + r0 * y_stride + col;
+        const float *dar = s->da + r0 * n_blocks;
+        const int32_t *isr = s->isum + r0 * n_blocks, *islo = s->isum_lo + r0 * n_blocks;
+        /* four calls with constant flags: each compiles to its own loop */
+        if (nibbles == 1)
+            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
+                          cols0, cols1, 1, 0);
+        else if (nibbles == 2)
+            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
+                          cols0, cols1, 2, 0);
+        else if (I8_SPLIT[kind])
+            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, 0, yr, y_stride, cols0,
+                          cols1, 0, 1);
+        else
+            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
+                          cols0, cols1, 0, 0);
+    }
+}
+
+/* Several weights of the same input (q|k|v segments) in one parallel region: one fork, no
+ * barrier between the parts (each part's pairs are shared out, `nowait`). */
+static void gemm_i8_parts(const i8_part *parts, int n_parts, const i8_acts *s, int64_t y_stride, int n_threads) {
+    #pragma omp parallel num_threads(n_threads)
+    for (int k = 0; k < n_parts; k++) {
+        const int64_t pairs = i8_pairs(&parts[k]);
+        #pragma omp for schedule(static) nowait
+        for (int64_t p = 0; p < pairs; p++) gemm_i8_pair(&parts[k], s, p, y_stride);
+    }
+}
+
 /* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
  * giraffe_repack_i8. `kind` gives the offset and whether mins are there. Returns 0 or -1. */
 int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
                     const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
     if (!form_ok(kind, nibbles)) return -1;
-    const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
-    int8_t *a = (int8_t *)malloc((size_t)(m * n_in));
-    float *da = (float *)malloc(sizeof(float) * (size_t)(m * n_blocks));
-    int32_t *isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * m * n_blocks)), *isum_lo = isum + m * n_blocks;
-    if (!a || !da || !isum) { free(a); free(da); free(isum); return -1; }
-    quantize_activations(x, m, n_in, a, da, isum, isum_lo, n_threads);
-    const int offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
-    const int scales = i8_scales(kind);
-    const int64_t pairs = (tiles + 1) / 2, tile_dm = n_blocks * scales;
-    const int64_t tile_q = n_blocks * i8_block_bytes(nibbles);
-    /* Each thread owns whole pairs of tiles: their weights (16 KB per 512 inputs) stay in
-     * L1/L2 while every row chunk streams past them. */
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t p = 0; p < pairs; p++) {
-        const int64_t t0 = 2 * p, col = t0 * I8_TILE;
-        const int has1 = t0 + 1 < tiles;
-        const int64_t left0 = n_out - col, left1 = left0 - I8_TILE;
-        const int cols0 = left0 < I8_TILE ? (int)left0 : I8_TILE;
-        const int cols1 = !has1 ? 0 : left1 < I8_TILE ? (int)left1 : I8_TILE;
-        for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
-            const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
-            const uint8_t *q0 = q + t0 * tile_q, *q1 = has1 ? q + (t0 + 1) * tile_q : NULL;
-            const float *dm0 = dm + t0 * tile_dm, *dm1 = has1 ? dm + (t0 + 1) * tile_dm : NULL;
-            const int8_t *ar = a + r0 * n_in;
-            float *yr = y + r0 * y_stride + col;
-            const float *dar = da + r0 * n_blocks;
-            const int32_t *isr = isum + r0 * n_blocks, *islo = isum_lo + r0 * n_blocks;
-            /* three calls with constant flags: each compiles to its own loop */
-            if (nibbles == 1)
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
-                              y_stride, cols0, cols1, 1, 0);
-            else if (nibbles == 2)
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
-                              y_stride, cols0, cols1, 2, 0);
-            else if (I8_SPLIT[kind])
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, 0, yr, y_stride,
-                              cols0, cols1, 0, 1);
-            else
-                gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr,
-                              y_stride, cols0, cols1, 0, 0);
-        }
-    }
-    free(a); free(da); free(isum);
+    i8_acts s;
+    if (i8_acts_make(x, m, n_in, n_threads, &s) != 0) return -1;
+    const i8_part w = {q, dm, kind, nibbles, n_out, y};
+    gemm_i8_parts(&w, 1, &s, y_stride, n_threads);
+    i8_acts_free(&s);
     return 0;
 }
 

@@ -183,6 +183,10 @@ typedef struct {
     int n_parts; int64_t n_in; const float *bias;
     /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used when use_i8 is set */
     const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t nib8[MAX_PARTS]; int64_t use_i8;
+    /* a low-rank adapter beside each part (LoRA), when lora_r > 0: y += scale * B (A x),
+     * A (r, n_in) and B (n_out, r) float32 */
+    const float *lora_a[MAX_PARTS]; const float *lora_b[MAX_PARTS]; int64_t lora_r[MAX_PARTS];
+    float lora_scale[MAX_PARTS];
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -211,19 +215,50 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
 
-/* y (rows, n_out) = x (rows, n_in) @ W^T + bias */
+static inline float dot(const float *a, const float *b, int n);
+
+/* y[:, 0..n_out-1] (rows y_stride apart) += scale * (x @ A^T) @ B^T: a LoRA delta in float32. */
+static void lora_delta(const float *A, const float *B, int64_t r, float scale, int64_t n_in, int64_t n_out,
+                       const float *x, int64_t rows, float *y, int64_t y_stride, int n_threads) {
+    float *t = (float *)malloc(sizeof(float) * (size_t)(rows * r)); /* (rows, r) */
+    if (!t) return;
+    #pragma omp parallel for num_threads(n_threads) schedule(static) if (rows * r * n_in > 65536)
+    for (int64_t j = 0; j < rows * r; j++) t[j] = dot(A + (j % r) * n_in, x + (j / r) * n_in, (int)n_in);
+    #pragma omp parallel for num_threads(n_threads) schedule(static) if (rows * r * n_out > 65536)
+    for (int64_t o = 0; o < n_out; o++)
+        for (int64_t i = 0; i < rows; i++) y[i * y_stride + o] += scale * dot(B + o * r, t + i * r, (int)r);
+    free(t);
+}
+
+/* y (rows, n_out) = x (rows, n_in) @ W^T + bias: the int8 parts together (activations
+ * rounded once, one parallel region), then any part on the float kernel, then adapters. */
 static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, float *y, int n_threads) {
     const int64_t n_out = total_out(m);
-    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
+    int done[MAX_PARTS] = {0};
 #ifdef HAVE_GEMM_I8
-        if (m->q8[p] && m->use_i8) {
-            giraffe_gemm_i8(m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], m->n_in, x, rows, y + col,
-                            n_out, n_threads);
-            continue;
-        }
-#endif
-        qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+    i8_part parts[MAX_PARTS];
+    int n_i8 = 0;
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
+        if (!(m->q8[p] && m->use_i8)) continue;
+        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], y + col};
+        parts[n_i8++] = w;
+        done[p] = 1;
     }
+    i8_acts s;
+    if (n_i8 && i8_acts_make(x, rows, m->n_in, n_threads, &s) == 0) {
+        gemm_i8_parts(parts, n_i8, &s, n_out, n_threads);
+        i8_acts_free(&s);
+    } else if (n_i8) { /* out of memory: each part on its own */
+        for (int p = 0; p < m->n_parts; p++) done[p] = 0;
+    }
+#endif
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
+        if (!done[p] && m->w[p]) /* (a part with tiles only is always done above) */
+            qmatmul_strided(m->w[p], m->kind[p], m->n_out[p], m->n_in, x, rows, y + col, n_out, n_threads);
+    for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++)
+        if (m->lora_r[p] > 0)
+            lora_delta(m->lora_a[p], m->lora_b[p], m->lora_r[p], m->lora_scale[p], m->n_in, m->n_out[p], x, rows,
+                       y + col, n_out, n_threads);
     if (m->bias)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t i = 0; i < n_out; i++) y[r * n_out + i] += m->bias[i];
