@@ -25,6 +25,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from giraffe.generate.constraint import strict
 from giraffe.serve.errors import UnsupportedField
 
 
@@ -120,10 +121,14 @@ def _renders_tools(lm, tools: list[dict]) -> bool:
 
 
 def call_schema(tools: list[dict], arguments_key: str) -> dict:
-    """A JSON Schema for one call: {"name": one of the tools, arguments_key: its parameters}."""
+    """A JSON Schema for one call: {"name": one of the tools, arguments_key: its parameters}.
+
+    The parameters are taken strictly (no properties beyond those declared), as OpenAI's
+    strict function calling does: a small model otherwise invents keys until it runs out.
+    """
     options = []
     for t in tools:
-        params = t.get("parameters") or {"type": "object"}
+        params = strict(t.get("parameters") or {"type": "object", "properties": {}})
         options.append({
             "type": "object",
             "properties": {"name": {"const": t["name"]}, arguments_key: params},
