@@ -225,7 +225,7 @@ def test_echo_logprobs_on_token_ids_equal_giraffe_log_likelihoods(client, lm):
     conts = [" animal on earth.", " four."]
     prompts = [tok.encode(c) + tok.encode(x) for c, x in zip(contexts, conts, strict=True)]
     r = client.completions.create(model=MODEL, prompt=prompts, max_tokens=0, echo=True, logprobs=2)
-    for ctx, cont, ids, choice in zip(contexts, conts, prompts, r.choices, strict=True):
+    for ctx, ids, choice in zip(contexts, prompts, r.choices, strict=True):
         lp = choice.logprobs
         assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
         assert len(lp.tokens) == len(ids) and lp.text_offset[0] == 0
