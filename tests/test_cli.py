@@ -94,6 +94,8 @@ def test_tokenize_cl100k():
 def test_models_lists_registry():
     r = giraffe("models")
     assert r.returncode == 0 and "smollm2-135m-instruct" in r.stdout and "minilm-l6" in r.stdout
+    assert "qwen2.5-coder-0.5b-instruct" in r.stdout and "gemma-3-270m" in r.stdout
+    assert "491 MB" in r.stdout and "giraffe pull ALIAS" in r.stdout
 
 
 def test_chat_session_with_commands(tiny_folder):

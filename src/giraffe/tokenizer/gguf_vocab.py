@@ -6,8 +6,8 @@
   "smollm" = every digit alone, then GPT-2's regex. The regexes are llama.cpp's own
   strings, applied one after another (each splits the previous pieces). An unknown pre
   type is an error, as in llama.cpp: guessing gives wrong ids without a word of warning.
-  Every behaviour in PRE_TOKENIZERS is checked against llama.cpp's ids in the tests;
-  "deepseek-llm" is left out (its character class is not valid in Oniguruma).
+  Every behaviour in PRE_TOKENIZERS is checked against llama.cpp's ids in the tests.
+  Decoding removes spaces as llama.cpp's `clean_spaces` does, for the names it applies to.
 - "llama": SentencePiece-style vocabulary with scores and <0xNN> byte fallback. llama.cpp
   (`llm_tokenizer_spm`) starts from single characters and keeps merging the adjacent pair
   whose joined text is a token with the highest score. `tokenizers`' BPE does the same
@@ -37,11 +37,21 @@ from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, TokenizerError
 
 # llama.cpp token types (gguf spec `tokenizer.ggml.token_type`)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# Token texts llama.cpp treats as end of generation (and as control tokens) whatever their type.
+# Token texts llama.cpp treats as end of generation (and as control tokens) whatever their
+# type: its end-of-turn list, "</s>", and the fill-in-the-middle pad/repo/file separators
+# (a code model that writes one has left the file it was asked to complete).
 EOG_TEXTS = frozenset(
     ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>")
-    + ("<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>")
+    + ("<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>", "</s>")
+    + ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>")
+    + ("<|file_sep|>",)
 )
+# Fill-in-the-middle markers llama.cpp makes control tokens (parsed in text, never merged).
+FIM_TEXTS = frozenset(
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<fim-prefix>", "<fim-suffix>")
+    + ("<fim-middle>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+)
+_CONTROL_TEXTS = EOG_TEXTS | FIM_TEXTS
 
 
 @dataclass(frozen=True)
@@ -104,8 +114,104 @@ _GPT4O = PreTokenizer(
         "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
     ),
 )
+# Qwen 3.5: QWEN2 with combining marks (\p{M}) kept with their letters.
+_QWEN35 = PreTokenizer(
+    "qwen35",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}"
+        "| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+# DeepSeek LLM: the cased letters (\p{LC}) spelled out as ranges. Some endpoints are Greek
+# and letterlike symbols whose NFC form is another code point (U+1F7D, U+1FBE, U+1FD3,
+# U+1FDB, U+2126, U+212A); written as escapes so that no editor's normalisation turns a
+# range like U+1F5F-U+1F7D into the empty U+1F5F-U+03CE, which Oniguruma rejects.
+_CASED = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚ"
+    "Ḁ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ\u1f5f-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌ\u1fd0-\u1fd3\u1fd6-\u1fdbῠ-Ῥῲ-ῴῶ-ῼ"
+    "ℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ"
+    "\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2"
+    "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943"
+)
+_DEEPSEEK_LLM = PreTokenizer(
+    "deepseek-llm",
+    (
+        "[\r\n]",
+        f"\\s?[{_CASED}]+",
+        "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+        "\\s+$",
+        "[一-龥ࠀ-一가-퟿]+",
+        "\\p{N}+",
+    ),
+)
 _PORO = PreTokenizer("poro-chat", (" ?[^(\\s|.,!?…。，、।۔،)]+",))
 _VIKING = PreTokenizer("viking", (" ?[^(\\s|.,!?…。，、।۔،)]+", "\\p{N}"))
+_SEED_CODER = PreTokenizer(
+    "seed-coder",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}| ?[^\\s\\p{L}\\p{N}\\r\\n]+"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_BAILINGMOE = PreTokenizer(
+    "bailingmoe",
+    (
+        "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
+        "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+    ),
+)
+_UFAKZEKA = PreTokenizer(  # Qwen2's regex without the English contractions
+    "ufakzeka",
+    (
+        "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_LAGUNA = PreTokenizer("laguna", ("[^\\n]+|[\\n]+", QWEN2))
+_EXAONE_MOE = PreTokenizer(
+    "exaone-moe",
+    (
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?(?:\\p{L}\\p{M}*(?: \\p{L}\\p{M}*)*)+"
+        "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]?|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+",
+    ),
+)
+_MINICPM5 = PreTokenizer(
+    "minicpm5",
+    (
+        "\\p{N}{1,3}",
+        _CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+        "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+# llama.cpp splits digit runs into threes from the right with a zero-width regex,
+# "(?=(\\d{3})+(?!\\d))"; `tokenizers` cannot split at empty matches, so the groups are
+# matched instead ([0-9]: ECMAScript's \\d, which llama.cpp's std::regex uses here).
+_SUPERBPE = PreTokenizer("superbpe", ("\\p{N}+", "[0-9]{1,3}(?=(?:[0-9]{3})*(?![0-9]))"))
+# Tiny Aya: digits in threes from the right up to a word boundary (ECMAScript's \\b, ASCII
+# word characters), then the tekken-style word regex with \\p{Lu}... classes.
+_TINY_AYA = PreTokenizer(
+    "tiny_aya",
+    (
+        "[0-9]{1,3}(?=(?:[0-9]{3})*(?![A-Za-z0-9_]))",
+        "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+        + _CONTRACTIONS
+        + "?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*"
+        + _CONTRACTIONS
+        + "?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    ),
+)
+_CHAMELEON = PreTokenizer(
+    "chameleon",
+    (
+        "<sentinel:[0-9]+>",
+        "(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        "([\\t\\n]|    |  )",
+        "\\p{N}",
+        "[\\p{P}!-/:-@\\[-`{-~]",
+        GPT2,
+    ),
+    add_bos=True,
+)
 # tokenizer.ggml.pre -> behaviour, grouped as llama.cpp's llama_vocab::impl::load groups them
 PRE_TOKENIZERS = {
     "default": _DEFAULT,
@@ -127,12 +233,40 @@ PRE_TOKENIZERS = {
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"), _QWEN2),
     "falcon": _FALCON,
     "deepseek-coder": _DEEPSEEK_CODER,
+    "deepseek-llm": _DEEPSEEK_LLM,
+    "qwen35": _QWEN35,
     **dict.fromkeys(("deepseek-v3", "hunyuan-dense"), _DEEPSEEK_V3),
     "tekken": _TEKKEN,
     **dict.fromkeys(("gpt-4o", "llama4"), _GPT4O),
     **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), _PORO),
     "viking": _VIKING,
+    **dict.fromkeys(("grok-2", "solar-open"), _QWEN2),
+    "seed-coder": _SEED_CODER,
+    **dict.fromkeys(("bailingmoe", "llada-moe"), _BAILINGMOE),
+    "minimax-m2": _GPT4O,
+    "lfm2": _LLAMA3,
+    "mellum2": _DIGITS_GPT2,
+    "ufakzeka": _UFAKZEKA,
+    "laguna": _LAGUNA,
+    "exaone-moe": _EXAONE_MOE,
+    "minicpm5": _MINICPM5,
+    "chameleon": _CHAMELEON,
+    "superbpe": _SUPERBPE,
+    "tiny_aya": _TINY_AYA,
 }
+
+# llama.cpp's detokenize removes the space before ?!., and before 's 'm 're 've, and
+# around a lone ' (its `clean_spaces`, after Hugging Face's clean_up_tokenization_spaces)
+# for every BPE vocabulary except these pre-tokenizer names (llama-vocab.cpp).
+NO_CLEAN_SPACES = frozenset(
+    ("deepseek-llm", "deepseek-coder", "deepseek-v3", "command-r", "qwen2", "qwen35")
+    + ("deepseek-r1-qwen", "poro-chat", "viking", "tekken", "smollm", "gpt-4o", "llama4")
+    + ("trillion", "hunyuan", "hunyuan-dense", "grok-2", "solar-open", "seed-coder")
+    + ("bailingmoe", "llada-moe", "minimax-m2", "ufakzeka", "laguna", "chameleon", "superbpe")
+    + ("tiny_aya",)
+)
+# The three passes, in llama.cpp's order, each a regex replacement on the decoded text.
+_CLEAN_SPACES = ((" (?=[?!.,])", ""), (" ' ", "'"), (" (?='(?:[sm]|re|ve))", ""))
 
 
 def gguf_metadata(path_or_reader) -> dict[str, object]:
@@ -166,17 +300,25 @@ def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Toke
     kind, pre = vocab.get("model"), None
     if kind == "gpt2":
         pre = _pre_tokenizer(vocab.get("pre"), name)
-        tok = _byte_level_bpe(vocab, pre)
+        tok = _byte_level_bpe(vocab, pre, vocab.get("pre", "default") not in NO_CLEAN_SPACES)
         defaults = {"add_bos": pre.add_bos, "add_eos": False}
     elif kind == "llama":
         tok = _sentencepiece_bpe(vocab)
         defaults = {"add_bos": True, "add_eos": False, "bos": 1, "eos": 2, "unk": 0}
+    elif kind == "bert":
+        tok = _wordpiece(vocab)
+        defaults = {"add_bos": True, "add_eos": False, "add_sep": True}
+        defaults |= {"bos": 101, "sep": 102, "unk": 100, "pad": 0}  # llama.cpp's WPM defaults
+    elif kind == "t5":
+        tok = _unigram(vocab)
+        defaults = {"add_bos": False, "add_eos": True, "eos": 1, "unk": 2, "pad": 0}
     elif kind is None:
         raise TokenizerError(f"{name} has no tokenizer.ggml.model: it carries no tokenizer")
     else:
         raise TokenizerError(
             f"{name}: GGUF tokenizer model {kind!r} is not supported "
-            "(giraffe reads 'gpt2' byte-level BPE and 'llama' SentencePiece vocabularies)"
+            "(giraffe reads 'gpt2' byte-level BPE, 'llama' SentencePiece, 'bert' WordPiece "
+            "and 't5' Unigram vocabularies)"
         )
     _add_special(tok, vocab)
     special = _special_tokens(vocab, defaults, meta.get("tokenizer.chat_template"))
@@ -207,7 +349,7 @@ class _Vocab:
         for i, t in enumerate(
             self.tokens
         ):  # llama.cpp makes these control tokens, whatever their type
-            if t in EOG_TEXTS and self.types[i] not in (CONTROL, UNKNOWN):
+            if t in _CONTROL_TEXTS and self.types[i] not in (CONTROL, UNKNOWN):
                 self.types[i] = CONTROL
 
     def get(self, key: str, default=None):
@@ -254,7 +396,7 @@ def _pre_tokenizer(pre: str | None, name: str) -> PreTokenizer:
     return PRE_TOKENIZERS[pre]
 
 
-def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer) -> HFTokenizer:
+def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer, clean_spaces: bool) -> HFTokenizer:
     merges = vocab.get("merges")
     if not merges:
         raise TokenizerError(f"{vocab.name}: a 'gpt2' vocabulary needs tokenizer.ggml.merges")
@@ -273,7 +415,10 @@ def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer) -> HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
-    tok.decoder = decoders.ByteLevel()
+    clean = _CLEAN_SPACES if clean_spaces else ()
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteLevel(), *(decoders.Replace(Regex(a), b) for a, b in clean)]
+    )
     return tok
 
 
@@ -302,6 +447,83 @@ def _sentencepiece_bpe(vocab: _Vocab) -> HFTokenizer:
     return tok
 
 
+def _wordpiece(vocab: _Vocab) -> HFTokenizer:
+    """BERT's WordPiece as llama.cpp stores and runs it (`llm_tokenizer_wpm`).
+
+    The converter rewrites the vocabulary to a "phantom space" form: a word-initial piece
+    `x` becomes `▁x`, a continuation `##x` becomes `x`. llama.cpp decomposes the text
+    (NFD) and drops its combining marks, drops control characters, lowercases, splits at whitespace, punctuation, ASCII
+    symbols and CJK characters, puts `▁` before each word and matches the longest piece
+    from the left, again and again; a word with an unmatched rest becomes [UNK]. Here: the
+    same normalisation, BERT's pre-tokenizer, `▁` prepended to each piece (Metaspace), and
+    a WordPiece model whose continuation prefix is empty.
+    """
+    unk_id = vocab.token_id("unknown", 100)
+    unk = vocab.tokens[unk_id] if unk_id is not None else "[UNK]"
+    model = models.WordPiece(
+        vocab=vocab.ids, unk_token=unk, continuing_subword_prefix="", max_input_chars_per_word=10**6
+    )
+    tok = HFTokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.BertPreTokenizer(),
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=False),
+        ]
+    )
+    # llama.cpp: each piece's text with ▁ read as a space, then its clean_spaces passes.
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.Fuse(),
+            *(decoders.Replace(Regex(a), b) for a, b in _CLEAN_SPACES),
+        ]
+    )
+    return tok
+
+
+def _unigram(vocab: _Vocab) -> HFTokenizer:
+    """T5's Unigram model as llama.cpp runs it (`llm_tokenizer_ugm`).
+
+    Text is normalised by the SentencePiece charsmap the file carries, spaces become `▁`,
+    and with `remove_extra_whitespaces` runs of spaces collapse and the ends are trimmed;
+    a `▁` goes before the text when `add_space_prefix` is on (or spaces are merged). Then
+    the best-scoring segmentation (Viterbi) over the pieces, an unknown character scoring
+    the lowest normal score minus 10, consecutive unknowns fused: the same rules as
+    `tokenizers`' Unigram. User-defined pieces score 0, as in llama.cpp.
+    """
+    if vocab.get("treat_whitespace_as_suffix", False):
+        raise TokenizerError(
+            f"{vocab.name}: tokenizer.ggml.treat_whitespace_as_suffix is not supported"
+        )
+    scores = [
+        float(s) if k in (NORMAL, UNUSED) else 0.0
+        for s, k in zip(vocab.scores, vocab.types, strict=True)
+    ]
+    unk_id = vocab.token_id("unknown", 2)
+    model = models.Unigram(list(zip(vocab.tokens, scores, strict=True)), unk_id, False)
+    tok = HFTokenizer(model)
+    merge = bool(vocab.get("remove_extra_whitespaces", False))
+    prefix = bool(vocab.get("add_space_prefix", False))
+    charsmap = vocab.get("precompiled_charsmap")
+    steps = [normalizers.Precompiled(bytes(charsmap))] if charsmap else []
+    if merge:  # (\A, \z: Oniguruma's ^ and $ also match at line breaks)
+        steps += [
+            normalizers.Replace(Regex(" +"), " "),
+            normalizers.Replace(Regex("\\A | \\z"), ""),
+        ]
+    if merge or prefix:
+        # llama.cpp puts the ▁ before the first non-space character: text of spaces only
+        # gets none. Prepend (which leaves an empty text empty), then take it back there.
+        steps += [normalizers.Prepend(" "), normalizers.Replace(Regex("\\A (?= *\\z)"), "")]
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    strip = [decoders.Strip(" ", 1, 0)] if prefix else []
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), *strip])
+    return tok
+
+
 def _add_special(tok: HFTokenizer, vocab: _Vocab) -> None:
     # Control and unknown tokens vanish from decode(skip_special_tokens=True), as in
     # llama.cpp's token_to_piece(special=False); user-defined ones are ordinary text there.
@@ -320,7 +542,7 @@ def _special_tokens(vocab: _Vocab, defaults: dict, template) -> SpecialTokens:
     return SpecialTokens(
         bos_id=vocab.token_id("bos", defaults.get("bos")),
         eos_id=eos,
-        pad_id=vocab.token_id("padding", None),
+        pad_id=vocab.token_id("padding", defaults.get("pad")),
         stop_ids=frozenset(i for i in stops if i is not None),
         add_bos=bool(vocab.get("add_bos_token", defaults["add_bos"])),
         chat_template=template if isinstance(template, str) else None,
@@ -330,15 +552,22 @@ def _special_tokens(vocab: _Vocab, defaults: dict, template) -> SpecialTokens:
 def _add_bos_eos(tok: HFTokenizer, vocab: _Vocab, special: SpecialTokens, defaults: dict):
     """encode(add_special_tokens=True) adds bos/eos as the file's add_*_token flags say."""
     add_eos = bool(vocab.get("add_eos_token", defaults["add_eos"]))
-    ends = [("bos", special.bos_id, special.add_bos), ("eos", special.eos_id, add_eos)]
-    for what, token_id, wanted in ends:
+    add_sep = bool(vocab.get("add_sep_token", defaults.get("add_sep", False)))
+    sep_id = vocab.token_id("seperator", defaults.get("sep"))  # the GGUF key's spelling
+    ends = [
+        ("bos", "bos", special.bos_id, special.add_bos),
+        ("eos", "eos", special.eos_id, add_eos),
+    ]
+    ends.append(("sep", "seperator", sep_id, add_sep))
+    for flag, key, token_id, wanted in ends:
         if wanted and token_id is None:
             raise TokenizerError(
-                f"{vocab.name}: tokenizer.ggml.add_{what}_token is true, "
-                f"but tokenizer.ggml.{what}_token_id is not set"
+                f"{vocab.name}: tokenizer.ggml.add_{flag}_token is true, "
+                f"but tokenizer.ggml.{key}_token_id is not set"
             )
     bos = [vocab.tokens[special.bos_id]] if special.add_bos else []
     eos = [vocab.tokens[special.eos_id]] if add_eos else []
+    eos += [vocab.tokens[sep_id]] if add_sep else []
     if bos or eos:
         tok.post_processor = processors.TemplateProcessing(
             single=[*bos, "$A", *eos],

@@ -70,6 +70,15 @@ class Tokenizer:
         # The backend's post-processor adds bos (Llama) or [CLS]/[SEP] (BERT) when asked.
         return self._backend.encode_ids(text, add_special_tokens)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids (no specials added) and each token's character span in `text`."""
+        if not isinstance(self._backend, _HF):
+            raise TokenizerError(
+                f"{self.name} cannot map tokens to characters (not a tokenizer.json tokenizer)"
+            )
+        enc = self._backend.tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids]
         if ids and not 0 <= min(ids) <= max(ids) < self.vocab_size:
