@@ -29,9 +29,9 @@ import torch
 from giraffe.generate.params import DecodingConfig, GenerationError
 
 JSON_OBJECT = '{"type": "object"}'  # OpenAI's response_format {"type": "json_object"}
-# Whitespace between JSON tokens: what models write ("\n  "), but bounded, so that a model
-# cannot spend its whole budget on blank lines where the grammar allows them.
-JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A]{0,24}"}
+# Whitespace between JSON tokens: what models write (a newline and an indent, or a space),
+# but no more, so that a model cannot spend its budget on blank lines the grammar allows.
+JSON_OPTIONS = {"whitespace_pattern": r"\x0A?\x20{0,16}"}
 SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader holds exactly
 
 

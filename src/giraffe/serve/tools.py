@@ -10,7 +10,7 @@ A chat request with tools becomes a `ToolPlan`:
   emits a valid call; "auto" lets the model choose and parses what it wrote; "none"
   leaves the tools out;
 - the answer is parsed back into `tool_calls` for the families in use: Qwen/Hermes
-  `<tool_call>{...}</tool_call>`, Llama 3.x `{"name", "parameters"}`, Mistral
+  `<tool_call>{...}</tool_call>` (or the bare object, as Qwen2.5-Coder writes it), Llama 3.x `{"name", "parameters"}`, Mistral
   `[TOOL_CALLS] [...]`, and the generic JSON object or list.
 Streaming holds back text that may be the start of a call; a call leaves as OpenAI's
 tool-call deltas (the id and name, then the arguments) once it is complete.
@@ -198,7 +198,7 @@ class ToolPlan:
 
 def parse_calls(text: str, fmt: CallFormat, names: frozenset[str]) -> tuple[str, list[dict]]:
     """(the text outside the calls, OpenAI tool_calls) from a model's answer."""
-    if fmt is HERMES:
+    if fmt is HERMES and "<tool_call>" in text:
         found, rest = [], []
         last = 0
         for m in re.finditer(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", text, re.S):
@@ -289,8 +289,8 @@ class ToolStream:
 
 
 def _call_starts(fmt: CallFormat) -> tuple[str, ...]:
-    if fmt is HERMES:
-        return ("<tool_call>",)
+    if fmt is HERMES:  # Qwen2.5-Coder often writes the bare JSON, without the tags
+        return ("<tool_call>", "{")
     if fmt is MISTRAL:
         return ("[TOOL_CALLS]",)
     return ("{", "[", "<|python_tag|>")
