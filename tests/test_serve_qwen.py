@@ -39,12 +39,17 @@ def client(qwen_gguf):  # qwen_gguf: skips when the model is not installed
 
 
 def answer_with(client, call_id: str, name: str, arguments: str) -> str:
-    """Send the tool's result back; the model's final answer (tools no longer offered)."""
+    """Send the tool's result back; the model's final answer (tools no longer offered).
+
+    The user asks again after the result: without that turn this 0.5B coder model
+    repeats its call instead of answering (measured, greedy; larger Qwen2.5 models answer).
+    """
     messages = QUESTION + [
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         ]},
         {"role": "tool", "tool_call_id": call_id, "content": '{"temperature": 31, "sky": "sunny"}'},
+        {"role": "user", "content": "Thanks. In one sentence, how warm is it in Paris?"},
     ]  # fmt: skip
     r = client.chat.completions.create(
         model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", max_tokens=24,
