@@ -25,8 +25,9 @@ from giraffe.train.command import (
 from giraffe.train.rl_command import add_rl_parser
 from giraffe.train.tune_command import add_dpo_parser, add_finetune_parser, add_reward_parser
 
-# Decoding options that are not command-line flags (set by the program, not the user).
-NOT_FLAGS = {"stop_token_ids", "logprobs"}
+# Decoding options that are not plain flags: set by the program, or given as files / pairs
+# (`--json-schema FILE`, `--grammar FILE`, `--logit-bias ID=BIAS`, added below).
+NOT_FLAGS = {"stop_token_ids", "logprobs", "json_schema", "grammar", "logit_bias"}
 
 
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,15 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
         else:
             base = float if float in typing.get_args(kind) or kind is float else int
             group.add_argument(flag, type=base, default=None)
+    group.add_argument(
+        "--json-schema", metavar="FILE", help="constrain the output to JSON matching this schema"
+    )
+    group.add_argument(
+        "--grammar", metavar="FILE", help="constrain the output to this Lark grammar (llguidance)"
+    )
+    group.add_argument(
+        "--logit-bias", metavar="ID=BIAS", action="append", help="add BIAS to token ID (-100 bans)"
+    )
 
 
 def add_adapter_flag(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +67,17 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
     out = {}
     for f in dataclasses.fields(DecodingConfig):
         value = getattr(args, f.name, None)
-        if value is not None:
+        if value is not None and f.name not in NOT_FLAGS:
             out[f.name] = value
+    for name in ("json_schema", "grammar"):
+        path = getattr(args, name, None)
+        if path is not None:
+            with open(path, encoding="utf-8") as f:  # OSError: printed as one line by main
+                out[name] = f.read()
+    if getattr(args, "logit_bias", None):
+        out["logit_bias"] = dict(pair.split("=", 1) for pair in args.logit_bias if "=" in pair)
+        if len(out["logit_bias"]) != len(args.logit_bias):
+            raise ValueError("--logit-bias takes ID=BIAS, e.g. --logit-bias 198=-100")
     return out
 
 
@@ -223,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     from giraffe import commands
 
     handler = getattr(commands, args.command.replace("-", "_"))
-    args.decoding = decoding_kwargs(args)
     try:
+        args.decoding = decoding_kwargs(args)  # reads --json-schema / --grammar files
         return handler(args) or 0
     except KeyboardInterrupt:
         print(file=sys.stderr)

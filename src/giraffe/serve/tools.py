@@ -10,7 +10,7 @@ A chat request with tools becomes a `ToolPlan`:
   emits a valid call; "auto" lets the model choose and parses what it wrote; "none"
   leaves the tools out;
 - the answer is parsed back into `tool_calls` for the families in use: Qwen/Hermes
-  `<tool_call>{...}</tool_call>`, Llama 3.x `{"name", "parameters"}`, Mistral
+  `<tool_call>{...}</tool_call>` (or the bare object, as Qwen2.5-Coder writes it), Llama 3.x `{"name", "parameters"}`, Mistral
   `[TOOL_CALLS] [...]`, and the generic JSON object or list.
 Streaming holds back text that may be the start of a call; a call leaves as OpenAI's
 tool-call deltas (the id and name, then the arguments) once it is complete.
@@ -25,6 +25,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from giraffe.generate.constraint import strict
 from giraffe.serve.errors import UnsupportedField
 
 
@@ -120,10 +121,14 @@ def _renders_tools(lm, tools: list[dict]) -> bool:
 
 
 def call_schema(tools: list[dict], arguments_key: str) -> dict:
-    """A JSON Schema for one call: {"name": one of the tools, arguments_key: its parameters}."""
+    """A JSON Schema for one call: {"name": one of the tools, arguments_key: its parameters}.
+
+    The parameters are taken strictly (no properties beyond those declared), as OpenAI's
+    strict function calling does: a small model otherwise invents keys until it runs out.
+    """
     options = []
     for t in tools:
-        params = t.get("parameters") or {"type": "object"}
+        params = strict(t.get("parameters") or {"type": "object", "properties": {}})
         options.append({
             "type": "object",
             "properties": {"name": {"const": t["name"]}, arguments_key: params},
@@ -193,7 +198,7 @@ class ToolPlan:
 
 def parse_calls(text: str, fmt: CallFormat, names: frozenset[str]) -> tuple[str, list[dict]]:
     """(the text outside the calls, OpenAI tool_calls) from a model's answer."""
-    if fmt is HERMES:
+    if fmt is HERMES and "<tool_call>" in text:
         found, rest = [], []
         last = 0
         for m in re.finditer(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", text, re.S):
@@ -284,8 +289,8 @@ class ToolStream:
 
 
 def _call_starts(fmt: CallFormat) -> tuple[str, ...]:
-    if fmt is HERMES:
-        return ("<tool_call>",)
+    if fmt is HERMES:  # Qwen2.5-Coder often writes the bare JSON, without the tags
+        return ("<tool_call>", "{")
     if fmt is MISTRAL:
         return ("[TOOL_CALLS]",)
     return ("{", "[", "<|python_tag|>")

@@ -1,0 +1,103 @@
+"""Tool calling and fill-in-the-middle with Qwen2.5-Coder-0.5B-Instruct, through the real `openai` client.
+
+Qwen's own chat template writes the tools into its system prompt and the earlier calls
+and tool results into the history (`<tool_call>`, `<tool_response>`); the server parses
+the model's call back into `tool_calls`. Answers are kept to a few tokens: this model
+decodes slowly on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from serve_process import running_server
+
+pytestmark = pytest.mark.slow
+
+MODEL = "qwen2.5-coder-0.5b-instruct"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(qwen_gguf):  # qwen_gguf: skips when the model is not installed
+    with running_server(MODEL, "--ctx", "1024", "--max-tokens-limit", "64") as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=900)
+
+
+def answer_with(client, call_id: str, name: str, arguments: str) -> str:
+    """Send the tool's result back; the model's final answer (tools no longer offered).
+
+    The user asks again after the result: without that turn this 0.5B coder model
+    repeats its call instead of answering (measured, greedy; larger Qwen2.5 models answer).
+    """
+    messages = QUESTION + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        ]},
+        {"role": "tool", "tool_call_id": call_id, "content": '{"temperature": 31, "sky": "sunny"}'},
+        {"role": "user", "content": "Thanks. In one sentence, how warm is it in Paris?"},
+    ]  # fmt: skip
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", max_tokens=24,
+        temperature=0,
+    )  # fmt: skip
+    return r.choices[0].message.content
+
+
+def test_weather_round_trip(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=[WEATHER], max_tokens=40, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    args = json.loads(call.function.arguments)
+    assert args["city"] == "Paris" and args["unit"] in ("celsius", "fahrenheit")
+    assert "31" in answer_with(client, call.id, call.function.name, call.function.arguments)
+
+
+def test_weather_round_trip_streamed(client):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=[WEATHER], max_tokens=40, temperature=0,
+        stream=True,
+    )  # fmt: skip
+    calls: dict[int, dict] = {}
+    reasons = []
+    for chunk in stream:
+        for c in chunk.choices:
+            reasons.append(c.finish_reason)
+            for d in c.delta.tool_calls or []:
+                call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = d.id or call["id"]
+                call["name"] += (d.function.name or "") if d.function else ""
+                call["arguments"] += (d.function.arguments or "") if d.function else ""
+    assert "tool_calls" in reasons and list(calls) == [0]
+    call = calls[0]
+    assert call["name"] == "get_weather" and json.loads(call["arguments"])["city"] == "Paris"
+    assert "31" in answer_with(client, call["id"], call["name"], call["arguments"])
+
+
+def test_fill_in_the_middle_completes_a_function(client):
+    r = client.completions.create(
+        model=MODEL,
+        prompt="def add(a, b):\n    return ",
+        suffix="\n\n\nprint(add(2, 3))\n",
+        max_tokens=6,
+        temperature=0,
+    )
+    assert "a + b" in r.choices[0].text
