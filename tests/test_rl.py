@@ -187,6 +187,26 @@ def test_folded_lora_restores_the_same_tensors(tiny_folder):
     )
 
 
+def test_rollout_equals_plain_generation(tiny_folder):
+    """The rollout is giraffe's batched generation: the same seeds give the same tokens
+    as LanguageModel.complete_batch (rows of different lengths, left-padded)."""
+    from giraffe.generate.params import DecodingConfig
+    from giraffe.lm import load
+    from giraffe.train.rl_data import prompt_ids
+    from giraffe.train.rollout import sample_answers
+
+    lm = load(tiny_folder)
+    rows = [prompt_ids(lm.tokenizer, p, None) for p in ("giraffe 1", "tall trees and leaves")]
+    rows = [r for r in rows for _ in range(3)]
+    seeds = [11, 12, 13, 14, 15, 16]
+    decoding = DecodingConfig(max_new_tokens=6, temperature=0.8)
+    ours = sample_answers(lm.model, lm.tokenizer, rows, decoding, seeds)
+    plain = lm.complete_batch(rows, seeds=seeds, max_new_tokens=6, temperature=0.8)
+    stops = set(lm.tokenizer.stop_ids)
+    assert [[t for t in a if t not in stops] for a in ours.answers] == [c.token_ids for c in plain]
+    assert ours.texts == [c.text for c in plain]
+
+
 def test_rollout_tensors_layout():
     r = Rollout([[1, 2], [3]], [[4, 5, 6], [7]], ["", ""], [True, False])
     ids, picked, mask = r.tensors(pad=0)

@@ -238,13 +238,19 @@ class RLRun:
             "saved": str(saved),
         }
 
+    def rollout_decoding(self) -> DecodingConfig:
+        cfg = self.cfg
+        return DecodingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
+        )
+
     def one_step(self, step: int) -> tuple[dict, RewardFailures]:
         cfg, model, tok = self.cfg, self.lm.model, self.lm.tokenizer
         picked = [
             self.train[i] for i in step_indices(len(self.train), cfg.batch_size, cfg.seed, step)
         ]
         rows = [p for p in picked for _ in range(cfg.group)]  # each prompt G times, in a row
-        decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)  # fmt: skip
+        decoding = self.rollout_decoding()
         seeds = [row_seed(cfg.seed, step, r) for r in range(len(rows))]
         t0 = time.monotonic()
         rollout = sample_answers(model, tok, [list(p.ids) for p in rows], decoding, seeds)
