@@ -126,6 +126,29 @@ def test_resume_equals_uninterrupted(tiny_folder, prompts, tmp_path, algo, lora,
     assert _log(whole) == _log(parts)
 
 
+def test_qlora_samples_and_trains_over_packed_weights(
+    tiny_folder, prompts, tmp_path, float_activations
+):
+    from giraffe.lm import load
+    from giraffe.train.tuning import is_packed
+
+    gguf = tmp_path / "tiny-q8_0.gguf"
+    load(tiny_folder).save_gguf(gguf, dtype="q8_0")
+    kw = dict(lora_r=4, qlora=True, lora_targets="all-linear", max_steps=3, save_every=1)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    metrics = train_rl(_cfg(gguf, prompts, whole, **kw))
+    assert metrics["step"] == 3 and is_packed(load(gguf, packed=True).model)
+    b = [v for k, v in load_file(whole / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert any(torch.count_nonzero(t) for t in b)  # the adapters learned through packed layers
+    train_rl(_cfg(gguf, prompts, parts, stop_step=1, **kw))
+    train_rl(_cfg(gguf, prompts, parts, **kw))
+    a, c = (
+        load_file(whole / "adapter_model.safetensors"),
+        load_file(parts / "adapter_model.safetensors"),
+    )
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_resume_refuses_other_settings(tiny_folder, prompts, tmp_path):
     train_rl(_cfg(tiny_folder, prompts, tmp_path, stop_step=1))
     with pytest.raises(ValueError, match="other training settings"):
