@@ -126,6 +126,29 @@ def test_resume_equals_uninterrupted(tiny_folder, prompts, tmp_path, algo, lora,
     assert _log(whole) == _log(parts)
 
 
+def test_qlora_samples_and_trains_over_packed_weights(
+    tiny_folder, prompts, tmp_path, float_activations
+):
+    from giraffe.lm import load
+    from giraffe.train.tuning import is_packed
+
+    gguf = tmp_path / "tiny-q8_0.gguf"
+    load(tiny_folder).save_gguf(gguf, dtype="q8_0")
+    kw = dict(lora_r=4, qlora=True, lora_targets="all-linear", max_steps=3, save_every=1)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    metrics = train_rl(_cfg(gguf, prompts, whole, **kw))
+    assert metrics["step"] == 3 and is_packed(load(gguf, packed=True).model)
+    b = [v for k, v in load_file(whole / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert any(torch.count_nonzero(t) for t in b)  # the adapters learned through packed layers
+    train_rl(_cfg(gguf, prompts, parts, stop_step=1, **kw))
+    train_rl(_cfg(gguf, prompts, parts, **kw))
+    a, c = (
+        load_file(whole / "adapter_model.safetensors"),
+        load_file(parts / "adapter_model.safetensors"),
+    )
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_resume_refuses_other_settings(tiny_folder, prompts, tmp_path):
     train_rl(_cfg(tiny_folder, prompts, tmp_path, stop_step=1))
     with pytest.raises(ValueError, match="other training settings"):
@@ -185,6 +208,26 @@ def test_folded_lora_restores_the_same_tensors(tiny_folder):
         torch.equal(s, layer.base.weight.data)
         for s, (_, layer) in zip(saved, lora_layers(model), strict=True)
     )
+
+
+def test_rollout_equals_plain_generation(tiny_folder):
+    """The rollout is giraffe's batched generation: the same seeds give the same tokens
+    as LanguageModel.complete_batch (rows of different lengths, left-padded)."""
+    from giraffe.generate.params import DecodingConfig
+    from giraffe.lm import load
+    from giraffe.train.rl_data import prompt_ids
+    from giraffe.train.rollout import sample_answers
+
+    lm = load(tiny_folder)
+    rows = [prompt_ids(lm.tokenizer, p, None) for p in ("giraffe 1", "tall trees and leaves")]
+    rows = [r for r in rows for _ in range(3)]
+    seeds = [11, 12, 13, 14, 15, 16]
+    decoding = DecodingConfig(max_new_tokens=6, temperature=0.8)
+    ours = sample_answers(lm.model, lm.tokenizer, rows, decoding, seeds)
+    plain = lm.complete_batch(rows, seeds=seeds, max_new_tokens=6, temperature=0.8)
+    stops = set(lm.tokenizer.stop_ids)
+    assert [[t for t in a if t not in stops] for a in ours.answers] == [c.token_ids for c in plain]
+    assert ours.texts == [c.text for c in plain]
 
 
 def test_rollout_tensors_layout():

@@ -30,6 +30,7 @@ from torch import nn
 
 from giraffe.generate.params import DecodingConfig
 from giraffe.train import rl_objectives as ro
+from giraffe.train.chat_data import DataWarning
 from giraffe.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -107,31 +108,29 @@ class RLRun:
             self.value_head = nn.Linear(model.config.hidden_size, 1, bias=False)
             nn.init.zeros_(self.value_head.weight)  # V = 0 at first: no made-up baseline
             self.params.append(self.value_head.weight)
-        lora = uses_lora(cfg)
-        self.updater = Updater(model, self.params, None, None, cfg, reference_for(model, cfg, lora), self.value_head)  # fmt: skip
-        holder = nn.ModuleDict({"model": model, **({"value": self.value_head} if self.value_head else {})})  # fmt: skip
-        self.optimizer = make_optimizer(holder, peak_lr(cfg, 1e-4, 1e-6), cfg.weight_decay)
+        parts = {"model": model} if self.value_head is None else {"model": model, "value": self.value_head}  # fmt: skip
+        self.optimizer = make_optimizer(nn.ModuleDict(parts), peak_lr(cfg, 1e-4, 1e-6), cfg.weight_decay)  # fmt: skip
         self.scheduler = make_scheduler(self.optimizer, cfg.warmup, cfg.max_steps, cfg.min_lr_ratio)
-        self.updater.optimizer, self.updater.scheduler = self.optimizer, self.scheduler
+        reference = reference_for(model, cfg, uses_lora(cfg))  # before any step: the start
+        self.updater = Updater(model, self.params, self.optimizer, self.scheduler, cfg, reference, self.value_head)  # fmt: skip
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
 
     def _prompts(self, tok):
         cfg = self.cfg
-        items, report, too_long = load_prompts(
-            cfg.prompts, tok, cfg.template, cfg.seq_len, cfg.on_error
-        )
+
+        def read(path):
+            return load_prompts(path, tok, cfg.template, cfg.seq_len, cfg.on_error)
+
+        items, report, too_long = read(cfg.prompts)
         if cfg.val_prompts:
-            train, val = (
-                items,
-                load_prompts(cfg.val_prompts, tok, cfg.template, cfg.seq_len, cfg.on_error)[0],
-            )
+            train, val = items, read(cfg.val_prompts)[0]
         else:
             train, val = split_items(items, cfg.val_fraction, cfg.seed)
         if not train:
             raise FinetuneError(f"no prompts left to train on: {report.summary()}")
         if too_long:
-            warnings.warn(f"{cfg.prompts}: {too_long} prompts longer than --seq-len {cfg.seq_len} tokens were dropped", RewardWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(f"{cfg.prompts}: {too_long} prompts longer than --seq-len {cfg.seq_len} tokens were dropped", DataWarning, stacklevel=2)  # fmt: skip
         return train, val[: cfg.eval_examples]
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -238,13 +237,19 @@ class RLRun:
             "saved": str(saved),
         }
 
+    def rollout_decoding(self) -> DecodingConfig:
+        cfg = self.cfg
+        return DecodingConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p
+        )
+
     def one_step(self, step: int) -> tuple[dict, RewardFailures]:
         cfg, model, tok = self.cfg, self.lm.model, self.lm.tokenizer
         picked = [
             self.train[i] for i in step_indices(len(self.train), cfg.batch_size, cfg.seed, step)
         ]
         rows = [p for p in picked for _ in range(cfg.group)]  # each prompt G times, in a row
-        decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)  # fmt: skip
+        decoding = self.rollout_decoding()
         seeds = [row_seed(cfg.seed, step, r) for r in range(len(rows))]
         t0 = time.monotonic()
         rollout = sample_answers(model, tok, [list(p.ids) for p in rows], decoding, seeds)

@@ -43,19 +43,21 @@ def add_rl_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_rl(args) -> int:
+    from giraffe.train.chat_data import DataWarning
     from giraffe.train.rl import RewardWarning, train_rl
     from giraffe.train.tune_settings import RLConfig
 
     cfg = config_from_args(RLConfig, args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RewardWarning)
+        warnings.simplefilter("always", DataWarning)
         metrics = train_rl(cfg)
     shown = {k: metrics[k] for k in RESULT_KEYS if k in metrics}
     for s in metrics.get("samples", [])[:3]:
         print(f"\nprompt: {s['prompt']}\nbefore: {s['before']}\nafter:  {s['after']}")
     print(f"saved to {metrics.get('saved', cfg.out)}: {json.dumps(shown)}")
     for w in caught:
-        if issubclass(w.category, RewardWarning):
+        if issubclass(w.category, (RewardWarning, DataWarning)):
             print(f"giraffe rl: warning: {w.message}")
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -26,6 +26,8 @@ class _Info:
 
 class RLReporter(Reporter):
     def __init__(self, cfg, out: Path, start: int) -> None:
+        if start == 0:
+            (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run: no records of an old one
         info = _Info(cfg.progress, f"rl-{cfg.algo}", Path(cfg.model).name or cfg.model)
         super().__init__(info, out, main=True, start=start, bytes_per_token=None)
         self.rl_png = out / "rl.png"
