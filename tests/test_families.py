@@ -245,8 +245,13 @@ def test_any_new_wiring_leaves_the_compiled_step(changes):
 
 
 def test_gguf_warns_where_llama_cpp_would_compute_differently(tmp_path):
-    with pytest.warns(UserWarning, match="query scale"):
-        save_gguf(random_gemma3(), tmp_path / "m.gguf")
+    model = random_gemma3()  # query scale 0.2 (not 1/sqrt(32)), global layers every third
+    with pytest.warns(UserWarning) as record:
+        save_gguf(model, tmp_path / "m.gguf")
+    said = " ".join(str(w.message) for w in record)
+    assert "query scale 0.2" in said and "layer pattern" in said
+    again = load_gguf(tmp_path / "m.gguf").config  # giraffe reads both back
+    assert again.query_scale == pytest.approx(0.2) and again.layer_types == model.config.layer_types
 
 
 # ---- bad input --------------------------------------------------------------------------

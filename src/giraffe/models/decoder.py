@@ -108,8 +108,9 @@ class Decoder(nn.Module):
 
         positions: (B, T) position ids; default = cache slots (no padding).
         key_mask: (B, S) bool over cache slots, False at left padding.
-        attn_mask: (B, 1, T, S) bool, replaces the mask built here (callers whose rows
-        have different cache lengths, e.g. `giraffe.nn.slot_cache.BatchView`).
+        attn_mask: (B, 1, T, S) bool, the plain causal mask over cache slots, replacing
+        the one built here (callers whose rows have different cache lengths, e.g.
+        `giraffe.nn.slot_cache.BatchView`); sliding layers narrow it to their window.
         attention_weights: pass a list to receive each layer's (B, H, T, S) weights
         (switches to the reference attention path; costs nothing when None).
         """
@@ -132,7 +133,7 @@ class Decoder(nn.Module):
         x = self.embed(ids)  # (B, T, C)
         if self.config.scale_embed:  # Gemma: sqrt(width), rounded to the model dtype first
             x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
-        ropes = {}
+        ropes = {}  # local_rope -> (cos, sin): the sliding layers' own base, where they have one
         if self.config.position == "learned":
             x = x + self.pos_embed(positions)
         else:
