@@ -5,7 +5,9 @@ server's scheduler (continuous batching, one matcher per row). The schema asks f
 long string (minLength), so constrained rows cannot stop before the token budget and
 both sides generate exactly the same number of tokens; unconstrained rows use
 ignore_eos. Runs alternate (plain, constrained, plain, constrained) and the best of
-each is kept, since the machine is shared. Prints JSON with the ratio.
+each is kept, since the machine is shared. Then, steadier on a busy machine, the median
+time of one decode step and of its rows' masks measured back to back (`step_share`).
+Prints JSON with the ratios.
 
     PYTHONPATH=src python bench/constrained.py [--model smollm2-135m-instruct] [--tokens 64]
 """
@@ -65,6 +67,37 @@ def streams(lm, prompt, n, k, constrained) -> float:
     return sum(counts) / elapsed
 
 
+def step_share(lm, k: int, repeats: int = 7) -> dict:
+    """Median time of one decode step of k rows (forward + head) and of the k rows' masks,
+    measured back to back: the share of a step constrained decoding adds."""
+    import statistics
+
+    import torch
+
+    from giraffe.generate.constraint import Constraint, mask_rows
+
+    cfg = lm.decoding(json_schema=SCHEMA)
+    masks = [Constraint.for_config(cfg, lm.token_table) for _ in range(k)]
+    for c in masks:
+        for t in lm.tokenizer.encode('{"story": "Once upon a time'):
+            c.advance(t)
+    model, ids = lm.model, torch.randint(0, 1000, (k, 64))
+    forward, masking = [], []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            cache = model.new_cache(k, 80)
+            model.hidden(ids, cache=cache)
+            start = time.perf_counter()
+            h = model.hidden(ids[:, :1], cache=cache, positions=torch.full((k, 1), 64))
+            logits = model.head(h[:, -1]).float()
+            forward.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            mask_rows(logits, masks)
+            masking.append(time.perf_counter() - start)
+    f, m = statistics.median(forward), statistics.median(masking)
+    return {"step_ms": round(1e3 * f, 2), "masks_ms": round(1e3 * m, 3), "share": round(m / f, 4)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -90,6 +123,9 @@ def main() -> None:
             "ratio": round(max(constrained) / max(plain), 3),
         }
         print(name, json.dumps(out[name]), flush=True)
+    for k in (1, args.streams):
+        out[f"step_share_{k}"] = step_share(lm, k)
+        print(f"step_share_{k}", json.dumps(out[f"step_share_{k}"]), flush=True)
     print(json.dumps(out))
 
 
