@@ -64,8 +64,8 @@ def arithmetic(args) -> dict:
     cfg = RLConfig(
         model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
         reward="python:giraffe.train.verifiers:number_answer", algo="grpo",
-        max_steps=args.steps, batch_size=2, group=4, max_new_tokens=10, lr=args.lr,
-        temperature=0.7,
+        max_steps=args.steps, batch_size=2, group=args.group, max_new_tokens=args.answer_tokens,
+        lr=args.lr, temperature=args.temperature,
         lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj", beta=args.beta,
         template=args.template, eval_every=1000, eval_examples=len(val), save_every=5,
         progress=args.progress,
@@ -142,6 +142,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--tokens", type=int, default=48, help="rlhf: longest answer")
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
+    p.add_argument("--answer-tokens", type=int, default=10, help="arithmetic: longest answer")
+    p.add_argument("--group", type=int, default=4, help="arithmetic: answers per prompt")
+    p.add_argument("--temperature", type=float, default=0.7, help="arithmetic: sampling")
     p.add_argument("--template", default=None, help="chat template (default: the model's)")
     p.add_argument("--val", type=int, default=16, help="rlhf: held-out prompts scored")
     p.add_argument("--progress", action="store_true")
