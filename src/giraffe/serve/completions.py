@@ -70,7 +70,10 @@ def completion_routes(server: Server, guarded) -> APIRouter:
         rid = R.new_id("cmpl")
         if body.max_tokens == 0:  # score or echo the prompt only
             results = [ChoiceResult() for _ in prompts for _ in range(body.n)]
-            return _completion_response(rid, server, results, cfg, tok, echo, prompts)
+            response = _completion_response(rid, server, results, cfg, tok, echo, prompts)
+            if body.stream:  # the same choices as one chunk each, then [DONE]
+                return StreamingResponse(_replay(response), media_type="text/event-stream")
+            return response
         group = JobGroup(server, prompts, cfg, body.n, "prompt")
         group.submit()
         if body.stream:
@@ -127,6 +130,12 @@ def _completion_response(rid, server, results, cfg, tok, echo, prompts) -> dict:
     n_prompt = sum(len(p) for p in prompts)
     use = R.usage(n_prompt, sum(r.generated for r in results))
     return R.completion_response(rid, server.model_id, choices, use)
+
+
+async def _replay(response: dict):
+    for choice in response["choices"]:
+        yield sse({**response, "choices": [choice]} | {"usage": None})
+    yield sse("[DONE]")
 
 
 def chat_logprobs(tok, result: ChoiceResult, cfg: DecodingConfig) -> dict | None:
