@@ -176,14 +176,17 @@ def test_the_compiled_step_equals_the_unpacked_model(gguf, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
 @torch.inference_mode()
-def test_real_gemma3_file_takes_the_compiled_step(gemma_gguf):
+def test_real_gemma3_file_takes_the_compiled_step(gemma_gguf, monkeypatch, int8):
     """Gemma 3 270M (Q8_0 embedding, Q5_0/Q4_K/Q6_K layers, 262k vocabulary): a prompt
-    and greedy steps on the compiled step give the module path's logits and tokens.
-    Int8 activations (the default): logits of size ~20 agree to 0.1 (a flipped int8
-    rounding moves them by ~1e-2 per product)."""
-    model = load_gguf(gemma_gguf, packed=True)
-    assert model.fast_decode is not None
+    and 12 greedy steps on the compiled step against the module path.
+
+    Float activations: equal to float32 rounding (measured 1.7e-5 on logits of ~25).
+    Int8 activations: each product rounds its inputs to int8, so 1e-6 differences upstream
+    flip roundings, which 18 layers amplify to ~0.6 on the logits (SmolLM2's plain Llama
+    step shows the same ~0.5 against its module path); the greedy tokens must agree."""
+    model = load_packed(gemma_gguf, monkeypatch, int8)
 
     def greedy(m):
         cache = m.new_cache(1, 40)
@@ -196,4 +199,4 @@ def test_real_gemma3_file_takes_the_compiled_step(gemma_gguf):
 
     compiled, reference = both_paths(model, greedy)
     assert torch.equal(compiled.argmax(-1), reference.argmax(-1))
-    torch.testing.assert_close(compiled, reference, atol=0.1, rtol=0)
+    torch.testing.assert_close(compiled, reference, atol=1.5 if int8 else 1e-3, rtol=0)
