@@ -163,6 +163,10 @@ def run_worker(name: str, args) -> dict:
         str(args.threads),
         "--repeats",
         str(args.repeats),
+        "--prefill-tokens",
+        str(args.prefill_tokens),
+        "--decode-tokens",
+        str(args.decode_tokens),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
