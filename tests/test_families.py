@@ -194,7 +194,7 @@ def test_left_padded_batch_equals_each_row_alone():
 
 
 @pytest.mark.parametrize("dtype", ["q8_0", "q4_k"])
-def test_packed_gguf_takes_the_module_path_and_equals_dequantized(
+def test_packed_gguf_takes_the_compiled_step_and_equals_dequantized(
     tmp_path, dtype, float_activations
 ):
     path = tmp_path / "m.gguf"
@@ -202,7 +202,7 @@ def test_packed_gguf_takes_the_module_path_and_equals_dequantized(
         warnings.simplefilter("ignore")
         save_gguf(random_gemma3(hidden_size=256, intermediate_size=256), path, dtype=dtype)
     packed, plain = load_gguf(path, packed=True), load_gguf(path, packed=False)
-    assert packed.fast_decode is None  # the compiled step runs plain Llama blocks only
+    assert packed.fast_decode is not None  # the compiled step runs Gemma's wiring too
     assert type(packed.layers[0].attn.q_proj).__name__ == "QuantLinear"
     ids = torch.randint(0, VOCAB, (1, 12))
     with torch.inference_mode():
@@ -215,33 +215,40 @@ def test_packed_gguf_takes_the_module_path_and_equals_dequantized(
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"rope_scaling": (("factor", 2.0), ("rope_type", "linear"))}, {"sliding_window": 8}],
-)
-def test_plain_llama_blocks_keep_the_compiled_step(changes):
-    assert ModelConfig(**changes).plain_llama_block  # RoPE tables and one window: still plain
-
-
-@pytest.mark.parametrize(
-    "changes",
     [
+        {},
+        {"rope_scaling": (("factor", 2.0), ("rope_type", "linear"))},
+        {"sliding_window": 8},
         {"arch": "qwen3", "qk_norm": True},
-        {"qk_norm": True},
         {"norm_offset": 1.0},
         {"sandwich_norm": True},
         {"scale_embed": True},
         {"query_scale": 0.1},
         {"attn_softcap": 50.0},
         {"final_softcap": 30.0},
-        {"parallel_residual": True},
-        {"rotary_dim": 8},
+        {"activation": "gelu_tanh"},
         {"sliding_window": 4, "layer_types": ("sliding", "full")},
         {"rope_local_theta": 1e4},
-        {"mlp_bias": True},
     ],
 )
-def test_any_new_wiring_leaves_the_compiled_step(changes):
+def test_wiring_the_compiled_step_runs(changes):
+    assert ModelConfig(n_layers=2, hidden_size=64, n_heads=4, **changes).compiled_block
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"parallel_residual": True},
+        {"rotary_dim": 8},
+        {"mlp_bias": True},
+        {"activation": "gelu"},
+        {"mlp": "plain"},
+        {"norm": "layernorm"},
+    ],
+)
+def test_wiring_the_compiled_step_lacks(changes):
     cfg = ModelConfig(n_layers=2, hidden_size=64, n_heads=4, **changes)
-    assert not cfg.plain_llama_block
+    assert not cfg.compiled_block
 
 
 def test_gguf_warns_where_llama_cpp_would_compute_differently(tmp_path):

@@ -190,21 +190,23 @@ class ModelConfig:
         return self.rope_local_theta is not None and self.layer_window(layer) is not None
 
     @property
-    def plain_llama_block(self) -> bool:
-        """Whether every block is a plain Llama one (pre-RMSNorm, SwiGLU, full RoPE, one
-        window for all layers): the block the compiled decode step implements.
+    def compiled_block(self) -> bool:
+        """Whether the compiled decode step (giraffe.quant.decode_step, csrc/qmatmul.c's
+        layer_step) implements this decoder's blocks: pre-RMSNorm, a gated SiLU or
+        GELU-tanh MLP without biases, RoPE over whole heads, sequential residuals, and any
+        of the wiring in `_COMPILED_WIRING` (the flags layer_step carries).
 
-        RoPE tables (rope_theta, rope_scaling, rope_freq_factors) are computed outside the
-        block and do not matter here; any other wiring field away from its default does.
+        RoPE tables (rope_theta, rope_scaling, rope_freq_factors, rope_local_theta) are
+        computed outside the block; final_softcap and scale_embed act outside the layers.
         """
         return (
-            self.arch == "llama"
+            self.kind == "decoder"
             and self.norm == "rmsnorm"
             and self.mlp == "gated"
-            and self.activation == "silu"
+            and self.activation in ("silu", "gelu_tanh")
             and self.position == "rope"
             and not self.mlp_bias
-            and not any(getattr(self, f) for f in _BLOCK_WIRING)
+            and not any(getattr(self, f) for f in _BLOCK_WIRING if f not in _COMPILED_WIRING)
         )
 
     @property
@@ -222,6 +224,13 @@ class ModelConfig:
 _BLOCK_WIRING = (
     "qk_norm", "norm_offset", "sandwich_norm", "scale_embed", "query_scale", "attn_softcap",
     "final_softcap", "parallel_residual", "rotary_dim", "layer_types", "rope_local_theta",
+)  # fmt: skip
+
+
+# The wiring among them the compiled decode step runs too (see compiled_block).
+_COMPILED_WIRING = (
+    "qk_norm", "norm_offset", "sandwich_norm", "scale_embed", "query_scale", "attn_softcap",
+    "final_softcap", "layer_types", "rope_local_theta",
 )  # fmt: skip
 
 

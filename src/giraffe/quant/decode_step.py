@@ -1,9 +1,13 @@
-"""New tokens through a whole packed Llama-family decoder with one compiled call per layer.
+"""New tokens through a whole packed decoder with one compiled call per layer.
 
 The plain path runs ~35 small torch ops per layer; for a 135M model at batch 1 their
 dispatch costs as much as the matrix products. `FastDecode` hands each layer to
 `giraffe_decode_layer` (csrc/qmatmul.c): norms, fused q/k/v, RoPE, the KV-cache write,
-attention over the cache, o_proj, SwiGLU and the residuals - for one sequence's next
+attention over the cache, o_proj, the gated MLP and the residuals, with the wiring the
+config's fields describe where a family adds it (`ModelConfig.compiled_block` says which
+blocks: QK-norm, (offset + w) norms, sandwich norms, GELU-tanh gating, a query scale,
+soft-capped scores, per-layer windows and RoPE bases, scaled embeddings; never a
+family name) - for one sequence's next
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
 whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
@@ -62,7 +66,13 @@ class LayerStep(ctypes.Structure):
         ("cos", _P), ("sin", _P), ("k_cache", _P), ("v_cache", _P),
         ("row_stride", _I64), ("slots", _P), ("max_len", _I64), ("window", _I64),
         ("scratch", _P), ("n_threads", ctypes.c_int),
+        ("q_norm", _P), ("k_norm", _P), ("attn_post_norm", _P), ("mlp_post_norm", _P),
+        ("norm_offset", ctypes.c_float), ("query_scale", ctypes.c_float),
+        ("attn_softcap", ctypes.c_float), ("activation", ctypes.c_int),
     ]  # fmt: skip
+
+
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH
 
 
 def check_structs() -> None:
@@ -180,7 +190,7 @@ def _packed(p) -> bool:
 
 
 class FastDecode:
-    def __init__(self, model, layers: list[tuple]) -> None:
+    def __init__(self, model, layers: list[tuple], norms: list[dict]) -> None:
         self.cfg = model.config
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
         self.fn = kernels.decode_layer_function()
@@ -191,11 +201,19 @@ class FastDecode:
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
         )
         check_structs()
-        self.steps = [self._step(layer) for layer in layers]
+        self.steps = [
+            self._step(i, layer, extra)
+            for i, (layer, extra) in enumerate(zip(layers, norms, strict=True))
+        ]
+        # per layer: whether it takes the sliding layers' own RoPE (Gemma 3)
+        self.local_rope = [self.cfg.layer_local_rope(i) for i in range(len(layers))]
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
 
-    def _step(self, layer: tuple) -> LayerStep:
-        """A layer's fixed arguments; each call fills in the rows, cache and scratch."""
+    def _step(self, i: int, layer: tuple, norms: dict) -> LayerStep:
+        """Layer i's fixed arguments; each call fills in the rows, cache and scratch.
+
+        norms: the block's optional norm weights by LayerStep field (q_norm, k_norm,
+        attn_post_norm, mlp_post_norm), as the block has them."""
         cfg = self.cfg
         attn_norm, mlp_norm, qkv, o, gate_up, down = layer
         step = LayerStep(size=ctypes.sizeof(LayerStep), dim=cfg.hidden_size, eps=cfg.norm_eps)
@@ -204,16 +222,20 @@ class FastDecode:
             ctypes.pointer(m) for m in (qkv, o, gate_up, down)
         )
         step.n_heads, step.kv_heads, step.head_dim = cfg.n_heads, cfg.kv_heads, cfg.dim_per_head
-        step.window = cfg.sliding_window or 0
+        step.window = cfg.layer_window(i) or 0
+        for field, weight in norms.items():
+            setattr(step, field, weight.data_ptr())
+        step.norm_offset, step.query_scale = cfg.norm_offset, cfg.query_scale or 0.0
+        step.attn_softcap, step.activation = cfg.attn_softcap or 0.0, ACTIVATIONS[cfg.activation]
         return step
 
     @staticmethod
     def build(model) -> FastDecode | None:
         """A FastDecode when every layer qualifies, else None."""
         cfg = model.config
-        if not cfg.plain_llama_block or kernels.decode_layer_function() is None:
+        if not cfg.compiled_block or kernels.decode_layer_function() is None:
             return None
-        layers = []
+        layers, extras = [], []
         for block in model.layers:
             attn, mlp = block.attn, block.mlp
             qkv = attn.fused_qkv or GroupParts.of([attn.q_proj, attn.k_proj, attn.v_proj])
@@ -223,7 +245,8 @@ class FastDecode:
                 return None
             norms = (block.attn_norm.weight.detach(), block.mlp_norm.weight.detach())
             layers.append((*norms, *[_matrix(p) for p in parts]))
-        return FastDecode(model, layers)
+            extras.append(_extra_norms(block))
+        return FastDecode(model, layers, extras)
 
     def __call__(self, model, ids, cache, positions) -> torch.Tensor | None:
         """New tokens -> final-norm hidden states (B, T, C); None if it cannot take them.
@@ -244,12 +267,18 @@ class FastDecode:
         n = B * T
         if positions is None:
             positions = slots[:, None]
-        x = model.embed(ids).reshape(n, -1).contiguous().float()  # (n, C)
-        cos, sin = (t.reshape(n, -1).contiguous() for t in model.rotary(positions))  # (n, D)
+        x = model.embed(ids)  # (B, T, C)
+        if self.cfg.scale_embed:  # as the module path: sqrt(width) rounded to the dtype first
+            x = x * torch.tensor(self.cfg.hidden_size**0.5, dtype=x.dtype)
+        x = x.reshape(n, -1).contiguous().float()  # (n, C)
+        ropes = {False: _rope_rows(model.rotary, positions, n)}  # local? -> (cos, sin), (n, D)
+        if any(self.local_rope):
+            ropes[True] = _rope_rows(model.rotary_local, positions, n)
         self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
         row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
         for i, step in enumerate(self.steps):
+            cos, sin = ropes[self.local_rope[i]]
             step.x, step.n, step.cos, step.sin = x.data_ptr(), n, cos.data_ptr(), sin.data_ptr()
             step.k_cache, step.v_cache = cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr()
             step.row_stride, step.slots, step.max_len = row_stride, slots.data_ptr(), cache.max_len
@@ -289,10 +318,31 @@ class FastDecode:
         """Room for csrc/qmatmul.c's per-row buffers (no score rows when the flash kernel runs)."""
         cfg = self.cfg
         q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
-        scores = 0 if flash and _has_flash(cfg.dim_per_head) else cfg.n_heads * max_len
+        flash = flash and _has_flash(cfg.dim_per_head) and not cfg.attn_softcap
+        scores = 0 if flash else cfg.n_heads * max_len
         per_row = cfg.hidden_size + 2 * q + 2 * kv + scores + 3 * cfg.intermediate_size
         if self.scratch.numel() < n * per_row:
             self.scratch = torch.empty(n * per_row)
+
+
+def _rope_rows(rotary, positions: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary tables (cos, signed sin) of these positions, one row of D per token: (n, D)."""
+    return tuple(t.reshape(n, -1).contiguous() for t in rotary(positions))
+
+
+def _extra_norms(block) -> dict:
+    """The block's norms beyond the two pre-norms, by LayerStep field (absent ones stay NULL)."""
+    owners = {
+        "q_norm": (block.attn, "q_norm"),
+        "k_norm": (block.attn, "k_norm"),
+        "attn_post_norm": (block, "attn_post_norm"),
+        "mlp_post_norm": (block, "mlp_post_norm"),
+    }
+    return {
+        field: getattr(owner, name).weight.detach()
+        for field, (owner, name) in owners.items()
+        if hasattr(owner, name)
+    }
 
 
 def _has_flash(head_dim: int) -> bool:

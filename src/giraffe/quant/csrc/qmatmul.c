@@ -169,8 +169,9 @@ int giraffe_qmatmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in,
 }
 
 /* ---- One whole decoder layer for one token (batch 1): the decode step without Python ----
- * Llama-family pre-norm block: x += o_proj(attn(rope(qkv(rmsnorm(x))))); then
- * x += down(silu(gate(h)) * up(h)) with h = rmsnorm(x). The KV cache of this layer is
+ * Pre-norm block: x += o_proj(attn(rope(qkv(rmsnorm(x))))); then
+ * x += down(act(gate(h)) * up(h)) with h = rmsnorm(x), plus the wiring other families add
+ * (see decode_layer). The KV cache of this layer is
  * (Hkv, S_max, D) contiguous; the new key/value go to slot `slot`, attention sees
  * slots 0..slot. cos/sin are the rotary tables for this position, sin with its first
  * half negated (rotate-half layout: out = x*cos + roll(x, D/2)*sin).
@@ -195,7 +196,9 @@ static int64_t total_out(const packed_matrix *m) {
     return n;
 }
 
-static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float *out) {
+/* out = (offset + w) * x / sqrt(mean(x^2) + eps); offset 1 is Gemma's norm (w stored around 0).
+ * out may be x. */
+static void rmsnorm(const float *x, const float *w, float offset, float eps, int64_t n, float *out) {
     double ss = 0.0;
     int64_t i0 = 0;
 #ifdef __AVX512F__
@@ -212,7 +215,7 @@ static void rmsnorm(const float *x, const float *w, float eps, int64_t n, float 
 #endif
     for (int64_t i = i0; i < n; i++) ss += (double)x[i] * x[i];
     const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
+    for (int64_t i = 0; i < n; i++) out[i] = (offset + w[i]) * (x[i] * scale);
 }
 
 static inline float dot(const float *a, const float *b, int n);
@@ -290,12 +293,14 @@ static inline float dot(const float *a, const float *b, int n) {
     return acc;
 }
 
-/* softmax(q . k_s / sqrt(d)) over slots first..slot, then the weighted sum of v_s. */
+/* softmax(q . k_s * scale) over slots first..slot, then the weighted sum of v_s; with
+ * softcap > 0 each score becomes softcap * tanh(score / softcap) first (Gemma 2). */
 static void attend_head(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot,
-                        int d, float scale, float *scores, float *out) {
+                        int d, float scale, float softcap, float *scores, float *out) {
     float best = -INFINITY, total = 0.0f;
     for (int64_t s = first; s <= slot; s++) {
         scores[s] = dot(q, kc + s * d, d) * scale;
+        if (softcap > 0.0f) scores[s] = softcap * tanhf(scores[s] / softcap);
         if (scores[s] > best) best = scores[s];
     }
     for (int64_t s = first; s <= slot; s++) { scores[s] = expf(scores[s] - best); total += scores[s]; }
@@ -306,102 +311,37 @@ static void attend_head(const float *q, const float *kc, const float *vc, int64_
     }
 }
 
-/* silu(gate) * up for one row of gate|up (2 * hidden floats) into out (hidden floats). */
-static void silu_times_up(const float *gate_up, int64_t hidden, float *out) {
+/* act(gate) * up for one row of gate|up (2 * hidden floats) into out (hidden floats).
+ * act: SiLU, g * sigmoid(g); or GELU's tanh form, 0.5 g (1 + tanh(c (g + 0.044715 g^3))),
+ * c = sqrt(2/pi), which is the same as g * sigmoid(2 c (g + 0.044715 g^3)). */
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
+static void act_times_up(const float *gate_up, int64_t hidden, int act, float *out) {
+    const float c2 = 2.0f * 0.7978845608028654f;
     int64_t i = 0;
 #ifdef __AVX512F__
     for (; i + 16 <= hidden; i += 16) {
         const __m512 g = _mm512_loadu_ps(gate_up + i), u = _mm512_loadu_ps(gate_up + hidden + i);
+        __m512 z = g;
+        if (act == ACT_GELU_TANH) {
+            const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), g), _mm512_mul_ps(g, g), g);
+            z = _mm512_mul_ps(_mm512_set1_ps(c2), inner);
+        }
         const __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.0f),
-                                         _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+                                         _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
         _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), u));
     }
 #endif
-    for (; i < hidden; i++) out[i] = gate_up[i] / (1.0f + expf(-gate_up[i])) * gate_up[hidden + i];
-}
-
-/* The same layer for n rows at once, one token each, in one of two shapes:
- * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
- *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
- *   slots only. n = 1 is the one-sequence decode step.
- * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
- *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
- *   (attention.h's flash kernel where built).
- * The matrix products take all n rows together. cos/sin are (n, D). */
-static int decode_layer(float *x, int64_t n, int64_t dim, const float *attn_norm, const float *mlp_norm,
-                        float eps, const packed_matrix *qkv, const packed_matrix *o,
-                        const packed_matrix *gate_up, const packed_matrix *down, int n_heads, int kv_heads,
-                        int head_dim, const float *cos, const float *sin, float *k_cache, float *v_cache,
-                        int64_t row_stride, const int64_t *slots, int64_t max_len, int64_t window,
-                        float *scratch, int n_threads) {
-    if (head_dim > 512) return -1;
-    const int prompt = row_stride == 0 && n > 1;
-    for (int64_t r = 0; r < n; r++) {
-        if (slots[r] < 0 || slots[r] >= max_len) return -1;
-        if (prompt && slots[r] != slots[0] + r) return -1;
+    for (; i < hidden; i++) {
+        const float g = gate_up[i];
+        const float z = act == ACT_GELU_TANH ? c2 * (g + 0.044715f * g * g * g) : g;
+        out[i] = g / (1.0f + expf(-z)) * gate_up[hidden + i];
     }
-#ifdef __AVX512F__
-    const int flash = prompt && head_dim % 16 == 0 && head_dim <= 256;
-#else
-    const int flash = 0;
-#endif
-    const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = total_out(gate_up) / 2, proj_size = q_size + 2 * kv_size;
-    float *h = scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
-    float *mlp = scores + (flash ? 0 : n * n_heads * max_len); /* n rows of gate|up, 2*hidden each */
-    float *act = mlp + n * 2 * hidden;                          /* n rows of silu(gate)*up */
-    const int many = n > 16; /* spread the per-row work over threads only when it pays */
-    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, attn_norm, eps, dim, h + r * dim);
-    matmul_rows(qkv, h, n, proj, n_threads);
-    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        float *q = proj + r * proj_size, *k = q + q_size, *v = k + kv_size;
-        rope(q, n_heads, head_dim, cos + r * head_dim, sin + r * head_dim);
-        rope(k, kv_heads, head_dim, cos + r * head_dim, sin + r * head_dim);
-        for (int g = 0; g < kv_heads; g++) {
-            const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
-            memcpy(k_cache + at, k + g * head_dim, sizeof(float) * head_dim);
-            memcpy(v_cache + at, v + g * head_dim, sizeof(float) * head_dim);
-        }
-    }
-    const int group = n_heads / kv_heads;
-    const float scale = 1.0f / sqrtf((float)head_dim);
-#ifdef __AVX512F__
-    if (flash) {
-        if (giraffe_attention_causal(proj, head_dim, proj_size, k_cache, v_cache, max_len * head_dim, head_dim,
-                                     n_heads, kv_heads, n, slots[n - 1] + 1, head_dim, scale, window, att,
-                                     head_dim, q_size, n_threads) != 0)
-            return -1;
-    } else
-#endif
-    {
-        #pragma omp parallel for num_threads(n_threads) schedule(static)
-        for (int64_t job = 0; job < n * n_heads; job++) {
-            const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r];
-            const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
-            const float *kc = k_cache + r * row_stride + (hd / group) * max_len * head_dim;
-            const float *vc = v_cache + r * row_stride + (hd / group) * max_len * head_dim;
-            attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale,
-                        scores + job * max_len, att + r * q_size + hd * head_dim);
-        }
-    }
-    matmul_rows(o, att, n, h, n_threads);
-    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
-    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) rmsnorm(x + r * dim, mlp_norm, eps, dim, h + r * dim);
-    matmul_rows(gate_up, h, n, mlp, n_threads);
-    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) silu_times_up(mlp + r * 2 * hidden, hidden, act + r * hidden);
-    matmul_rows(down, act, n, h, n_threads);
-    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
-    return 0;
 }
 
 /* The arguments of one layer step, declared once (giraffe.quant.decode_step.LayerStep
  * mirrors it; the library reports its size, and the caller stamps `size`, so a mismatch
- * is refused rather than read wrongly). Per layer: weights, norms and shapes; per call:
- * x, n, the rotary rows, the cache, the slots and the scratch. */
+ * is refused rather than read wrongly). Per layer: weights, norms, shapes and the block's
+ * wiring; per call: x, n, the rotary rows, the cache, the slots and the scratch. */
 typedef struct {
     int64_t size; /* sizeof(layer_step) as the caller sees it */
     float *x; int64_t n; int64_t dim;
@@ -411,17 +351,116 @@ typedef struct {
     const float *cos, *sin; float *k_cache, *v_cache;
     int64_t row_stride; const int64_t *slots; int64_t max_len, window;
     float *scratch; int n_threads;
+    /* the block's wiring beyond Llama's (all zero/NULL: a plain Llama block) */
+    const float *q_norm, *k_norm;               /* per-head RMSNorm on q and k before RoPE (Qwen3, Gemma 3) */
+    const float *attn_post_norm, *mlp_post_norm; /* norms of each branch before its residual add (Gemma) */
+    float norm_offset;                           /* every norm multiplies by (norm_offset + w) (Gemma: 1) */
+    float query_scale;                           /* multiplies q.k; 0 = 1/sqrt(head_dim) */
+    float attn_softcap;                          /* scores -> cap * tanh(scores / cap); 0 = none (Gemma 2) */
+    int activation;                              /* ACT_SILU or ACT_GELU_TANH on the gate */
 } layer_step;
+
+static void rmsnorm_rows(const float *x, int64_t rows, int64_t dim, const float *w, float offset, float eps,
+                         float *out, int parallel, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
+    for (int64_t r = 0; r < rows; r++) rmsnorm(x + r * dim, w, offset, eps, dim, out + r * dim);
+}
+
+/* One layer for n rows at once, one token each, in one of two shapes:
+ * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
+ *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
+ *   slots only. n = 1 is the one-sequence decode step.
+ * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
+ *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
+ *   (attention.h's flash kernel where built, unless the scores are soft-capped).
+ * The matrix products take all n rows together. cos/sin are (n, D). The block:
+ * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; RoPE; cache;
+ * a = o(attention); x += [attn_post_norm](a); h = norm(x);
+ * x += [mlp_post_norm](down(act(gate(h)) * up(h))). */
+static int decode_layer(const layer_step *s) {
+    float *x = s->x;
+    const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
+    const int64_t *slots = s->slots;
+    const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, n_threads = s->n_threads;
+    const float off = s->norm_offset, eps = s->eps;
+    if (head_dim > 512 || (s->activation != ACT_SILU && s->activation != ACT_GELU_TANH)) return -1;
+    if ((s->q_norm == NULL) != (s->k_norm == NULL) || (s->attn_post_norm == NULL) != (s->mlp_post_norm == NULL))
+        return -1;
+    const int prompt = row_stride == 0 && n > 1;
+    for (int64_t r = 0; r < n; r++) {
+        if (slots[r] < 0 || slots[r] >= max_len) return -1;
+        if (prompt && slots[r] != slots[0] + r) return -1;
+    }
+#ifdef __AVX512F__
+    const int flash = prompt && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f;
+#else
+    const int flash = 0;
+#endif
+    const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
+    const int64_t hidden = total_out(s->gate_up) / 2, proj_size = q_size + 2 * kv_size;
+    float *h = s->scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
+    float *mlp = scores + (flash ? 0 : n * n_heads * max_len); /* n rows of gate|up, 2*hidden each */
+    float *act = mlp + n * 2 * hidden;                          /* n rows of act(gate)*up */
+    const int many = n > 16; /* spread the per-row work over threads only when it pays */
+    rmsnorm_rows(x, n, dim, s->attn_norm, off, eps, h, many, n_threads);
+    matmul_rows(s->qkv, h, n, proj, n_threads);
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        float *q = proj + r * proj_size, *k = q + q_size, *v = k + kv_size;
+        if (s->q_norm) {
+            for (int hd = 0; hd < n_heads; hd++) rmsnorm(q + hd * head_dim, s->q_norm, off, eps, head_dim, q + hd * head_dim);
+            for (int g = 0; g < kv_heads; g++) rmsnorm(k + g * head_dim, s->k_norm, off, eps, head_dim, k + g * head_dim);
+        }
+        rope(q, n_heads, head_dim, s->cos + r * head_dim, s->sin + r * head_dim);
+        rope(k, kv_heads, head_dim, s->cos + r * head_dim, s->sin + r * head_dim);
+        for (int g = 0; g < kv_heads; g++) {
+            const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
+            memcpy(s->k_cache + at, k + g * head_dim, sizeof(float) * head_dim);
+            memcpy(s->v_cache + at, v + g * head_dim, sizeof(float) * head_dim);
+        }
+    }
+    const int group = n_heads / kv_heads;
+    const float scale = s->query_scale > 0.0f ? s->query_scale : 1.0f / sqrtf((float)head_dim);
+#ifdef __AVX512F__
+    if (flash) {
+        if (giraffe_attention_causal(proj, head_dim, proj_size, s->k_cache, s->v_cache, max_len * head_dim, head_dim,
+                                     n_heads, kv_heads, n, slots[n - 1] + 1, head_dim, scale, s->window, att,
+                                     head_dim, q_size, n_threads) != 0)
+            return -1;
+    } else
+#endif
+    {
+        #pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t job = 0; job < n * n_heads; job++) {
+            const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r], window = s->window;
+            const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+            const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
+            const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
+            attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale, s->attn_softcap,
+                        scores + job * max_len, att + r * q_size + hd * head_dim);
+        }
+    }
+    matmul_rows(s->o, att, n, h, n_threads);
+    if (s->attn_post_norm) rmsnorm_rows(h, n, dim, s->attn_post_norm, off, eps, h, many, n_threads);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+    rmsnorm_rows(x, n, dim, s->mlp_norm, off, eps, h, many, n_threads);
+    matmul_rows(s->gate_up, h, n, mlp, n_threads);
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
+    for (int64_t r = 0; r < n; r++) act_times_up(mlp + r * 2 * hidden, hidden, s->activation, act + r * hidden);
+    matmul_rows(s->down, act, n, h, n_threads);
+    if (s->mlp_post_norm) rmsnorm_rows(h, n, dim, s->mlp_post_norm, off, eps, h, many, n_threads);
+    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+    return 0;
+}
 
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
 int giraffe_packed_matrix_size(void) { return (int)sizeof(packed_matrix); }
 
-/* One layer for s->n rows (see decode_layer). Returns 0, or -1 on bad input. */
+/* One layer for s->n rows (see decode_layer). Returns 0, -1 on bad input, -2 on a struct
+ * declared differently by the caller. */
 int giraffe_decode_layer(const layer_step *s) {
     if (!s || s->size != (int64_t)sizeof(layer_step)) return -2;
-    return decode_layer(s->x, s->n, s->dim, s->attn_norm, s->mlp_norm, s->eps, s->qkv, s->o, s->gate_up, s->down,
-                        s->n_heads, s->kv_heads, s->head_dim, s->cos, s->sin, s->k_cache, s->v_cache, s->row_stride,
-                        s->slots, s->max_len, s->window, s->scratch, s->n_threads);
+    return decode_layer(s);
 }
 
 /* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does

@@ -1,0 +1,202 @@
+"""The compiled whole-layer step (giraffe.quant.decode_step) on the families beyond Llama:
+tiny packed Qwen3 (QK-norm), Gemma 3 ((1 + w) norms, sandwich norms, GELU-tanh gating, a
+query scale, QK-norm, per-layer windows and RoPE bases, scaled embeddings) and Gemma 2
+(soft-capped scores instead of QK-norm), and Phi-3 (a Llama block stored fused), written through giraffe's GGUF writer as Q8_0 or
+Q4_K blocks and loaded packed. The reference is the same model on its module path
+(`fast_decode = None`): prompts, single-row decoding and continuous batches past the
+sliding window, int8 activations on and off; float32 tolerance 1e-4 on the logits."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from fast_path import counting
+
+from giraffe.config import (
+    GEMMA2_WIRING,
+    GEMMA3_WIRING,
+    PHI3_WIRING,
+    QWEN3_WIRING,
+    ModelConfig,
+    periodic_layer_types,
+)
+from giraffe.formats.gguf import load_gguf, save_gguf
+from giraffe.models import Decoder
+from giraffe.nn.slot_cache import BatchView, RowView, SlotCache
+from giraffe.quant import kernels
+
+pytestmark = pytest.mark.skipif(
+    kernels.decode_layer_function() is None, reason="the compiled kernels could not be built here"
+)
+
+VOCAB, WINDOW = 300, 4
+# hidden 256 and q heads of 4 x 64: every product's rows hold whole Q4_K super-blocks
+SHAPE = dict(
+    vocab_size=VOCAB, hidden_size=256, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=64,
+    intermediate_size=256, max_position_embeddings=128,
+)  # fmt: skip
+CONFIGS = {
+    "qwen3": dict(QWEN3_WIRING, tie_embeddings=False),
+    # two sliding layers (their own RoPE base) and a global one; a query scale of its own
+    "gemma3": dict(
+        GEMMA3_WIRING,
+        sliding_window=WINDOW,
+        layer_types=periodic_layer_types(3, 3),
+        rope_theta=1e6,
+        rope_local_theta=1e4,
+        query_scale=0.1,
+    ),  # fmt: skip
+    "phi3": dict(
+        PHI3_WIRING, sliding_window=WINDOW
+    ),  # stored fused: q|k|v and gate|up split at load
+    "gemma2": dict(
+        GEMMA2_WIRING,
+        sliding_window=WINDOW,
+        layer_types=periodic_layer_types(3, 2),
+        query_scale=0.1,
+        attn_softcap=3.0,
+        final_softcap=5.0,
+    ),  # fmt: skip
+}
+
+
+@pytest.fixture(scope="module", params=[(f, d) for f in CONFIGS for d in ("q8_0", "q4_k")])
+def gguf(request, tmp_path_factory):
+    """(family, GGUF file) of a random model with non-trivial norms, in these blocks."""
+    family, dtype = request.param
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(**SHAPE, **CONFIGS[family])).eval()
+    with torch.no_grad():  # random init leaves every norm at 1 (or 0 with an offset)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    path = tmp_path_factory.mktemp(family) / "m.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # query scales llama.cpp would not assume
+        save_gguf(model, path, dtype=dtype)
+    return family, path
+
+
+def load_packed(path, monkeypatch, int8: bool):
+    """The file loaded packed with int8 activations on or off (from loading on: with them
+    on, the loader keeps only the int8 tiles of each product)."""
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1" if int8 else "0")
+    model = load_gguf(path, packed=True)
+    assert model.fast_decode is not None, f"{path} has no compiled step"
+    return model
+
+
+@pytest.fixture(params=["int8", "float"])
+def packed(request, gguf, monkeypatch):
+    """(packed model, tolerance), with int8 activations on or off.
+
+    Float activations: the two paths agree to float32 rounding. Int8 activations: each
+    product rounds its input rows to int8, so a 1e-7 difference upstream can flip one
+    rounding and move the logits by ~5e-3 (as it does on the plain Llama block too)."""
+    int8 = request.param == "int8"
+    return load_packed(gguf[1], monkeypatch, int8), 2e-2 if int8 else 1e-4
+
+
+def both_paths(model, run) -> tuple:
+    """run(model) on the compiled step (every call it is offered must be taken), then on
+    the module path."""
+    fast, taken = model.fast_decode, []
+    try:
+        model.fast_decode = counting(fast, taken)
+        compiled = run(model)
+        model.fast_decode = None
+        reference = run(model)
+    finally:
+        model.fast_decode = fast
+    assert taken and all(taken), f"the compiled step declined calls: {taken}"
+    return compiled, reference
+
+
+def one_row(model, ids: torch.Tensor, prompt: int) -> torch.Tensor:
+    """Logits of a prompt's last token, then of each token decoded one at a time."""
+    cache = model.new_cache(1, ids.shape[1])
+    steps = [model(ids[:, :prompt], cache=cache)[:, -1]]
+    steps += [model(ids[:, t : t + 1], cache=cache)[:, -1] for t in range(prompt, ids.shape[1])]
+    return torch.stack(steps, 1)  # (1, T - prompt + 1, V)
+
+
+@torch.inference_mode()
+def test_single_row_prompt_and_steps_past_the_window(packed):
+    model, atol = packed
+    ids = torch.randint(1, VOCAB, (1, 14))
+    compiled, reference = both_paths(model, lambda m: one_row(m, ids, prompt=6))
+    torch.testing.assert_close(compiled, reference, atol=atol, rtol=0)
+
+
+@torch.inference_mode()
+def test_a_prompt_longer_than_the_window(packed):
+    model, atol = packed
+    ids = torch.randint(1, VOCAB, (1, 11))
+    compiled, reference = both_paths(model, lambda m: one_row(m, ids, prompt=9))
+    torch.testing.assert_close(compiled, reference, atol=atol, rtol=0)
+
+
+def continuous_batch(model) -> torch.Tensor:
+    """Three rows of different lengths prefilled one by one, then stepped together past
+    the window; the logits of every prompt and step."""
+    cfg = model.config
+    cache = SlotCache(cfg.n_layers, 3, cfg.kv_heads, 32, cfg.dim_per_head)
+    prompts = [[5, 9, 2, 7, 1, 3, 8], [4, 4], [11, 12, 13, 14, 15]]
+    out = []
+    for row, ids in enumerate(prompts):
+        h = model.hidden(torch.tensor([ids]), cache=RowView(cache, row, len(ids)))
+        out.append(model.head(h[:, -1]))
+    for step in range(5):
+        tokens = torch.tensor([(7 * step + 3 * row) % 50 + 1 for row in range(3)])[:, None]
+        positions = cache.lengths[:3, None].clone()
+        mask = cache.slot_mask(3)  # plain causal: the sliding layers narrow it themselves
+        h = model.hidden(tokens, cache=BatchView(cache, 3), positions=positions, attn_mask=mask)
+        out.append(model.head(h[:, -1]))
+    return torch.cat(out)  # (3 + 5 * 3, V)
+
+
+@torch.inference_mode()
+def test_continuous_batch_of_rows_past_the_window(packed):
+    model, atol = packed
+    compiled, reference = both_paths(model, continuous_batch)
+    torch.testing.assert_close(compiled, reference, atol=atol, rtol=0)
+
+
+@torch.inference_mode()
+def test_the_compiled_step_equals_the_unpacked_model(gguf, monkeypatch):
+    """Against the float model of the same file too (float activations: products equal
+    dequantize-then-matmul to rounding), so both paths are not wrong together."""
+    model = load_packed(gguf[1], monkeypatch, int8=False)
+    ids = torch.randint(1, VOCAB, (1, 12))
+    compiled, _ = both_paths(model, lambda m: one_row(m, ids, prompt=5))
+    plain = load_gguf(gguf[1], packed=False)
+    torch.testing.assert_close(compiled, plain(ids)[:, 4:], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@torch.inference_mode()
+def test_real_gemma3_file_takes_the_compiled_step(gemma_gguf, monkeypatch, int8):
+    """Gemma 3 270M (Q8_0 embedding, Q5_0/Q4_K/Q6_K layers, 262k vocabulary): a prompt
+    and 12 greedy steps on the compiled step against the module path.
+
+    Float activations: equal to float32 rounding (measured 1.7e-5 on logits of ~25).
+    Int8 activations: each product rounds its inputs to int8, so 1e-6 differences upstream
+    flip roundings, which 18 layers amplify to ~0.6 on the logits (SmolLM2's plain Llama
+    step shows the same ~0.5 against its module path); the greedy tokens must agree."""
+    model = load_packed(gemma_gguf, monkeypatch, int8)
+
+    def greedy(m):
+        cache = m.new_cache(1, 40)
+        ids = torch.tensor([[2, 818, 5279, 529, 7001, 563, 9079, 236761]])  # fixed ids after <bos>
+        logits = [m.head(m.hidden(ids, cache=cache)[:, -1])]
+        for _ in range(12):
+            nxt = logits[-1].argmax(-1)[:, None]  # (1, 1)
+            logits.append(m.head(m.hidden(nxt, cache=cache)[:, -1]))
+        return torch.cat(logits)  # (13, V)
+
+    compiled, reference = both_paths(model, greedy)
+    assert torch.equal(compiled.argmax(-1), reference.argmax(-1))
+    torch.testing.assert_close(compiled, reference, atol=1.5 if int8 else 1e-3, rtol=0)
