@@ -98,19 +98,22 @@ def _token_routes(app: FastAPI, server: Server, guarded) -> None:
 
     @app.post("/tokenize", dependencies=guarded)
     def tokenize(body: TokenizeRequest) -> dict:
-        if (body.text is None) == (body.messages is None):
-            raise APIError(400, "give exactly one of 'text' or 'messages'", "text")
+        given = [body.text, body.prompt, body.messages]
+        if sum(x is not None for x in given) != 1:
+            raise APIError(400, "give exactly one of 'text' (or 'prompt') or 'messages'", "text")
         if body.messages is not None:
             with user_errors("messages"):
                 ids = lm.chat_ids([m.as_dict() for m in body.messages])
         else:
-            ids = tok.encode(body.text, add_special_tokens=body.add_special_tokens)
+            text = body.text if body.text is not None else body.prompt
+            ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
         return {"tokens": ids, "pieces": tok.token_strings(ids), "count": len(ids)}
 
     @app.post("/detokenize", dependencies=guarded)
     def detokenize(body: DetokenizeRequest) -> dict:
         with user_errors("tokens"):
-            return {"text": tok.decode(body.tokens)}
+            text = tok.decode(body.tokens)
+        return {"text": text, "prompt": text}  # "prompt": vLLM's name (lm-eval reads it)
 
     @app.get("/tokenizer_info", dependencies=guarded)
     def tokenizer_info() -> dict:

@@ -254,6 +254,7 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: StrictStr | None = None
+    prompt: StrictStr | None = None  # vLLM's name for `text` (lm-eval's remote tokenizer)
     messages: Annotated[list[Message], Field(min_length=1)] | None = None
     add_special_tokens: StrictBool = False
 
