@@ -53,3 +53,14 @@ def test_a_value_error_inside_is_a_500_not_a_400(app, monkeypatch):
     r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [
         {"role": "user", "content": "hi"}]})  # fmt: skip
     assert r.status_code == 500 and "internal" in r.json()["error"]["message"]
+
+
+def test_tokenize_takes_vllm_prompt_and_detokenize_answers_with_it(app):
+    # lm-eval's remote tokenizer speaks vLLM's names: {"prompt": ...} in, "prompt" out
+    client, lm = app
+    ids = client.post("/tokenize", json={"prompt": "The giraffe"}).json()["tokens"]
+    assert ids == lm.tokenizer.encode("The giraffe", add_special_tokens=False)
+    back = client.post("/detokenize", json={"tokens": ids}).json()
+    assert back["prompt"] == back["text"] == "The giraffe"
+    both = client.post("/tokenize", json={"prompt": "a", "text": "a"})
+    assert both.status_code == 400

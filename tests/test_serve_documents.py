@@ -350,8 +350,8 @@ def test_an_upload_over_the_body_limit_is_413_and_the_limit_is_announced(url):
 def test_a_server_without_a_knowledge_base_says_how_to_start_one(tiny_folder):
     with running_server(str(tiny_folder)) as url:
         r = httpx.get(url + "/documents")
-        assert "--kb" in error_of(r, 400)["message"]
-        assert error_of(httpx.post(url + "/documents/ask", json={"question": "hi"}), 400)
+        assert "--kb" in error_of(r, 404)["message"]
+        assert error_of(httpx.post(url + "/documents/ask", json={"question": "hi"}), 404)
 
 
 @pytest.mark.slow

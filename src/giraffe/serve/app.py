@@ -24,9 +24,11 @@ from giraffe.serve import responses as R
 from giraffe.serve.completions import completion_routes
 from giraffe.serve.documents import document_routes
 from giraffe.serve.errors import (
+    ERROR_SCHEMA,
     APIError,
     BodyLimit,
     check_api_key,
+    error_responses,
     install_error_handlers,
     user_errors,
 )
@@ -35,6 +37,10 @@ from giraffe.serve.state import Server, model_card
 
 STATIC = Path(__file__).parent / "static"
 MAX_INSIDE_TOKENS = 400  # attention maps of every layer and head grow with the square
+# Status codes beyond 400/413/500 (any route) and 401 (any guarded route, with --api-key)
+NOT_FOUND = ("/v1/models/{model_id}", "/v1/chat/completions", "/v1/completions",
+             "/v1/embeddings", "/inside/{view}", "/documents")  # fmt: skip
+QUEUED = ("/v1/chat/completions", "/v1/completions", "/documents/ask")  # 503 and 504
 
 
 def create_app(server: Server) -> FastAPI:
@@ -71,7 +77,48 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    vocab = min(server.lm.tokenizer.vocab_size, server.lm.config.vocab_size)
+    _document_errors(app, settings.api_key is not None, vocab)
     return app
+
+
+def _document_errors(app: FastAPI, keyed: bool, vocab: int) -> None:
+    """/openapi.json lists the status codes each route really answers, not FastAPI's 422,
+    and the token-id bound of this model's vocabulary."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["Error"] = ERROR_SCHEMA
+        for path, operations in schema["paths"].items():
+            codes = {400, 413, 500}
+            codes |= {401} if keyed and path != "/health" else set()
+            codes |= {404} if path.startswith(NOT_FOUND) else set()
+            codes |= {503, 504} if path in QUEUED else set()
+            for op in operations.values():
+                op["responses"].pop("422", None)
+                op["responses"].update(error_responses(codes))
+        _bound_token_ids(components, vocab)
+        return schema
+
+    app.openapi = openapi
+
+
+def _bound_token_ids(node, vocab: int) -> None:
+    """Every schema marked x-token-id gets maximum vocab - 1 (the server refuses larger)."""
+    if isinstance(node, dict):
+        if node.pop("x-token-id", False):
+            node["maximum"] = vocab - 1
+        for value in node.values():
+            _bound_token_ids(value, vocab)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_token_ids(value, vocab)
 
 
 def _model_routes(app: FastAPI, server: Server, guarded) -> None:
@@ -98,19 +145,22 @@ def _token_routes(app: FastAPI, server: Server, guarded) -> None:
 
     @app.post("/tokenize", dependencies=guarded)
     def tokenize(body: TokenizeRequest) -> dict:
-        if (body.text is None) == (body.messages is None):
-            raise APIError(400, "give exactly one of 'text' or 'messages'", "text")
+        given = [body.text, body.prompt, body.messages]
+        if sum(x is not None for x in given) != 1:
+            raise APIError(400, "give exactly one of 'text' (or 'prompt') or 'messages'", "text")
         if body.messages is not None:
             with user_errors("messages"):
                 ids = lm.chat_ids([m.as_dict() for m in body.messages])
         else:
-            ids = tok.encode(body.text, add_special_tokens=body.add_special_tokens)
+            text = body.text if body.text is not None else body.prompt
+            ids = tok.encode(text, add_special_tokens=body.add_special_tokens)
         return {"tokens": ids, "pieces": tok.token_strings(ids), "count": len(ids)}
 
     @app.post("/detokenize", dependencies=guarded)
     def detokenize(body: DetokenizeRequest) -> dict:
         with user_errors("tokens"):
-            return {"text": tok.decode(body.tokens)}
+            text = tok.decode(body.tokens)
+        return {"text": text, "prompt": text}  # "prompt": vLLM's name (lm-eval reads it)
 
     @app.get("/tokenizer_info", dependencies=guarded)
     def tokenizer_info() -> dict:

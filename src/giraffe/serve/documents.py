@@ -46,10 +46,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
 from giraffe.serve.errors import APIError
 from giraffe.serve.jobs import JobGroup, api_error, decoding_for, sse
+from giraffe.serve.schema import JSONInt, integer
 from giraffe.serve.state import Server
 
 EMBED_SLICE = 16  # chunks per model-thread call: a few tenths of a second of MiniLM on CPU
@@ -69,17 +70,17 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     question: StrictStr
-    k: Annotated[StrictInt, Field(ge=1, le=20)] = 4  # passages retrieved
+    k: integer(ge=1, le=20) = 4  # passages retrieved
     stream: StrictBool = True
     hybrid: StrictBool = False  # add BM25 keyword scores (rag.retrieve)
     floor: Annotated[StrictFloat, Field(ge=-1, le=1)] | None = None  # least cosine that counts
-    max_tokens: Annotated[StrictInt, Field(ge=1)] = 256
+    max_tokens: integer(ge=1) = 256
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] = 0.0  # greedy: answer from sources
     top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = None
+    top_k: integer(ge=0) | None = None
     min_p: Annotated[StrictFloat, Field(ge=0, lt=1)] | None = None
     repetition_penalty: Annotated[StrictFloat, Field(gt=0)] | None = None
-    seed: StrictInt | None = None
+    seed: JSONInt | None = None
 
     def decoding_kwargs(self) -> dict:
         kw = {"max_new_tokens": self.max_tokens, "temperature": self.temperature}
@@ -101,7 +102,7 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
     def knowledge():
         if server.knowledge is None:
             raise APIError(
-                400, "this server has no knowledge base: start it with --kb NAME "
+                404, "this server has no knowledge base: start it with --kb NAME "
                 "(e.g. giraffe serve --kb notes)", "kb",
             )  # fmt: skip
         return server.knowledge

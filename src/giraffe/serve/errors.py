@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from giraffe.generate.constraint import ConstraintError
 from giraffe.generate.params import DecodingError, GenerationError
@@ -41,6 +42,39 @@ KINDS = {
     503: "server_overloaded",
     504: "timeout_error",
 }
+
+
+WHEN = {
+    400: "a mistake in the request; `param` names the field",
+    401: "missing or wrong API key (the server was started with --api-key)",
+    404: "no such model, document, view or knowledge base",
+    413: "the body is over --max-body-bytes",
+    500: "a fault of the server itself",
+    503: "--max-queue requests already wait; retry after Retry-After",
+    504: "the request ran past --timeout",
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def error_responses(codes) -> dict:
+    """OpenAPI `responses` entries for these status codes, all in OpenAI's error shape."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {str(c): {"description": WHEN[c], "content": body} for c in sorted(codes)}
 
 
 class APIError(Exception):
@@ -133,12 +167,34 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
-        return APIError(exc.status_code, message).response()
+        response = APIError(exc.status_code, message).response()
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Allow (RFC 9110): every method of this path, not one route's
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("request failed: %s %s", request.method, request.url.path)
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the routes at this path answer; a literal path wins over a template
+    (/documents/ask is POST, though /documents/{name} would match it for DELETE)."""
+    matching = [
+        r for r in _routes(request.app.router.routes)
+        if getattr(r, "methods", None) and r.matches(request.scope)[0] != Match.NONE
+    ]  # fmt: skip
+    literal = [r for r in matching if getattr(r, "path", None) == request.url.path]
+    return sorted({m for r in (literal or matching) for m in r.methods})
+
+
+def _routes(routes):
+    """Every route, also those of included routers (FastAPI >= 0.165 wraps them, unprefixed)."""
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        yield from _routes(inner.routes) if inner is not None else (r,)
 
 
 def check_api_key(request: Request, api_key: str | None) -> None:

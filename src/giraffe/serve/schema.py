@@ -15,7 +15,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+)
+from pydantic import StrictInt as _StrictInt  # see JSONInt
 
 from giraffe.generate.params import BOUNDS
 from giraffe.serve.errors import UnsupportedField
@@ -23,9 +32,26 @@ from giraffe.serve.errors import UnsupportedField
 Number = StrictFloat  # strict: no strings; an integer (1) is still a valid float
 
 
+def _integral(value):
+    """JSON Schema's "integer" admits 10.0 (a number with no fraction): accept it as 10."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def integer(**bounds):
+    """An integer field; bounds go before the validator so the JSON schema shows them."""
+    return Annotated[_StrictInt, Field(**bounds), BeforeValidator(_integral)]
+
+
+JSONInt = integer()  # no strings, no 1.5
+TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})  # app.py adds the maximum
+
+
 def bounded(name: str, kind=Number, **extra):
     """The type of a request field that sets DecodingConfig's `name`, with its bounds."""
-    return Annotated[kind, Field(**{**BOUNDS[name], **extra})]
+    bounds = {**BOUNDS[name], **extra}
+    return integer(**bounds) if kind is JSONInt else Annotated[kind, Field(**bounds)]
 
 
 class SamplingFields(BaseModel):
@@ -36,21 +62,21 @@ class SamplingFields(BaseModel):
     model: StrictStr
     temperature: bounded("temperature") | None = None
     top_p: bounded("top_p") | None = None
-    n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
+    n: integer(ge=1, le=16) = 1
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens: integer(ge=1) | None = None
     presence_penalty: bounded("presence_penalty") | None = None
     frequency_penalty: bounded("frequency_penalty") | None = None
-    seed: StrictInt | None = None
+    seed: JSONInt | None = None
     logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
     # giraffe's extras (Hugging Face names)
-    top_k: bounded("top_k", StrictInt) | None = None
+    top_k: bounded("top_k", JSONInt) | None = None
     min_p: bounded("min_p") | None = None
     repetition_penalty: bounded("repetition_penalty") | None = None
-    no_repeat_ngram_size: bounded("no_repeat_ngram_size", StrictInt) | None = None
-    num_beams: bounded("num_beams", StrictInt, le=8) | None = None  # the server's limit
+    no_repeat_ngram_size: bounded("no_repeat_ngram_size", JSONInt) | None = None
+    num_beams: bounded("num_beams", JSONInt, le=8) | None = None  # the server's limit
     ignore_eos: StrictBool | None = None  # as llama.cpp's server: keep going past end-of-text
 
     def include_usage(self) -> bool:
@@ -186,9 +212,9 @@ class ResponseFormat(BaseModel):
 
 class ChatRequest(SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: integer(ge=1) | None = None
     logprobs: StrictBool = False
-    top_logprobs: bounded("top_logprobs", StrictInt) | None = None
+    top_logprobs: bounded("top_logprobs", JSONInt) | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -205,13 +231,13 @@ class ChatRequest(SamplingFields):
         return kw
 
 
-PromptIds = Annotated[list[StrictInt], Field(min_length=1)]
+PromptIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
     prompt: StrictStr | list[StrictStr] | PromptIds | list[PromptIds]
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16  # OpenAI's default here
-    logprobs: bounded("top_logprobs", StrictInt) | None = None
+    max_tokens: integer(ge=0) | None = 16  # OpenAI's default here
+    logprobs: bounded("top_logprobs", JSONInt) | None = None
     echo: StrictBool = False
     suffix: StrictStr | None = None
 
@@ -241,7 +267,7 @@ class EmbeddingRequest(BaseModel):
     model: StrictStr
     input: StrictStr | list[StrictStr]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = None
+    dimensions: JSONInt | None = None
 
     def texts(self) -> list[str]:
         texts = [self.input] if isinstance(self.input, str) else list(self.input)
@@ -250,10 +276,19 @@ class EmbeddingRequest(BaseModel):
         return texts
 
 
+# Exactly one of text, prompt, messages, and not null (the route checks the same).
+ONE_INPUT = [
+    {"required": ["text"], "properties": {"text": {"type": "string"}}},
+    {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+    {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+]
+
+
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"oneOf": ONE_INPUT})
 
     text: StrictStr | None = None
+    prompt: StrictStr | None = None  # vLLM's name for `text` (lm-eval's remote tokenizer)
     messages: Annotated[list[Message], Field(min_length=1)] | None = None
     add_special_tokens: StrictBool = False
 
@@ -261,7 +296,7 @@ class TokenizeRequest(BaseModel):
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    tokens: list[StrictInt]
+    tokens: list[TokenId]
 
 
 class InsideRequest(BaseModel):

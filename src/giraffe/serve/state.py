@@ -73,10 +73,11 @@ class Server:
     def check_model(self, name: str, embedding: bool = False) -> None:
         if embedding:
             if self.embedder is None:
-                raise APIError(
-                    400,
+                raise APIError(  # 404: the resource (an embedding model) is not there
+                    404,
                     "this server has no embedding model: start it with --embed-model minilm-l6",
                     "model",
+                    "model_not_found",
                 )
             if name != self.embed_id:
                 raise APIError(
