@@ -144,15 +144,13 @@ def chat_logprobs(tok, result: ChoiceResult, cfg: DecodingConfig) -> dict | None
     return {"content": [R.chat_logprob_entry(tok, ev) for ev in result.events]}
 
 
-async def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok, plan):
-    """Chat chunks: a role delta per choice, content (or tool-call) deltas, a finish chunk, [DONE]."""
+async def _stream(group: JobGroup, rid, model, include_usage, object_name, opening, render):
+    """What both streams share: the opening chunks, each update rendered by `render(i, update)`
+    (a list of SSE strings), an error ending the stream, the usage chunk, [DONE]."""
     generated = 0
-    streams = [plan.stream() for _ in group.jobs]
     try:
-        yield "".join(
-            sse(R.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
-            for i in range(len(group.jobs))
-        )
+        if opening:
+            yield opening
         async for batch in group.updates():
             out, failed = [], False
             for i, update in batch:
@@ -161,67 +159,66 @@ async def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok, plan
                     failed = True
                     break
                 generated += update.event is not None
-                lp = None
-                if cfg.logprobs and update.event is not None and update.in_output:
-                    lp = {"content": [R.chat_logprob_entry(tok, update.event)]}
-                deltas = streams[i].push(update.text) if update.text else []
-                if update.done:
-                    deltas += streams[i].finish()
-                for n, delta in enumerate(deltas):
-                    out.append(
-                        sse(R.chat_chunk(rid, model, i, delta, None, lp if n == 0 else None))
-                    )
-                if lp and not deltas:
-                    out.append(sse(R.chat_chunk(rid, model, i, {"content": ""}, None, lp)))
-                if update.done:
-                    reason = update.event.finish_reason if update.event else "stop"
-                    reason = streams[i].finish_reason(reason or "stop")
-                    out.append(sse(R.chat_chunk(rid, model, i, {}, reason)))
+                out += render(i, update)
             yield "".join(out)
             if failed:
                 break
         else:
             if include_usage:
                 use = R.usage(group.prompt_tokens, generated)
-                yield sse(R.usage_chunk(rid, model, "chat.completion.chunk", use))
+                yield sse(R.usage_chunk(rid, model, object_name, use))
         yield sse("[DONE]")
     finally:
         group.cancel()  # the client went away, or we are done: free the rows now
 
 
-async def completion_events(group: JobGroup, rid, model, include_usage, cfg, tok, echo):
-    generated = 0
-    try:
-        if echo is not None:
-            chunks = []
-            for i, (prefix, prompt_lp) in enumerate(echo):
-                choice = R.completion_choice(i, prefix, None, prompt_lp)
-                chunks.append(sse(R.completion_response(rid, model, [choice], None)))
-            yield "".join(chunks)
-        async for batch in group.updates():
-            out, failed = [], False
-            for i, update in batch:
-                if update.error is not None:
-                    out.append(sse(api_error(update.error).body()))
-                    failed = True
-                    break
-                generated += update.event is not None
-                lp = None
-                if cfg.logprobs and update.event is not None and update.in_output:
-                    lp = R.completion_logprobs(tok, [update.event])
-                reason = None
-                if update.done:
-                    reason = (update.event.finish_reason if update.event else None) or "stop"
-                if update.text or lp or reason:
-                    choice = R.completion_choice(i, update.text, reason, lp)
-                    out.append(sse(R.completion_response(rid, model, [choice], None)))
-            yield "".join(out)
-            if failed:
-                break
-        else:
-            if include_usage:
-                use = R.usage(group.prompt_tokens, generated)
-                yield sse(R.usage_chunk(rid, model, "text_completion", use))
-        yield sse("[DONE]")
-    finally:
-        group.cancel()
+def chat_events(group: JobGroup, rid, model, include_usage, cfg, tok, plan):
+    """Chat chunks: a role delta per choice, content (or tool-call) deltas, a finish chunk, [DONE]."""
+    streams = [plan.stream() for _ in group.jobs]
+    opening = "".join(
+        sse(R.chat_chunk(rid, model, i, {"role": "assistant", "content": ""}))
+        for i in range(len(group.jobs))
+    )
+
+    def render(i, update) -> list[str]:
+        out, lp = [], None
+        if cfg.logprobs and update.event is not None and update.in_output:
+            lp = {"content": [R.chat_logprob_entry(tok, update.event)]}
+        deltas = streams[i].push(update.text) if update.text else []
+        if update.done:
+            deltas += streams[i].finish()
+        for n, delta in enumerate(deltas):
+            out.append(sse(R.chat_chunk(rid, model, i, delta, None, lp if n == 0 else None)))
+        if lp and not deltas:
+            out.append(sse(R.chat_chunk(rid, model, i, {"content": ""}, None, lp)))
+        if update.done:
+            reason = update.event.finish_reason if update.event else "stop"
+            reason = streams[i].finish_reason(reason or "stop")
+            out.append(sse(R.chat_chunk(rid, model, i, {}, reason)))
+        return out
+
+    return _stream(group, rid, model, include_usage, "chat.completion.chunk", opening, render)
+
+
+def completion_events(group: JobGroup, rid, model, include_usage, cfg, tok, echo):
+    """Completion chunks: the echoed prompts first, then text (and logprobs) per update, [DONE]."""
+    opening = ""
+    if echo is not None:
+        opening = "".join(
+            sse(R.completion_response(rid, model, [R.completion_choice(i, prefix, None, lp)], None))
+            for i, (prefix, lp) in enumerate(echo)
+        )
+
+    def render(i, update) -> list[str]:
+        lp = None
+        if cfg.logprobs and update.event is not None and update.in_output:
+            lp = R.completion_logprobs(tok, [update.event])
+        reason = None
+        if update.done:
+            reason = (update.event.finish_reason if update.event else None) or "stop"
+        if not (update.text or lp or reason):
+            return []
+        choice = R.completion_choice(i, update.text, reason, lp)
+        return [sse(R.completion_response(rid, model, [choice], None))]
+
+    return _stream(group, rid, model, include_usage, "text_completion", opening, render)
