@@ -398,3 +398,17 @@ def test_serve_scheduler_batches_rows_past_the_window(lm_folder):
         assert max(scheduler.stats()["batch_sizes"]) >= 2
     finally:
         scheduler.close()
+
+
+def test_serve_prefix_cache_past_the_window_equals_no_cache(lm_folder):
+    """Reused keys/values serve the sliding layers too: later turns equal a cold start."""
+    from test_prefix_cache import with_and_without
+
+    import giraffe
+
+    lm = giraffe.load(lm_folder)
+    turns = [["Giraffes eat leaves from tall", " trees", " and"], ["No, I am not", " a", " 0123"]]
+    plain, cached, stats = with_and_without(lm, turns, max_batch=2, new_tokens=6)
+    assert cached == plain
+    # reused blocks reach past the windows (5 and 7 tokens): the sliding layers mask them
+    assert stats["hit_tokens"] >= 2 * 16 > 2 * (lm.model.config.sliding_window or 0)

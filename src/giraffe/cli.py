@@ -230,11 +230,25 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503")
     s.add_argument("--ctx", type=int, default=4096, help="KV cache tokens per sequence")
+    s.add_argument(
+        "--prefix-cache-mb",
+        type=_megabytes,
+        default=512,
+        help="memory for keys/values of earlier prompts, reused when a request starts the "
+        "same way (a chat's next turn, a shared system prompt); 0 turns reuse off",
+    )
     s.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
     s.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     s.add_argument("--cors-origin", action="append", help="allow this web origin (repeatable)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def _megabytes(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give megabytes >= 0 (0 = off)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

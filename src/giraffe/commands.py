@@ -348,6 +348,7 @@ def serve(args) -> None:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_context=args.ctx,
+        prefix_cache_mb=args.prefix_cache_mb,
     )
     lm = load_model(args, model)
     embedder = embed_id = knowledge = None

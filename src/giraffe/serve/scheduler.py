@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from giraffe.generate.params import DecodingConfig
+from giraffe.generate.prefix_cache import PrefixCache, copy_into
 from giraffe.generate.sequence import SequenceState, TokenEvent, check_prompts, step_many
 from giraffe.generate.stops import TextStream
 from giraffe.lm import LanguageModel
@@ -90,7 +91,9 @@ class Scheduler:
         max_queue: int = 64,
         max_context: int | None = None,
         start_thread: bool = True,
+        prefix_cache_bytes: int = 0,
     ) -> None:
+        """prefix_cache_bytes: memory for keys/values of earlier prompts (0: no reuse)."""
         cfg = lm.config
         self.lm, self.model = lm, lm.model
         self.context = min(cfg.max_position_embeddings, max_context or cfg.max_position_embeddings)
@@ -99,6 +102,7 @@ class Scheduler:
             cfg.n_layers, max_batch, cfg.kv_heads, self.context, cfg.dim_per_head, dtype
         )
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self.waiting: deque[Job] = deque()
         self.calls: deque[tuple[Callable, Future]] = deque()
         self.running: list[Running] = []  # index == cache row
@@ -146,6 +150,7 @@ class Scheduler:
                 "context": self.context,
                 "decode_steps": self.steps,
                 "batch_sizes": dict(self.batch_sizes),
+                "prefix_cache": self.prefix.summary() if self.prefix else None,
             }
 
     def close(self) -> None:
@@ -209,16 +214,37 @@ class Scheduler:
                 self.lm.tokenizer.stop_ids, job.seed, table=self.lm.table_for(job.cfg),
             )  # fmt: skip
             running = Running(job, state, self.lm.text_stream(job.cfg))
-            h = self.model.hidden(
-                torch.tensor([job.prompt]), cache=RowView(self.cache, row, len(job.prompt))
-            )
-            logits = self.model.head(h[:, -1]).float()  # (1, V)
+            logits = self._prefill(row, job.prompt)
         except Exception as e:  # noqa: BLE001 - the job fails, the server goes on
             self.cache.clear(row)
             return self._fail(job, e)
         self.running.append(running)
         if self._emit(running, step_many([state], logits, isolate=True)[0]):
             self._drop_finished({row})
+
+    def _prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
+        """Fill a row's cache with the prompt; (1, V) logits of its last token.
+
+        The longest cached prefix is copied in and only the rest is computed.
+        """
+        view = RowView(self.cache, row, len(prompt))
+        reused = 0
+        if self.prefix is not None:
+            reused = copy_into(self.prefix.match(prompt), view.k[:, 0], view.v[:, 0])
+            self.cache.lengths[row] = reused
+        h = self.model.hidden(torch.tensor([prompt[reused:]]), cache=view)  # (1, T, C)
+        if self.prefix is not None:
+            self.prefix.store(prompt, view.k[:, 0], view.v[:, 0])
+        return self.model.head(h[:, -1]).float()
+
+    def _remember(self, rows: set[int]) -> None:
+        """Keep finished rows' prompt + answer for the next turn of their conversation."""
+        if self.prefix is None:
+            return
+        for row in rows:
+            filled = int(self.cache.lengths[row])  # the last sampled token was never fed
+            k, v = self.cache.k[:, row], self.cache.v[:, row]  # (L, H, S, D)
+            self.prefix.store(self.running[row].state.tokens[:filled], k, v)
 
     def _beam(self, job: Job) -> None:
         """Beam search keeps its own beams and cache: it runs alone, between steps."""
@@ -256,6 +282,7 @@ class Scheduler:
             for row, (r, event) in enumerate(zip(self.running, events, strict=True))
             if self._emit(r, event)
         }
+        self._remember(finished)
         self._drop_finished(finished)
 
     def _emit(self, r: Running, event: TokenEvent | Exception) -> bool:

@@ -31,6 +31,7 @@ class ServeSettings:
     max_batch: int = 16
     max_queue: int = 64
     max_context: int | None = 4096  # KV cache length per slot (memory: see `giraffe info`)
+    prefix_cache_mb: int = 512  # keys/values of earlier prompts kept for reuse; 0: off
 
 
 class Server:
@@ -62,8 +63,9 @@ class Server:
         self.started = R.now()
         self._outbox: Outbox | None = None
         self.scheduler = Scheduler(
-            lm, settings.max_batch, settings.max_queue, settings.max_context, scheduler_thread
-        )
+            lm, settings.max_batch, settings.max_queue, settings.max_context, scheduler_thread,
+            prefix_cache_bytes=settings.prefix_cache_mb << 20,
+        )  # fmt: skip
 
     def outbox(self, loop: asyncio.AbstractEventLoop) -> Outbox:
         if self._outbox is None or self._outbox.loop is not loop:
