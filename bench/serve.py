@@ -9,7 +9,14 @@ to first token p50/p95, errors, and the concurrent/single ratio that batching bu
 Prints one JSON object. Timings on shared machines are noisy: compare ratios measured
 in the same run.
 
+`--mix plain,json,tool` makes the load mixed: requests take the kinds in turn - plain
+chat, structured output (`response_format` json_schema, constrained per row) and tool
+calls (`tool_choice: required`, arguments constrained to the function's schema); each
+kind's requests, tokens and errors are counted apart. A mixed load runs on giraffe only
+(llama.cpp's server keeps its plain run for the comparison).
+
     python bench/serve.py [--model smollm2-135m-instruct] [--clients 16] [--seconds 60]
+    python bench/serve.py --mix plain,json,tool --clients 16
 """
 
 from __future__ import annotations
@@ -69,8 +76,37 @@ def start(cmd: list[str], url: str, env: dict) -> subprocess.Popen:
     raise SystemExit(f"{cmd[:4]} did not start")
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int):
-    body = {
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "hobbies": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "hobbies"],
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+KINDS = {  # what each kind of request adds to a plain chat request
+    "plain": {},
+    "json": {"response_format": {"type": "json_schema",
+                                 "json_schema": {"name": "person", "schema": PERSON}}},
+    "tool": {"tools": [WEATHER], "tool_choice": "required"},
+}  # fmt: skip
+
+
+def request_body(kind: str, model: str, i: int, max_tokens: int) -> dict:
+    return {
         "model": model,
         "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
         "max_tokens": max_tokens,
@@ -78,7 +114,21 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, i: int, m
         "seed": i,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **KINDS[kind],
     }
+
+
+def first_output(line: str) -> bool:
+    """Whether a stream line carries text or tool-call arguments (not an empty delta)."""
+    compact = line.replace(": ", ":")
+    return any(
+        f'"{field}":"' in compact and f'"{field}":""' not in compact
+        for field in ("content", "arguments")
+    )
+
+
+async def one_request(client, url: str, model: str, i: int, max_tokens: int, kind="plain"):
+    body = request_body(kind, model, i, max_tokens)
     t0 = time.perf_counter()
     first, chunks, usage = None, 0, None
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -88,9 +138,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, i: int, m
             # parse only what is needed: the load generator shares the CPU with the server
             if not line.startswith("data:") or line.endswith("[DONE]"):
                 continue
-            if '"content":"' in line.replace(": ", ":") and '"content":""' not in line.replace(
-                ": ", ":"
-            ):
+            if first_output(line):
                 chunks += 1
                 first = first or time.perf_counter()
             if '"usage"' in line or '"error"' in line:
@@ -102,20 +150,26 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, i: int, m
     return (first or time.perf_counter()) - t0, usage if usage is not None else chunks
 
 
-async def load(url: str, model: str, clients: int, seconds: float, max_tokens: int) -> dict:
+async def load(url, model, clients, seconds, max_tokens, mix=("plain",)) -> dict:
     ttft, tokens, errors = [], 0, []
+    per_kind = {k: {"requests": 0, "tokens": 0, "errors": 0} for k in mix}
     end = time.perf_counter() + seconds
     counter = iter(range(10**9))
 
     async def client_loop(client):
         nonlocal tokens
         while time.perf_counter() < end:
+            i = next(counter)
+            kind = mix[i % len(mix)]
             try:
-                t, n = await one_request(client, url, model, next(counter), max_tokens)
+                t, n = await one_request(client, url, model, i, max_tokens, kind)
                 ttft.append(t)
                 tokens += n
+                per_kind[kind]["requests"] += 1
+                per_kind[kind]["tokens"] += n
             except Exception as e:  # noqa: BLE001 - counted and reported
-                errors.append(str(e)[:200])
+                errors.append(f"{kind}: {str(e)[:200]}")
+                per_kind[kind]["errors"] += 1
 
     t0 = time.perf_counter()
     limits = httpx.Limits(max_connections=clients + 4)
@@ -133,15 +187,17 @@ async def load(url: str, model: str, clients: int, seconds: float, max_tokens: i
         "tokens_per_s": round(tokens / elapsed, 1),
         "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
         "ttft_p95_s": round(q[18], 3),
+        **({"per_kind": per_kind} if len(mix) > 1 else {}),
     }
 
 
 def bench_server(name, cmd, url, model, args, env) -> dict:
     proc = start(cmd, url, env)
     try:
-        asyncio.run(load(url, model, 1, 5, args.max_tokens))  # warm-up
-        single = asyncio.run(load(url, model, 1, args.single_s, args.max_tokens))
-        many = asyncio.run(load(url, model, args.clients, args.seconds, args.max_tokens))
+        mix = tuple(args.mix.split(",")) if name == "giraffe" else ("plain",)
+        asyncio.run(load(url, model, 1, 5, args.max_tokens, mix))  # warm-up
+        single = asyncio.run(load(url, model, 1, args.single_s, args.max_tokens, mix))
+        many = asyncio.run(load(url, model, args.clients, args.seconds, args.max_tokens, mix))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -157,8 +213,11 @@ def main() -> None:
     p.add_argument("--single-s", type=float, default=20)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mix", default="plain", help="request kinds in turn: plain,json,tool")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
+    if unknown := set(args.mix.split(",")) - set(KINDS):
+        p.error(f"--mix: unknown kinds {sorted(unknown)}; choose from {sorted(KINDS)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results = {"machine": machine_facts(), "settings": vars(args)}
 
@@ -168,7 +227,9 @@ def main() -> None:
            "--max-batch", str(args.clients), "--ctx", "1024"]  # fmt: skip
     results["giraffe"] = bench_server("giraffe", cmd, url, args.model, args, env)
 
-    if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("sse_starlette"):
+    if args.mix != "plain":
+        results["llama.cpp"] = "not run: the mixed load is giraffe's own (json_schema, tools)"
+    elif importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("sse_starlette"):
         from giraffe.formats import resolve
 
         gguf = str(resolve(args.model))
