@@ -166,3 +166,38 @@ def test_real_chat_turns_equal_with_and_without_the_cache(smollm2_gguf):
     plain, cached, stats = with_and_without(real, conversations, max_batch=2)
     assert cached == plain
     assert stats["hit_tokens"] > 0
+
+
+def test_the_real_server_reuses_a_conversation_and_answers_as_without(tiny_folder):
+    """The `openai` client against two `giraffe serve` processes: one caching, one not."""
+    import httpx
+    import openai
+    from serve_process import running_server
+
+    def chat(url: str) -> list[str]:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        messages, answers = [], []
+        for question in ("The giraffe", " eats leaves from", " tall trees and"):
+            messages.append({"role": "user", "content": question})
+            r = client.chat.completions.create(
+                model=tiny_folder.name, messages=messages, max_tokens=8, temperature=0
+            )
+            answers.append(r.choices[0].message.content)
+            messages.append({"role": "assistant", "content": answers[-1]})
+        return answers
+
+    with running_server(str(tiny_folder), "--prefix-cache-mb", "0") as url:
+        plain = chat(url)
+        assert httpx.get(url + "/health").json()["prefix_cache"] is None
+    with running_server(str(tiny_folder), "--prefix-cache-mb", "1") as url:
+        assert chat(url) == plain
+        stats = httpx.get(url + "/health").json()["prefix_cache"]
+    assert stats["hit_tokens"] > 0 and stats["bytes"] <= stats["max_bytes"] == 1 << 20
+
+
+def test_a_negative_prefix_cache_size_is_refused_on_the_command_line(capsys):
+    from giraffe.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "tiny", "--prefix-cache-mb", "-1"])
+    assert "-1 is negative" in capsys.readouterr().err
