@@ -412,3 +412,44 @@ def test_serve_prefix_cache_past_the_window_equals_no_cache(lm_folder):
     assert cached == plain
     # reused blocks reach past the windows (5 and 7 tokens): the sliding layers mask them
     assert stats["hit_tokens"] >= 2 * 16 > 2 * (lm.model.config.sliding_window or 0)
+
+
+@pytest.mark.parametrize("to", ["q8_0", "int8"])
+def test_quantize_and_eval_each_family(lm_folder, tmp_path, capsys, to):
+    """`giraffe quantize` then `giraffe eval --perplexity`: close to the float model's score."""
+    import json
+
+    from giraffe.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("Giraffes eat leaves from tall trees. No, I am not 0123 a giraffe. " * 30)
+    out = tmp_path / ("model.gguf" if to.startswith("q") else "model-int8")
+    group = [] if to.startswith("q") else ["--group-size", "16"]  # rows of 48 weights
+    assert main(["quantize", str(lm_folder), "--to", to, "--out", str(out), *group]) == 0
+    scores = {}
+    for name, path in (("float", lm_folder), ("quantized", out)):
+        capsys.readouterr()
+        assert main(["eval", str(path), "--perplexity", str(text), "--ctx", "64", "--json"]) == 0
+        scores[name] = json.loads(capsys.readouterr().out)
+    assert scores["quantized"]["tokens_scored"] == scores["float"]["tokens_scored"] > 64  # same ids
+    ratio = scores["quantized"]["perplexity"] / scores["float"]["perplexity"]
+    assert abs(ratio - 1) < 0.02, scores  # 8-bit weights: within 2 % of the float model
+    # a near-uniform tiny model's perplexity barely notices wiring: compare the wiring itself
+    # (rope as the tables it makes: GGUF keeps Llama 3 scaling as per-frequency factors)
+    wiring = ("layer_types", "sliding_window", "query_scale", "attn_softcap", "final_softcap",
+              "rotary_dim", "parallel_residual", "norm_offset", "sandwich_norm", "qk_norm")  # fmt: skip
+    a, b = wiring_of(lm_folder, wiring), wiring_of(out, wiring)
+    assert a[0] == b[0]
+    for table_a, table_b in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(table_a, table_b)
+
+
+def wiring_of(path, fields):
+    """A model's wiring fields, and the RoPE tables (cos, sin) of its layer kinds."""
+    import giraffe
+
+    model = giraffe.load(path).model
+    positions = torch.arange(model.config.max_position_embeddings)[None]  # (1, S)
+    ropes = [r for r in (getattr(model, "rotary", None), getattr(model, "rotary_local", None)) if r]
+    tables = [t for rope in ropes for t in rope(positions)]
+    return {k: getattr(model.config, k) for k in fields}, tables

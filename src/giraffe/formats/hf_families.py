@@ -120,7 +120,9 @@ def _gemma(raw: dict, source: str) -> ModelConfig:
     full = _rope(raw, "full_attention")
     local = None
     if gemma3:
-        local = _rope(raw, "sliding_attention")
+        # legacy `rope_scaling` is the global layers' (transformers 4 applied it there only)
+        per_type = "sliding_attention" in (raw.get("rope_parameters") or {})
+        local = _rope(raw, "sliding_attention") if per_type else {}
         local_theta = raw.get("rope_local_base_freq", local.get("rope_theta", 10000.0))
         if _scaling(local, source) is not None:
             raise ConfigError(f"{source}: rope scaling of the sliding layers is not supported")
