@@ -129,3 +129,83 @@ def test_t5_unigram_equals_llama_cpp(merge, case):
     assert tok.encode(case["text"]) == case["ids"]
     assert tok.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
     assert tok.decode(case["ids"]) == case["decoded"]
+
+
+# ---- writing a vocabulary read from GGUF back out (SentencePiece, Unigram, WordPiece) ----
+
+
+def tokenizer_keys_and_types(path) -> dict:
+    """Every tokenizer key of a GGUF file with its value, and its GGUF types (the `gguf` package's reader)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    return {
+        k: (f.contents(), [int(t) for t in f.types])
+        for k, f in fields.items()
+        if k.startswith("tokenizer.")
+    }
+
+
+def write_back(tok, tmp_path):
+    """A tiny model saved to GGUF with this tokenizer; the tokenizer read back from it."""
+    from giraffe.config import PRESETS
+    from giraffe.formats.gguf import save_gguf
+    from giraffe.models.decoder import Decoder
+    from giraffe.tokenizer import gguf_tokenizer_fields
+
+    cfg = PRESETS["llama-tiny"].replace(
+        vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=32
+    )
+    path = save_gguf(Decoder(cfg), tmp_path / "m.gguf", tokenizer=gguf_tokenizer_fields(tok))
+    return path, tokenizer_from_gguf(path)
+
+
+@pytest.mark.slow
+def test_gemma_sentencepiece_vocabulary_writes_back_as_it_was(gemma, gemma_gguf, tmp_path):
+    path, again = write_back(gemma, tmp_path)
+    assert tokenizer_keys_and_types(path) == tokenizer_keys_and_types(gemma_gguf)
+    for case in GEMMA:
+        assert again.encode(case["text"]) == case["ids"]
+        assert again.decode(case["ids"]) == case["decoded"]
+
+
+def test_t5_unigram_vocabulary_writes_back(tmp_path):
+    import gguf
+    from gguf_vocabs import t5_vocab_meta
+
+    from giraffe.tokenizer.gguf_vocab import GGUF_TOKENIZER_KEYS
+
+    # the first file: the fixture's vocabulary with llama.cpp's converter's value types
+    meta = t5_vocab_meta({k: T5[k] for k in ("tokens", "scores", "token_type")}, True)
+    first = tmp_path / "t5.gguf"
+    writer = gguf.GGUFWriter(first, "llama")
+    writer.add_tokenizer_model("t5")
+    writer.add_token_list(meta["tokenizer.ggml.tokens"])
+    writer.add_token_scores(meta["tokenizer.ggml.scores"])
+    writer.add_token_types(meta["tokenizer.ggml.token_type"])
+    for key, value in meta.items():
+        if GGUF_TOKENIZER_KEYS.get(key) == "u32":
+            writer.add_uint32(key, value)
+        elif GGUF_TOKENIZER_KEYS.get(key) == "bool":
+            writer.add_bool(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    tok = tokenizer_from_gguf(first)
+    path, again = write_back(tok, tmp_path)
+    assert tokenizer_keys_and_types(path) == tokenizer_keys_and_types(first)
+    for case in T5["remove_extra_whitespaces=True"]:
+        assert again.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
+
+
+def test_a_sentencepiece_tokenizer_json_cannot_be_written_and_says_why(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import Unigram
+
+    from giraffe.tokenizer import gguf_tokenizer_fields
+    from giraffe.tokenizer.tokenizer import load_tokenizer_file
+
+    file = tmp_path / "tokenizer.json"
+    HFTokenizer(Unigram([("<unk>", 0.0), ("a", -1.0)], 0)).save(str(file))
+    with pytest.raises(TokenizerError, match="vocabularies read from a GGUF"):
+        gguf_tokenizer_fields(load_tokenizer_file(file))

@@ -131,6 +131,8 @@ def save_gguf(
 
 def _write_tokenizer(writer, t: dict) -> None:
     """tokenizer: the fields of `giraffe.tokenizer.gguf_tokenizer_fields`."""
+    if "copy" in t:  # a vocabulary read from GGUF: its keys as they were
+        return _copy_tokenizer_keys(writer, t["copy"])
     writer.add_tokenizer_model(t["model"])
     writer.add_tokenizer_pre(t["pre"])
     writer.add_token_list(t["tokens"])
@@ -143,6 +145,18 @@ def _write_tokenizer(writer, t: dict) -> None:
     writer.add_add_bos_token(bool(t.get("add_bos_token")))
     if t.get("chat_template"):
         writer.add_chat_template(t["chat_template"])
+
+
+def _copy_tokenizer_keys(writer, keys: list[tuple[str, str, object]]) -> None:
+    from gguf import GGUFValueType as T
+
+    scalar = {"str": T.STRING, "u32": T.UINT32, "bool": T.BOOL}
+    array = {"str[]": T.STRING, "f32[]": T.FLOAT32, "i32[]": T.INT32, "u8[]": T.UINT8}
+    for key, kind, value in keys:
+        if kind in scalar:
+            writer.add_key_value(key, value, scalar[kind])
+        else:
+            writer.add_key_value(key, list(value), T.ARRAY, sub_type=array[kind])
 
 
 def _add_tensor(writer, name: str, array: np.ndarray, dtype: str) -> str:

@@ -28,6 +28,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
@@ -291,7 +292,10 @@ def _reader(path_or_reader):
 def tokenizer_from_gguf(path_or_reader) -> Tokenizer:
     """The tokenizer stored in a GGUF file (a path, or a reader already open)."""
     name = str(path_or_reader) if isinstance(path_or_reader, (str, os.PathLike)) else "GGUF"
-    return tokenizer_from_metadata(gguf_metadata(path_or_reader), name)
+    tok = tokenizer_from_metadata(gguf_metadata(path_or_reader), name)
+    source = getattr(path_or_reader, "path", path_or_reader)
+    tok.gguf_source = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    return tok
 
 
 def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Tokenizer:
@@ -576,14 +580,40 @@ def _add_bos_eos(tok: HFTokenizer, vocab: _Vocab, special: SpecialTokens, defaul
         )
 
 
+# The tokenizer keys a GGUF vocabulary may carry, with their GGUF value types: what a
+# writer needs to copy a vocabulary read from GGUF back out as llama.cpp wrote it.
+GGUF_TOKENIZER_KEYS = {
+    "tokenizer.ggml.model": "str", "tokenizer.ggml.pre": "str",
+    "tokenizer.ggml.tokens": "str[]", "tokenizer.ggml.scores": "f32[]",
+    "tokenizer.ggml.token_type": "i32[]", "tokenizer.ggml.merges": "str[]",
+    "tokenizer.ggml.precompiled_charsmap": "u8[]", "tokenizer.ggml.token_type_count": "u32",
+    **{f"tokenizer.ggml.{name}_token_id": "u32" for name in (
+        "bos", "eos", "unknown", "seperator", "padding", "mask", "eot", "eom", "cls",
+        "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")},
+    **{f"tokenizer.ggml.{name}": "bool" for name in (
+        "add_bos_token", "add_eos_token", "add_sep_token", "add_space_prefix",
+        "remove_extra_whitespaces")},
+    "tokenizer.chat_template": "str",
+}  # fmt: skip
+
+
 def gguf_tokenizer_fields(tok: Tokenizer) -> dict:
-    """What a GGUF file needs to carry this tokenizer (byte-level BPE only), for writers."""
+    """What a GGUF file needs to carry this tokenizer, for writers.
+
+    A byte-level BPE tokenizer is described from its tokenizer.json; any other kind
+    must have come from a GGUF file, whose tokenizer keys are copied as they were
+    (`{"copy": [(key, type, value), ...]}`, types as in `GGUF_TOKENIZER_KEYS`).
+    """
     data = tok.backend_json()
     model = data["model"]
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("decoder")):
+        source = getattr(tok, "gguf_source", None)
+        if source is not None:
+            return {"copy": _gguf_tokenizer_keys(source, tok)}
         raise TokenizerError(
-            f"{tok.name}: only byte-level BPE tokenizers can be written to GGUF "
-            f"(this one is {model.get('type')})"
+            f"{tok.name}: only byte-level BPE tokenizers, or vocabularies read from a GGUF "
+            f"file, can be written to GGUF (this one is {model.get('type')} from a "
+            "tokenizer.json): keep the original GGUF, or convert with llama.cpp"
         )
     if data.get("normalizer") is not None:  # llama.cpp's BPE has no normalizer step
         raise TokenizerError(
@@ -635,3 +665,17 @@ def _pre_name(data: dict, name: str) -> str:
         f"{name}: its pre-tokenizer ({' + '.join(map(str, kinds))}) has no llama.cpp name; "
         "it cannot be written to GGUF faithfully"
     )
+
+
+def _gguf_tokenizer_keys(source: Path, tok: Tokenizer) -> list[tuple[str, str, object]]:
+    try:
+        meta = gguf_metadata(source)
+    except TokenizerError as e:
+        raise TokenizerError(
+            f"{tok.name}: its vocabulary is copied from {source} when writing GGUF, "
+            f"and that file cannot be read now ({e})"
+        ) from None
+    keys = [(k, GGUF_TOKENIZER_KEYS[k], meta[k]) for k in GGUF_TOKENIZER_KEYS if k in meta]
+    if tok.chat_template and "tokenizer.chat_template" not in meta:  # one set on the tokenizer
+        keys.append(("tokenizer.chat_template", "str", tok.chat_template))
+    return keys

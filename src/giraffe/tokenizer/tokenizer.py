@@ -48,6 +48,7 @@ class Tokenizer:
         self._backend = backend  # _HF over tokenizers.Tokenizer, or _Tiktoken
         self.name = name
         self.gguf_pre = gguf_pre  # tokenizer.ggml.pre when read from GGUF, to write it back
+        self.gguf_source: Path | None = None  # the GGUF file it was read from (to copy its keys)
         self.bos_id, self.eos_id, self.pad_id = special.bos_id, special.eos_id, special.pad_id
         self.add_bos, self.chat_template = special.add_bos, special.chat_template
         stops = set(special.stop_ids) | ({special.eos_id} if special.eos_id is not None else set())
