@@ -362,6 +362,67 @@ def test_lora_attaches_to_every_projection(family):
     assert not torch.allclose(adapted, before)
 
 
+FUSED = {  # family -> (giraffe layers adapted alone, HF modules a PEFT adapter fuses)
+    "phi3": (("q_proj", "v_proj", "gate_proj", "o_proj"), ["qkv_proj", "gate_up_proj", "o_proj"]),
+    "gptneox": (("q_proj", "v_proj", "up_proj"), ["query_key_value", "dense_4h_to_h"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FUSED))
+def test_peft_adapters_on_fused_modules_map_exactly_both_ways(kind, tmp_path):
+    """Parts of a fused qkv/gate_up adapted in giraffe run in PEFT as one block-diagonal
+    update, and a PEFT adapter on the fused module runs in giraffe split into its parts."""
+    import json
+
+    import peft
+
+    from giraffe.train.adapter import load_adapter, save_adapter
+    from giraffe.train.lora import LoraConfig, apply_lora, lora_parameters
+
+    torch.manual_seed(1)
+    hf = tiny_hf(kind)
+    hf.save_pretrained(tmp_path / "base")
+    ids = torch.randint(0, VOCAB, (2, SEQ))
+    parts, fused = FUSED[kind]
+
+    ours = load_hf(tmp_path / "base")
+    apply_lora(ours, LoraConfig(r=3, alpha=5, targets=parts))
+    with torch.no_grad():
+        for p in lora_parameters(ours):
+            p.normal_(0, 0.2)
+        expected = ours(ids)
+    save_adapter(ours, tmp_path / "ours", "tiny")
+    raw = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert raw["rank_pattern"] and set(raw["rank_pattern"].values()) <= {6, 9}  # 2-3 parts x r
+    with_peft = peft.PeftModel.from_pretrained(tiny_hf_copy(tmp_path), tmp_path / "ours")
+    torch.testing.assert_close(hf_logits(with_peft, ids), expected, atol=1e-5, rtol=0)
+    back = load_hf(tmp_path / "base")  # giraffe reads its own block-diagonal adapter back
+    load_adapter(back, tmp_path / "ours")
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), expected, atol=1e-5, rtol=0)
+
+    cfg = peft.LoraConfig(r=4, lora_alpha=6, target_modules=fused, init_lora_weights=False)
+    theirs = peft.get_peft_model(tiny_hf_copy(tmp_path), cfg).eval()
+    theirs.save_pretrained(tmp_path / "peft")
+    expected = hf_logits(theirs, ids)
+    ours = load_hf(tmp_path / "base")
+    load_adapter(ours, tmp_path / "peft")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), expected, atol=1e-5, rtol=0)
+    save_adapter(ours, tmp_path / "again", "tiny")  # shared A: written back as PEFT's rank 4
+    raw = json.loads((tmp_path / "again" / "adapter_config.json").read_text())
+    assert raw["r"] == 4 and raw["rank_pattern"] == {}
+    again = peft.PeftModel.from_pretrained(tiny_hf_copy(tmp_path), tmp_path / "again")
+    torch.testing.assert_close(hf_logits(again, ids), expected, atol=1e-5, rtol=0)
+
+
+def tiny_hf_copy(tmp_path):
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager")
+    return model.eval()
+
+
 def test_explain_attention_shows_the_sliding_layers(tiny_folder):
     import giraffe
     from giraffe.explain.attention import attention_maps

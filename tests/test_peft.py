@@ -121,27 +121,35 @@ def test_giraffe_loads_a_peft_adapter_and_computes_the_same_logits(llama, tmp_pa
         assert torch.allclose(ours(IDS), expected, atol=1e-5)
 
 
-def test_gpt2_maps_its_conv1d_layers_and_refuses_the_fused_qkv(tmp_path):
+def test_gpt2_maps_its_conv1d_layers_and_its_fused_qkv(tmp_path):
     hf = tiny_hf_model("gpt2")
     hf.save_pretrained(tmp_path / "base")
     ours = load_hf(tmp_path / "base")
-    with pytest.raises(AdapterError, match=r"transformer\.h\.0\.attn\.c_attn.*fuses"):
-        giraffe_adapter(ours, tmp_path / "qv", LoraConfig(targets=("q_proj",)))
-    ours = load_hf(tmp_path / "base")
-    targets = ("attn.o_proj", "up_proj")  # attn.c_proj and mlp.c_fc in Hugging Face
+    targets = ("q_proj", "attn.o_proj", "up_proj")  # c_attn (fused), attn.c_proj, mlp.c_fc
     giraffe_adapter(ours, tmp_path / "a", LoraConfig(r=2, alpha=4, targets=targets))
     raw = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
     assert raw["fan_in_fan_out"] is True
-    assert raw["target_modules"] == ["attn.c_proj", "c_fc"]  # "c_proj" would add mlp.c_proj
+    assert raw["target_modules"] == [
+        "attn.c_proj",
+        "c_attn",
+        "c_fc",
+    ]  # "c_proj" would add mlp.c_proj
+    assert raw["rank_pattern"] == {}  # q alone: a block of one part, rank r as it is
     with_peft = peft.PeftModel.from_pretrained(hf, tmp_path / "a")
     with torch.no_grad():
         assert torch.allclose(ours(IDS), hf_logits(with_peft, IDS), atol=1e-5)
+    import transformers
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
     fused = peft.get_peft_model(
-        tiny_hf_model("gpt2"), peft.LoraConfig(target_modules=["c_attn"], fan_in_fan_out=True)
-    )
+        base,
+        peft.LoraConfig(target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False),
+    ).eval()
     fused.save_pretrained(tmp_path / "c")
-    with pytest.raises(AdapterError, match=r"c_attn, which giraffe holds as separate layers"):
-        load_adapter(load_hf(tmp_path / "base"), tmp_path / "c")
+    ours = load_hf(tmp_path / "base")
+    assert load_adapter(ours, tmp_path / "c").targets == ("q_proj", "k_proj", "v_proj")
+    with torch.no_grad():
+        assert torch.allclose(ours(IDS), hf_logits(fused, IDS), atol=1e-5)
 
 
 def test_target_modules_are_the_shortest_exact_suffixes():

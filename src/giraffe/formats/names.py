@@ -367,7 +367,7 @@ def to_giraffe(
         tensor = _neox_heads_to_blocks(tensor, cfg.n_heads)
     if len(rule.ours) == 1:
         return {rule.ours[0]: tensor.contiguous()}
-    sizes = [_rows(n, cfg) for n in rule.ours]
+    sizes = [part_rows(n, cfg) for n in rule.ours]
     return {n: t.contiguous() for n, t in zip(rule.ours, tensor.split(sizes, dim=0), strict=True)}
 
 
@@ -391,7 +391,7 @@ def _rope_heads(rule: Rule, cfg: ModelConfig) -> int:
     return cfg.n_heads if rule.layout == "rope_q" else cfg.kv_heads
 
 
-def _rows(name: str, cfg: ModelConfig) -> int:
+def part_rows(name: str, cfg: ModelConfig) -> int:
     """Rows of one giraffe projection inside a fused tensor (q|k|v or gate|up)."""
     module = name.rsplit(".", 2)[-2]  # "layers.0.attn.q_proj.weight" -> "q_proj"
     if module == "q_proj":

@@ -8,12 +8,15 @@ fingerprint of the base (shapes and a hash of sampled embedding rows) that PEFT 
 `load_adapter` reads such a folder (giraffe's or PEFT's) into a model with `apply_lora`;
 `load_with_adapter` is `giraffe.lm.load` followed by it (a packed base = QLoRA inference).
 
-Module names go through `giraffe.formats.names`, the one name table, and only where one
-Hugging Face module holds exactly one giraffe layer. GPT-2's c_attn fuses q, k and v, so
-a PEFT adapter on c_attn has no 1:1 giraffe counterpart (and giraffe's q_proj has none in
-PEFT): both directions refuse it, naming the module. GPT-2's c_proj / c_fc are Conv1D
-layers whose LoRA matrices have the same (r, in) / (out, r) shapes as a Linear's, so those
-map exactly (the config says fan_in_fan_out, as PEFT does for Conv1D).
+Module names go through `giraffe.formats.names`, the one name table. Where one Hugging
+Face module fuses several giraffe layers (Phi-3 qkv_proj and gate_up_proj, GPT-NeoX
+query_key_value, GPT-2 c_attn), `giraffe.train.adapter_fused` maps the update exactly
+both ways: a fused adapter's A is shared by the parts, each taking its rows of B; giraffe's
+adapters on some of the parts are written as one block-diagonal update with the module's
+rank and alpha in `rank_pattern`/`alpha_pattern` (patterns are read for fused modules
+only). GPT-2's c_proj / c_fc are Conv1D layers whose LoRA matrices have the same (r, in) /
+(out, r) shapes as a Linear's, so those map exactly (the config says fan_in_fan_out, as
+PEFT does for Conv1D).
 
 Refused rather than ignored, since each would change the adapter's output: options giraffe
 does not implement (DoRA, rsLoRA, per-layer ranks or alphas, trained biases,
@@ -41,6 +44,7 @@ from torch import nn
 from giraffe.formats import names
 from giraffe.formats.hf import atomic_write
 from giraffe.lm import LanguageModel, load
+from giraffe.train import adapter_fused
 from giraffe.train.lora import LoraConfig, LoraLinear, apply_lora, lora_layers
 
 CONFIG_FILE = "adapter_config.json"
@@ -66,6 +70,7 @@ INFORMATIONAL = {
     "qalora_group_size",  # only read when use_qalora is on
 }
 USED = {"peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "init_lora_weights"}
+USED |= {"rank_pattern", "alpha_pattern"}  # checked per module: fused modules only
 # Initialisations after which the adapter is plain B @ A over the unchanged base (PiSSA,
 # OLoRA, CorDA, LoftQ rewrite the base weights, so their adapters need that base).
 PLAIN_INITS = (True, False, "gaussian")
@@ -76,8 +81,6 @@ WHAT = {
     "bias": "trained biases",
     "lora_bias": "a bias on lora_B",
     "modules_to_save": "fully trained extra modules",
-    "rank_pattern": "per-layer ranks",
-    "alpha_pattern": "per-layer alphas",
     "layer_replication": "replicated layers",
     "trainable_token_indices": "trained token embeddings",
     "target_parameters": "LoRA on raw parameters",
@@ -101,6 +104,8 @@ class ModuleTable:
     fused: dict[str, str]  # giraffe layer -> the fused HF module that holds it with others
     hf_conv1d: frozenset[str]  # HF modules stored (in, out)
     n_layers: int
+    fused_rules: dict[str, names.Rule]  # fused HF module -> its rule (parts, order, layout)
+    config: object  # the model's ModelConfig (row counts of fused parts)
 
     @property
     def from_hf(self) -> dict[str, str]:
@@ -112,19 +117,20 @@ def module_table(model: nn.Module) -> ModuleTable:
     if cfg is None or cfg.kind != "decoder" or ("hf", cfg.arch) not in names.TABLES:
         what = "this model" if cfg is None else f"a {cfg.arch} {cfg.kind}"
         raise AdapterError(f"PEFT adapter files are written for decoder models, not {what}")
-    to_hf, fused, conv1d = {}, {}, set()
+    to_hf, fused, conv1d, rules = {}, {}, set(), {}
     for rule in names.expand("hf", cfg):
         if not all(n.endswith(".weight") for n in rule.ours):
             continue  # biases and other tensors: LoRA adapts weights only
         hf = rule.theirs.removesuffix(".weight")
         ours = [n.removesuffix(".weight") for n in rule.ours]
-        if len(ours) > 1:
-            fused.update(dict.fromkeys(ours, hf))
-            continue
-        to_hf[ours[0]] = hf
         if rule.layout == "conv1d":
             conv1d.add(hf)
-    return ModuleTable(to_hf, fused, frozenset(conv1d), cfg.n_layers)
+        if len(ours) > 1:
+            fused.update(dict.fromkeys(ours, hf))
+            rules[hf] = rule
+            continue
+        to_hf[ours[0]] = hf
+    return ModuleTable(to_hf, fused, frozenset(conv1d), cfg.n_layers, rules, cfg)
 
 
 # ---- saving ---------------------------------------------------------------------------
@@ -137,21 +143,43 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, base_name: str) ->
         raise AdapterError("the model has no LoRA layers to save: apply_lora(model, cfg) first")
     table = module_table(model)
     r, alpha, dropout = _shared_settings(layers)
-    tensors, hf_modules = {}, []
+    tensors, hf_modules, fused_parts = {}, [], {}
     for name, layer in layers:
+        a, b = (lin.weight.detach().cpu() for lin in (layer.lora_A, layer.lora_B))
+        if name in table.fused:  # joined below, one update per fused module
+            fused_parts.setdefault(table.fused[name], {})[name] = (a, b)
+            continue
         hf = _hf_name(name, table)
         hf_modules.append(hf)
-        for part, lin in (("A", layer.lora_A), ("B", layer.lora_B)):
-            tensors[f"{PREFIX}{hf}.lora_{part}.weight"] = lin.weight.detach().cpu().contiguous()
+        tensors |= _pair(hf, a, b)
+    patterns = {"rank_pattern": {}, "alpha_pattern": {}}
+    for hf, parts in fused_parts.items():
+        a, b, k = adapter_fused.join(table.fused_rules[hf], parts, table.config)
+        hf_modules.append(hf)
+        tensors |= _pair(hf, a, b)
+        if k > 1:  # block-diagonal: rank k*r, alpha k*alpha keeps the scale alpha/r
+            patterns["rank_pattern"][hf] = k * r
+            patterns["alpha_pattern"][hf] = _number(k * alpha)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(
         folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
     )
-    config = _peft_config(r, alpha, dropout, hf_modules, table, base_name)
+    config = _peft_config(r, alpha, dropout, hf_modules, table, base_name) | patterns
     _write_json(folder / CONFIG_FILE, config)
     _write_json(folder / FINGERPRINT_FILE, fingerprint(model))
     return folder
+
+
+def _pair(hf: str, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        f"{PREFIX}{hf}.lora_A.weight": a.contiguous(),
+        f"{PREFIX}{hf}.lora_B.weight": b.contiguous(),
+    }
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
 
 
 def _shared_settings(layers: list[tuple[str, LoraLinear]]) -> tuple[int, float, float]:
@@ -167,12 +195,6 @@ def _shared_settings(layers: list[tuple[str, LoraLinear]]) -> tuple[int, float, 
 def _hf_name(name: str, table: ModuleTable) -> str:
     if name in table.to_hf:
         return table.to_hf[name]
-    if name in table.fused:
-        raise AdapterError(
-            f"{name} is part of {table.fused[name]} in Hugging Face's layout, which fuses it "
-            "with other projections: a PEFT adapter cannot hold it alone. Adapt the layers "
-            "that map one to one instead (for GPT-2: o_proj, up_proj, down_proj)"
-        )
     raise AdapterError(f"{name} has no Hugging Face module name in giraffe's name table")
 
 
@@ -184,7 +206,7 @@ def _peft_config(r, alpha, dropout, hf_modules, table: ModuleTable, base_name: s
         "revision": None,
         "inference_mode": True,
         "r": r,
-        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_alpha": _number(alpha),
         "lora_dropout": dropout,
         "target_modules": target_suffixes(hf_modules, _all_hf_modules(table)),
         "exclude_modules": None,
@@ -265,17 +287,20 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike) -> LoraConfig:
     cfg = lora_config_from_peft(raw, folder / CONFIG_FILE)
     pairs = _read_pairs(folder / WEIGHTS_FILE)
     table = module_table(model)
-    ours = {hf: _giraffe_name(hf, table, folder) for hf in pairs}
-    for hf, name in ours.items():
-        _check_shapes(model, name, hf, pairs[hf], cfg.r, folder)
+    ours = {}  # giraffe layer -> (HF module, A, B)
+    for hf, ab in pairs.items():
+        for name, part in _giraffe_parts(hf, ab, raw, cfg, table, folder).items():
+            ours[name] = (hf, *part)
+    for name, (hf, a, b) in ours.items():
+        _check_shapes(model, name, hf, (a, b), cfg.r, folder)
     _check_coverage(raw, table, set(pairs), folder)
     _check_fingerprint(model, folder / FINGERPRINT_FILE)
-    wrapped = apply_lora(model, replace(cfg, targets=tuple(ours.values())))  # model order
+    wrapped = apply_lora(model, replace(cfg, targets=tuple(ours)))  # model order
     with torch.no_grad():
-        for hf, name in ours.items():
+        for name, (_, a, b) in ours.items():
             layer = model.get_submodule(name)
-            layer.lora_A.weight.copy_(pairs[hf][0])
-            layer.lora_B.weight.copy_(pairs[hf][1])
+            layer.lora_A.weight.copy_(a)
+            layer.lora_B.weight.copy_(b)
     suffixes = tuple(dict.fromkeys(n.rsplit(".", 1)[-1] for n in wrapped))
     return replace(cfg, targets=suffixes)
 
@@ -378,16 +403,45 @@ def _foreign_key(key: str) -> str:
     )
 
 
+def _giraffe_parts(hf: str, ab, raw: dict, cfg: LoraConfig, table: ModuleTable, folder: Path):
+    """giraffe layer -> (A, B) for one HF module's update (several for a fused module)."""
+    rank, alpha = (
+        _pattern(raw, "rank_pattern", hf, cfg.r),
+        _pattern(raw, "alpha_pattern", hf, cfg.alpha),
+    )
+    if hf not in table.fused_rules:
+        name = _giraffe_name(hf, table, folder)
+        if (rank, alpha) != (cfg.r, cfg.alpha):
+            what = "per-layer ranks" if rank != cfg.r else "per-layer alphas"
+            raise AdapterError(
+                f"{folder / CONFIG_FILE}: rank_pattern/alpha_pattern give {hf} r={rank}, "
+                f"alpha={alpha} ({what}); giraffe's LoRA has one r and alpha for all layers "
+                "(patterns are read for fused modules only)"
+            )
+        return {name: ab}
+    a, b = ab
+    if a.shape[0] != rank:
+        raise AdapterError(f"{folder}: {hf} has rank {a.shape[0]} but {CONFIG_FILE} says {rank}")
+    # this module's scale alpha/rank, carried on B so the parts run at giraffe's alpha/r
+    b = b * ((alpha / rank) / (cfg.alpha / cfg.r)) if alpha / rank != cfg.alpha / cfg.r else b
+    try:
+        return adapter_fused.split(table.fused_rules[hf], a, b, cfg.r, table.config)
+    except ValueError as e:
+        raise AdapterError(f"{folder}: {hf}: {e}") from None
+
+
+def _pattern(raw: dict, key: str, module: str, default):
+    r"""PEFT's rule: a pattern applies where `(.*\.)?PATTERN$` matches the module's name."""
+    for pattern, value in (raw.get(key) or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return type(default)(value)
+    return default
+
+
 def _giraffe_name(hf: str, table: ModuleTable, folder: Path) -> str:
     ours = table.from_hf.get(hf)
     if ours is not None:
         return ours
-    if hf in table.fused.values():
-        held = [n for n, f in table.fused.items() if f == hf]
-        raise AdapterError(
-            f"{folder}: the adapter adapts {hf}, which giraffe holds as separate layers "
-            f"({', '.join(held)}); a LoRA on the fused module cannot be split exactly"
-        )
     layer = re.search(r"\.(\d+)\.", hf)
     if layer and int(layer[1]) >= table.n_layers:
         raise AdapterError(
