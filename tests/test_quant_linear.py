@@ -318,7 +318,8 @@ def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
     cache = model.new_cache(2, 8)
     with torch.inference_mode():
         model.hidden(torch.tensor([[1, 2], [3, 4]]), cache=cache)
-        assert model.runtime.step(model, torch.tensor([[5], [6]]), cache, None) is None  # batch of 2
+        batch_of_two = torch.tensor([[5], [6]])
+        assert model.runtime.step(model, batch_of_two, cache, None) is None
     assert (
         load_gguf(
             save_gguf(Decoder(PRESETS["gpt2-tiny"]), tmp_path / "g.gguf", dtype="q8_0"), packed=True

@@ -116,4 +116,3 @@ def strip_qat(model: nn.Module) -> None:
         if isinstance(module, QATLinear):
             module.__class__ = nn.Linear
             del module.kind
-
