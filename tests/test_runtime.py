@@ -16,7 +16,7 @@ from fast_path import counting
 
 from giraffe.config import PRESETS
 from giraffe.formats.gguf import load_gguf, save_gguf
-from giraffe.models import Decoder
+from giraffe.models import Decoder, build_model
 from giraffe.quant import kernels
 from giraffe.quant.decode_step import FastDecode
 from giraffe.quant.linear import FusedQuant
@@ -46,6 +46,11 @@ def tiny_packed(tmp_path, dtype: str = "q8_0") -> Decoder:
     torch.manual_seed(0)
     path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype)
     return load_gguf(path, packed=True)
+
+
+@pytest.mark.parametrize("preset", [n for n in PRESETS if n.endswith("-tiny")])
+def test_no_model_family_stores_callables_on_its_modules(preset):
+    assert installed_on(build_model(PRESETS[preset])) == []
 
 
 def test_a_loaded_packed_model_has_nothing_installed_on_its_modules(tmp_path):
