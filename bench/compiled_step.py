@@ -1,5 +1,5 @@
 """Decode speed of one packed GGUF model on the compiled whole-layer step against its own
-module path (the same loaded model, `fast_decode` set or None), alternating rounds in one
+module path (the same loaded model, its runtime's `step` set or None), alternating rounds in one
 process so a shared machine's load hits both alike; prints tok/s per round and the ratio
 of the medians. Greedy decoding from a fixed prompt through the model's KV cache.
 
@@ -48,7 +48,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_gguf(resolve(args.model), packed=True)
-    fast = model.fast_decode
+    fast = model.runtime.step
     if fast is None:
         raise SystemExit(f"{args.model}: no compiled step for this model (compiled_block false)")
     speeds, layer_tps = {"compiled": [], "module": []}, {"compiled": [], "module": []}
@@ -56,7 +56,7 @@ def main() -> None:
     decode(model, 4, 4)  # warm-up: kernels, int8 tiles
     for r in range(args.rounds):
         for name, step in (("compiled", fast), ("module", None)):
-            model.fast_decode = step
+            model.runtime.step = step
             tps, share, texts[name] = decode(model, args.prompt, args.tokens)
             speeds[name].append(tps)
             layer_tps[name].append(tps / share)
@@ -65,7 +65,7 @@ def main() -> None:
                 f"{share:.0%} of the time)",
                 flush=True,
             )
-    model.fast_decode = fast
+    model.runtime.step = fast
     med = {k: statistics.median(v) for k, v in speeds.items()}
     lmed = {k: statistics.median(v) for k, v in layer_tps.items()}
     same = sum(a == b for a, b in zip(texts["compiled"], texts["module"], strict=True))

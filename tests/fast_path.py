@@ -1,4 +1,4 @@
-"""Watch whether a model's compiled step (`model.fast_decode`) takes each call it is offered."""
+"""Watch whether a model's compiled step (`model.runtime.step`) takes each call it is offered."""
 
 from __future__ import annotations
 

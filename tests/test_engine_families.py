@@ -3,7 +3,7 @@ tiny packed Qwen3 (QK-norm), Gemma 3 ((1 + w) norms, sandwich norms, GELU-tanh g
 query scale, QK-norm, per-layer windows and RoPE bases, scaled embeddings) and Gemma 2
 (soft-capped scores instead of QK-norm), and Phi-3 (a Llama block stored fused), written through giraffe's GGUF writer as Q8_0 or
 Q4_K blocks and loaded packed. The reference is the same model on its module path
-(`fast_decode = None`): prompts, single-row decoding and continuous batches past the
+(`runtime.step = None`): prompts, single-row decoding and continuous batches past the
 sliding window, int8 activations on and off; float32 tolerance 1e-4 on the logits."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def load_packed(path, monkeypatch, int8: bool):
     on, the loader keeps only the int8 tiles of each product)."""
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1" if int8 else "0")
     model = load_gguf(path, packed=True)
-    assert model.fast_decode is not None, f"{path} has no compiled step"
+    assert model.runtime.step is not None, f"{path} has no compiled step"
     return model
 
 
@@ -102,14 +102,14 @@ def packed(request, gguf, monkeypatch):
 def both_paths(model, run) -> tuple:
     """run(model) on the compiled step (every call it is offered must be taken), then on
     the module path."""
-    fast, taken = model.fast_decode, []
+    fast, taken = model.runtime.step, []
     try:
-        model.fast_decode = counting(fast, taken)
+        model.runtime.step = counting(fast, taken)
         compiled = run(model)
-        model.fast_decode = None
+        model.runtime.step = None
         reference = run(model)
     finally:
-        model.fast_decode = fast
+        model.runtime.step = fast
     assert taken and all(taken), f"the compiled step declined calls: {taken}"
     return compiled, reference
 

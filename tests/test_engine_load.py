@@ -95,11 +95,11 @@ def test_mismatched_block_table_is_refused_at_load(monkeypatch):
 
 def test_layer_struct_of_another_size_is_refused(tmp_path, monkeypatch):
     model = load_gguf(untied_model(tmp_path), packed=True)
-    if model.fast_decode is None:
+    if model.runtime.step is None:
         pytest.skip("no compiled decode step on this machine")
     monkeypatch.setattr(kernels, "struct_size", lambda name: 8)
     with pytest.raises(kernels.KernelMismatchError, match="layer_step is 8 bytes"):
-        FastDecode.build(model)
+        FastDecode.build(model, model.runtime.layers)
 
 
 def _patch_dims(path, name: str, dims: tuple[int, ...]) -> None:
@@ -173,7 +173,7 @@ def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
     assert len(calls) == first.config.n_layers < repacked_first
     with torch.inference_mode():
         assert torch.equal(first(IDS), second(IDS))
-    assert second.fast_decode is not None and second.lm_head.packed is None
+    assert second.runtime.step is not None and second.lm_head.packed is None
     # a rewritten file is another file: its tiles are made afresh, never the stale ones
     monkeypatch.undo()
     monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")

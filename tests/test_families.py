@@ -202,7 +202,7 @@ def test_packed_gguf_takes_the_compiled_step_and_equals_dequantized(
         warnings.simplefilter("ignore")
         save_gguf(random_gemma3(hidden_size=256, intermediate_size=256), path, dtype=dtype)
     packed, plain = load_gguf(path, packed=True), load_gguf(path, packed=False)
-    assert packed.fast_decode is not None  # the compiled step runs Gemma's wiring too
+    assert packed.runtime.step is not None  # the compiled step runs Gemma's wiring too
     assert type(packed.layers[0].attn.q_proj).__name__ == "QuantLinear"
     ids = torch.randint(0, VOCAB, (1, 12))
     with torch.inference_mode():

@@ -9,11 +9,11 @@ from fast_path import counting
 from torch import nn
 
 from giraffe.config import PRESETS
-from giraffe.formats.gguf_packed import fuse_projections
 from giraffe.models import Decoder
 from giraffe.quant import kernels
 from giraffe.quant.linear import QuantLinear
 from giraffe.quant.ptq import quantize_matrix
+from giraffe.quant.runtime import PackedRuntime
 from giraffe.train.lora import (
     LoraConfig,
     LoraLinear,
@@ -52,7 +52,7 @@ def quantize_blocks(model: Decoder, kinds=("Q8_0", "Q4_1")) -> None:
         owner, _, attr = name.rpartition(".")
         packed = QuantLinear(torch.from_numpy(data), kind, layer.in_features, layer.out_features)
         setattr(model.layers.get_submodule(owner), attr, packed)
-    fuse_projections(model)
+    model.attach_runtime(PackedRuntime.build(model))
 
 
 def dequantized_copy(packed: Decoder) -> Decoder:
@@ -214,7 +214,7 @@ def test_dropout_acts_on_the_adapter_branch_only_while_training():
 def packed_model_with_lora() -> Decoder:
     model = tiny()
     quantize_blocks(model)
-    assert model.layers[0].attn.fused_qkv is not None or not kernels.available()
+    assert model.runtime.layers[0].qkv is not None or not kernels.available()
     apply_lora(model, ALL)
     randomise(model, std=0.05)
     return model
@@ -223,12 +223,12 @@ def packed_model_with_lora() -> Decoder:
 def test_applying_lora_keeps_the_compiled_step_and_stripping_restores_fusions():
     model = packed_model_with_lora()
     # wrapped parts are not fused (a fusion would bypass the adapters) ...
-    assert all(b.attn.fused_qkv is None and b.mlp.fused_gate_up is None for b in model.layers)
+    assert all(f.qkv is None and f.gate_up is None for f in model.runtime.layers)
     # ... but the compiled step takes them, each adapter beside its packed product
-    assert (model.fast_decode is not None) == kernels.available()
+    assert (model.runtime.step is not None) == kernels.available()
     strip_lora(model, merge=False)  # packed bases: back to the fused fast path
     assert isinstance(model.layers[0].attn.q_proj, QuantLinear)
-    assert (model.layers[0].attn.fused_qkv is not None) == kernels.available()
+    assert (model.runtime.layers[0].qkv is not None) == kernels.available()
 
 
 @pytest.mark.parametrize("int8", ["1", "0"])
@@ -241,12 +241,12 @@ def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(int8, targets,
     apply_lora(model, LoraConfig(r=4, alpha=8.0, targets=targets))
     randomise(model, std=0.05)
     model.eval()
-    fast = model.fast_decode
+    fast = model.runtime.step
     if fast is None:
         pytest.skip("no compiled decode step on this machine")
     outputs, taken = [], []
     for step in (counting(fast, taken), None):
-        model.fast_decode = step
+        model.runtime.step = step
         cache = model.new_cache(1, 32)
         with torch.inference_mode():
             first = model.hidden(ids(1, 6), cache=cache)
@@ -256,9 +256,9 @@ def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(int8, targets,
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
     # a disabled adapter is the base alone on both paths
     with disable_adapters(model), torch.inference_mode():
-        model.fast_decode, cache = fast, model.new_cache(1, 32)
+        model.runtime.step, cache = fast, model.new_cache(1, 32)
         engine = model.hidden(ids(1, 6), cache=cache)
-        model.fast_decode, cache = None, model.new_cache(1, 32)
+        model.runtime.step, cache = None, model.new_cache(1, 32)
         torch.testing.assert_close(
             engine, model.hidden(ids(1, 6), cache=cache), atol=1e-4, rtol=1e-4
         )

@@ -62,10 +62,10 @@ def test_packed_model_prompts_match_with_and_without_the_kernel(tmp_path, monkey
     torch.manual_seed(0)
     path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype="q8_0")
     model = load_gguf(path, packed=True)
-    assert model.layers[0].attn.causal_kernel is not None
+    assert model.runtime.layers[0].causal_attention
     ids = torch.randint(0, 100, (2, 40))
     with torch.inference_mode():
         fast = model(ids)
-        for block in model.layers:
-            block.attn.causal_kernel = None
+        for layer in model.runtime.layers:
+            layer.causal_attention = False
         torch.testing.assert_close(fast, model(ids), atol=1e-4, rtol=1e-4)

@@ -94,7 +94,7 @@ def test_folder_round_trip_keeps_integers_and_equals_the_dequantized_model(
     packed, reference = giraffe.load(out), giraffe.load(out, packed=False)
     layer = packed.model.layers[0].mlp.up_proj
     assert isinstance(layer, GroupQuantLinear) and layer.cfg == cfg
-    assert (packed.model.fast_decode is not None) == bool(kernels.int8_kinds())
+    assert (packed.model.runtime.step is not None) == bool(kernels.int8_kinds())
     assert isinstance(packed.model.embed, GroupQuantEmbedding)  # the tied head reads it too
     stored = quantize_groups(tiny_lm.model.layers[0].mlp.up_proj.weight.detach(), cfg)
     assert all(torch.equal(layer.parts()[k], stored[k]) for k in stored)  # bytes kept as written
@@ -137,10 +137,10 @@ def test_folder_models_take_the_compiled_step_with_the_module_paths_numbers(tiny
     import giraffe
 
     packed = giraffe.load(tiny_lm.save(tmp_path / "q", group=GroupConfig(4, 32, False)))
-    model, fast = packed.model, packed.model.fast_decode
+    model, fast = packed.model, packed.model.runtime.step
     ids, outputs, taken = torch.randint(0, 200, (1, 10)), [], []
 
-    for model.fast_decode in (counting(fast, taken), None):
+    for model.runtime.step in (counting(fast, taken), None):
         cache = model.new_cache(1, 16)
         steps = [model.hidden(ids, cache=cache)]
         steps += [model.hidden(torch.tensor([[t]]), cache=cache) for t in (3, 9, 4)]

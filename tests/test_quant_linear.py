@@ -235,14 +235,14 @@ def test_int8_tiles_dequantize_to_the_blocks_bit_for_bit(kind):
 
 def requantize_v_proj(model, kind: str) -> None:
     """Store every layer's v_proj in another block type, as mixed files (Q4_K_M) do."""
-    from giraffe.formats.gguf_packed import fuse_projections
+    from giraffe.quant.runtime import PackedRuntime
 
     for block in model.layers:
         old = block.attn.v_proj
         w = old.dequantized_weight().numpy()
         packed = torch.from_numpy(quantize(w, GGMLQuantizationType[kind]))
         block.attn.v_proj = QuantLinear(packed, kind, old.in_features, old.out_features)
-    fuse_projections(model)
+    model.attach_runtime(PackedRuntime.build(model))
 
 
 @pytest.mark.parametrize("int8", ["1", "0"])
@@ -259,12 +259,12 @@ def test_compiled_decode_step_equals_module_path(tmp_path, window, mixed, int8, 
     model = load_gguf(path, packed=True)
     if mixed:
         requantize_v_proj(model, "Q4_0")
-        assert model.layers[0].attn.fused_qkv.kind is None
-    assert model.fast_decode is not None
+        assert model.runtime.layers[0].qkv.kind is None
+    assert model.runtime.step is not None
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
     caches, outputs = [], []
-    for fast in (model.fast_decode, None):
-        model.fast_decode = fast
+    for fast in (model.runtime.step, None):
+        model.runtime.step = fast
         cache = model.new_cache(1, 32)
         with torch.inference_mode():
             model.hidden(prompt, cache=cache)
@@ -290,9 +290,9 @@ def test_compiled_prompt_and_its_continuation_equal_module_path(
     torch.manual_seed(0)
     cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
     model = load_gguf(save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q4_0"), packed=True)
-    fast, outputs, taken = model.fast_decode, [], []
+    fast, outputs, taken = model.runtime.step, [], []
 
-    for model.fast_decode in (counting(fast, taken), None):
+    for model.runtime.step in (counting(fast, taken), None):
         cache = model.new_cache(1, 40)
         with torch.inference_mode():
             first = model.hidden(torch.randint(0, 100, (1, 9), generator=_seeded()), cache=cache)
@@ -318,11 +318,12 @@ def test_compiled_decode_step_declines_what_it_cannot_do(tmp_path):
     cache = model.new_cache(2, 8)
     with torch.inference_mode():
         model.hidden(torch.tensor([[1, 2], [3, 4]]), cache=cache)
-        assert model.fast_decode(model, torch.tensor([[5], [6]]), cache, None) is None  # batch of 2
+        batch_of_two = torch.tensor([[5], [6]])
+        assert model.runtime.step(model, batch_of_two, cache, None) is None
     assert (
         load_gguf(
             save_gguf(Decoder(PRESETS["gpt2-tiny"]), tmp_path / "g.gguf", dtype="q8_0"), packed=True
-        ).fast_decode
+        ).runtime.step
         is None
     )
 

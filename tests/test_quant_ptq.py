@@ -114,7 +114,7 @@ def test_gguf_written_with_k_quants_reads_back_and_runs_packed(tmp_path, kind, f
     expected, _ = quantize_matrix(model.layers[0].mlp.down_proj.weight.detach().numpy(), kind)
     assert np.array_equal(np.array(down.data), expected)  # the bytes we wrote, read back
     packed = load_gguf(path, packed=True)
-    assert packed.fast_decode is not None
+    assert packed.runtime.step is not None
     ids = torch.tensor([[5, 9, 2, 7, 1]])
     with torch.inference_mode():
         reference, got = model(ids), packed(ids)

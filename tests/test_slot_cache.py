@@ -96,11 +96,11 @@ def test_row_view_takes_the_compiled_decode_step_on_packed_weights(tmp_path):
     torch.manual_seed(0)
     path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype="q8_0")
     model = load_gguf(path, packed=True)
-    fast = model.fast_decode
+    fast = model.runtime.step
     assert fast is not None
     taken = []
 
-    model.fast_decode = counting(fast, taken)
+    model.runtime.step = counting(fast, taken)
     ids = [1, 2, 3, 4]
     outputs = []
     for _ in ("fast path", "module path"):
@@ -108,7 +108,7 @@ def test_row_view_takes_the_compiled_decode_step_on_packed_weights(tmp_path):
         prefill(model, cache, 1, ids)
         h = model.hidden(torch.tensor([[5]]), cache=RowView(cache, 1, 1))
         outputs.append(model.head(h)[0, -1])
-        model.fast_decode = None
+        model.runtime.step = None
     assert taken == [True, True]  # the 4-token prompt and the one-token step, both compiled
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)
 
@@ -136,12 +136,12 @@ def test_batched_rows_take_the_compiled_step_with_the_module_paths_logits(tmp_pa
     torch.manual_seed(0)
     cfg = PRESETS["llama-tiny"].replace(sliding_window=window)
     model = load_gguf(save_gguf(Decoder(cfg), tmp_path / "m.gguf", dtype="q4_1"), packed=True)
-    fast = model.fast_decode
+    fast = model.runtime.step
     taken = []
 
     prompts = [[5, 9, 2, 7, 1, 3, 8], [4, 4], [11, 12, 13, 14]]
     outputs = []
-    for model.fast_decode in (counting(fast, taken), None):
+    for model.runtime.step in (counting(fast, taken), None):
         cache = slot_cache(model)
         for row, p in enumerate(prompts):
             prefill(model, cache, row, p)

@@ -26,7 +26,7 @@ from giraffe.formats.gguf_config import (  # noqa: F401 - config_from_gguf, fiel
     write_hparams,
 )
 from giraffe.formats.gguf_packed import (
-    fuse_projections,
+    build_runtime,
     install_packed,
     packable,
     warn_unpacked_types,
@@ -84,8 +84,8 @@ def load_gguf(path: str | os.PathLike, reader=None, packed: bool = False) -> Dec
     model = assemble(cfg, "gguf", by_name, fetch, str(path), rope_permuted=permuted)
     for rule in keep.values():
         install_packed(model, rule, by_name[rule.theirs], permuted)
-    if keep:
-        fuse_projections(model, reader)
+    if keep:  # the packed fast path, attached explicitly: without it, the plain modules
+        model.attach_runtime(build_runtime(model, reader))
     return model
 
 

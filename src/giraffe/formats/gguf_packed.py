@@ -6,9 +6,11 @@ the model's `nn.Linear` / `nn.Embedding` for `giraffe.quant.linear` layers over 
 bytes - views of the memory-mapped file, not copies. Products that will run on the int8
 GEMM are compacted at once (their tiles become the one resident copy and the file's pages
 are handed back); an untied embedding only looks rows up, so it stays in the file's
-blocks and costs memory only for the rows read. Row permutations from the name table
-(llama.cpp's RoPE order) apply to packed rows as to float rows, since blocks run along
-the input dimension. It does not parse files; `gguf.py` hands it the reader's tensors.
+blocks and costs memory only for the rows read. `build_runtime` makes the model's packed
+runtime (`giraffe.quant.runtime`) with this file's tile cache; `gguf.py` attaches it.
+Row permutations from the name table (llama.cpp's RoPE order) apply to packed rows as
+to float rows, since blocks run along the input dimension. It does not parse files;
+`gguf.py` hands it the reader's tensors.
 """
 
 from __future__ import annotations
@@ -20,15 +22,9 @@ import torch
 from giraffe.config import ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError
-from giraffe.quant import kernels, tile_cache
-from giraffe.quant.decode_step import FastDecode
-from giraffe.quant.linear import (
-    KERNEL_KINDS,
-    FusedQuant,
-    QuantEmbedding,
-    QuantLinear,
-    int8_activations,
-)
+from giraffe.quant import tile_cache
+from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear, int8_activations
+from giraffe.quant.runtime import PackedRuntime
 from giraffe.quant.tile_cache import TileCache
 
 FLOAT_TYPES = ("F32", "F16")
@@ -79,23 +75,22 @@ def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None
         setattr(owner, attr, new)
 
 
-def fuse_projections(model, reader=None) -> None:
-    """One kernel call for q/k/v and one for gate/up in every layer, where all are packed
-    alike; products compacted to their int8 tiles (the file's pages handed back to
-    `reader`); compiled prompt attention; the compiled decode step where every layer
-    qualifies (built last: it keeps pointers to whichever form is resident)."""
+def build_runtime(model, reader=None) -> PackedRuntime:
+    """The model's packed runtime (fused products, compiled attention and decode step;
+    giraffe.quant.runtime), its int8 tiles taken from and recorded in this file's tile
+    cache, and the file's pages of every ggml block dropped handed back to `reader`.
+    The caller attaches it (`model.attach_runtime`)."""
     cache = _tile_cache(reader)
-    repack = None if cache is None else cache.repack
-    for block in model.layers:
-        attn, mlp = block.attn, block.mlp
-        attn.fused_qkv = FusedQuant.of([attn.q_proj, attn.k_proj, attn.v_proj], repack)
-        attn.causal_kernel = kernels.attention_causal if kernels.available() else None
-        if mlp.gated:
-            mlp.fused_gate_up = FusedQuant.of([mlp.gate_proj, mlp.up_proj], repack)
-    compact(model, reader, repack)
+    release = None
+    if hasattr(reader, "release"):
+
+        def release(t: torch.Tensor) -> None:
+            reader.release(t.data_ptr(), t.numel() * t.element_size())
+
+    runtime = PackedRuntime.build(model, None if cache is None else cache.repack, release)
     if cache is not None:
         cache.finish()
-    model.fast_decode = FastDecode.build(model)
+    return runtime
 
 
 def _tile_cache(reader) -> TileCache | None:
@@ -103,22 +98,3 @@ def _tile_cache(reader) -> TileCache | None:
     if not hasattr(reader, "map_span") or not tile_cache.enabled() or not int8_activations():
         return None
     return TileCache(reader.path, *reader.map_span())
-
-
-def compact(model, reader=None, repack=None) -> None:
-    """Every packed product keeps one resident copy (QuantLinear.compact). An untied
-    embedding is only looked up: it stays in the file's blocks, read row by row."""
-    release = None
-    if hasattr(reader, "release"):
-
-        def release(t: torch.Tensor) -> None:
-            reader.release(t.data_ptr(), t.numel() * t.element_size())
-
-    lookups_only = getattr(model.embed, "table", None) if model.lm_head is not None else None
-    for block in model.layers:
-        for fused in (block.attn.fused_qkv, getattr(block.mlp, "fused_gate_up", None)):
-            if fused is not None:
-                fused.compact(release, repack)
-    for m in model.modules():
-        if isinstance(m, QuantLinear) and m is not lookups_only:
-            m.compact(release, repack)

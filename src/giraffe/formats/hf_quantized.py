@@ -21,7 +21,6 @@ import torch
 from giraffe.config import ModelConfig
 from giraffe.formats import names
 from giraffe.formats.assemble import WeightsError, assemble
-from giraffe.formats.gguf_packed import fuse_projections
 from giraffe.quant.groupwise import (
     PART_NAMES,
     GroupConfig,
@@ -30,6 +29,7 @@ from giraffe.quant.groupwise import (
     dequantize_groups,
     quantize_groups,
 )
+from giraffe.quant.runtime import PackedRuntime
 
 TABLES = ("embed.weight", "lm_head.weight")  # token table and untied head: quantized too
 
@@ -105,5 +105,6 @@ def assemble_grouped(
         else:
             new = GroupQuantLinear(parts, group, old.bias)
         setattr(owner, attr, new)
-    fuse_projections(model)  # the compiled prompt/decode step, as for packed GGUF weights
+    # the compiled prompt attention and decode step, as for packed GGUF weights
+    model.attach_runtime(PackedRuntime.build(model))
     return model

@@ -13,6 +13,9 @@ in `giraffe.formats.names` alone.
 `forward(ids, targets=None)` returns logits (B, T, V), or the mean cross-entropy when
 targets (aligned with ids: targets[t] is the token after ids[t], -100 = ignore) are given.
 Generation uses `hidden` + `head` to skip the vocabulary projection where it is not needed.
+A packed loader attaches a runtime (`attach_runtime`, giraffe.quant.runtime): `hidden`
+then offers each call to its compiled step first and hands each block its layer's fused
+kernels; `detach_runtime` takes it off, leaving the modules as the reference path.
 """
 
 from __future__ import annotations
@@ -58,14 +61,16 @@ class Block(nn.Module):
             self.attn_post_norm, self.mlp_post_norm = _norm(cfg), _norm(cfg)
         self.sandwich = cfg.sandwich_norm
 
-    def forward(self, x, rope, mask, causal, cache, layer, keep_weights=None):
-        a = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, keep_weights)
+    def forward(self, x, rope, mask, causal, cache, layer, keep_weights=None, fast=None):
+        """fast: this layer's packed kernels (giraffe.quant.runtime.LayerKernels) when the
+        model has a runtime attached; None = the modules alone."""
+        a = self.attn(self.attn_norm(x), rope, mask, causal, cache, layer, keep_weights, fast)
         if self.parallel:  # GPT-NeoX: both branches read the block's input
-            return x + a + self.mlp(self.mlp_norm(x))
+            return x + a + self.mlp(self.mlp_norm(x), fast)
         if self.sandwich:
             a = self.attn_post_norm(a)
         x = x + a
-        m = self.mlp(self.mlp_norm(x))
+        m = self.mlp(self.mlp_norm(x), fast)
         return x + (self.mlp_post_norm(m) if self.sandwich else m)
 
 
@@ -83,8 +88,7 @@ class Decoder(nn.Module):
         self.lm_head = (
             None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
-        # Optional compiled one-token step (giraffe.quant.decode_step); set by packed loaders.
-        self.fast_decode = None
+        self._runtime = None  # the packed fast path (attach_runtime); None = these modules alone
         if not self.embed.weight.is_meta:  # built on "meta" only to receive loaded weights
             self.apply(_init_weights)
 
@@ -114,16 +118,16 @@ class Decoder(nn.Module):
         attention_weights: pass a list to receive each layer's (B, H, T, S) weights
         (switches to the reference attention path; costs nothing when None).
         """
-        fast = self.fast_decode
-        if (
-            fast is not None
+        runtime = self._runtime
+        if (  # the fast path: the packed runtime's compiled step runs every layer at once
+            runtime is not None
             and cache is not None
             and key_mask is None
             and attention_weights is None
             # a cache that places each row's token itself (BatchView.slots) implies its mask
             and (attn_mask is None or hasattr(cache, "slots"))
         ):
-            h = fast(self, ids, cache, positions)  # None when it cannot take this call
+            h = runtime.decode(self, ids, cache, positions)  # None when it cannot take this call
             if h is not None:
                 return h
         B, T = ids.shape
@@ -150,10 +154,35 @@ class Decoder(nn.Module):
                 )
             mask, causal = masks[layer.window]
             rope = ropes.get(layer.local_rope)
-            x = layer(x, rope, mask, causal, cache, i, attention_weights)
+            # with a runtime, the block runs its fused packed products and compiled attention
+            fast = runtime.layers[i] if runtime is not None else None
+            x = layer(x, rope, mask, causal, cache, i, attention_weights, fast)
         if cache is not None:
             cache.advance(T)
         return self.norm(x)
+
+    @property
+    def runtime(self):
+        """The attached packed runtime (giraffe.quant.runtime.PackedRuntime), or None."""
+        return self._runtime
+
+    def attach_runtime(self, runtime) -> None:
+        """Run through a packed runtime built for this model's layers (replacing any other).
+
+        Its compiled step takes the calls it can; each block gets its layer's fused
+        products and compiled attention. Whoever replaces layers detaches it first."""
+        if len(runtime.layers) != len(self.layers):
+            raise ValueError(
+                f"this runtime was built for {len(runtime.layers)} layers, the model has "
+                f"{len(self.layers)}: build it for this model (PackedRuntime.build(model))"
+            )
+        self._runtime = runtime
+
+    def detach_runtime(self):
+        """Take the runtime off and return it (None if there was none): from now on the
+        model runs its plain modules, the reference path. Attach it again to go back."""
+        runtime, self._runtime = self._runtime, None
+        return runtime
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:

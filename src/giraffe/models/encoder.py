@@ -62,12 +62,12 @@ class MLMHead(nn.Module):
         super().__init__()
         C = cfg.hidden_size
         self.dense = nn.Linear(C, C)
-        self.act = ACTIVATIONS[cfg.activation]
+        self.activation = cfg.activation
         self.norm = make_norm(cfg.norm, C, cfg.norm_eps, cfg.norm_bias)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, h: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.act(self.dense(h)))  # (B, T, C)
+        h = self.norm(ACTIVATIONS[self.activation](self.dense(h)))  # (B, T, C)
         return F.linear(h, word_embeddings, self.bias)  # (B, T, V)
 
 

@@ -7,8 +7,10 @@ attend) or a float tensor added to the scores (T5's relative position bias, with
 where attention is not allowed). Options some families add: a per-head RMSNorm on q and
 k before RoPE (Qwen3, Gemma 3), a query scale other than 1/sqrt(d) (Gemma), and tanh
 soft-capping of the scores (Gemma 2), which the fused kernel lacks, so capped attention
-takes the written-out path. This module does not know where positions come from
-(it receives RoPE tables or a bias) or how a cache is laid out beyond `KVCache`.
+takes the written-out path. A model with packed weights may hand `forward` its layer's
+packed kernels (`fast`: q/k/v in one product, compiled causal attention), used in place of
+the projections and of torch's attention. This module does not know where positions come
+from (it receives RoPE tables or a bias) or how a cache is laid out beyond `KVCache`.
 """
 
 from __future__ import annotations
@@ -119,15 +121,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_heads * head_dim, dim, bias=out_bias)
-        # Optional single call computing (q, k, v); set by loaders of packed weights.
-        self.fused_qkv = None
-        # Optional compiled causal attention (q, k, v, scale, window) -> out or None;
-        # set by loaders of packed weights (giraffe.quant.kernels.attention_causal).
-        self.causal_kernel = None
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.fused_qkv is not None:
-            return self.fused_qkv(x)
+    def project_qkv(self, x: torch.Tensor, fast=None) -> tuple[torch.Tensor, ...]:
+        if fast is not None and fast.qkv is not None:
+            return fast.qkv(x)  # one packed product for all three
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(
@@ -139,9 +136,13 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         keep_weights: list | None = None,
+        fast=None,
     ) -> torch.Tensor:
+        """fast: a layer's packed kernels (`.qkv(x)` -> (q, k, v) or None, `.attention(q, k,
+        v, scale)` -> causal output or None; giraffe.quant.runtime.LayerKernels), handed
+        in by a model with a packed runtime; None = this module's own projections."""
         B, T, _ = x.shape
-        q, k, v = self.project_qkv(x)
+        q, k, v = self.project_qkv(x, fast)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -151,18 +152,18 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, Hkv, S, D), S = filled + T
-        return self.combine(q, k, v, mask, causal, keep_weights)
+        return self.combine(q, k, v, mask, causal, keep_weights, fast)
 
-    def combine(self, q, k, v, mask, causal, keep_weights=None) -> torch.Tensor:
+    def combine(self, q, k, v, mask, causal, keep_weights=None, fast=None) -> torch.Tensor:
         """Attention of q (B, H, T, D) over k, v (B, Hkv, S, D), heads joined, o_proj: (B, T, C)."""
         B, _, T, _ = q.shape
         out = None
         # mask None: a plain causal prompt, or one query that sees every cached key
         plain = mask is None and (causal or T == 1) and keep_weights is None
         plain = plain and self.softcap is None
-        if plain and self.causal_kernel is not None and not torch.is_grad_enabled():
+        if plain and fast is not None and not torch.is_grad_enabled():
             scale = 1 / math.sqrt(q.shape[-1]) if self.scale is None else self.scale
-            out = self.causal_kernel(q, k, v, scale, None)  # None when it cannot
+            out = fast.attention(q, k, v, scale)  # the compiled kernel; None when it cannot
         if out is not None:
             pass
         elif keep_weights is None:

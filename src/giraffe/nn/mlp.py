@@ -22,20 +22,22 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, kind: str, activation: str, bias: bool) -> None:
         super().__init__()
         self.gated = kind == "gated"
-        self.act = ACTIVATIONS[activation]
+        self.activation = activation
         if self.gated:
             self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
-        # Optional single call computing (gate, up); set by loaders of packed weights.
-        self.fused_gate_up = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:
-            gate, up = (
-                self.fused_gate_up(x)
-                if self.fused_gate_up
-                else (self.gate_proj(x), self.up_proj(x))
-            )
-            return self.down_proj(self.act(gate) * up)
-        return self.down_proj(self.act(self.up_proj(x)))
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.activation](x)
+
+    def forward(self, x: torch.Tensor, fast=None) -> torch.Tensor:
+        """fast: a layer's packed kernels (`.gate_up(x)` -> (gate, up) or None;
+        giraffe.quant.runtime.LayerKernels); None = this module's own projections."""
+        if not self.gated:
+            return self.down_proj(self.act(self.up_proj(x)))
+        if fast is not None and fast.gate_up is not None:
+            gate, up = fast.gate_up(x)  # one packed product for both
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)

@@ -230,16 +230,19 @@ class FastDecode:
         return step
 
     @staticmethod
-    def build(model) -> FastDecode | None:
-        """A FastDecode when every layer qualifies, else None."""
+    def build(model, fused: list) -> FastDecode | None:
+        """A FastDecode when every layer qualifies, else None.
+
+        fused: per layer, its fused packed products (`.qkv`, `.gate_up`: a FusedQuant or
+        None; giraffe.quant.runtime.LayerKernels); where None, the parts go side by side."""
         cfg = model.config
         if not cfg.compiled_block or kernels.decode_layer_function() is None:
             return None
         layers, extras = [], []
-        for block in model.layers:
+        for block, own in zip(model.layers, fused, strict=True):
             attn, mlp = block.attn, block.mlp
-            qkv = attn.fused_qkv or GroupParts.of([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up = mlp.fused_gate_up or GroupParts.of([mlp.gate_proj, mlp.up_proj])
+            qkv = own.qkv or GroupParts.of([attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = own.gate_up or GroupParts.of([mlp.gate_proj, mlp.up_proj])
             parts = [qkv, attn.o_proj, gate_up, mlp.down_proj]
             if not all(_packed(p) for p in parts):
                 return None

@@ -105,7 +105,8 @@ def prepare_qat(model: nn.Module, kind: str = "Q4_0", skip: tuple[str, ...] = ("
         module.__class__ = QATLinear  # same parameters and buffers: only forward changes
         module.kind = kind
         swapped += 1
-    _drop_fusions(model)
+    # A packed runtime (giraffe.quant.runtime) needs no change: it runs only packed
+    # layers, and the float nn.Linear layers swapped here always run as modules.
     return swapped
 
 
@@ -115,13 +116,3 @@ def strip_qat(model: nn.Module) -> None:
         if isinstance(module, QATLinear):
             module.__class__ = nn.Linear
             del module.kind
-
-
-def _drop_fusions(model: nn.Module) -> None:
-    # Fused packed projections would bypass the swapped layers (see giraffe.quant.linear).
-    for module in model.modules():
-        for attr in ("fused_qkv", "fused_gate_up"):
-            if getattr(module, attr, None) is not None:
-                setattr(module, attr, None)
-    if hasattr(model, "fast_decode"):
-        model.fast_decode = None

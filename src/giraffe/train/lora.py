@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from giraffe.formats.gguf_packed import fuse_projections
+from giraffe.models import Decoder
 from giraffe.quant.linear import QuantLinear
-from giraffe.quant.qat import _drop_fusions
+from giraffe.quant.runtime import PackedRuntime
 
 ALL_LINEAR = "all-linear"
 
@@ -223,16 +223,17 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     names = find_targets(model, cfg.targets)
     for p in model.parameters():
         p.requires_grad_(False)
+    # a packed runtime's fused products would bypass the wrappers: off while they go in
+    runtime = _detach_runtime(model)
     for name in names:
         owner, _, attr = name.rpartition(".")
         parent = model.get_submodule(owner)
         base = getattr(parent, attr)
         wrapper = LoraLinear(base, cfg.r, cfg.alpha, cfg.dropout)
         setattr(parent, attr, wrapper.train(base.training))  # an eval model stays in eval
-    _drop_fusions(model)  # fused packed q/k/v and the compiled decode step bypass the wrappers
     _set_packed_class(model, DifferentiableQuantLinear)
-    # rebuilt around the wrappers: the compiled step adds each adapter beside its product
-    _restore_fusions(model, [m.base for _, m in lora_layers(model)])
+    # built anew around the wrappers: the compiled step adds each adapter beside its product
+    _rebuild_runtime(model, runtime)
     return names
 
 
@@ -287,15 +288,21 @@ def strip_lora(model: nn.Module, merge: bool = True) -> nn.Module:
         merge_lora(model)
     else:
         unmerge_lora(model)
+    runtime = _detach_runtime(model)  # it holds the wrappers: built anew around the bases
     for name, m in layers:
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, m.base)
     _set_packed_class(model, QuantLinear)
-    _restore_fusions(model, [m.base for _, m in layers])
+    _rebuild_runtime(model, runtime)
     return model
 
 
-def _restore_fusions(model: nn.Module, bases: list[nn.Module]) -> None:
-    # A packed model loses its fused q/k/v and decode step to apply_lora; rebuild them.
-    if any(isinstance(b, QuantLinear) for b in bases) and hasattr(model, "fast_decode"):
-        fuse_projections(model)
+def _detach_runtime(model: nn.Module):
+    """The model's packed runtime, taken off (None: it has none; only a Decoder holds one)."""
+    return model.detach_runtime() if isinstance(model, Decoder) else None
+
+
+def _rebuild_runtime(model: nn.Module, runtime) -> None:
+    # A model that ran a packed runtime gets one built for its layers as they are now.
+    if runtime is not None:
+        model.attach_runtime(PackedRuntime.build(model))
