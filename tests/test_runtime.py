@@ -136,3 +136,18 @@ def test_a_runtime_built_for_another_model_is_refused(tmp_path):
     bigger = load_gguf(save_gguf(Decoder(other), tmp_path / "b.gguf", "q8_0"), packed=True)
     with pytest.raises(ValueError, match="built for 3 layers, the model has 2"):
         model.attach_runtime(bigger.runtime)
+
+
+def test_no_code_swaps_a_module_class():
+    """LoRA, QLoRA and QAT replace modules or wrap them; none reassigns `__class__`."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src" / "giraffe"
+    swaps = [
+        f"{path.relative_to(src)}:{n}"
+        for path in src.rglob("*.py")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\.__class__\s*=[^=]", line)
+    ]
+    assert swaps == []

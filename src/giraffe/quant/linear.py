@@ -47,6 +47,23 @@ def int8_activations() -> bool:
     return bool(kernels.int8_kinds())
 
 
+class _GradToInput(torch.autograd.Function):
+    """y = layer(x) computed without a graph; grad_x = grad_y @ W, W dequantized just then.
+
+    The packed weight is frozen, so no float copy of it lives between the passes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+        ctx.layer = layer
+        return layer(x)  # autograd is off inside: the fast kernels take it
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        w = ctx.layer.dequantized_weight().to(grad_y.dtype)  # (out, in)
+        return grad_y @ w, None
+
+
 class QuantLinear(nn.Module):
     def __init__(
         self, packed: torch.Tensor, kind: str, in_features: int, out_features: int, bias=None
@@ -104,9 +121,13 @@ class QuantLinear(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        # The weight is frozen, but an input may need its gradient (QLoRA: adapters below
+        # this layer learn through it): the product runs without a graph and the gradient
+        # to x is added by hand, with the weight dequantized only in the backward pass.
+        if not reference and torch.is_grad_enabled() and x.requires_grad:
+            return _GradToInput.apply(x, self)
         rows = x.numel() // self.in_features
-        # The compiled kernels record no autograd graph: inputs needing gradients go around.
-        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        needs_grad = torch.is_grad_enabled() and x.requires_grad  # reference with a graph
         float_input = x.dtype == torch.float32 and not reference and not needs_grad
         # int8 only for inference: training (QLoRA, QAT) keeps float activations
         inference = float_input and not torch.is_grad_enabled()

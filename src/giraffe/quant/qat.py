@@ -5,8 +5,9 @@ and back (Q8_0, Q4_0, Q4_1 - the same arithmetic as the `gguf` package's quantiz
 for bit, so a model trained this way and then written with `giraffe quantize` runs with
 exactly the weights it was trained with). Its gradient is the straight-through estimator
 (Bengio et al. 2013): rounding is treated as the identity on the way back.
-`prepare_qat(model, kind)` swaps `nn.Linear` layers for `QATLinear` (same parameters, same
-state-dict keys, so checkpoints and savers do not notice); `strip_qat` swaps them back.
+`prepare_qat(model, kind)` replaces `nn.Linear` layers by `QATLinear` holding the same
+Parameter objects (same state-dict keys, so checkpoints, savers and optimizers do not
+notice); `strip_qat` puts plain `nn.Linear` layers back around them.
 It knows nothing of training loops: an optimizer sees ordinary float parameters.
 """
 
@@ -81,38 +82,56 @@ _ROUNDERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1}
 class QATLinear(nn.Linear):
     """nn.Linear whose forward uses the fake-quantized weight (parameters unchanged)."""
 
-    kind: str = "Q4_0"
+    def __init__(self, linear: nn.Linear, kind: str) -> None:
+        """Take over `linear`'s own weight and bias (the same Parameter objects, so an
+        optimizer or state dict holding them sees no change)."""
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.kind = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, fake_quantize(self.weight, self.kind), self.bias)
+
+    def plain(self) -> nn.Linear:
+        """An nn.Linear holding the same weight and bias Parameters."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        linear.weight, linear.bias = self.weight, self.bias
+        return linear
 
 
 def prepare_qat(model: nn.Module, kind: str = "Q4_0", skip: tuple[str, ...] = ("head",)) -> int:
     """Make every nn.Linear (except names containing `skip` parts) quantization-aware.
 
-    Returns how many layers were swapped. Layers whose rows do not split into blocks of 32
+    Returns how many layers were replaced. Layers whose rows do not split into blocks of 32
     stay as they are (as `giraffe quantize` keeps them float).
     """
     kind = kind.upper()
     if kind not in QAT_KINDS:
         raise ValueError(f"quantization-aware training knows {', '.join(QAT_KINDS)}, not {kind}")
-    swapped = 0
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or any(s in name.split(".") for s in skip):
-            continue
-        if module.in_features % BLOCK:
-            continue
-        module.__class__ = QATLinear  # same parameters and buffers: only forward changes
-        module.kind = kind
-        swapped += 1
+    chosen = [
+        name
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear
+        and not any(s in name.split(".") for s in skip)
+        and module.in_features % BLOCK == 0
+    ]
+    for name in chosen:
+        _replace(model, name, lambda linear: QATLinear(linear, kind))
     # A packed runtime (giraffe.quant.runtime) needs no change: it runs only packed
-    # layers, and the float nn.Linear layers swapped here always run as modules.
-    return swapped
+    # layers, and the float nn.Linear layers replaced here always run as modules.
+    return len(chosen)
 
 
 def strip_qat(model: nn.Module) -> None:
     """Turn QATLinear layers back into nn.Linear (weights stay float; quantize them to deploy)."""
-    for module in model.modules():
-        if isinstance(module, QATLinear):
-            module.__class__ = nn.Linear
-            del module.kind
+    chosen = [name for name, m in model.named_modules() if isinstance(m, QATLinear)]
+    for name in chosen:
+        _replace(model, name, QATLinear.plain)
+
+
+def _replace(model: nn.Module, name: str, make) -> None:
+    owner, _, attr = name.rpartition(".")
+    parent = model.get_submodule(owner)
+    old = getattr(parent, attr)
+    setattr(parent, attr, make(old).train(old.training))

@@ -5,8 +5,8 @@ initialised as `nn.Linear` is (Kaiming-uniform, a = sqrt(5), as the LoRA paper's
 PEFT do) and B (out, r) zero, so a fresh adapter changes nothing. The base may be an
 `nn.Linear` or a packed `giraffe.quant.linear.QuantLinear` (QLoRA, Dettmers et al. 2023):
 its blocks stay packed, its forward keeps the fast kernel, and gradients reach earlier
-adapters through every packed layer (`DifferentiableQuantLinear`, whose backward
-dequantizes the weight on the fly instead of keeping a float copy).
+adapters through every packed layer (`QuantLinear` carries the gradient to its input,
+dequantizing the weight in the backward pass instead of keeping a float copy).
 
 `apply_lora` wraps layers by module-name suffix ("q_proj", "v_proj", ... or
 "all-linear": every projection inside the blocks, never the output head or a packed
@@ -61,45 +61,6 @@ class LoraConfig:
         return self.alpha / self.r
 
 
-class _PackedMatmul(torch.autograd.Function):
-    """x @ W^T (+ bias) through QuantLinear's own forward (the fast kernel has no autograd).
-
-    Backward gives grad_x = grad_y @ W with W dequantized just then and dropped after:
-    the packed weight is frozen, so no float copy needs to live between the passes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
-        ctx.layer = layer
-        return QuantLinear.forward(layer, x)
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        w = ctx.layer.dequantized_weight().to(grad_y.dtype)  # (out, in)
-        return grad_y @ w, None
-
-
-class DifferentiableQuantLinear(QuantLinear):
-    """A QuantLinear whose output keeps the graph back to its input.
-
-    Under QLoRA every packed layer needs this, wrapped or not: an adapter in layer 0
-    learns only if the gradient passes through every packed o_proj, MLP and the packed
-    output head above it. Same buffers and parameters as QuantLinear; only forward differs.
-    """
-
-    def forward(self, x: torch.Tensor, reference: bool = False) -> torch.Tensor:
-        if not reference and torch.is_grad_enabled() and x.requires_grad:
-            return _PackedMatmul.apply(x, self)
-        return super().forward(x, reference)
-
-
-def _set_packed_class(model: nn.Module, cls: type) -> None:
-    # Swapping __class__ (as giraffe.quant.qat does) keeps every buffer, name and fusion view.
-    for module in model.modules():
-        if isinstance(module, QuantLinear):
-            module.__class__ = cls
-
-
 class LoraLinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update (see the module docstring)."""
 
@@ -107,8 +68,6 @@ class LoraLinear(nn.Module):
         super().__init__()
         if not isinstance(base, (nn.Linear, QuantLinear)):
             raise TypeError(f"LoRA wraps nn.Linear or QuantLinear, not {type(base).__name__}")
-        if isinstance(base, QuantLinear):
-            base.__class__ = DifferentiableQuantLinear  # gradients to x through packed weights
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -231,7 +190,6 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
         base = getattr(parent, attr)
         wrapper = LoraLinear(base, cfg.r, cfg.alpha, cfg.dropout)
         setattr(parent, attr, wrapper.train(base.training))  # an eval model stays in eval
-    _set_packed_class(model, DifferentiableQuantLinear)
     # built anew around the wrappers: the compiled step adds each adapter beside its product
     _rebuild_runtime(model, runtime)
     return names
@@ -292,7 +250,6 @@ def strip_lora(model: nn.Module, merge: bool = True) -> nn.Module:
     for name, m in layers:
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, m.base)
-    _set_packed_class(model, QuantLinear)
     _rebuild_runtime(model, runtime)
     return model
 
