@@ -9,18 +9,23 @@ each is kept, since the machine is shared. Then, steadier on a busy machine, the
 time of one decode step and of its rows' masks measured back to back (`step_share`).
 Prints JSON with the ratios.
 
-    PYTHONPATH=src python bench/constrained.py [--model smollm2-135m-instruct] [--tokens 64]
+    PYTHONPATH=src python bench/constrained.py [--model smollm2-135m-instruct] [--tokens 64] [--out F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
+from pathlib import Path
 
 from giraffe.lm import load
 from giraffe.serve.scheduler import Job, Scheduler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine_facts  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -104,6 +109,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
     lm = load(args.model)
     prompt = lm.chat_ids([{"role": "user", "content": "Write a long story about a giraffe."}])
@@ -126,7 +132,10 @@ def main() -> None:
     for k in (1, args.streams):
         out[f"step_share_{k}"] = step_share(lm, k)
         print(f"step_share_{k}", json.dumps(out[f"step_share_{k}"]), flush=True)
+    out["machine"] = machine_facts()
     print(json.dumps(out))
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
