@@ -10,6 +10,7 @@ reproduces.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -19,9 +20,11 @@ from serve_process import running_server
 
 pytestmark = pytest.mark.slow
 
-# A tool call's `arguments` must be a JSON object written as a string, which a JSON
-# Schema cannot say of a string: schema-valid histories with other text are refused
-# (a 400 naming the field) on the two operations that take messages.
+# Schema-valid requests the server must still refuse, on the two operations that take
+# messages, because JSON Schema cannot say it: a tool call's `arguments` must be the JSON
+# text of an object (a string, only annotated with contentMediaType), and a conversation
+# must fit the context once the template has rendered it. Every other operation keeps
+# every check (docs/serving.md).
 CONFIG = """
 [[operations]]
 include-path = "/tokenize"
@@ -53,6 +56,64 @@ def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout  # it did run requests
+
+
+@pytest.fixture(scope="module")
+def model(url) -> str:
+    (name,) = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+    return name
+
+
+def test_the_document_states_this_servers_facts(url, model):
+    doc = httpx.get(url + "/openapi.json").json()
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    vocab = httpx.get(url + "/tokenizer_info").json()["model_vocab_size"]
+    completion, chat = schemas["CompletionRequest"], schemas["ChatRequest"]
+    assert (
+        completion["properties"]["model"]["enum"] == chat["properties"]["model"]["enum"] == [model]
+    )
+    budget = completion["properties"]["max_tokens"]  # --max-tokens-limit 8; OpenAI's 16 capped
+    assert (
+        budget["default"] == 8
+        and {"type": "integer", "minimum": 0, "maximum": 8} in budget["anyOf"]
+    )
+    # no FIM tokens in the tiny vocabulary: suffix may only be null
+    assert all(b["type"] == "null" for b in completion["properties"]["suffix"]["anyOf"])
+    keys = re.compile(chat["properties"]["logit_bias"]["anyOf"][0]["propertyNames"]["pattern"])
+    assert keys.match("0") and keys.match(str(vocab - 1)) and not keys.match(str(vocab))
+    assert not keys.match("07") and not keys.match("x")
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        assert "text/event-stream" in paths[path]["post"]["responses"]["200"]["content"]
+
+
+def test_completions_default_max_tokens_stays_within_the_limit(url, model):
+    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": "The giraffe"})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 8
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_either_token_budget_over_the_limit_is_a_400_naming_it(url, model, field):
+    other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], field: 9, other: 2}
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field
+
+
+def test_echo_scores_a_one_token_prompt(url, model):
+    body = {"model": model, "prompt": [5], "echo": True, "logprobs": 0, "max_tokens": 0}
+    r = httpx.post(url + "/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["logprobs"]["token_logprobs"] == [None]
+
+
+def test_tool_call_arguments_that_are_not_a_json_object_are_a_400(url):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]}]  # fmt: skip
+    r = httpx.post(url + "/tokenize", json={"messages": messages})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_tokenize_null_text_and_empty_messages_is_a_400(url):

@@ -77,14 +77,13 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    vocab = min(server.lm.tokenizer.vocab_size, server.lm.config.vocab_size)
-    _document_errors(app, settings.api_key is not None, vocab)
+    _document_errors(app, settings.api_key is not None, _server_facts(server))
     return app
 
 
-def _document_errors(app: FastAPI, keyed: bool, vocab: int) -> None:
+def _document_errors(app: FastAPI, keyed: bool, facts: dict) -> None:
     """/openapi.json lists the status codes each route really answers, not FastAPI's 422,
-    and the token-id bound of this model's vocabulary."""
+    and this server's facts (`_server_facts`)."""
     build = app.openapi
 
     def openapi() -> dict:
@@ -103,22 +102,96 @@ def _document_errors(app: FastAPI, keyed: bool, vocab: int) -> None:
             for op in operations.values():
                 op["responses"].pop("422", None)
                 op["responses"].update(error_responses(codes))
-        _bound_token_ids(components, vocab)
+        _fill_facts(components, facts)
         return schema
 
     app.openapi = openapi
 
 
-def _bound_token_ids(node, vocab: int) -> None:
-    """Every schema marked x-token-id gets maximum vocab - 1 (the server refuses larger)."""
-    if isinstance(node, dict):
-        if node.pop("x-token-id", False):
-            node["maximum"] = vocab - 1
-        for value in node.values():
-            _bound_token_ids(value, vocab)
-    elif isinstance(node, list):
+def _server_facts(server: Server) -> dict:
+    """What this server's document states that a static schema cannot: see schema.py."""
+    vocab = min(server.lm.tokenizer.vocab_size, server.lm.config.vocab_size)
+    return {
+        "x-token-id": {"maximum": vocab - 1},  # the server refuses larger ids
+        "x-token-key": {"pattern": decimal_range(vocab - 1)},  # the same ids as JSON keys
+        "x-max-tokens": {"maximum": server.settings.max_tokens_limit},
+        "x-model": {"chat": [server.model_id], "embedding": [server.embed_id]},
+        "x-fim": server.lm.fim_style is not None,
+        "x-queue": server.settings.max_queue,  # prompts x n of one request, at most
+    }
+
+
+def _fill_facts(node, facts: dict) -> None:
+    """Fill in the server's facts where schema.py marked them (x-... keys, removed)."""
+    if isinstance(node, list):
         for value in node:
-            _bound_token_ids(value, vocab)
+            _fill_facts(value, facts)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.pop("x-token-id", False):
+        node.update(facts["x-token-id"])
+    if node.pop("x-token-key", False):
+        node.update(facts["x-token-key"])
+    if node.pop("x-max-tokens", False):
+        node.update(facts["x-max-tokens"])
+    kind = node.pop("x-model", None)
+    if kind is not None and None not in facts["x-model"][kind]:
+        node["enum"] = facts["x-model"][kind]  # another name is a 404 model_not_found
+    if node.pop("x-queue", False):
+        node["maximum"] = min(int(node["maximum"]), facts["x-queue"])
+    if node.pop("x-prompts", False):
+        node["allOf"] = node.get("allOf", []) + prompts_per_n(facts["x-queue"], node)
+    if node.pop("x-fim", False) and not facts["x-fim"]:
+        node.clear()  # this model has no FIM tokens: suffix may only be null
+        node.update(type="null", description="this model has no fill-in-the-middle tokens")
+    for value in node.values():
+        _fill_facts(value, facts)
+    _cap_default(node, facts["x-max-tokens"]["maximum"])
+
+
+def prompts_per_n(queue: int, request: dict) -> list[dict]:
+    """if/then rules: with n >= k, a list of prompts holds at most queue // k of them (a list
+    of token ids is one prompt)."""
+    top = min(int(request["properties"]["n"]["maximum"]), queue)
+    rules, last = [], None
+    for k in range(1, top + 1):
+        most = queue // k
+        if most == last:
+            continue
+        last = most
+        prompts = {"anyOf": [
+            {"type": "string"}, {"type": "array", "items": {"type": "integer"}},
+            {"type": "array", "maxItems": most},
+        ]}  # fmt: skip
+        rule = {"properties": {"prompt": prompts}}  # n = 1 (the default) needs no if
+        if k > 1:
+            rule = {"if": {"required": ["n"], "properties": {"n": {"minimum": k}}}, "then": rule}
+        rules.append(rule)
+    return rules
+
+
+def decimal_range(top: int) -> str:
+    """A regular expression for the decimal numbers 0..top, no leading zeros."""
+    digits = str(top)
+    alternatives = ["0"] + [f"[1-9][0-9]{{{n}}}" for n in range(len(digits) - 1)]
+    for i, d in enumerate(digits):  # same prefix as top, a smaller digit here, any digits after
+        low, high, rest = (1 if i == 0 else 0), int(d) - 1, len(digits) - i - 1
+        if high >= low:
+            alternatives.append(
+                f"{digits[:i]}[{low}-{high}]" + (f"[0-9]{{{rest}}}" if rest else "")
+            )
+    alternatives.append(digits)
+    return "^(" + "|".join(dict.fromkeys(alternatives)) + ")$"
+
+
+def _cap_default(node: dict, limit: int) -> None:
+    """A max_tokens default (16 on /v1/completions) above --max-tokens-limit becomes the limit,
+    as the route does."""
+    branches = node.get("anyOf", ())
+    bounded = any(b.get("maximum") == limit for b in branches if isinstance(b, dict))
+    if bounded and isinstance(node.get("default"), int) and node["default"] > limit:
+        node["default"] = limit
 
 
 def _model_routes(app: FastAPI, server: Server, guarded) -> None:

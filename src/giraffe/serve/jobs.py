@@ -87,6 +87,14 @@ class JobGroup:
     ):
         """param: the request field the prompts came from, named when one is refused."""
         self.param = param
+        limit = server.settings.max_queue
+        if len(prompts) * n > limit:  # it could never be queued whole: not a busy server's 503
+            raise APIError(
+                400,
+                f"this request asks for {len(prompts) * n} completions ({len(prompts)} prompts x "
+                f"n={n}); this server takes at most {limit} at once (--max-queue)",
+                "n" if n > 1 else param,
+            )
         self.outbox = server.outbox(asyncio.get_running_loop())
         self.queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         self.scheduler = server.scheduler
