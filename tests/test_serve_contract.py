@@ -3,9 +3,10 @@
 The server (a tiny random model, answers of at most 8 tokens) must answer every
 generated request, valid or not, without a 5xx and as its document says: only
 documented status codes and fields, schema-valid requests accepted, schema-invalid
-ones refused, undeclared methods a 405 with the right `Allow` header. The run is
-bounded by examples per operation and by time; its seed is fixed so a failure
-reproduces.
+ones refused, undeclared methods a 405 with the right `Allow` header. The document
+names the served model, so the generated requests reach generation. The run is bounded
+by examples per operation and by time; its seed is fixed so a failure reproduces. The
+other tests check, one request each, what the runs found.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ pytestmark = pytest.mark.slow
 
 # Schema-valid requests the server must still refuse, on the two operations that take
 # messages, because JSON Schema cannot say it: a tool call's `arguments` must be the JSON
-# text of an object (a string, only annotated with contentMediaType), and a conversation
-# must fit the context once the template has rendered it. Every other operation keeps
-# every check (docs/serving.md).
+# text of an object (a string, only annotated with contentMediaType), a conversation must
+# fit the context once the template has rendered it, tool names must be unique and a
+# named tool_choice must name one of them. Every other operation keeps every check, the
+# field combinations the server refuses being if/then rules of its document
+# (docs/serving.md).
 CONFIG = """
 [[operations]]
 include-path = "/tokenize"
@@ -48,7 +51,7 @@ def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
-        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "10",
+        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50",
         "--max-time", "120", "--phases", "examples,coverage,fuzzing", "--seed", "17",
         "--continue-on-failure",  # every check: schemathesis 4 runs all by default
         "--report-dir", str(tmp_path / "report"),
@@ -98,6 +101,22 @@ def test_either_token_budget_over_the_limit_is_a_400_naming_it(url, model, field
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], field: 9, other: 2}
     r = httpx.post(url + "/v1/chat/completions", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == field
+
+
+def test_more_completions_than_the_queue_takes_is_a_400_its_document_foretells(url, model):
+    """6 prompts x n=12 = 72 > --max-queue (64): it could never be queued, so not a 503."""
+    body = {"model": model, "prompt": ["a"] * 6, "n": 12, "max_tokens": 1}
+    r = httpx.post(url + "/v1/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
+    most = [  # the prompt-list bound of every rule that holds when n = 12
+        branch["maxItems"]
+        for rule in schema["allOf"]
+        if rule.get("if", {}).get("properties", {}).get("n", {"minimum": 0})["minimum"] <= 12
+        for branch in rule.get("then", rule)["properties"].get("prompt", {}).get("anyOf", ())
+        if "maxItems" in branch
+    ]
+    assert min(most) == 64 // 12
 
 
 def test_echo_scores_a_one_token_prompt(url, model):

@@ -3,8 +3,8 @@
 `create_app(Server(...))` installs the error handlers, the body limit, CORS and the API
 key, and the routes: /v1/models, /v1/chat/completions and /v1/completions
 (completions.py), /v1/embeddings, /tokenize, /detokenize, /tokenizer_info,
-/inside/{view}, /health, the knowledge base at /documents (documents.py), and the page
-at /. Model work runs on the scheduler's thread (`scheduler.call` or jobs.py). It does
+/inside/{view}, /health, the knowledge base at /documents (documents.py), the page
+at /, and /openapi.json (openapi.py). Model work runs on the scheduler's thread (`scheduler.call` or jobs.py). It does
 not know sampling, attention or how updates reach the event loop.
 """
 
@@ -24,23 +24,18 @@ from giraffe.serve import responses as R
 from giraffe.serve.completions import completion_routes
 from giraffe.serve.documents import document_routes
 from giraffe.serve.errors import (
-    ERROR_SCHEMA,
     APIError,
     BodyLimit,
     check_api_key,
-    error_responses,
     install_error_handlers,
     user_errors,
 )
+from giraffe.serve.openapi import install_document
 from giraffe.serve.schema import DetokenizeRequest, EmbeddingRequest, InsideRequest, TokenizeRequest
 from giraffe.serve.state import Server, model_card
 
 STATIC = Path(__file__).parent / "static"
 MAX_INSIDE_TOKENS = 400  # attention maps of every layer and head grow with the square
-# Status codes beyond 400/413/500 (any route) and 401 (any guarded route, with --api-key)
-NOT_FOUND = ("/v1/models/{model_id}", "/v1/chat/completions", "/v1/completions",
-             "/v1/embeddings", "/inside/{view}", "/documents")  # fmt: skip
-QUEUED = ("/v1/chat/completions", "/v1/completions", "/documents/ask")  # 503 and 504
 
 
 def create_app(server: Server) -> FastAPI:
@@ -77,121 +72,8 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _document_errors(app, settings.api_key is not None, _server_facts(server))
+    install_document(app, server)
     return app
-
-
-def _document_errors(app: FastAPI, keyed: bool, facts: dict) -> None:
-    """/openapi.json lists the status codes each route really answers, not FastAPI's 422,
-    and this server's facts (`_server_facts`)."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
-        components["Error"] = ERROR_SCHEMA
-        for path, operations in schema["paths"].items():
-            codes = {400, 413, 500}
-            codes |= {401} if keyed and path != "/health" else set()
-            codes |= {404} if path.startswith(NOT_FOUND) else set()
-            codes |= {503, 504} if path in QUEUED else set()
-            for op in operations.values():
-                op["responses"].pop("422", None)
-                op["responses"].update(error_responses(codes))
-        _fill_facts(components, facts)
-        return schema
-
-    app.openapi = openapi
-
-
-def _server_facts(server: Server) -> dict:
-    """What this server's document states that a static schema cannot: see schema.py."""
-    vocab = min(server.lm.tokenizer.vocab_size, server.lm.config.vocab_size)
-    return {
-        "x-token-id": {"maximum": vocab - 1},  # the server refuses larger ids
-        "x-token-key": {"pattern": decimal_range(vocab - 1)},  # the same ids as JSON keys
-        "x-max-tokens": {"maximum": server.settings.max_tokens_limit},
-        "x-model": {"chat": [server.model_id], "embedding": [server.embed_id]},
-        "x-fim": server.lm.fim_style is not None,
-        "x-queue": server.settings.max_queue,  # prompts x n of one request, at most
-    }
-
-
-def _fill_facts(node, facts: dict) -> None:
-    """Fill in the server's facts where schema.py marked them (x-... keys, removed)."""
-    if isinstance(node, list):
-        for value in node:
-            _fill_facts(value, facts)
-        return
-    if not isinstance(node, dict):
-        return
-    if node.pop("x-token-id", False):
-        node.update(facts["x-token-id"])
-    if node.pop("x-token-key", False):
-        node.update(facts["x-token-key"])
-    if node.pop("x-max-tokens", False):
-        node.update(facts["x-max-tokens"])
-    kind = node.pop("x-model", None)
-    if kind is not None and None not in facts["x-model"][kind]:
-        node["enum"] = facts["x-model"][kind]  # another name is a 404 model_not_found
-    if node.pop("x-queue", False):
-        node["maximum"] = min(int(node["maximum"]), facts["x-queue"])
-    if node.pop("x-prompts", False):
-        node["allOf"] = node.get("allOf", []) + prompts_per_n(facts["x-queue"], node)
-    if node.pop("x-fim", False) and not facts["x-fim"]:
-        node.clear()  # this model has no FIM tokens: suffix may only be null
-        node.update(type="null", description="this model has no fill-in-the-middle tokens")
-    for value in node.values():
-        _fill_facts(value, facts)
-    _cap_default(node, facts["x-max-tokens"]["maximum"])
-
-
-def prompts_per_n(queue: int, request: dict) -> list[dict]:
-    """if/then rules: with n >= k, a list of prompts holds at most queue // k of them (a list
-    of token ids is one prompt)."""
-    top = min(int(request["properties"]["n"]["maximum"]), queue)
-    rules, last = [], None
-    for k in range(1, top + 1):
-        most = queue // k
-        if most == last:
-            continue
-        last = most
-        prompts = {"anyOf": [
-            {"type": "string"}, {"type": "array", "items": {"type": "integer"}},
-            {"type": "array", "maxItems": most},
-        ]}  # fmt: skip
-        rule = {"properties": {"prompt": prompts}}  # n = 1 (the default) needs no if
-        if k > 1:
-            rule = {"if": {"required": ["n"], "properties": {"n": {"minimum": k}}}, "then": rule}
-        rules.append(rule)
-    return rules
-
-
-def decimal_range(top: int) -> str:
-    """A regular expression for the decimal numbers 0..top, no leading zeros."""
-    digits = str(top)
-    alternatives = ["0"] + [f"[1-9][0-9]{{{n}}}" for n in range(len(digits) - 1)]
-    for i, d in enumerate(digits):  # same prefix as top, a smaller digit here, any digits after
-        low, high, rest = (1 if i == 0 else 0), int(d) - 1, len(digits) - i - 1
-        if high >= low:
-            alternatives.append(
-                f"{digits[:i]}[{low}-{high}]" + (f"[0-9]{{{rest}}}" if rest else "")
-            )
-    alternatives.append(digits)
-    return "^(" + "|".join(dict.fromkeys(alternatives)) + ")$"
-
-
-def _cap_default(node: dict, limit: int) -> None:
-    """A max_tokens default (16 on /v1/completions) above --max-tokens-limit becomes the limit,
-    as the route does."""
-    branches = node.get("anyOf", ())
-    bounded = any(b.get("maximum") == limit for b in branches if isinstance(b, dict))
-    if bounded and isinstance(node.get("default"), int) and node["default"] > limit:
-        node["default"] = limit
 
 
 def _model_routes(app: FastAPI, server: Server, guarded) -> None:

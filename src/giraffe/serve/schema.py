@@ -45,9 +45,9 @@ def integer(**bounds):
 
 
 JSONInt = integer()  # no strings, no 1.5
-# Facts of the running server that the published document states (app.py fills them in
-# when it builds /openapi.json): the vocabulary's last id, --max-tokens-limit, the model's
-# name, whether it has fill-in-the-middle tokens.
+# Facts of the running server that the published document states (openapi.py fills them
+# in): the vocabulary's last id, --max-tokens-limit, the model's name, --max-queue,
+# whether it has fill-in-the-middle tokens.
 TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
 MaxTokens = integer(ge=1, json_schema_extra={"x-max-tokens": True})
 ModelName = Annotated[StrictStr, Field(json_schema_extra={"x-model": "chat"})]
@@ -58,7 +58,7 @@ LogitBias = Annotated[
     dict[TokenKey, Bias],
     WithJsonSchema({
         "type": "object",
-        "propertyNames": {"type": "string", "x-token-key": True},  # app.py: ids of this vocabulary
+        "propertyNames": {"type": "string", "x-token-key": True},  # openapi.py: ids of this vocabulary
         "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
     }),
 ]  # fmt: skip
@@ -78,7 +78,7 @@ class SamplingFields(BaseModel):
     model: ModelName
     temperature: bounded("temperature") | None = None
     top_p: bounded("top_p") | None = None
-    n: integer(ge=1, le=16, json_schema_extra={"x-queue": True}) = 1  # app.py: <= --max-queue
+    n: integer(ge=1, le=16, json_schema_extra={"x-queue": True}) = 1  # openapi.py: <= --max-queue
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
@@ -279,7 +279,7 @@ PromptIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    # x-prompts: app.py adds how many prompts each n allows (prompts x n <= --max-queue)
+    # x-prompts: openapi.py adds how many prompts each n allows (prompts x n <= --max-queue)
     model_config = ConfigDict(json_schema_extra={"allOf": [BEAMS, FIM_NEEDS], "x-prompts": True})
 
     prompt: (
@@ -289,7 +289,10 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[PromptIds], Field(min_length=1)]
     )
     # OpenAI's default is 16; the route lowers it to --max-tokens-limit when that is smaller
-    max_tokens: integer(ge=0, json_schema_extra={"x-max-tokens": True}) | None = 16
+    max_tokens: Annotated[
+        integer(ge=0, json_schema_extra={"x-max-tokens": True}) | None,
+        Field(json_schema_extra={"x-default-within-limit": True}),
+    ] = 16
     logprobs: bounded("top_logprobs", JSONInt) | None = None
     echo: StrictBool = False
     suffix: Annotated[StrictStr, Field(json_schema_extra={"x-fim": True})] | None = None
