@@ -105,9 +105,10 @@ def test_either_token_budget_over_the_limit_is_a_400_naming_it(url, model, field
 
 def test_more_completions_than_the_queue_takes_is_a_400_its_document_foretells(url, model):
     """6 prompts x n=12 = 72 > --max-queue (64): it could never be queued, so not a 503."""
-    body = {"model": model, "prompt": ["a"] * 6, "n": 12, "max_tokens": 1}
-    r = httpx.post(url + "/v1/completions", json=body)
-    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    for scored_only in ({"max_tokens": 1}, {"max_tokens": 0, "echo": True, "logprobs": 0}):
+        body = {"model": model, "prompt": ["a"] * 6, "n": 12, **scored_only}
+        r = httpx.post(url + "/v1/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
     most = [  # the prompt-list bound of every rule that holds when n = 12
         branch["maxItems"]
@@ -117,6 +118,15 @@ def test_more_completions_than_the_queue_takes_is_a_400_its_document_foretells(u
         if "maxItems" in branch
     ]
     assert min(most) == 64 // 12
+
+
+def test_seed_is_an_int64(url, model):
+    """A seed beyond int64 (OpenAI's bound) was a 500 from torch; each end of the range works."""
+    body = {"model": model, "prompt": "a", "max_tokens": 2, "n": 2, "temperature": 1.0}
+    for seed, status in ((-(2**63), 200), (2**63 - 1, 200), (2**63, 400), (-(10**22), 400)):
+        r = httpx.post(url + "/v1/completions", json=body | {"seed": seed})
+        assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == "seed"
 
 
 def test_echo_scores_a_one_token_prompt(url, model):

@@ -19,7 +19,7 @@ from giraffe.generate.params import DecodingConfig
 from giraffe.serve import responses as R
 from giraffe.serve import tools as T
 from giraffe.serve.errors import APIError, user_errors
-from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, decoding_for, sse
+from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, check_size, decoding_for, sse
 from giraffe.serve.schema import ChatRequest, CompletionRequest
 from giraffe.serve.state import Server
 
@@ -71,6 +71,7 @@ def completion_routes(server: Server, guarded) -> APIRouter:
         cfg = decoding_for(server, body)
         with user_errors("prompt"):
             prompts = _prompt_ids(lm, body)
+        check_size(server, len(prompts), body.n, "prompt")  # scored only (max_tokens 0) too
         scored = None
         if body.echo and body.logprobs is not None:
             k = body.logprobs
