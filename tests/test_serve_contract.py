@@ -51,7 +51,7 @@ def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
-        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50",
+        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50", "--request-timeout", "60",
         "--max-time", "120", "--phases", "examples,coverage,fuzzing", "--seed", "17",
         "--continue-on-failure",  # every check: schemathesis 4 runs all by default
         "--report-dir", str(tmp_path / "report"),
@@ -143,6 +143,20 @@ def test_tool_call_arguments_that_are_not_a_json_object_are_a_400(url):
     r = httpx.post(url + "/tokenize", json={"messages": messages})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert "not valid JSON" in r.json()["error"]["message"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by schemathesis: 5e-324 is 0 in float32, and generate.samplers."
+    "apply_repetition_penalty multiplies the grammar mask's -inf by it (NaN); the fix belongs "
+    "to the generation core - remove this mark with it",
+)
+def test_a_tiny_repetition_penalty_with_a_grammar_is_no_500(url, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 0, "response_format": {"type": "json_object"},
+            "repetition_penalty": 5e-324}  # fmt: skip
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
 
 
 def test_tokenize_null_text_and_empty_messages_is_a_400(url):
