@@ -154,7 +154,7 @@ BAD_REQUESTS = [
     ("unsupported schema keyword", "/v1/chat/completions", {"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}, 400, "response_format"),
     ("unsatisfiable schema", "/v1/chat/completions", {"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 5, "maximum": 2}}}}, 400, "response_format"),
     ("tool_choice without tools", "/v1/chat/completions", {"model": MODEL, "messages": QUESTION, "tool_choice": "required"}, 400, "tool_choice"),
-    ("suffix without FIM tokens", "/v1/completions", {"model": MODEL, "prompt": "def f(", "suffix": "\n"}, 400, "prompt"),
+    ("suffix without FIM tokens", "/v1/completions", {"model": MODEL, "prompt": "def f(", "suffix": "\n"}, 400, "suffix"),
     ("empty embedding input", "/v1/embeddings", {"model": EMBED, "input": []}, 400, "input"),
     ("token id out of range", "/detokenize", {"tokens": [10**9]}, 400, "tokens"),
     ("no such endpoint", "/v1/engines", {}, 404, None),

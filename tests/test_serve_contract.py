@@ -3,13 +3,15 @@
 The server (a tiny random model, answers of at most 8 tokens) must answer every
 generated request, valid or not, without a 5xx and as its document says: only
 documented status codes and fields, schema-valid requests accepted, schema-invalid
-ones refused, undeclared methods a 405 with the right `Allow` header. The run is
-bounded by examples per operation and by time; its seed is fixed so a failure
-reproduces.
+ones refused, undeclared methods a 405 with the right `Allow` header. The document
+names the served model, so the generated requests reach generation. The run is bounded
+by examples per operation and by time; its seed is fixed so a failure reproduces. The
+other tests check, one request each, what the runs found.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -19,9 +21,13 @@ from serve_process import running_server
 
 pytestmark = pytest.mark.slow
 
-# A tool call's `arguments` must be a JSON object written as a string, which a JSON
-# Schema cannot say of a string: schema-valid histories with other text are refused
-# (a 400 naming the field) on the two operations that take messages.
+# Schema-valid requests the server must still refuse, on the two operations that take
+# messages, because JSON Schema cannot say it: a tool call's `arguments` must be the JSON
+# text of an object (a string, only annotated with contentMediaType), a conversation must
+# fit the context once the template has rendered it, tool names must be unique and a
+# named tool_choice must name one of them. Every other operation keeps every check, the
+# field combinations the server refuses being if/then rules of its document
+# (docs/serving.md).
 CONFIG = """
 [[operations]]
 include-path = "/tokenize"
@@ -45,7 +51,7 @@ def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
-        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "10",
+        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50", "--request-timeout", "60",
         "--max-time", "120", "--phases", "examples,coverage,fuzzing", "--seed", "17",
         "--continue-on-failure",  # every check: schemathesis 4 runs all by default
         "--report-dir", str(tmp_path / "report"),
@@ -53,6 +59,104 @@ def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout  # it did run requests
+
+
+@pytest.fixture(scope="module")
+def model(url) -> str:
+    (name,) = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+    return name
+
+
+def test_the_document_states_this_servers_facts(url, model):
+    doc = httpx.get(url + "/openapi.json").json()
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    vocab = httpx.get(url + "/tokenizer_info").json()["model_vocab_size"]
+    completion, chat = schemas["CompletionRequest"], schemas["ChatRequest"]
+    assert (
+        completion["properties"]["model"]["enum"] == chat["properties"]["model"]["enum"] == [model]
+    )
+    budget = completion["properties"]["max_tokens"]  # --max-tokens-limit 8; OpenAI's 16 capped
+    assert (
+        budget["default"] == 8
+        and {"type": "integer", "minimum": 0, "maximum": 8} in budget["anyOf"]
+    )
+    # no FIM tokens in the tiny vocabulary: suffix may only be null
+    assert all(b["type"] == "null" for b in completion["properties"]["suffix"]["anyOf"])
+    keys = re.compile(chat["properties"]["logit_bias"]["anyOf"][0]["propertyNames"]["pattern"])
+    assert keys.match("0") and keys.match(str(vocab - 1)) and not keys.match(str(vocab))
+    assert not keys.match("07") and not keys.match("x")
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        assert "text/event-stream" in paths[path]["post"]["responses"]["200"]["content"]
+
+
+def test_completions_default_max_tokens_stays_within_the_limit(url, model):
+    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": "The giraffe"})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 8
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_either_token_budget_over_the_limit_is_a_400_naming_it(url, model, field):
+    other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], field: 9, other: 2}
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field
+
+
+def test_more_completions_than_the_queue_takes_is_a_400_its_document_foretells(url, model):
+    """6 prompts x n=12 = 72 > --max-queue (64): it could never be queued, so not a 503."""
+    for scored_only in ({"max_tokens": 1}, {"max_tokens": 0, "echo": True, "logprobs": 0}):
+        body = {"model": model, "prompt": ["a"] * 6, "n": 12, **scored_only}
+        r = httpx.post(url + "/v1/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]["CompletionRequest"]
+    most = [  # the prompt-list bound of every rule that holds when n = 12
+        branch["maxItems"]
+        for rule in schema["allOf"]
+        if rule.get("if", {}).get("properties", {}).get("n", {"minimum": 0})["minimum"] <= 12
+        for branch in rule.get("then", rule)["properties"].get("prompt", {}).get("anyOf", ())
+        if "maxItems" in branch
+    ]
+    assert min(most) == 64 // 12
+
+
+def test_seed_is_an_int64(url, model):
+    """A seed beyond int64 (OpenAI's bound) was a 500 from torch; each end of the range works."""
+    body = {"model": model, "prompt": "a", "max_tokens": 2, "n": 2, "temperature": 1.0}
+    for seed, status in ((-(2**63), 200), (2**63 - 1, 200), (2**63, 400), (-(10**22), 400)):
+        r = httpx.post(url + "/v1/completions", json=body | {"seed": seed})
+        assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == "seed"
+
+
+def test_echo_scores_a_one_token_prompt(url, model):
+    body = {"model": model, "prompt": [5], "echo": True, "logprobs": 0, "max_tokens": 0}
+    r = httpx.post(url + "/v1/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["logprobs"]["token_logprobs"] == [None]
+
+
+def test_tool_call_arguments_that_are_not_a_json_object_are_a_400(url):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]}]  # fmt: skip
+    r = httpx.post(url + "/tokenize", json={"messages": messages})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "not valid JSON" in r.json()["error"]["message"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by schemathesis: 5e-324 is 0 in float32, and generate.samplers."
+    "apply_repetition_penalty multiplies the grammar mask's -inf by it (NaN); the fix belongs "
+    "to the generation core - remove this mark with it",
+)
+def test_a_tiny_repetition_penalty_with_a_grammar_is_no_500(url, model):
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "temperature": 0, "response_format": {"type": "json_object"},
+            "repetition_penalty": 5e-324}  # fmt: skip
+    r = httpx.post(url + "/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
 
 
 def test_tokenize_null_text_and_empty_messages_is_a_400(url):

@@ -100,7 +100,7 @@ class LanguageModel:
         harnesses ask for: (logprob, [(id, logprob)] * top) per token, (None, None) first."""
         logp = self.logits(ids).log_softmax(dim=-1)  # (T, V): row t predicts token t + 1
         out: list[tuple] = [(None, None)]
-        targets = torch.tensor(list(ids[1:]))
+        targets = torch.tensor(list(ids[1:]), dtype=torch.long)  # may be empty: one token
         chosen = logp[torch.arange(len(ids) - 1), targets].tolist()
         best = logp[:-1].topk(top, dim=-1) if top > 0 else None
         for t, lp in enumerate(chosen):

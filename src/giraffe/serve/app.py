@@ -3,8 +3,8 @@
 `create_app(Server(...))` installs the error handlers, the body limit, CORS and the API
 key, and the routes: /v1/models, /v1/chat/completions and /v1/completions
 (completions.py), /v1/embeddings, /tokenize, /detokenize, /tokenizer_info,
-/inside/{view}, /health, the knowledge base at /documents (documents.py), and the page
-at /. Model work runs on the scheduler's thread (`scheduler.call` or jobs.py). It does
+/inside/{view}, /health, the knowledge base at /documents (documents.py), the page
+at /, and /openapi.json (openapi.py). Model work runs on the scheduler's thread (`scheduler.call` or jobs.py). It does
 not know sampling, attention or how updates reach the event loop.
 """
 
@@ -24,23 +24,18 @@ from giraffe.serve import responses as R
 from giraffe.serve.completions import completion_routes
 from giraffe.serve.documents import document_routes
 from giraffe.serve.errors import (
-    ERROR_SCHEMA,
     APIError,
     BodyLimit,
     check_api_key,
-    error_responses,
     install_error_handlers,
     user_errors,
 )
+from giraffe.serve.openapi import install_document
 from giraffe.serve.schema import DetokenizeRequest, EmbeddingRequest, InsideRequest, TokenizeRequest
 from giraffe.serve.state import Server, model_card
 
 STATIC = Path(__file__).parent / "static"
 MAX_INSIDE_TOKENS = 400  # attention maps of every layer and head grow with the square
-# Status codes beyond 400/413/500 (any route) and 401 (any guarded route, with --api-key)
-NOT_FOUND = ("/v1/models/{model_id}", "/v1/chat/completions", "/v1/completions",
-             "/v1/embeddings", "/inside/{view}", "/documents")  # fmt: skip
-QUEUED = ("/v1/chat/completions", "/v1/completions", "/documents/ask")  # 503 and 504
 
 
 def create_app(server: Server) -> FastAPI:
@@ -77,48 +72,8 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    vocab = min(server.lm.tokenizer.vocab_size, server.lm.config.vocab_size)
-    _document_errors(app, settings.api_key is not None, vocab)
+    install_document(app, server)
     return app
-
-
-def _document_errors(app: FastAPI, keyed: bool, vocab: int) -> None:
-    """/openapi.json lists the status codes each route really answers, not FastAPI's 422,
-    and the token-id bound of this model's vocabulary."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
-        components["Error"] = ERROR_SCHEMA
-        for path, operations in schema["paths"].items():
-            codes = {400, 413, 500}
-            codes |= {401} if keyed and path != "/health" else set()
-            codes |= {404} if path.startswith(NOT_FOUND) else set()
-            codes |= {503, 504} if path in QUEUED else set()
-            for op in operations.values():
-                op["responses"].pop("422", None)
-                op["responses"].update(error_responses(codes))
-        _bound_token_ids(components, vocab)
-        return schema
-
-    app.openapi = openapi
-
-
-def _bound_token_ids(node, vocab: int) -> None:
-    """Every schema marked x-token-id gets maximum vocab - 1 (the server refuses larger)."""
-    if isinstance(node, dict):
-        if node.pop("x-token-id", False):
-            node["maximum"] = vocab - 1
-        for value in node.values():
-            _bound_token_ids(value, vocab)
-    elif isinstance(node, list):
-        for value in node:
-            _bound_token_ids(value, vocab)
 
 
 def _model_routes(app: FastAPI, server: Server, guarded) -> None:

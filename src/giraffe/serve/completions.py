@@ -19,18 +19,29 @@ from giraffe.generate.params import DecodingConfig
 from giraffe.serve import responses as R
 from giraffe.serve import tools as T
 from giraffe.serve.errors import APIError, user_errors
-from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, decoding_for, sse
+from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, check_size, decoding_for, sse
 from giraffe.serve.schema import ChatRequest, CompletionRequest
 from giraffe.serve.state import Server
+
+# stream=true answers with server-sent events: the document says so beside the JSON body
+# (OpenAPI 3.1: the schema describes one event; its data is a JSON chunk, or [DONE] last)
+EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE]"}},
+}
+STREAMED = {200: {"description": "the answer: JSON, or server-sent events with stream=true",
+                  "content": {"text/event-stream": {"schema": EVENT}}}}  # fmt: skip
 
 
 def completion_routes(server: Server, guarded) -> APIRouter:
     router = APIRouter()
     lm, tok = server.lm, server.lm.tokenizer
 
-    @router.post("/v1/chat/completions", dependencies=guarded)
+    @router.post("/v1/chat/completions", dependencies=guarded, responses=STREAMED)
     async def chat(body: ChatRequest, request: Request):
         server.check_model(body.model)
+        _within_limit(server, body, "max_tokens", "max_completion_tokens")
         with user_errors():
             plan = T.plan(body, lm)
             kw = plan.decoding(body.decoding_kwargs())
@@ -52,12 +63,15 @@ def completion_routes(server: Server, guarded) -> APIRouter:
         use = R.usage(group.prompt_tokens, sum(r.generated for r in results))
         return R.chat_response(rid, server.model_id, choices, use)
 
-    @router.post("/v1/completions", dependencies=guarded)
+    @router.post("/v1/completions", dependencies=guarded, responses=STREAMED)
     async def completions(body: CompletionRequest, request: Request):
         server.check_model(body.model)
+        if "max_tokens" not in body.model_fields_set:  # OpenAI's 16, within the server's limit
+            body.max_tokens = min(body.max_tokens, server.settings.max_tokens_limit)
         cfg = decoding_for(server, body)
         with user_errors("prompt"):
             prompts = _prompt_ids(lm, body)
+        check_size(server, len(prompts), body.n, "prompt")  # scored only (max_tokens 0) too
         scored = None
         if body.echo and body.logprobs is not None:
             k = body.logprobs
@@ -87,6 +101,15 @@ def completion_routes(server: Server, guarded) -> APIRouter:
     return router
 
 
+def _within_limit(server: Server, body, *fields: str) -> None:
+    """Each token budget the client set is within --max-tokens-limit (the one not used too)."""
+    limit = server.settings.max_tokens_limit
+    for name in fields:
+        asked = getattr(body, name)
+        if asked is not None and asked > limit:
+            raise APIError(400, f"{name} is {asked}; this server allows at most {limit}", name)
+
+
 def _decoding(server: Server, kw: dict, plan) -> DecodingConfig:
     try:
         return server.decoding(kw)
@@ -102,7 +125,8 @@ def _prompt_ids(lm, body: CompletionRequest) -> list[list[int]]:
         return [lm.encode_prompt(p) for p in prompts]
     if not all(isinstance(p, str) for p in prompts):
         raise APIError(400, "suffix (fill-in-the-middle) needs text prompts", "suffix")
-    return [lm.fill_in_middle_ids(p, body.suffix) for p in prompts]
+    with user_errors("suffix"):  # a model without FIM tokens (its document says suffix: null)
+        return [lm.fill_in_middle_ids(p, body.suffix) for p in prompts]
 
 
 def _echo(tok, body: CompletionRequest, ids: list[int], scored) -> tuple[str, dict | None]:

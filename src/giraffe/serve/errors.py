@@ -145,6 +145,8 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """The first problem pydantic found, as one sentence naming the field."""
     first = exc.errors()[0]
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if "[key]" in loc:  # a map's key is wrong (logit_bias {"x": 1}): name the map
+        loc = loc[: loc.index("[key]") - 1]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON: " + first.get("msg", ""), None
     param = ".".join(loc) or None

@@ -87,6 +87,7 @@ class JobGroup:
     ):
         """param: the request field the prompts came from, named when one is refused."""
         self.param = param
+        check_size(server, len(prompts), n, param)
         self.outbox = server.outbox(asyncio.get_running_loop())
         self.queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         self.scheduler = server.scheduler
@@ -147,6 +148,19 @@ class JobGroup:
         finally:
             self.cancel()
         return results
+
+
+def check_size(server: Server, prompts: int, n: int, param: str) -> None:
+    """prompts x n within --max-queue: a larger request could never be queued whole, so it is
+    the client's 400, not a busy server's 503 (its document says so: openapi.py)."""
+    limit = server.settings.max_queue
+    if prompts * n > limit:
+        raise APIError(
+            400,
+            f"this request asks for {prompts * n} completions ({prompts} prompts x n={n}); "
+            f"this server takes at most {limit} at once (--max-queue)",
+            "n" if n > 1 else param,
+        )
 
 
 def api_error(error: BaseException) -> APIError:

@@ -12,7 +12,6 @@ the scheduler or HTTP.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -23,6 +22,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictStr,
+    WithJsonSchema,
 )
 from pydantic import StrictInt as _StrictInt  # see JSONInt
 
@@ -45,7 +45,23 @@ def integer(**bounds):
 
 
 JSONInt = integer()  # no strings, no 1.5
-TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})  # app.py adds the maximum
+# Facts of the running server that the published document states (openapi.py fills them
+# in): the vocabulary's last id, --max-tokens-limit, the model's name, --max-queue,
+# whether it has fill-in-the-middle tokens.
+TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
+MaxTokens = integer(ge=1, json_schema_extra={"x-max-tokens": True})
+ModelName = Annotated[StrictStr, Field(json_schema_extra={"x-model": "chat"})]
+TokenKey = Annotated[StrictStr, Field(pattern=r"^(0|[1-9][0-9]*)$")]  # a token id, as JSON keys are
+Bias = Annotated[Number, Field(ge=-100, le=100)]
+# {"token id": bias}: pydantic would write patternProperties, which admit any other key
+LogitBias = Annotated[
+    dict[TokenKey, Bias],
+    WithJsonSchema({
+        "type": "object",
+        "propertyNames": {"type": "string", "x-token-key": True},  # openapi.py: ids of this vocabulary
+        "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+    }),
+]  # fmt: skip
 
 
 def bounded(name: str, kind=Number, **extra):
@@ -59,18 +75,18 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr
+    model: ModelName
     temperature: bounded("temperature") | None = None
     top_p: bounded("top_p") | None = None
-    n: integer(ge=1, le=16) = 1
+    n: integer(ge=1, le=16, json_schema_extra={"x-queue": True}) = 1  # openapi.py: <= --max-queue
     stream: StrictBool = False
     stream_options: dict | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    max_tokens: integer(ge=1) | None = None
+    max_tokens: MaxTokens | None = None  # None: the server's limit (chat)
     presence_penalty: bounded("presence_penalty") | None = None
     frequency_penalty: bounded("frequency_penalty") | None = None
-    seed: JSONInt | None = None
-    logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
+    seed: integer(ge=-(2**63), le=2**63 - 1) | None = None  # int64, as OpenAI's spec says
+    logit_bias: LogitBias | None = None
     # giraffe's extras (Hugging Face names)
     top_k: bounded("top_k", JSONInt) | None = None
     min_p: bounded("min_p") | None = None
@@ -109,7 +125,13 @@ class TextPart(BaseModel):
 
 class FunctionCall(BaseModel):
     name: StrictStr
-    arguments: StrictStr  # JSON text, as OpenAI sends it
+    # JSON text of an object, as OpenAI sends it; the chat layer (giraffe.tokenizer) parses it
+    # for the template and refuses other text: JSON Schema can only annotate that
+    arguments: Annotated[
+        StrictStr,
+        Field(json_schema_extra={"contentMediaType": "application/json",
+                                 "contentSchema": {"type": "object"}}),
+    ]  # fmt: skip
 
 
 class ToolCall(BaseModel):
@@ -163,7 +185,7 @@ class Message(BaseModel):
             out["content"] = content  # None stays None: templates test for it
             out["tool_calls"] = [
                 {"id": c.id, "type": "function",
-                 "function": {"name": c.function.name, "arguments": _arguments(c)}}
+                 "function": {"name": c.function.name, "arguments": c.function.arguments}}
                 for c in self.tool_calls
             ]  # fmt: skip
         if self.tool_call_id is not None:
@@ -171,17 +193,6 @@ class Message(BaseModel):
         if self.name is not None:
             out["name"] = self.name
         return out
-
-
-def _arguments(call: ToolCall):
-    """Templates (Qwen's, Llama's) write arguments with tojson: give them the object."""
-    try:
-        return json.loads(call.function.arguments)
-    except ValueError:
-        raise UnsupportedField(
-            "messages.tool_calls.function.arguments",
-            f"the arguments of tool call {call.id!r} are not valid JSON",
-        ) from None
 
 
 class JSONSchemaFormat(BaseModel):
@@ -210,9 +221,41 @@ class ResponseFormat(BaseModel):
         return {"type": self.type}
 
 
+# What the server refuses for a combination of fields, said in the schema (JSON Schema's
+# if/then), so that a client or a fuzzer reading /openapi.json knows it beforehand.
+def _when(condition: dict, then: dict) -> dict:
+    required = [k for k in condition]
+    return {"if": {"required": required, "properties": condition}, "then": {"properties": then}}
+
+
+EMPTY = {"anyOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
+# beam search cannot stream, and takes no logit_bias or grammar (DecodingConfig's rule)
+BEAMS = _when({"num_beams": {"type": "integer", "minimum": 2}},
+              {"stream": {"const": False}, "logit_bias": EMPTY})  # fmt: skip
+BEAMS_CHAT = _when(
+    {"num_beams": {"type": "integer", "minimum": 2}},
+    {"stream": {"const": False}, "logit_bias": EMPTY,
+     "response_format": {"anyOf": [{"type": "null"}, {"properties": {"type": {"const": "text"}}}]},
+     "tool_choice": {"enum": [None, "none", "auto"]}},
+)  # fmt: skip
+# suffix (fill-in-the-middle) needs text prompts and cannot echo them
+TEXTS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+FIM_NEEDS = _when({"suffix": {"type": "string"}}, {"prompt": TEXTS, "echo": {"const": False}})
+# tool_choice "required" or a named function needs tools
+TOOLS_NEEDED = {
+    "if": {
+        "required": ["tool_choice"],
+        "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}},
+    },
+    "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+}
+
+
 class ChatRequest(SamplingFields):
+    model_config = ConfigDict(json_schema_extra={"allOf": [BEAMS_CHAT, TOOLS_NEEDED]})
+
     messages: Annotated[list[Message], Field(min_length=1)]
-    max_completion_tokens: integer(ge=1) | None = None
+    max_completion_tokens: MaxTokens | None = None
     logprobs: StrictBool = False
     top_logprobs: bounded("top_logprobs", JSONInt) | None = None
     response_format: ResponseFormat | None = None
@@ -231,15 +274,28 @@ class ChatRequest(SamplingFields):
         return kw
 
 
+Text = Annotated[StrictStr, Field(min_length=1)]  # "" encodes to no token: nothing to continue
 PromptIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: StrictStr | list[StrictStr] | PromptIds | list[PromptIds]
-    max_tokens: integer(ge=0) | None = 16  # OpenAI's default here
+    # x-prompts: openapi.py adds how many prompts each n allows (prompts x n <= --max-queue)
+    model_config = ConfigDict(json_schema_extra={"allOf": [BEAMS, FIM_NEEDS], "x-prompts": True})
+
+    prompt: (
+        Text
+        | Annotated[list[Text], Field(min_length=1)]
+        | PromptIds
+        | Annotated[list[PromptIds], Field(min_length=1)]
+    )
+    # OpenAI's default is 16; the route lowers it to --max-tokens-limit when that is smaller
+    max_tokens: Annotated[
+        integer(ge=0, json_schema_extra={"x-max-tokens": True}) | None,
+        Field(json_schema_extra={"x-default-within-limit": True}),
+    ] = 16
     logprobs: bounded("top_logprobs", JSONInt) | None = None
     echo: StrictBool = False
-    suffix: StrictStr | None = None
+    suffix: Annotated[StrictStr, Field(json_schema_extra={"x-fim": True})] | None = None
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -264,7 +320,7 @@ class CompletionRequest(SamplingFields):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr
+    model: Annotated[StrictStr, Field(json_schema_extra={"x-model": "embedding"})]
     input: StrictStr | list[StrictStr]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: JSONInt | None = None

@@ -8,7 +8,8 @@ A chat request with tools becomes a `ToolPlan`:
   (`giraffe.generate.constraint`): the call syntax of the model's family around JSON
   arguments that must match the function's `parameters` schema, so even a small model
   emits a valid call; "auto" lets the model choose and parses what it wrote; "none"
-  leaves the tools out;
+  still renders the tools (the conversation may hold earlier calls, and the prompt stays
+  the same as in the turns that offered them) but parses nothing: the text is the answer;
 - the answer is parsed back into `tool_calls` for the families in use: Qwen/Hermes
   `<tool_call>{...}</tool_call>` (or the bare object, as Qwen2.5-Coder writes it), Llama 3.x `{"name", "parameters"}`, Mistral
   `[TOOL_CALLS] [...]`, and the generic JSON object or list.
@@ -73,8 +74,9 @@ def plan(body, lm) -> ToolPlan:
         if choice not in ("none", "auto"):
             raise UnsupportedField("tool_choice", "tool_choice needs tools: give 'tools'")
         return ToolPlan()
-    if choice == "none":
-        return ToolPlan()
+    if choice == "none":  # no call, but the model still sees which tools exist (as OpenAI's)
+        shown = [{"type": "function", "function": t} for t in tools]
+        return ToolPlan(template_tools=shown if _renders_tools(lm, tools) else None)
     names = [t["name"] for t in tools]
     if len(set(names)) != len(names):
         raise UnsupportedField("tools", "two tools have the same name: names must be unique")
