@@ -222,3 +222,13 @@ def test_repetition_and_ngram_match_transformers(random_logits):
     ids = torch.randint(0, 4, (4, 30))  # a small alphabet so that n-grams repeat
     expected = NoRepeatNGramLogitsProcessor(2)(ids, random_logits.clone())
     assert torch.equal(ban_repeated_ngrams(random_logits, ids.tolist(), 2), expected)
+
+
+def test_a_penalty_that_underflows_keeps_masked_tokens_masked_and_the_rest_finite():
+    from giraffe.generate.samplers import apply_repetition_penalty
+
+    logits = torch.tensor([[2.0, -1.0, float("-inf"), 0.5]])
+    seen = torch.tensor([[True, True, True, False]])
+    out = apply_repetition_penalty(logits, seen, 5e-324)  # 0 once it meets float32
+    assert torch.isneginf(out[0, 2]) and torch.isfinite(out[0, [0, 1, 3]]).all()
+    assert out[0, 0] > 1e30 and out[0, 3] == 0.5

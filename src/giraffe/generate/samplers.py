@@ -24,6 +24,10 @@ def apply_repetition_penalty(
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    # a penalty that is 0 in float32 would make -inf (a grammar's mask) NaN and large
+    # logits inf: a masked token stays masked, every other one stays finite
+    big = torch.finfo(logits.dtype).max
+    penalised = torch.where(torch.isneginf(logits), logits, penalised.clamp(-big, big))
     return torch.where(seen, penalised, logits)
 
 
