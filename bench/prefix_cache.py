@@ -87,9 +87,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--turns", type=int, default=5)
-    p.add_argument(
-        "--words", type=int, default=620, help="words of the document (~2 tokens each)"
-    )
+    p.add_argument("--words", type=int, default=620, help="words of the document (~2 tokens each)")
     p.add_argument("--answer-tokens", type=int, default=24)
     p.add_argument("--prefix-cache-mb", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
