@@ -172,7 +172,7 @@ def report(cfg: RLConfig, metrics: dict) -> dict:
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "stop_step")},
         "wall_seconds": metrics["wall_seconds"],
         "log": log,
-        "samples": metrics["samples"][:8],
+        "samples": metrics["samples"],
     }
 
 
