@@ -2,6 +2,11 @@
 
     python bench/rl_demo.py arithmetic --out runs/rl-arith
     python bench/rl_demo.py rlhf --rm runs/rm --out runs/rl-rlhf
+    python bench/rl_demo.py probe --out runs/rl-probe --k 8
+
+- probe: the base's pass rate on the arithmetic training prompts, K samples each at the
+  rollout temperature (GRPO learns only from groups where some answers pass and some fail:
+  pick a task where this is neither ~0 nor ~1). Nothing is trained.
 
 - arithmetic (verifiable reward, GRPO + QLoRA): SmolLM2-135M-Instruct is asked sums of two
   numbers from 2 to 9 and told to reply with only the equation ("4 + 3 = 7");
@@ -111,6 +116,22 @@ def arithmetic(args) -> dict:
     }
 
 
+def probe(args) -> dict:
+    train, _ = arithmetic_sets()
+    train_path = write_jsonl(EXAMPLES / "arithmetic_train.jsonl", train)
+    cfg = RLConfig(
+        model=MODEL, prompts=str(train_path), val_prompts=str(train_path), out=args.out,
+        reward="python:giraffe.train.verifiers:equation_answer", max_steps=1, group=2,
+        max_new_tokens=args.answer_tokens, temperature=args.temperature, lora_r=8,
+        lora_targets="q_proj,v_proj", qlora=True, eval_examples=len(train), progress=False,
+    )  # fmt: skip
+    check_rl(cfg)
+    with flush_denormals():
+        rl = RLRun(cfg)  # LoRA's B starts at zero: the policy is the base model
+        result = sampled(rl, args.k, args.temperature)
+    return {"model": MODEL, "prompts": str(train_path.relative_to(ROOT)), "before": result, "after": None, "wall_seconds": result["seconds"]}  # fmt: skip
+
+
 def sampled(rl: RLRun, k: int, temperature: float) -> dict:
     """K answers per held-out prompt at the rollout temperature, fixed seeds (the same
     before and after): the share the reward passes, and the prompts with any pass."""
@@ -178,7 +199,7 @@ def report(cfg: RLConfig, metrics: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=("arithmetic", "rlhf"))
+    p.add_argument("task", choices=("arithmetic", "rlhf", "probe"))
     p.add_argument("--out", required=True, help="run folder (adapter, log, checkpoints)")
     p.add_argument("--rm", help="rlhf: the reward model folder (giraffe reward ... --out)")
     p.add_argument("--steps", type=int, default=20)
@@ -195,7 +216,7 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--results", default=None, help="default bench/results/rl-demo-TASK.json")
     args = p.parse_args()
-    result = arithmetic(args) if args.task == "arithmetic" else rlhf(args)
+    result = {"arithmetic": arithmetic, "rlhf": rlhf, "probe": probe}[args.task](args)
     out = Path(args.results or ROOT / "bench" / "results" / f"rl-demo-{args.task}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("before", "after", "wall_seconds")}))
