@@ -2,13 +2,24 @@
 
     python bench/rl_demo.py arithmetic --out runs/rl-arith
     python bench/rl_demo.py rlhf --rm runs/rm --out runs/rl-rlhf
+    python bench/rl_demo.py probe --out runs/rl-probe --k 8
 
-- arithmetic (verifiable reward, GRPO + LoRA): SmolLM2-135M-Instruct is asked two-digit
-  additions and told to reply with only the number; `giraffe.train.verifiers.number_answer`
-  gives 1 for the right bare number, 0.2 for a wrong bare number, 0 otherwise. Held-out
-  prompts (other number pairs) are answered greedily before and after, in the same run:
-  mean reward, accuracy (right number) and format (a bare number).
-- rlhf (reward model, PPO + LoRA): the reward model `giraffe reward` trained on the
+- probe: the base's pass rate on the arithmetic training prompts, K samples each at the
+  rollout temperature (GRPO learns only from groups where some answers pass and some fail:
+  pick a task where this is neither ~0 nor ~1). Nothing is trained.
+
+- arithmetic (verifiable reward, GRPO + QLoRA): SmolLM2-135M-Instruct is asked sums of two
+  numbers from 2 to 9 and told to reply with only the equation ("4 + 3 = 7");
+  `giraffe.train.verifiers.equation_answer` gives 1 for exactly that equation with the
+  right sum and 0 for anything else (no credit for form alone: a reward that paid for a
+  bare wrong number was gamed by always answering "15"). The base, sampled at the
+  rollouts' temperature, gets it right in a few percent of tries, enough for GRPO to
+  compare answers within a group. The policy trains LoRA over the packed GGUF weights
+  (`--qlora`), so rollouts run on the compiled decode step with the adapters beside it.
+  Held-out prompts (other number pairs), in the same run: greedy answers (reward =
+  accuracy, the right number anywhere, the equation form) and K samples per prompt at
+  the rollout temperature with fixed seeds (the sampled pass rate), before and after.
+- rlhf (reward model, PPO + QLoRA): the reward model `giraffe reward` trained on the
   fine-tuning demo's preference pairs (examples/finetune/prefs_train.jsonl: answers that
   end with a one-line "In short: ..." are preferred) scores answers to the held-out
   preference prompts; before/after: the reward model's mean score and the share of
@@ -34,20 +45,28 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "examples" / "finetune"))
 
-from giraffe.train.rl import RLConfig, train_rl  # noqa: E402
-from giraffe.train.verifiers import bare_number  # noqa: E402
+from giraffe.generate.params import DecodingConfig  # noqa: E402
+from giraffe.train.denormals import flush_denormals  # noqa: E402
+from giraffe.train.rewards import RewardFailures  # noqa: E402
+from giraffe.train.rl import RLConfig, RLRun, check_rl, train_rl  # noqa: E402
+from giraffe.train.rollout import row_seed, sample_answers  # noqa: E402
+from giraffe.train.verifiers import EQUATION, equation_answer  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 EXAMPLES = ROOT / "examples" / "rl"
-QUESTION = "What is {a} + {b}? Reply with only the number."
+EVAL_SEED = 18_000  # the held-out samples' seeds, apart from any run seed
+QUESTION = "What is {a} + {b}? Reply with only the equation."
 
 
-def arithmetic_sets(seed: int = 18, n_val: int = 16) -> tuple[list, list]:
-    """Sums of two numbers from 2 to 9 (64 questions): 48 to train on, 16 held out."""
+def arithmetic_sets(seed: int = 18, n_val: int = 24) -> tuple[list, list]:
+    """Sums of two numbers from 2 to 9 (64 questions): 40 to train on, 24 held out."""
     rng = random.Random(seed)
     pairs = [(a, b) for a in range(2, 10) for b in range(2, 10)]
     rng.shuffle(pairs)
-    rows = [{"prompt": QUESTION.format(a=a, b=b), "answer": str(a + b)} for a, b in pairs]
+    rows = [
+        {"prompt": QUESTION.format(a=a, b=b), "question": f"{a} + {b}", "answer": str(a + b)}
+        for a, b in pairs
+    ]
     return rows[n_val:], rows[:n_val]
 
 
@@ -63,28 +82,73 @@ def arithmetic(args) -> dict:
     val_path = write_jsonl(EXAMPLES / "arithmetic_heldout.jsonl", val)
     cfg = RLConfig(
         model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
-        reward="python:giraffe.train.verifiers:number_answer", algo="grpo",
-        max_steps=args.steps, batch_size=2, group=args.group, max_new_tokens=args.answer_tokens,
-        lr=args.lr, temperature=args.temperature,
-        lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj", beta=args.beta,
+        reward="python:giraffe.train.verifiers:equation_answer", algo="grpo",
+        max_steps=args.steps, batch_size=args.batch_size, group=args.group,
+        max_new_tokens=args.answer_tokens, lr=args.lr, temperature=args.temperature,
+        lora_r=8, lora_alpha=16, lora_targets="q_proj,v_proj", beta=args.beta, qlora=True,
         template=args.template, eval_every=1000, eval_examples=len(val), save_every=5,
         progress=args.progress,
     )  # fmt: skip
-    metrics = run(cfg)
-    answers = {row["prompt"]: row["answer"] for row in val}
+    check_rl(cfg)
+    with flush_denormals():
+        rl = RLRun(cfg)
+        sampled_before = sampled(rl, args.k, args.temperature)
+        metrics = run(rl)
+        sampled_after = sampled(rl, args.k, args.temperature)
+    answers = {row["prompt"]: row for row in val}
 
     def held(key: str) -> dict:
         texts = [(s[key], answers[s["prompt"]]) for s in metrics["samples"]]
-        right = sum(bare_number(t) is not None and int(bare_number(t)) == int(a) for t, a in texts)
-        bare = sum(bare_number(t) is not None for t, _ in texts)
-        has = sum(a in re.findall(r"-?\d+", t) for t, a in texts)
+        right = sum(equation_answer("", t, row["answer"], row["question"]) for t, row in texts)
+        has = sum(row["answer"] in re.findall(r"-?\d+", t) for t, row in texts)
+        form = sum(EQUATION.fullmatch(t.strip().removesuffix(".").strip()) is not None for t, _ in texts)  # fmt: skip
         n = len(texts)
-        return {"accuracy": right / n, "format": bare / n, "right_number_anywhere": has / n, "n": n}
+        return {"accuracy": right / n, "right_number_anywhere": has / n, "equation_form": form / n, "n": n}  # fmt: skip
 
     return {
         **report(cfg, metrics),
-        "before": {"reward": metrics["first_val_reward"], **held("before")},
-        "after": {"reward": metrics["val_reward"], **held("after")},
+        "before": {
+            "reward": metrics["first_val_reward"],
+            **held("before"),
+            "sampled": sampled_before,
+        },  # fmt: skip
+        "after": {"reward": metrics["val_reward"], **held("after"), "sampled": sampled_after},
+    }
+
+
+def probe(args) -> dict:
+    train, _ = arithmetic_sets()
+    train_path = write_jsonl(EXAMPLES / "arithmetic_train.jsonl", train)
+    cfg = RLConfig(
+        model=MODEL, prompts=str(train_path), val_prompts=str(train_path), out=args.out,
+        reward="python:giraffe.train.verifiers:equation_answer", max_steps=1, group=2,
+        max_new_tokens=args.answer_tokens, temperature=args.temperature, lora_r=8,
+        lora_targets="q_proj,v_proj", qlora=True, eval_examples=len(train), progress=False,
+    )  # fmt: skip
+    check_rl(cfg)
+    with flush_denormals():
+        rl = RLRun(cfg)  # LoRA's B starts at zero: the policy is the base model
+        result = sampled(rl, args.k, args.temperature)
+    return {"model": MODEL, "prompts": str(train_path.relative_to(ROOT)), "before": result, "after": None, "wall_seconds": result["seconds"]}  # fmt: skip
+
+
+def sampled(rl: RLRun, k: int, temperature: float) -> dict:
+    """K answers per held-out prompt at the rollout temperature, fixed seeds (the same
+    before and after): the share the reward passes, and the prompts with any pass."""
+    began = time.monotonic()
+    rows = [p for p in rl.val for _ in range(k)]
+    decoding = DecodingConfig(max_new_tokens=rl.cfg.max_new_tokens, temperature=temperature)
+    seeds = [row_seed(EVAL_SEED, 0, r) for r in range(len(rows))]
+    out = sample_answers(rl.lm.model, rl.lm.tokenizer, [list(p.ids) for p in rows], decoding, seeds)  # fmt: skip
+    r = rl.reward([p.text for p in rows], out.texts, [p.record for p in rows], RewardFailures())
+    passed = (r >= 1.0).float().view(len(rl.val), k)  # (prompts, K)
+    return {
+        "pass_rate": round(float(passed.mean()), 4),
+        "prompts_with_a_pass": int((passed.sum(1) > 0).sum()),
+        "k": k,
+        "temperature": temperature,
+        "answers": len(rows),
+        "seconds": round(time.monotonic() - began, 1),
     }
 
 
@@ -100,8 +164,8 @@ def rlhf(args) -> dict:
         model=MODEL, prompts=str(train_path), val_prompts=str(val_path), out=args.out,
         reward=args.rm, algo="ppo", max_steps=args.steps, batch_size=4, group=2,
         max_new_tokens=args.tokens, lr=args.lr, lora_r=8, lora_alpha=16,
-        lora_targets="all-linear", beta=0.05, eval_every=1000, eval_examples=args.val,
-        save_every=5, progress=args.progress,
+        lora_targets="all-linear", beta=0.05, qlora=True, eval_every=1000,
+        eval_examples=args.val, save_every=5, progress=args.progress,
     )  # fmt: skip
     metrics = run(cfg)
 
@@ -115,9 +179,9 @@ def rlhf(args) -> dict:
     }
 
 
-def run(cfg: RLConfig) -> dict:
+def run(job: RLConfig | RLRun) -> dict:
     began = time.monotonic()
-    metrics = train_rl(cfg)
+    metrics = train_rl(job) if isinstance(job, RLConfig) else job.run()
     metrics["wall_seconds"] = round(time.monotonic() - began, 1)
     return metrics
 
@@ -129,28 +193,30 @@ def report(cfg: RLConfig, metrics: dict) -> dict:
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "stop_step")},
         "wall_seconds": metrics["wall_seconds"],
         "log": log,
-        "samples": metrics["samples"][:8],
+        "samples": metrics["samples"],
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=("arithmetic", "rlhf"))
+    p.add_argument("task", choices=("arithmetic", "rlhf", "probe"))
     p.add_argument("--out", required=True, help="run folder (adapter, log, checkpoints)")
     p.add_argument("--rm", help="rlhf: the reward model folder (giraffe reward ... --out)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tokens", type=int, default=48, help="rlhf: longest answer")
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient")
-    p.add_argument("--answer-tokens", type=int, default=10, help="arithmetic: longest answer")
-    p.add_argument("--group", type=int, default=4, help="arithmetic: answers per prompt")
+    p.add_argument("--answer-tokens", type=int, default=12, help="arithmetic: longest answer")
+    p.add_argument("--group", type=int, default=8, help="arithmetic: answers per prompt")
+    p.add_argument("--batch-size", type=int, default=4, help="arithmetic: prompts per step")
+    p.add_argument("--k", type=int, default=8, help="arithmetic: held-out samples per prompt")
     p.add_argument("--temperature", type=float, default=0.7, help="arithmetic: sampling")
     p.add_argument("--template", default=None, help="chat template (default: the model's)")
     p.add_argument("--val", type=int, default=16, help="rlhf: held-out prompts scored")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--results", default=None, help="default bench/results/rl-demo-TASK.json")
     args = p.parse_args()
-    result = arithmetic(args) if args.task == "arithmetic" else rlhf(args)
+    result = {"arithmetic": arithmetic, "rlhf": rlhf, "probe": probe}[args.task](args)
     out = Path(args.results or ROOT / "bench" / "results" / f"rl-demo-{args.task}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("before", "after", "wall_seconds")}))

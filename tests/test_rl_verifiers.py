@@ -19,6 +19,16 @@ def test_number_answer():
     assert v.number_answer("", "twelve", answer=12) == 0.0
 
 
+def test_equation_answer_pays_only_the_right_equation():
+    assert v.equation_answer("", " 4 + 3 = 7.", answer="7", question="4 + 3") == 1.0
+    assert v.equation_answer("", "4+3=7", answer=7, question="4 + 3") == 1.0
+    assert v.equation_answer("", "4 + 3 = 8", answer="7", question="4 + 3") == 0.0
+    assert v.equation_answer("", "3 + 4 = 7", answer="7", question="4 + 3") == 0.0
+    assert v.equation_answer("", "7", answer="7", question="4 + 3") == 0.0
+    assert v.equation_answer("", "4 + 3 = 7\n\nSo 7.", answer="7", question="4 + 3") == 0.0
+    assert v.equation_answer("", "The answer: 4 + 3 = 7", answer="7", question="4 + 3") == 0.0
+
+
 def test_tagged_and_exact_answers():
     assert v.tagged_answer("", "so <answer> 42 </answer>", answer="42") == 1.0
     assert v.tagged_answer("", "<answer>41</answer>", answer="42") == v.FORMAT_ONLY

@@ -6,6 +6,9 @@ other keys. A program checks the answer, so the reward cannot be flattered:
 - `number_answer`: the required format is the bare number ("68", a final "." allowed): 1
   when it equals `answer`; 0.5 when the right number is somewhere in a longer reply;
   0.2 for a bare wrong number; 0 otherwise;
+- `equation_answer`: the required format is the whole equation, "4 + 3 = 7" (a final "."
+  allowed, spaces free): 1 when its left side is the record's `question` (e.g. "4 + 3")
+  and its right side equals `answer`; 0 otherwise - no credit for form alone;
 - `tagged_answer`: the required format "<answer>X</answer>": 1 when X equals `answer`,
   0.2 for the format with a wrong X, 0 without the format;
 - `json_valid`: 1 when the completion parses as JSON (after an optional ```json fence),
@@ -55,6 +58,20 @@ def number_answer(prompt: str, completion: str, answer, **fields) -> float:
         return 1.0 if int(number) == int(answer) else FORMAT_ONLY
     mentioned = re.findall(r"-?\d+", completion)
     return IN_TEXT if str(int(answer)) in mentioned else 0.0
+
+
+EQUATION = re.compile(r"(.+?)=\s*(-?\d+)")
+
+
+def _no_space(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def equation_answer(prompt: str, completion: str, answer, question: str, **fields) -> float:
+    m = EQUATION.fullmatch(completion.strip().removesuffix(".").strip())
+    if m is None or _no_space(m.group(1)) != _no_space(str(question)):
+        return 0.0
+    return float(int(m.group(2)) == int(answer))
 
 
 def tagged_answer(prompt: str, completion: str, answer, **fields) -> float:
