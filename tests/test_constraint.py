@@ -184,3 +184,27 @@ def test_required_tool_grammar_makes_a_random_model_call_validly(lm):
         for c in calls:
             args = json.loads(c["function"]["arguments"])
             assert args["unit"] in ("celsius", "fahrenheit") and 1 <= args["days"] <= 7
+
+
+def test_masking_a_batch_equals_masking_each_row_alone(lm):
+    """Rows with and without constraints, in different grammar states, masked in one pass."""
+    import torch
+
+    from giraffe.generate.constraint import Constraint, mask_rows
+
+    cfg = lm.decoding(json_schema=SCHEMA)
+    first, later = (Constraint.for_config(cfg, lm.token_table) for _ in range(2))
+    for t in lm.tokenizer.encode('{"kind": "'):
+        later.advance(t)
+    V = lm.model.config.vocab_size
+    logits = torch.randn(4, V)
+    for rows in ([first, None, later, None], [first, later, first, later]):
+        masked = mask_rows(logits, rows)
+        for i, c in enumerate(rows):
+            want = logits[i].clone()
+            if c is not None:
+                allowed = torch.zeros(V, dtype=torch.bool)
+                allowed[: c.table.n_vocab] = torch.from_numpy(c.allowed().copy())
+                want[~allowed] = float("-inf")
+            assert torch.equal(masked[i], want), (rows, i)
+    assert not torch.equal(mask_rows(logits, [first] * 4)[0], mask_rows(logits, [later] * 4)[0])

@@ -271,6 +271,9 @@ class Constraint:
             raise RuntimeError(f"grammar matcher refused token {token}: {self.matcher.get_error()}")
 
 
+_NEG_INF = torch.tensor(float("-inf"))
+
+
 def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
     """logits (k, V) with every token a row's constraint forbids set to -inf (a new tensor).
 
@@ -286,10 +289,10 @@ def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) ->
     words = np.zeros((len(rows), width), dtype=np.int32)  # (r, W)
     for j, i in enumerate(rows):
         constraints[i].fill(words[j, : (constraints[i].table.n_vocab + 31) // 32])
-    banned = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :V]  # (r, V)
-    np.logical_not(banned, out=banned)  # 0/1 bytes: 1 where the token is not allowed
+    bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :V]  # (r, V) 0/1
+    allowed = torch.from_numpy(bits.view(bool))  # one torch.where for all rows: ~3x a row loop
+    if len(rows) == logits.shape[0]:
+        return torch.where(allowed, logits, _NEG_INF)
     out = logits.clone()
-    values = out.numpy()  # shares memory with out
-    for j, i in enumerate(rows):
-        np.copyto(values[i], -np.inf, where=banned[j].view(bool))
+    out[rows] = torch.where(allowed, logits[rows], _NEG_INF)
     return out
