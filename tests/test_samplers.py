@@ -232,3 +232,11 @@ def test_a_penalty_that_underflows_keeps_masked_tokens_masked_and_the_rest_finit
     out = apply_repetition_penalty(logits, seen, 5e-324)  # 0 once it meets float32
     assert torch.isneginf(out[0, 2]) and torch.isfinite(out[0, [0, 1, 3]]).all()
     assert out[0, 0] > 1e30 and out[0, 3] == 0.5
+
+
+def test_a_seed_outside_int64_is_a_clear_error():
+    from giraffe.generate.params import DecodingConfig, DecodingError
+
+    assert DecodingConfig(seed=2**63 - 1).seed == 2**63 - 1
+    with pytest.raises(DecodingError, match=r"seed=.* must be >= -9223372036854775808"):
+        DecodingConfig(seed=-(2**70))

@@ -39,6 +39,7 @@ BOUNDS: dict[str, dict[str, float]] = {
     "no_repeat_ngram_size": {"ge": 0},
     "num_beams": {"ge": 1},
     "top_logprobs": {"ge": 0, "le": 20},
+    "seed": {"ge": -(2**63), "le": 2**63 - 1},  # int64, as OpenAI's spec (torch takes it)
 }
 _COMPARE = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="),
             "lt": (operator.lt, "<")}  # fmt: skip
@@ -77,6 +78,8 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         for name, limits in BOUNDS.items():
             value = getattr(self, name)
+            if value is None:  # optional (seed): unset is always allowed
+                continue
             ok = all(_COMPARE[k][0](value, v) for k, v in limits.items())
             _require(ok, name, value, bounds_text(name))
         _require(

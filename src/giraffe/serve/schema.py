@@ -85,7 +85,7 @@ class SamplingFields(BaseModel):
     max_tokens: MaxTokens | None = None  # None: the server's limit (chat)
     presence_penalty: bounded("presence_penalty") | None = None
     frequency_penalty: bounded("frequency_penalty") | None = None
-    seed: integer(ge=-(2**63), le=2**63 - 1) | None = None  # int64, as OpenAI's spec says
+    seed: bounded("seed", JSONInt) | None = None
     logit_bias: LogitBias | None = None
     # giraffe's extras (Hugging Face names)
     top_k: bounded("top_k", JSONInt) | None = None
