@@ -25,6 +25,7 @@ $(CORE): pyproject.toml | $(BIN)/python
 $(TESTS): $(CORE)
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/giraffe pull $(TEST_MODELS)
+	$(BIN)/python tests/fetch_vocabularies.py
 	touch $(TESTS)
 
 # The browser tests drive the system's Chromium (Debian's package); install it when missing.

@@ -209,3 +209,24 @@ def test_a_sentencepiece_tokenizer_json_cannot_be_written_and_says_why(tmp_path)
     HFTokenizer(Unigram([("<unk>", 0.0), ("a", -1.0)], 0)).save(str(file))
     with pytest.raises(TokenizerError, match="vocabularies read from a GGUF"):
         gguf_tokenizer_fields(load_tokenizer_file(file))
+
+
+def test_llama3_vocabulary_writes_to_gguf_and_reads_back_as_its_tokenizer_json(tmp_path):
+    """Meta's Llama 3 tokenizer.json (Split with (?i:...) contractions + ByteLevel) is
+    llama.cpp's "llama-bpe"; written to GGUF and read back, its ids equal the file's own
+    tokenizer (Hugging Face `tokenizers`) on the multilingual fixture texts."""
+    from fetch_vocabularies import vocabulary_dir
+
+    import giraffe
+    from giraffe.tokenizer import gguf_tokenizer_fields
+
+    folder = vocabulary_dir("llama3")
+    if not (folder / "tokenizer.json").exists():
+        pytest.skip("Llama 3's tokenizer is not fetched: run `python tests/fetch_vocabularies.py`")
+    tok = giraffe.load_tokenizer(folder)
+    fields = gguf_tokenizer_fields(tok)
+    assert (fields["pre"], tok.vocab_size, len(fields["merges"])) == ("llama-bpe", 128256, 280147)
+    _, again = write_back(tok, tmp_path)
+    for case in QWEN:  # the same multilingual texts the real-vocabulary fixture holds
+        assert again.encode(case["text"]) == tok.encode(case["text"]), case["text"]
+    assert (again.bos_id, sorted(again.stop_ids)) == (128000, [128001, 128009])

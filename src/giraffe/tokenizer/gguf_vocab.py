@@ -646,6 +646,13 @@ def gguf_tokenizer_fields(tok: Tokenizer) -> dict:
     }
 
 
+def _as_llama_cpp(regex: str | None) -> str | None:
+    """A tokenizer.json regex in llama.cpp's spelling: its C++ regexes have no (?i:...),
+    so the case-insensitive contractions Hugging Face writes are spelled out by case."""
+    hf_contractions = "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+    return regex.replace(hf_contractions, _CONTRACTIONS) if regex else regex
+
+
 def _pre_name(data: dict, name: str) -> str:
     """llama.cpp's tokenizer.ggml.pre for a tokenizer.json pre-tokenizer (PRE_TOKENIZERS inverted)."""
     pre = data.get("pre_tokenizer")
@@ -656,7 +663,7 @@ def _pre_name(data: dict, name: str) -> str:
             return "gpt-2"  # ByteLevel's own regex is GPT-2's
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
             return "smollm"
-        splits = tuple(s.get("pattern", {}).get("Regex") for s in steps[:-1])
+        splits = tuple(_as_llama_cpp(s.get("pattern", {}).get("Regex")) for s in steps[:-1])
         behaviour = (splits, bool(data["model"].get("ignore_merges")))
         for known in dict.fromkeys(PRE_TOKENIZERS.values()):
             if (known.regexes, known.ignore_merges) == behaviour:
