@@ -39,7 +39,9 @@ BOUNDS: dict[str, dict[str, float]] = {
     "no_repeat_ngram_size": {"ge": 0},
     "num_beams": {"ge": 1},
     "top_logprobs": {"ge": 0, "le": 20},
-    "seed": {"ge": -(2**63), "le": 2**63 - 1},  # int64, as OpenAI's spec (torch takes it)
+    # JSON's safe integers: a bound every client and JSON parser holds exactly (int64's
+    # ends are not floats' ends: -2**63 printed from a float reads as a smaller integer)
+    "seed": {"ge": -(2**53 - 1), "le": 2**53 - 1},
 }
 _COMPARE = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="),
             "lt": (operator.lt, "<")}  # fmt: skip
