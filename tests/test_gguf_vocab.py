@@ -211,10 +211,16 @@ def test_a_sentencepiece_tokenizer_json_cannot_be_written_and_says_why(tmp_path)
         gguf_tokenizer_fields(load_tokenizer_file(file))
 
 
-def test_llama3_vocabulary_writes_to_gguf_and_reads_back_as_its_tokenizer_json(tmp_path):
+LLAMA3 = json.loads(
+    (Path(__file__).parent / "fixtures" / "llama3_llamacpp_tokens.json").read_text("utf-8")
+)
+
+
+def test_llama3_vocabulary_writes_to_gguf_and_reads_back_as_llama_cpp_reads_it(tmp_path):
     """Meta's Llama 3 tokenizer.json (Split with (?i:...) contractions + ByteLevel) is
-    llama.cpp's "llama-bpe"; written to GGUF and read back, its ids equal the file's own
-    tokenizer (Hugging Face `tokenizers`) on the multilingual fixture texts."""
+    llama.cpp's "llama-bpe"; written to GGUF and read back, giraffe's ids, ids with the
+    file's specials, decoded text and end-of-generation set equal llama.cpp's on that file
+    (fixtures/make_llama3_llamacpp_tokens.py) and the ids equal Hugging Face `tokenizers`."""
     from fetch_vocabularies import vocabulary_dir
 
     import giraffe
@@ -227,6 +233,8 @@ def test_llama3_vocabulary_writes_to_gguf_and_reads_back_as_its_tokenizer_json(t
     fields = gguf_tokenizer_fields(tok)
     assert (fields["pre"], tok.vocab_size, len(fields["merges"])) == ("llama-bpe", 128256, 280147)
     _, again = write_back(tok, tmp_path)
-    for case in QWEN:  # the same multilingual texts the real-vocabulary fixture holds
-        assert again.encode(case["text"]) == tok.encode(case["text"]), case["text"]
-    assert (again.bos_id, sorted(again.stop_ids)) == (128000, [128001, 128009])
+    for case in LLAMA3["cases"]:
+        assert again.encode(case["text"]) == case["ids"] == tok.encode(case["text"])
+        assert again.encode(case["text"], add_special_tokens=True) == case["ids_add_special"]
+        assert again.decode(case["ids"]) == case["decoded"]
+    assert (again.bos_id, sorted(again.stop_ids)) == (128000, LLAMA3["eog"])
