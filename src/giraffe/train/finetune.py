@@ -167,7 +167,7 @@ def _data(cfg: FinetuneConfig, tok) -> tuple[list[ChatExample], list[ChatExample
     def read(path):
         return load_chat_examples(path, tok, cfg.seq_len, cfg.on_error, cfg.template)
 
-    return train_and_val(read, cfg, "conversation")
+    return train_and_val(read, cfg.data, cfg.val_data, cfg, "conversation")
 
 
 def sft_step(model, params, optimizer, scheduler, rows, pad: int, cfg) -> tuple[float, int]:

@@ -309,4 +309,4 @@ def pair_data(cfg, tok) -> tuple[list[PreferencePair], list[PreferencePair], Cha
     def read(path):
         return load_pairs(path, tok, cfg.seq_len, cfg.on_error, cfg.template)
 
-    return train_and_val(read, cfg, "preference pair")
+    return train_and_val(read, cfg.data, cfg.val_data, cfg, "preference pair")

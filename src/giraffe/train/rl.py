@@ -54,8 +54,8 @@ from giraffe.train.tuning import (
     peak_lr,
     prepare_trainable,
     save_tuned,
-    split_items,
     step_indices,
+    train_and_val,
     uses_lora,
 )
 
@@ -120,17 +120,12 @@ class RLRun:
         cfg = self.cfg
 
         def read(path):
-            return load_prompts(path, tok, cfg.template, cfg.seq_len, cfg.on_error)
+            items, report, too_long = load_prompts(path, tok, cfg.template, cfg.seq_len, cfg.on_error)  # fmt: skip
+            if too_long and path == cfg.prompts:
+                warnings.warn(f"{path}: {too_long} prompts longer than --seq-len {cfg.seq_len} tokens were dropped", DataWarning, stacklevel=3)  # fmt: skip
+            return items, report
 
-        items, report, too_long = read(cfg.prompts)
-        if cfg.val_prompts:
-            train, val = items, read(cfg.val_prompts)[0]
-        else:
-            train, val = split_items(items, cfg.val_fraction, cfg.seed)
-        if not train:
-            raise FinetuneError(f"no prompts left to train on: {report.summary()}")
-        if too_long:
-            warnings.warn(f"{cfg.prompts}: {too_long} prompts longer than --seq-len {cfg.seq_len} tokens were dropped", DataWarning, stacklevel=2)  # fmt: skip
+        train, val, _ = train_and_val(read, cfg.prompts, cfg.val_prompts, cfg, "prompts")
         return train, val[: cfg.eval_examples]
 
     # ---- checkpoints -----------------------------------------------------------------------

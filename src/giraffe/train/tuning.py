@@ -171,12 +171,12 @@ def save_tuned(lm: LanguageModel, out: Path, cfg) -> Path:
     return lm.save(out)
 
 
-def train_and_val(read, cfg, what: str) -> tuple[list, list, object]:
-    """(train, held out, the data report): cfg.val_data when given, else a seeded split of
-    cfg.data; `read(path)` returns (items, report)."""
-    items, report = read(cfg.data)
-    if cfg.val_data:
-        train, val = items, read(cfg.val_data)[0]
+def train_and_val(read, data, val_data, cfg, what: str) -> tuple[list, list, object]:
+    """(train, held out, the data report): val_data when given, else a seeded split of
+    data (cfg.val_fraction, cfg.seed); `read(path)` returns (items, report)."""
+    items, report = read(data)
+    if val_data:
+        train, val = items, read(val_data)[0]
     else:
         train, val = split_items(items, cfg.val_fraction, cfg.seed)
     if not train:
