@@ -1,8 +1,11 @@
 """The compiled whole-layer step (giraffe.quant.decode_step) on the families beyond Llama:
 tiny packed Qwen3 (QK-norm), Gemma 3 ((1 + w) norms, sandwich norms, GELU-tanh gating, a
 query scale, QK-norm, per-layer windows and RoPE bases, scaled embeddings) and Gemma 2
-(soft-capped scores instead of QK-norm), and Phi-3 (a Llama block stored fused), written through giraffe's GGUF writer as Q8_0 or
-Q4_K blocks and loaded packed. The reference is the same model on its module path
+(soft-capped scores instead of QK-norm), Phi-3 (a Llama block stored fused; also with
+partial rotary), GPT-NeoX (LayerNorms with biases, parallel residual, partial rotary,
+biased projections, a plain erf-GELU MLP) and GPT-2 (learned positions, a plain
+GELU-tanh MLP), written through giraffe's GGUF writer as Q8_0 or Q4_K blocks and loaded
+packed. The reference is the same model on its module path
 (`runtime.step = None`): prompts, single-row decoding and continuous batches past the
 sliding window, int8 activations on and off; float32 tolerance 1e-4 on the logits."""
 
@@ -17,6 +20,8 @@ from fast_path import counting
 from giraffe.config import (
     GEMMA2_WIRING,
     GEMMA3_WIRING,
+    GPT2_WIRING,
+    GPTNEOX_WIRING,
     PHI3_WIRING,
     QWEN3_WIRING,
     ModelConfig,
@@ -59,6 +64,15 @@ CONFIGS = {
         attn_softcap=3.0,
         final_softcap=5.0,
     ),  # fmt: skip
+    # partial rotary (48 of 64 dims), as Phi-4-mini's 0.75
+    "phi3-partial-rotary": dict(PHI3_WIRING, rotary_dim=48),
+    # LayerNorms with biases, parallel attention and MLP, RoPE on a quarter of each head,
+    # biases on every projection, a plain erf-GELU MLP
+    "gptneox": dict(GPTNEOX_WIRING, rotary_dim=16, n_kv_heads=None),
+    # learned positions, LayerNorms, a plain GELU-tanh MLP, biases everywhere
+    "gpt2": dict(GPT2_WIRING, n_kv_heads=None),
+    # a Llama block gated by erf GELU with MLP biases (the activations outside the vector loop)
+    "llama-gated-gelu": dict(activation="gelu", mlp_bias=True),
 }
 
 
@@ -67,7 +81,7 @@ def gguf(request, tmp_path_factory):
     """(family, GGUF file) of a random model with non-trivial norms, in these blocks."""
     family, dtype = request.param
     torch.manual_seed(0)
-    model = Decoder(ModelConfig(**SHAPE, **CONFIGS[family])).eval()
+    model = Decoder(ModelConfig(**{**SHAPE, **CONFIGS[family]})).eval()
     with torch.no_grad():  # random init leaves every norm at 1 (or 0 with an offset)
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -192,20 +192,20 @@ class ModelConfig:
     @property
     def compiled_block(self) -> bool:
         """Whether the compiled decode step (giraffe.quant.decode_step, csrc/qmatmul.c's
-        layer_step) implements this decoder's blocks: pre-RMSNorm, a gated SiLU or
-        GELU-tanh MLP without biases, RoPE over whole heads, sequential residuals, and any
-        of the wiring in `_COMPILED_WIRING` (the flags layer_step carries).
+        layer_step) implements this decoder's blocks: pre-norm (RMSNorm or LayerNorm, with
+        or without biases), a gated or plain MLP with any of the four activations, RoPE
+        over whole or partial heads or learned positions, biases on any projection, and
+        any of the wiring in `_COMPILED_WIRING` (the flags layer_step carries) except
+        parallel branches with sandwich norms (no family has both).
 
-        RoPE tables (rope_theta, rope_scaling, rope_freq_factors, rope_local_theta) are
-        computed outside the block; final_softcap and scale_embed act outside the layers.
+        RoPE tables (rope_theta, rope_scaling, rope_freq_factors, rope_local_theta) and
+        learned positions are computed outside the block; final_softcap and scale_embed act
+        outside the layers.
         """
         return (
             self.kind == "decoder"
-            and self.norm == "rmsnorm"
-            and self.mlp == "gated"
-            and self.activation in ("silu", "gelu_tanh")
-            and self.position == "rope"
-            and not self.mlp_bias
+            and self.position in ("rope", "learned")
+            and not (self.parallel_residual and self.sandwich_norm)
             and not any(getattr(self, f) for f in _BLOCK_WIRING if f not in _COMPILED_WIRING)
         )
 
@@ -230,7 +230,7 @@ _BLOCK_WIRING = (
 # The wiring among them the compiled decode step runs too (see compiled_block).
 _COMPILED_WIRING = (
     "qk_norm", "norm_offset", "sandwich_norm", "scale_embed", "query_scale", "attn_softcap",
-    "final_softcap", "layer_types", "rope_local_theta",
+    "final_softcap", "layer_types", "rope_local_theta", "parallel_residual", "rotary_dim",
 )  # fmt: skip
 
 

@@ -69,10 +69,13 @@ class LayerStep(ctypes.Structure):
         ("q_norm", _P), ("k_norm", _P), ("attn_post_norm", _P), ("mlp_post_norm", _P),
         ("norm_offset", ctypes.c_float), ("query_scale", ctypes.c_float),
         ("attn_softcap", ctypes.c_float), ("activation", ctypes.c_int),
+        ("layer_norm", ctypes.c_int), ("attn_norm_bias", _P), ("mlp_norm_bias", _P),
+        ("rope_dims", ctypes.c_int), ("plain_mlp", ctypes.c_int), ("parallel", ctypes.c_int),
     ]  # fmt: skip
 
 
-ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH
+# csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH, ACT_GELU (erf), ACT_RELU
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
 
 
 def check_structs() -> None:
@@ -213,7 +216,7 @@ class FastDecode:
         """Layer i's fixed arguments; each call fills in the rows, cache and scratch.
 
         norms: the block's optional norm weights by LayerStep field (q_norm, k_norm,
-        attn_post_norm, mlp_post_norm), as the block has them."""
+        attn_post_norm, mlp_post_norm, the pre-norms' biases), as the block has them."""
         cfg = self.cfg
         attn_norm, mlp_norm, qkv, o, gate_up, down = layer
         step = LayerStep(size=ctypes.sizeof(LayerStep), dim=cfg.hidden_size, eps=cfg.norm_eps)
@@ -227,6 +230,9 @@ class FastDecode:
             setattr(step, field, weight.data_ptr())
         step.norm_offset, step.query_scale = cfg.norm_offset, cfg.query_scale or 0.0
         step.attn_softcap, step.activation = cfg.attn_softcap or 0.0, ACTIVATIONS[cfg.activation]
+        step.layer_norm, step.plain_mlp = cfg.norm == "layernorm", cfg.mlp == "plain"
+        step.parallel = cfg.parallel_residual
+        step.rope_dims = -1 if cfg.position != "rope" else cfg.rotary_dims
         return step
 
     @staticmethod
@@ -242,7 +248,8 @@ class FastDecode:
         for block, own in zip(model.layers, fused, strict=True):
             attn, mlp = block.attn, block.mlp
             qkv = own.qkv or GroupParts.of([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up = own.gate_up or GroupParts.of([mlp.gate_proj, mlp.up_proj])
+            ups = [mlp.gate_proj, mlp.up_proj] if mlp.gated else [mlp.up_proj]
+            gate_up = own.gate_up or GroupParts.of(ups)
             parts = [qkv, attn.o_proj, gate_up, mlp.down_proj]
             if not all(_packed(p) for p in parts):
                 return None
@@ -273,16 +280,19 @@ class FastDecode:
         x = model.embed(ids)  # (B, T, C)
         if self.cfg.scale_embed:  # as the module path: sqrt(width) rounded to the dtype first
             x = x * torch.tensor(self.cfg.hidden_size**0.5, dtype=x.dtype)
+        if self.cfg.position == "learned":
+            x = x + model.pos_embed(positions.reshape(B, T))
         x = x.reshape(n, -1).contiguous().float()  # (n, C)
-        ropes = {False: _rope_rows(model.rotary, positions, n)}  # local? -> (cos, sin), (n, D)
+        ropes = {False: _rope_rows(model, positions, n)}  # local? -> (cos, sin), (n, R) or None
         if any(self.local_rope):
-            ropes[True] = _rope_rows(model.rotary_local, positions, n)
+            ropes[True] = _rope_rows(model, positions, n, local=True)
         self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
         row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
         for i, step in enumerate(self.steps):
-            cos, sin = ropes[self.local_rope[i]]
-            step.x, step.n, step.cos, step.sin = x.data_ptr(), n, cos.data_ptr(), sin.data_ptr()
+            rope = ropes[self.local_rope[i]]
+            step.x, step.n = x.data_ptr(), n
+            step.cos, step.sin = (None, None) if rope is None else (t.data_ptr() for t in rope)
             step.k_cache, step.v_cache = cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr()
             step.row_stride, step.slots, step.max_len = row_stride, slots.data_ptr(), cache.max_len
             step.scratch, step.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
@@ -323,29 +333,38 @@ class FastDecode:
         q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
         flash = flash and _has_flash(cfg.dim_per_head) and not cfg.attn_softcap
         scores = 0 if flash else cfg.n_heads * max_len
-        per_row = cfg.hidden_size + 2 * q + 2 * kv + scores + 3 * cfg.intermediate_size
+        per_row = 2 * cfg.hidden_size + 2 * q + 2 * kv + scores + 3 * cfg.intermediate_size
         if self.scratch.numel() < n * per_row:
             self.scratch = torch.empty(n * per_row)
 
 
-def _rope_rows(rotary, positions: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotary tables (cos, signed sin) of these positions, one row of D per token: (n, D)."""
+def _rope_rows(model, positions: torch.Tensor, n: int, local: bool = False) -> tuple | None:
+    """The rotary tables (cos, signed sin) of these positions, one row of R (the rotary
+    dims) per token: (n, R) each; None for a model with learned positions."""
+    if model.config.position != "rope":
+        return None
+    rotary = model.rotary_local if local else model.rotary
     return tuple(t.reshape(n, -1).contiguous() for t in rotary(positions))
 
 
 def _extra_norms(block) -> dict:
-    """The block's norms beyond the two pre-norms, by LayerStep field (absent ones stay NULL)."""
+    """The block's norm weights beyond the two pre-norms' (and their LayerNorm biases), by
+    LayerStep field; absent ones stay NULL."""
     owners = {
         "q_norm": (block.attn, "q_norm"),
         "k_norm": (block.attn, "k_norm"),
         "attn_post_norm": (block, "attn_post_norm"),
         "mlp_post_norm": (block, "mlp_post_norm"),
     }
-    return {
+    found = {
         field: getattr(owner, name).weight.detach()
         for field, (owner, name) in owners.items()
         if hasattr(owner, name)
     }
+    for field, norm in (("attn_norm_bias", block.attn_norm), ("mlp_norm_bias", block.mlp_norm)):
+        if getattr(norm, "bias", None) is not None:
+            found[field] = norm.bias.detach()
+    return found
 
 
 def _has_flash(head_dim: int) -> bool:

@@ -218,6 +218,17 @@ static void rmsnorm(const float *x, const float *w, float offset, float eps, int
     for (int64_t i = 0; i < n; i++) out[i] = (offset + w[i]) * (x[i] * scale);
 }
 
+/* out = (x - mean) / sqrt(var + eps) * w + b (b may be NULL): LayerNorm (GPT-2, GPT-NeoX).
+ * out may be x. */
+static void layernorm(const float *x, const float *w, const float *b, float eps, int64_t n, float *out) {
+    double sum = 0.0, ss = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const double mean = sum / n;
+    for (int64_t i = 0; i < n; i++) ss += ((double)x[i] - mean) * ((double)x[i] - mean);
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps), m = (float)mean;
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - m) * scale * w[i] + (b ? b[i] : 0.0f);
+}
+
 static inline float dot(const float *a, const float *b, int n);
 
 /* y[:, 0..n_out-1] (rows y_stride apart) += scale * (x @ A^T) @ B^T: a LoRA delta in float32. */
@@ -267,8 +278,10 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
             for (int64_t i = 0; i < n_out; i++) y[r * n_out + i] += m->bias[i];
 }
 
-static void rope(float *v, int heads, int d, const float *cos, const float *sin) {
-    const int half = d / 2;
+/* RoPE on the first `rot` dims of each head of d (all of them, or fewer: partial rotary);
+ * cos/sin hold `rot` values. */
+static void rope(float *v, int heads, int d, int rot, const float *cos, const float *sin) {
+    const int half = rot / 2;
     for (int h = 0; h < heads; h++) {
         float *x = v + h * d;
         /* two straight loops (no index wrap-around) so the compiler vectorises them */
@@ -311,15 +324,25 @@ static void attend_head(const float *q, const float *kc, const float *vc, int64_
     }
 }
 
+/* One activation of u: SiLU, GELU's tanh form, GELU's erf form 0.5 u (1 + erf(u / sqrt 2)),
+ * or ReLU. */
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2, ACT_RELU = 3 };
+static inline float act_one(float u, int act) {
+    const float c = 0.7978845608028654f;
+    return act == ACT_RELU        ? (u > 0.0f ? u : 0.0f)
+           : act == ACT_GELU      ? 0.5f * u * (1.0f + erff(u * 0.7071067811865476f))
+           : act == ACT_GELU_TANH ? 0.5f * u * (1.0f + tanhf(c * (u + 0.044715f * u * u * u)))
+                                  : u / (1.0f + expf(-u));
+}
+
 /* act(gate) * up for one row of gate|up (2 * hidden floats) into out (hidden floats).
- * act: SiLU, g * sigmoid(g); or GELU's tanh form, 0.5 g (1 + tanh(c (g + 0.044715 g^3))),
- * c = sqrt(2/pi), which is the same as g * sigmoid(2 c (g + 0.044715 g^3)). */
-enum { ACT_SILU = 0, ACT_GELU_TANH = 1 };
+ * SiLU and GELU's tanh form vectorised: SiLU is g * sigmoid(g), and
+ * 0.5 g (1 + tanh(c (g + 0.044715 g^3))), c = sqrt(2/pi), is g * sigmoid(2 c (g + 0.044715 g^3)). */
 static void act_times_up(const float *gate_up, int64_t hidden, int act, float *out) {
     const float c2 = 2.0f * 0.7978845608028654f;
     int64_t i = 0;
 #ifdef __AVX512F__
-    for (; i + 16 <= hidden; i += 16) {
+    for (; (act == ACT_SILU || act == ACT_GELU_TANH) && i + 16 <= hidden; i += 16) {
         const __m512 g = _mm512_loadu_ps(gate_up + i), u = _mm512_loadu_ps(gate_up + hidden + i);
         __m512 z = g;
         if (act == ACT_GELU_TANH) {
@@ -333,9 +356,18 @@ static void act_times_up(const float *gate_up, int64_t hidden, int act, float *o
 #endif
     for (; i < hidden; i++) {
         const float g = gate_up[i];
-        const float z = act == ACT_GELU_TANH ? c2 * (g + 0.044715f * g * g * g) : g;
-        out[i] = g / (1.0f + expf(-z)) * gate_up[hidden + i];
+        if (act == ACT_SILU || act == ACT_GELU_TANH) { /* the sigmoid form, as the vector loop */
+            const float z = act == ACT_GELU_TANH ? c2 * (g + 0.044715f * g * g * g) : g;
+            out[i] = g / (1.0f + expf(-z)) * gate_up[hidden + i];
+        } else {
+            out[i] = act_one(g, act) * gate_up[hidden + i];
+        }
     }
+}
+
+/* act(u) for one row of a plain MLP's up projection (hidden floats), into out. */
+static void act_plain(const float *up, int64_t hidden, int act, float *out) {
+    for (int64_t i = 0; i < hidden; i++) out[i] = act_one(up[i], act);
 }
 
 /* The arguments of one layer step, declared once (giraffe.quant.decode_step.LayerStep
@@ -357,13 +389,24 @@ typedef struct {
     float norm_offset;                           /* every norm multiplies by (norm_offset + w) (Gemma: 1) */
     float query_scale;                           /* multiplies q.k; 0 = 1/sqrt(head_dim) */
     float attn_softcap;                          /* scores -> cap * tanh(scores / cap); 0 = none (Gemma 2) */
-    int activation;                              /* ACT_SILU or ACT_GELU_TANH on the gate */
+    int activation;                              /* ACT_*: on the gate, or on up in a plain MLP */
+    /* GPT-2 / GPT-NeoX wiring (all zero/NULL: Llama's) */
+    int layer_norm;                              /* the block's two norms are LayerNorms, not RMSNorm */
+    const float *attn_norm_bias, *mlp_norm_bias; /* their biases (NULL: none) */
+    int rope_dims;                               /* RoPE turns the first rope_dims of each head (partial
+                                                    rotary); 0 = all of it; -1 = no RoPE (learned positions) */
+    int plain_mlp;                               /* down(act(up(h))): gate_up holds up alone */
+    int parallel;                                /* x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX) */
 } layer_step;
 
-static void rmsnorm_rows(const float *x, int64_t rows, int64_t dim, const float *w, float offset, float eps,
-                         float *out, int parallel, int n_threads) {
+/* The rows' norm: RMSNorm with (offset + w), or LayerNorm with w and b (b may be NULL). */
+static void norm_rows(const float *x, int64_t rows, int64_t dim, int layer_norm, const float *w, const float *b,
+                      float offset, float eps, float *out, int parallel, int n_threads) {
     #pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
-    for (int64_t r = 0; r < rows; r++) rmsnorm(x + r * dim, w, offset, eps, dim, out + r * dim);
+    for (int64_t r = 0; r < rows; r++) {
+        if (layer_norm) layernorm(x + r * dim, w, b, eps, dim, out + r * dim);
+        else rmsnorm(x + r * dim, w, offset, eps, dim, out + r * dim);
+    }
 }
 
 /* One layer for n rows at once, one token each, in one of two shapes:
@@ -373,19 +416,23 @@ static void rmsnorm_rows(const float *x, int64_t rows, int64_t dim, const float 
  * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
  *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
  *   (attention.h's flash kernel where built, unless the scores are soft-capped).
- * The matrix products take all n rows together. cos/sin are (n, D). The block:
- * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; RoPE; cache;
+ * The matrix products take all n rows together. cos/sin are (n, rope dims). The block:
+ * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
  * a = o(attention); x += [attn_post_norm](a); h = norm(x);
- * x += [mlp_post_norm](down(act(gate(h)) * up(h))). */
+ * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
+ * or, parallel: x += a + mlp(norm'(x)) with both norms of the block's input. */
 static int decode_layer(const layer_step *s) {
     float *x = s->x;
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
     const int64_t *slots = s->slots;
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, n_threads = s->n_threads;
+    const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims, ln = s->layer_norm;
     const float off = s->norm_offset, eps = s->eps;
-    if (head_dim > 512 || (s->activation != ACT_SILU && s->activation != ACT_GELU_TANH)) return -1;
+    if (head_dim > 512 || s->activation < ACT_SILU || s->activation > ACT_RELU) return -1;
+    if (rot > head_dim || (rot > 0 && rot % 2) || (rot < 0 && rot != -1)) return -1;
     if ((s->q_norm == NULL) != (s->k_norm == NULL) || (s->attn_post_norm == NULL) != (s->mlp_post_norm == NULL))
         return -1;
+    if (s->parallel && s->attn_post_norm) return -1;
     const int prompt = row_stride == 0 && n > 1;
     for (int64_t r = 0; r < n; r++) {
         if (slots[r] < 0 || slots[r] >= max_len) return -1;
@@ -397,12 +444,13 @@ static int decode_layer(const layer_step *s) {
     const int flash = 0;
 #endif
     const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = total_out(s->gate_up) / 2, proj_size = q_size + 2 * kv_size;
+    const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2), proj_size = q_size + 2 * kv_size;
     float *h = s->scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
     float *mlp = scores + (flash ? 0 : n * n_heads * max_len); /* n rows of gate|up, 2*hidden each */
     float *act = mlp + n * 2 * hidden;                          /* n rows of act(gate)*up */
+    float *h2 = act + n * hidden;                               /* n rows: the MLP branch, when parallel */
     const int many = n > 16; /* spread the per-row work over threads only when it pays */
-    rmsnorm_rows(x, n, dim, s->attn_norm, off, eps, h, many, n_threads);
+    norm_rows(x, n, dim, ln, s->attn_norm, s->attn_norm_bias, off, eps, h, many, n_threads);
     matmul_rows(s->qkv, h, n, proj, n_threads);
     #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
     for (int64_t r = 0; r < n; r++) {
@@ -411,8 +459,10 @@ static int decode_layer(const layer_step *s) {
             for (int hd = 0; hd < n_heads; hd++) rmsnorm(q + hd * head_dim, s->q_norm, off, eps, head_dim, q + hd * head_dim);
             for (int g = 0; g < kv_heads; g++) rmsnorm(k + g * head_dim, s->k_norm, off, eps, head_dim, k + g * head_dim);
         }
-        rope(q, n_heads, head_dim, s->cos + r * head_dim, s->sin + r * head_dim);
-        rope(k, kv_heads, head_dim, s->cos + r * head_dim, s->sin + r * head_dim);
+        if (rot > 0) {
+            rope(q, n_heads, head_dim, rot, s->cos + r * rot, s->sin + r * rot);
+            rope(k, kv_heads, head_dim, rot, s->cos + r * rot, s->sin + r * rot);
+        }
         for (int g = 0; g < kv_heads; g++) {
             const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
             memcpy(s->k_cache + at, k + g * head_dim, sizeof(float) * head_dim);
@@ -440,16 +490,25 @@ static int decode_layer(const layer_step *s) {
                         scores + job * max_len, att + r * q_size + hd * head_dim);
         }
     }
-    matmul_rows(s->o, att, n, h, n_threads);
-    if (s->attn_post_norm) rmsnorm_rows(h, n, dim, s->attn_post_norm, off, eps, h, many, n_threads);
-    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
-    rmsnorm_rows(x, n, dim, s->mlp_norm, off, eps, h, many, n_threads);
-    matmul_rows(s->gate_up, h, n, mlp, n_threads);
+    matmul_rows(s->o, att, n, h, n_threads); /* h: the attention branch */
+    if (s->attn_post_norm) norm_rows(h, n, dim, 0, s->attn_post_norm, NULL, off, eps, h, many, n_threads);
+    if (!s->parallel) {
+        for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+        h2 = h; /* the MLP reads the updated x; its branch may reuse h */
+    }
+    norm_rows(x, n, dim, ln, s->mlp_norm, s->mlp_norm_bias, off, eps, h2, many, n_threads);
+    matmul_rows(s->gate_up, h2, n, mlp, n_threads);
     #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) act_times_up(mlp + r * 2 * hidden, hidden, s->activation, act + r * hidden);
-    matmul_rows(s->down, act, n, h, n_threads);
-    if (s->mlp_post_norm) rmsnorm_rows(h, n, dim, s->mlp_post_norm, off, eps, h, many, n_threads);
-    for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+    for (int64_t r = 0; r < n; r++) {
+        if (s->plain_mlp) act_plain(mlp + r * hidden, hidden, s->activation, act + r * hidden);
+        else act_times_up(mlp + r * 2 * hidden, hidden, s->activation, act + r * hidden);
+    }
+    matmul_rows(s->down, act, n, h2, n_threads);
+    if (s->mlp_post_norm) norm_rows(h2, n, dim, 0, s->mlp_post_norm, NULL, off, eps, h2, many, n_threads);
+    if (s->parallel)
+        for (int64_t i = 0; i < n * dim; i++) x[i] = (x[i] + h[i]) + h2[i]; /* as (x + a) + m */
+    else
+        for (int64_t i = 0; i < n * dim; i++) x[i] += h2[i];
     return 0;
 }
 
