@@ -130,7 +130,7 @@ def bytes_per_token(path: Path) -> dict:
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
         return {"file_bytes_per_token": size, "giraffe_bytes_per_token": None}
     from giraffe.files.gguf_reader import FastGGUFReader
-    from giraffe.quant.kernels import scales_per_block
+    from giraffe.quant.kernels import half_scales, scales_per_block
     from giraffe.quant.types import BLOCK_TYPES
 
     reader = FastGGUFReader(path)
@@ -145,7 +145,9 @@ def bytes_per_token(path: Path) -> dict:
             giraffe_bytes += t.data.nbytes
             continue
         # the int8 tiles per 16 rows x 32 inputs: the integers in their form, then the scales
-        per_tile_block = (512, 256, 320)[kind.nibbles] + 4 * scales_per_block(t.tensor_type.name)
+        name = t.tensor_type.name
+        scale_bytes = 2 if half_scales(name) else 4
+        per_tile_block = (512, 256, 320)[kind.nibbles] + scale_bytes * scales_per_block(name)
         giraffe_bytes += int(t.shape.prod()) * per_tile_block / 512
     return {"file_bytes_per_token": file_bytes, "giraffe_bytes_per_token": int(giraffe_bytes)}
 

@@ -1,20 +1,22 @@
-"""New tokens through a whole packed decoder with one compiled call per layer.
+"""New tokens through a whole packed decoder with one compiled call for all its layers.
 
 The plain path runs ~35 small torch ops per layer; for a 135M model at batch 1 their
-dispatch costs as much as the matrix products. `FastDecode` hands each layer to
-`giraffe_decode_layer` (csrc/qmatmul.c): norms, fused q/k/v, RoPE, the KV-cache write,
-attention over the cache, o_proj, the gated MLP and the residuals, with the wiring the
-config's fields describe where a family adds it (`ModelConfig.compiled_block` says which
-blocks: QK-norm, (offset + w) norms, sandwich norms, GELU-tanh gating, a query scale,
-soft-capped scores, per-layer windows and RoPE bases, scaled embeddings; never a
-family name) - for one sequence's next
+dispatch costs as much as the matrix products. `FastDecode` hands the layers to
+`giraffe_decode_layers` (csrc/qmatmul.c), which runs each in turn with no Python between
+them: norms, fused q/k/v, RoPE, the KV-cache write, attention over the cache, o_proj, the
+MLP and the residuals, with the wiring the config's fields describe where a family adds
+it (`ModelConfig.compiled_block` says which blocks: QK-norm, (offset + w) norms,
+LayerNorms, sandwich norms, gated or plain MLPs, a query scale, soft-capped scores,
+partial RoPE, parallel residuals, per-layer windows and RoPE bases, scaled embeddings
+and learned positions; never a family name) - for one sequence's next
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
 whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
 maps asked for, every projection packed in ggml blocks, int8 tiles or group-wise
 int8/int4, optionally under a LoRA adapter whose low-rank delta the C step adds);
 everything else returns None and the model runs its ordinary path. Tests hold the two equal.
-The C arguments are one struct per layer (`LayerStep`), mirrored from csrc/qmatmul.c and
+The C arguments are one struct per layer (`LayerStep`, fixed at build) and one per call
+(`DecodeCall`: rows, cache, RoPE rows, scratch), mirrored from csrc/qmatmul.c and
 size-checked against the library.
 """
 
@@ -47,6 +49,7 @@ class PackedMatrix(ctypes.Structure):
         ("lora_b", ctypes.c_void_p * MAX_PARTS),
         ("lora_r", ctypes.c_int64 * MAX_PARTS),
         ("lora_scale", ctypes.c_float * MAX_PARTS),
+        ("half8", ctypes.c_int64 * MAX_PARTS),
     ]
 
 
@@ -71,6 +74,20 @@ class LayerStep(ctypes.Structure):
         ("attn_softcap", ctypes.c_float), ("activation", ctypes.c_int),
         ("layer_norm", ctypes.c_int), ("attn_norm_bias", _P), ("mlp_norm_bias", _P),
         ("rope_dims", ctypes.c_int), ("plain_mlp", ctypes.c_int), ("parallel", ctypes.c_int),
+        ("local_rope", ctypes.c_int),
+    ]  # fmt: skip
+
+
+class DecodeCall(ctypes.Structure):
+    """csrc/qmatmul.c's decode_call: what every layer of one call shares."""
+
+    _P, _I64 = ctypes.c_void_p, ctypes.c_int64
+    _fields_ = [
+        ("size", _I64), ("x", _P), ("n", _I64),
+        ("cos", _P), ("sin", _P), ("cos_local", _P), ("sin_local", _P),
+        ("k_cache", _P), ("v_cache", _P), ("layer_stride", _I64),
+        ("row_stride", _I64), ("slots", _P), ("max_len", _I64),
+        ("scratch", _P), ("n_threads", ctypes.c_int),
     ]  # fmt: skip
 
 
@@ -80,7 +97,8 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
 
 def check_structs() -> None:
     """KernelMismatchError when the library's structs differ in size from these mirrors."""
-    for name, mirror in (("layer_step", LayerStep), ("packed_matrix", PackedMatrix)):
+    mirrors = (("layer_step", LayerStep), ("packed_matrix", PackedMatrix), ("decode_call", DecodeCall))
+    for name, mirror in mirrors:
         theirs = kernels.struct_size(name)
         if theirs != ctypes.sizeof(mirror):
             raise kernels.KernelMismatchError(
@@ -163,6 +181,7 @@ def _attach_int8(matrix: PackedMatrix) -> None:
     for i, w in enumerate(matrix._source.int8_segments()):
         if w is not None:
             matrix.q8[i], matrix.dm8[i], matrix.nib8[i] = w.q.data_ptr(), w.dm.data_ptr(), w.nibbles
+            matrix.half8[i] = w.half
 
 
 def _adapters(matrix: PackedMatrix) -> list[tuple]:
@@ -204,12 +223,11 @@ class FastDecode:
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
         )
         check_structs()
-        self.steps = [
-            self._step(i, layer, extra)
-            for i, (layer, extra) in enumerate(zip(layers, norms, strict=True))
-        ]
-        # per layer: whether it takes the sliding layers' own RoPE (Gemma 3)
-        self.local_rope = [self.cfg.layer_local_rope(i) for i in range(len(layers))]
+        # one C array: giraffe_decode_layers runs them all in one call
+        self.steps = (LayerStep * len(layers))(
+            *(self._step(i, layer, extra) for i, (layer, extra) in enumerate(zip(layers, norms, strict=True)))
+        )
+        self.local_rope = any(self.cfg.layer_local_rope(i) for i in range(len(layers)))
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
 
     def _step(self, i: int, layer: tuple, norms: dict) -> LayerStep:
@@ -233,6 +251,7 @@ class FastDecode:
         step.layer_norm, step.plain_mlp = cfg.norm == "layernorm", cfg.mlp == "plain"
         step.parallel = cfg.parallel_residual
         step.rope_dims = -1 if cfg.position != "rope" else cfg.rotary_dims
+        step.local_rope = cfg.layer_local_rope(i)  # the sliding layers' own RoPE (Gemma 3)
         return step
 
     @staticmethod
@@ -269,6 +288,8 @@ class FastDecode:
         B, T = ids.shape
         if torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None
+        if cache.k.stride() != cache.v.stride():
+            return None  # the C step walks both caches with one set of strides
         if self.int8_only and not int8_activations():
             return None  # float activations: the module path dequantizes
         slots, shared = self._slots(cache, B, T)
@@ -283,23 +304,24 @@ class FastDecode:
         if self.cfg.position == "learned":
             x = x + model.pos_embed(positions.reshape(B, T))
         x = x.reshape(n, -1).contiguous().float()  # (n, C)
-        ropes = {False: _rope_rows(model, positions, n)}  # local? -> (cos, sin), (n, R) or None
-        if any(self.local_rope):
-            ropes[True] = _rope_rows(model, positions, n, local=True)
+        rope = _rope_rows(model, positions, n)  # (cos, sin), each (n, R), or None
+        local = _rope_rows(model, positions, n, local=True) if self.local_rope else rope
         self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
-        row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
-        for i, step in enumerate(self.steps):
-            rope = ropes[self.local_rope[i]]
-            step.x, step.n = x.data_ptr(), n
-            step.cos, step.sin = (None, None) if rope is None else (t.data_ptr() for t in rope)
-            step.k_cache, step.v_cache = cache.k[i, 0].data_ptr(), cache.v[i, 0].data_ptr()
-            step.row_stride, step.slots, step.max_len = row_stride, slots.data_ptr(), cache.max_len
-            step.scratch, step.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
-            if self.fn(ctypes.byref(step)) != 0:
-                raise ValueError(
-                    f"the compiled decode step rejected layer {i} (slots {slots.tolist()})"
-                )
+        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x.data_ptr(), n=n)
+        if rope is not None:
+            call.cos, call.sin = rope[0].data_ptr(), rope[1].data_ptr()
+            call.cos_local, call.sin_local = local[0].data_ptr(), local[1].data_ptr()
+        call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
+        call.layer_stride = cache.k.stride(0)
+        call.row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
+        call.slots, call.max_len = slots.data_ptr(), cache.max_len
+        call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
+        status = self.fn(ctypes.byref(call), self.steps, len(self.steps))
+        if status != 0:
+            raise RuntimeError(
+                f"the compiled decode step refused layer {-1 - status} (slots {slots.tolist()})"
+            )
         cache.advance(T)
         return model.norm(x.view(B, T, -1))
 

@@ -32,7 +32,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 8
+ABI_VERSION = 10
 
 
 class KernelMismatchError(RuntimeError):
@@ -99,13 +99,14 @@ SIGNATURES = {
     "giraffe_i8_nibbles": [_I],
     "giraffe_attention_causal": [_P, _I64, _I64, _P, _P, _I64, _I64, _I, _I, _I64, _I64, _I, _F,
                                  _I64, _P, _I64, _I64, _I],
-    "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I],
-    "giraffe_gemm_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
-    "giraffe_decode_layer": [_P],
-    "giraffe_dequantize_i8": [_P, _P, _I, _I, _I64, _I64, _P, _I64, _P, _I],
+    "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I, _I],
+    "giraffe_gemm_i8": [_P, _P, _I, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
+    "giraffe_decode_layers": [_P, _P, _I],
+    "giraffe_dequantize_i8": [_P, _P, _I, _I, _I, _I64, _I64, _P, _I64, _P, _I],
     "giraffe_block_table": [_P, _I],
     "giraffe_abi_version": [],
     "giraffe_layer_step_size": [],
+    "giraffe_decode_call_size": [],
     "giraffe_packed_matrix_size": [],
 }  # fmt: skip
 I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
@@ -167,12 +168,13 @@ def check_library(lib) -> None:
             f"{', '.join(dict.fromkeys(differ))}; csrc/blocks.h and types.py must describe the "
             f"same types (fix the one that is wrong, then delete {cache_dir()})"
         )
-    for name in ("giraffe_layer_step_size", "giraffe_packed_matrix_size"):
+    for name in ("giraffe_layer_step_size", "giraffe_packed_matrix_size", "giraffe_decode_call_size"):
         getattr(lib, name).restype = ctypes.c_int
 
 
 def struct_size(name: str) -> int:
-    """sizeof a struct as the library sees it ("layer_step", "packed_matrix"); 0 without it."""
+    """sizeof a struct as the library sees it ("layer_step", "packed_matrix", "decode_call");
+    0 without it."""
     fn = _function(f"giraffe_{name}_size")
     return 0 if fn is None else fn()
 
@@ -211,8 +213,9 @@ def qmatmul(
 
 
 def decode_layer_function():
-    """The whole-layer decode step (csrc/qmatmul.c), or None without the kernel library."""
-    return _function("giraffe_decode_layer")
+    """The compiled decode step over every layer (csrc/qmatmul.c's giraffe_decode_layers),
+    or None without the kernel library."""
+    return _function("giraffe_decode_layers")
 
 
 def dequantize(
@@ -244,13 +247,20 @@ class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
     q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives),) uint8: VNNI order
-    dm: torch.Tensor  # (tiles * blocks * 16 or 32,) float32: 16 scales (then 16 mins) a tile block
+    # (tiles * blocks * 16 or 32,) 16 scales (then 16 mins) a tile block: float32, or float16
+    # where every scale is an fp16 exactly (half_scales)
+    dm: torch.Tensor
     kind: str
     n_out: int
     n_in: int
     # how the integers are packed: 0 a byte each; 1 two 4-bit integers a byte (Q4_0, Q4_1,
     # Q4_K); 2 those nibbles plus a plane of fifth bits (Q5_0, Q5_1, Q5_K)
     nibbles: int = 0
+
+    @property
+    def half(self) -> int:
+        """1 when the scales are fp16 (2 bytes a scale), 0 when float32."""
+        return int(self.dm.dtype == torch.float16)
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight back as float32 (n_out, n_in), or only `rows` (any int shape -> (N, n_in)):
@@ -260,7 +270,7 @@ class Int8Weights:
         out = torch.empty(n, self.n_in, dtype=torch.float32)  # (n, n_in)
         status = _function("giraffe_dequantize_i8")(
             self.q.data_ptr(), self.dm.data_ptr(), KIND_CODES[self.kind], int(self.nibbles),
-            self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
+            self.half, self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
             out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
@@ -298,6 +308,12 @@ def nibble_kinds() -> tuple[str, ...]:
     return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
 
 
+def half_scales(kind: str) -> bool:
+    """Whether the int8 form keeps this type's scales (and mins) as fp16: the 32-weight
+    types', which are the file's own fp16 numbers; a K-quant's d * sc needs a float."""
+    return BLOCK_TYPES[kind].weights == 32
+
+
 def scales_per_block(kind: str) -> int:
     """Floats per tile and block of 32 inputs: 16 scales, and 16 mins (or Q6_K's second
     scales) where the type has them."""
@@ -329,15 +345,16 @@ def repack_int8(
         raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
     tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * scales_per_block(kind)
+    half = half_scales(kind)
     q = torch.empty(tiles * tile_q, dtype=torch.uint8)
-    dm = torch.empty(tiles * tile_dm, dtype=torch.float32)
+    dm = torch.empty(tiles * tile_dm, dtype=torch.float16 if half else torch.float32)
     start = 0  # in tiles
     for part in parts:
         rows = part.shape[0]
         args = (part.contiguous().data_ptr(), KIND_CODES[kind], rows, n_in)
         status = _function("giraffe_repack_i8")(
             *args, q[start * tile_q :].data_ptr(), dm[start * tile_dm :].data_ptr(),
-            form, torch.get_num_threads(),
+            form, int(half), torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"repacking {kind} {rows}x{n_in} for the int8 GEMM failed")
@@ -357,7 +374,7 @@ def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) 
     if out is None:
         out = torch.empty(*x.shape[:-1], w.n_out, dtype=torch.float32)  # (..., n_out)
     status = _function("giraffe_gemm_i8")(
-        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], int(w.nibbles), w.n_out, w.n_in,
+        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], int(w.nibbles), w.half, w.n_out, w.n_in,
         x.data_ptr(), rows, out.data_ptr(), out.stride(-2) if out.dim() > 1 else w.n_out,
         torch.get_num_threads(),
     )  # fmt: skip

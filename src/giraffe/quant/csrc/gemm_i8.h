@@ -13,9 +13,11 @@
  * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
  * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
  * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
- * Per tile and block also 16 scales d (floats), then, for types with a min, 16 mins m; for Q6_K ("split" scales)
+ * Per tile and block also 16 scales d, then, for types with a min, 16 mins m; for Q6_K ("split" scales)
  * 16 scales of weights 0-15, then 16 of weights 16-31, whose integer sums are kept apart
- * (groups 0-3, then 4-7) and scaled each by its own. Types whose q fit 4 bits
+ * (groups 0-3, then 4-7) and scaled each by its own. The scales are floats, or fp16
+ * ("half") where every value is one exactly (the 32-weight types' d and m are the file's
+ * own fp16 numbers; a K-quant's d * sc is not): 2 bytes a scale fewer to read per token. Types whose q fit 4 bits
  * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
  * low and high halves of the same 64 bytes), half the bytes that a bandwidth-bound
  * decode step reads, for two more instructions per 64 bytes. Types whose q fit 5 bits
@@ -50,31 +52,45 @@ static inline int i8_scales(int kind) { return I8_HAS_MIN[kind] || I8_SPLIT[kind
 /* A form a type may be repacked in: bytes always, or its own packed form. */
 static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
 
+/* One scale of the int8 form: a float, or its fp16 (exact: see the top). */
+static inline void put_scale(uint8_t *dm, int64_t i, float v, int half) {
+    if (half) ((uint16_t *)dm)[i] = _cvtss_sh(v, 0);
+    else ((float *)dm)[i] = v;
+}
+static inline float get_scale(const uint8_t *dm, int64_t i, int half) {
+    return half ? _cvtsh_ss(((const uint16_t *)dm)[i]) : ((const float *)dm)[i];
+}
+/* 16 scales from i on, as floats. */
+static inline __m512 load_scales(const uint8_t *dm, int64_t i, int half) {
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dm + 2 * i))) : _mm512_loadu_ps(dm + 4 * i);
+}
+
 /* n_out rows of packed blocks -> q (tiles * n_blocks * i8_block_bytes(form) bytes) and dm
- * (tiles * n_blocks * i8_scales(kind) floats), tiles = ceil(n_out / 16); rows past n_out
- * are zero. Returns 0 or -1. */
-int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, float *dm,
-                      int nibbles, int n_threads) {
+ * (tiles * n_blocks * i8_scales(kind) scales, floats or fp16 when `half`), tiles =
+ * ceil(n_out / 16); rows past n_out are zero. half is refused for K-quants (their scales
+ * are products no fp16 holds). Returns 0 or -1. */
+int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, uint8_t *dm,
+                      int nibbles, int half, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
-    if (!form_ok(kind, nibbles)) return -1;
-    const int block_bytes = i8_block_bytes(nibbles), scales = i8_scales(kind);
+    if (!form_ok(kind, nibbles) || (half && BLOCK_WEIGHTS[kind] != 32)) return -1;
+    const int block_bytes = i8_block_bytes(nibbles), scales = i8_scales(kind), es = half ? 2 : 4;
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
     const int64_t rb = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         for (int64_t b = 0; b < n_blocks; b++) {
             uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            float *dt = dm + (t * n_blocks + b) * scales;
+            uint8_t *dt = dm + (t * n_blocks + b) * scales * es;
             memset(qt, 0, block_bytes);
-            memset(dt, 0, sizeof(float) * scales);
+            memset(dt, 0, (size_t)es * scales);
             for (int c = 0; c < I8_TILE; c++) {
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
                 float d[2], m;
                 sub_block_ints(w + o * rb, kind, b, v, d, &m);
-                dt[c] = d[0];
-                if (scales > I8_TILE) dt[I8_TILE + c] = I8_SPLIT[kind] ? d[1] : m;
+                put_scale(dt, c, d[0], half);
+                if (scales > I8_TILE) put_scale(dt, I8_TILE + c, I8_SPLIT[kind] ? d[1] : m, half);
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
@@ -124,9 +140,9 @@ static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t
  * `split`: each 16 weights of a block have their own scale (Q6_K): the integer sums of
  * groups 0-3 and 4-7 are scaled apart. */
 static inline __attribute__((always_inline)) void gemm_i8_block(
-    const uint8_t *q0, const uint8_t *q1, const float *dm0, const float *dm1, int64_t n_blocks, const int8_t *a,
+    const uint8_t *q0, const uint8_t *q1, const uint8_t *dm0, const uint8_t *dm1, int64_t n_blocks, const int8_t *a,
     int64_t n_in, const float *da, const int32_t *isum, const int32_t *isum_lo, int rows, int offset, int has_min,
-    float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split) {
+    float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split, const int is_half) {
     const int block_bytes = i8_block_bytes(nibbles), scales = has_min || split ? 2 * I8_TILE : I8_TILE;
     const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
@@ -134,7 +150,8 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *w0 = q0 + b * block_bytes, *w1 = q1 ? q1 + b * block_bytes : w0;
         const int8_t *ab = a + 32 * b;
-        const float *s0 = dm0 + b * scales, *s1 = (dm1 ? dm1 : dm0) + b * scales;
+        const int64_t s0 = b * scales; /* this block's first scale, in each tile's dm */
+        const uint8_t *dm1b = dm1 ? dm1 : dm0;
         #pragma GCC unroll 2
         for (int half = 0; half < 2; half++) {
             if (half && !split) break; /* constant trip counts, so the loops unroll */
@@ -176,7 +193,8 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                     }
                 }
             }
-            const __m512 d0 = _mm512_loadu_ps(s0 + half * I8_TILE), d1 = _mm512_loadu_ps(s1 + half * I8_TILE);
+            const __m512 d0 = load_scales(dm0, s0 + half * I8_TILE, is_half);
+            const __m512 d1 = load_scales(dm1b, s0 + half * I8_TILE, is_half);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
@@ -187,7 +205,7 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
             }
         }
         if (has_min) {
-            const __m512 m0 = _mm512_loadu_ps(s0 + I8_TILE), m1 = _mm512_loadu_ps(s1 + I8_TILE);
+            const __m512 m0 = load_scales(dm0, s0 + I8_TILE, is_half), m1 = load_scales(dm1b, s0 + I8_TILE, is_half);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
@@ -223,7 +241,7 @@ static int i8_acts_make(const float *x, int64_t m, int64_t n_in, int n_threads, 
 static void i8_acts_free(i8_acts *s) { free(s->a); free(s->da); free(s->isum); }
 
 /* One weight (tiles of giraffe_repack_i8) against the rounded activations. */
-typedef struct { const uint8_t *q; const float *dm; int kind, form; int64_t n_out; float *y; } i8_part;
+typedef struct { const uint8_t *q; const uint8_t *dm; int kind, form, half; int64_t n_out; float *y; } i8_part;
 
 static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE - 1) / I8_TILE + 1) / 2; }
 
@@ -232,7 +250,7 @@ static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE -
 static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t y_stride) {
     const int64_t n_in = s->n_in, m = s->m, n_blocks = n_in / 32, tiles = (w->n_out + I8_TILE - 1) / I8_TILE;
     const int kind = w->kind, nibbles = w->form, offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
-    const int64_t tile_dm = n_blocks * i8_scales(kind), tile_q = n_blocks * i8_block_bytes(nibbles);
+    const int64_t tile_dm = n_blocks * i8_scales(kind) * (w->half ? 2 : 4), tile_q = n_blocks * i8_block_bytes(nibbles);
     const int64_t t0 = 2 * p, col = t0 * I8_TILE;
     const int has1 = t0 + 1 < tiles;
     const int64_t left0 = w->n_out - col, left1 = left0 - I8_TILE;
@@ -241,24 +259,25 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
     for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
         const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
         const uint8_t *q0 = w->q + t0 * tile_q, *q1 = has1 ? w->q + (t0 + 1) * tile_q : NULL;
-        const float *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
+        const uint8_t *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
         const int8_t *ar = s->a + r0 * n_in;
         float *yr = w->y + r0 * y_stride + col;
         const float *dar = s->da + r0 * n_blocks;
         const int32_t *isr = s->isum + r0 * n_blocks, *islo = s->isum_lo + r0 * n_blocks;
-        /* four calls with constant flags: each compiles to its own loop */
-        if (nibbles == 1)
-            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
-                          cols0, cols1, 1, 0);
-        else if (nibbles == 2)
-            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
-                          cols0, cols1, 2, 0);
-        else if (I8_SPLIT[kind])
-            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, 0, yr, y_stride, cols0,
-                          cols1, 0, 1);
-        else
-            gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, has_min, yr, y_stride,
-                          cols0, cols1, 0, 0);
+        /* calls with constant flags: each compiles to its own loop */
+#define I8_BLOCK(NIB, MIN, SPLIT, HALF)                                                                          \
+    gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, MIN, yr, y_stride, cols0, \
+                  cols1, NIB, SPLIT, HALF)
+        if (nibbles == 1) {
+            if (w->half) I8_BLOCK(1, has_min, 0, 1); else I8_BLOCK(1, has_min, 0, 0);
+        } else if (nibbles == 2) {
+            if (w->half) I8_BLOCK(2, has_min, 0, 1); else I8_BLOCK(2, has_min, 0, 0);
+        } else if (I8_SPLIT[kind]) {
+            I8_BLOCK(0, 0, 1, 0); /* Q6_K: a K-quant, float scales */
+        } else {
+            if (w->half) I8_BLOCK(0, has_min, 0, 1); else I8_BLOCK(0, has_min, 0, 0);
+        }
+#undef I8_BLOCK
     }
 }
 
@@ -274,14 +293,15 @@ static void gemm_i8_parts(const i8_part *parts, int n_parts, const i8_acts *s, i
 }
 
 /* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
- * giraffe_repack_i8. `kind` gives the offset and whether mins are there. Returns 0 or -1. */
-int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
-                    const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
+ * giraffe_repack_i8 (`half`: its scales are fp16). `kind` gives the offset and whether
+ * mins are there. Returns 0 or -1. */
+int giraffe_gemm_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int half, int64_t n_out,
+                    int64_t n_in, const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
-    if (!form_ok(kind, nibbles)) return -1;
+    if (!form_ok(kind, nibbles) || (half && BLOCK_WEIGHTS[kind] != 32)) return -1;
     i8_acts s;
     if (i8_acts_make(x, m, n_in, n_threads, &s) != 0) return -1;
-    const i8_part w = {q, dm, kind, nibbles, n_out, y};
+    const i8_part w = {q, dm, kind, nibbles, half, n_out, y};
     gemm_i8_parts(&w, 1, &s, y_stride, n_threads);
     i8_acts_free(&s);
     return 0;
@@ -291,9 +311,10 @@ int giraffe_gemm_i8(const uint8_t *q, const float *dm, int kind, int nibbles, in
  * in order when rows is NULL) into out (n_rows, n_in). w = d * (q + offset) + m, the same
  * numbers as ggml's dequantize of the blocks it was repacked from (sub_block_ints). This
  * lets the int8 form be the only resident copy: float paths and lookups read it. */
-int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbles, int64_t n_out, int64_t n_in,
-                          const int64_t *rows, int64_t n_rows, float *out, int n_threads) {
+int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int half, int64_t n_out,
+                          int64_t n_in, const int64_t *rows, int64_t n_rows, float *out, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || !form_ok(kind, nibbles)) return -1;
+    if (half && BLOCK_WEIGHTS[kind] != 32) return -1;
     if (!rows) n_rows = n_out;
     for (int64_t i = 0; rows && i < n_rows; i++)
         if (rows[i] < 0 || rows[i] >= n_out) return -1;
@@ -306,7 +327,7 @@ int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbl
         const int c = (int)(o % I8_TILE);
         for (int64_t b = 0; b < n_blocks; b++) {
             const uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            const float *dt = dm + (t * n_blocks + b) * i8_scales(kind);
+            const uint8_t *dt = dm + (t * n_blocks + b) * i8_scales(kind) * (half ? 2 : 4);
             float *y = out + i * n_in + 32 * b;
             for (int l = 0; l < 32; l++) {
                 int v;
@@ -316,9 +337,9 @@ int giraffe_dequantize_i8(const uint8_t *q, const float *dm, int kind, int nibbl
                     const int bit = 4 * c + l % 4;
                     v |= ((qt[I8_NIBBLE_BYTES + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << 4;
                 }
-                const float d = dt[split && l >= 16 ? I8_TILE + c : c];
+                const float d = get_scale(dt, split && l >= 16 ? I8_TILE + c : c, half);
                 y[l] = d * (float)(v + offset);
-                if (has_min) y[l] += dt[I8_TILE + c];
+                if (has_min) y[l] += get_scale(dt, I8_TILE + c, half);
             }
         }
     }

@@ -183,11 +183,12 @@ typedef struct {
     const uint8_t *w[MAX_PARTS]; int kind[MAX_PARTS]; int64_t n_out[MAX_PARTS];
     int n_parts; int64_t n_in; const float *bias;
     /* the parts repacked for the int8 GEMM (gemm_i8.h), or NULL; used when use_i8 is set */
-    const uint8_t *q8[MAX_PARTS]; const float *dm8[MAX_PARTS]; int64_t nib8[MAX_PARTS]; int64_t use_i8;
+    const uint8_t *q8[MAX_PARTS]; const uint8_t *dm8[MAX_PARTS]; int64_t nib8[MAX_PARTS]; int64_t use_i8;
     /* a low-rank adapter beside each part (LoRA), when lora_r > 0: y += scale * B (A x),
      * A (r, n_in) and B (n_out, r) float32 */
     const float *lora_a[MAX_PARTS]; const float *lora_b[MAX_PARTS]; int64_t lora_r[MAX_PARTS];
     float lora_scale[MAX_PARTS];
+    int64_t half8[MAX_PARTS]; /* whether a part's int8-form scales are fp16 */
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -254,7 +255,7 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
     int n_i8 = 0;
     for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
         if (!(m->q8[p] && m->use_i8)) continue;
-        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], m->n_out[p], y + col};
+        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], (int)m->half8[p], m->n_out[p], y + col};
         parts[n_i8++] = w;
         done[p] = 1;
     }
@@ -373,7 +374,8 @@ static void act_plain(const float *up, int64_t hidden, int act, float *out) {
 /* The arguments of one layer step, declared once (giraffe.quant.decode_step.LayerStep
  * mirrors it; the library reports its size, and the caller stamps `size`, so a mismatch
  * is refused rather than read wrongly). Per layer: weights, norms, shapes and the block's
- * wiring; per call: x, n, the rotary rows, the cache, the slots and the scratch. */
+ * wiring; per call (written by giraffe_decode_layers from its decode_call): x, n, the
+ * rotary rows, the cache, the slots and the scratch. */
 typedef struct {
     int64_t size; /* sizeof(layer_step) as the caller sees it */
     float *x; int64_t n; int64_t dim;
@@ -397,6 +399,7 @@ typedef struct {
                                                     rotary); 0 = all of it; -1 = no RoPE (learned positions) */
     int plain_mlp;                               /* down(act(up(h))): gate_up holds up alone */
     int parallel;                                /* x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX) */
+    int local_rope;                              /* takes the call's local RoPE rows (Gemma 3 sliding layers) */
 } layer_step;
 
 /* The rows' norm: RMSNorm with (offset + w), or LayerNorm with w and b (b may be NULL). */
@@ -512,14 +515,40 @@ static int decode_layer(const layer_step *s) {
     return 0;
 }
 
+/* What every layer of one call shares: the rows, the cache, the RoPE rows, the scratch.
+ * Layer i's cache starts layer_stride floats after layer i-1's. Sliding layers with their
+ * own RoPE base (layer_step.local_rope) take cos_local/sin_local. */
+typedef struct {
+    int64_t size; /* sizeof(decode_call) as the caller sees it */
+    float *x; int64_t n;
+    const float *cos, *sin, *cos_local, *sin_local;
+    float *k_cache, *v_cache; int64_t layer_stride;
+    int64_t row_stride; const int64_t *slots; int64_t max_len;
+    float *scratch; int n_threads;
+} decode_call;
+
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
 int giraffe_packed_matrix_size(void) { return (int)sizeof(packed_matrix); }
+int giraffe_decode_call_size(void) { return (int)sizeof(decode_call); }
 
-/* One layer for s->n rows (see decode_layer). Returns 0, -1 on bad input, -2 on a struct
- * declared differently by the caller. */
-int giraffe_decode_layer(const layer_step *s) {
-    if (!s || s->size != (int64_t)sizeof(layer_step)) return -2;
-    return decode_layer(s);
+/* Every layer in turn for c->n rows (see decode_layer): one call a token, no Python
+ * between layers. steps: n_layers structs holding each layer's fixed arguments; the
+ * call's are written into them here. Returns 0; -1 - i when layer i refused its input;
+ * -1000 on a struct declared differently by the caller. */
+int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers) {
+    if (!c || c->size != (int64_t)sizeof(decode_call)) return -1000;
+    for (int i = 0; i < n_layers; i++) {
+        layer_step *s = steps + i;
+        if (s->size != (int64_t)sizeof(layer_step)) return -1000;
+        s->x = c->x, s->n = c->n;
+        s->cos = s->local_rope ? c->cos_local : c->cos;
+        s->sin = s->local_rope ? c->sin_local : c->sin;
+        s->k_cache = c->k_cache + i * c->layer_stride, s->v_cache = c->v_cache + i * c->layer_stride;
+        s->row_stride = c->row_stride, s->slots = c->slots, s->max_len = c->max_len;
+        s->scratch = c->scratch, s->n_threads = c->n_threads;
+        if (decode_layer(s) != 0) return -1 - i;
+    }
+    return 0;
 }
 
 /* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does
