@@ -130,7 +130,7 @@ def bytes_per_token(path: Path) -> dict:
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
         return {"file_bytes_per_token": size, "giraffe_bytes_per_token": None}
     from giraffe.files.gguf_reader import FastGGUFReader
-    from giraffe.quant.kernels import half_scales, scales_per_block
+    from giraffe.quant.kernels import int8_bytes
     from giraffe.quant.types import BLOCK_TYPES
 
     reader = FastGGUFReader(path)
@@ -140,15 +140,11 @@ def bytes_per_token(path: Path) -> dict:
         if t.name == "token_embd.weight" and "output.weight" in names:
             continue  # an untied table: one row read per token
         file_bytes += t.data.nbytes
-        kind = BLOCK_TYPES.get(t.tensor_type.name)
-        if kind is None:
+        if t.tensor_type.name not in BLOCK_TYPES:
             giraffe_bytes += t.data.nbytes
             continue
-        # the int8 tiles per 16 rows x 32 inputs: the integers in their form, then the scales
-        name = t.tensor_type.name
-        scale_bytes = 2 if half_scales(name) else 4
-        per_tile_block = (512, 256, 320)[kind.nibbles] + scale_bytes * scales_per_block(name)
-        giraffe_bytes += int(t.shape.prod()) * per_tile_block / 512
+        n_in, n_out = (int(d) for d in t.shape[:2])  # GGUF lists the row length first
+        giraffe_bytes += int8_bytes(t.tensor_type.name, n_out, n_in)  # the int8 tiles
     return {"file_bytes_per_token": file_bytes, "giraffe_bytes_per_token": int(giraffe_bytes)}
 
 

@@ -244,7 +244,9 @@ def test_wiring_the_compiled_step_runs(changes):
 
 
 def test_wiring_the_compiled_step_lacks():
-    cfg = ModelConfig(n_layers=2, hidden_size=64, n_heads=4, parallel_residual=True, sandwich_norm=True)
+    cfg = ModelConfig(
+        n_layers=2, hidden_size=64, n_heads=4, parallel_residual=True, sandwich_norm=True
+    )
     assert not cfg.compiled_block
 
 

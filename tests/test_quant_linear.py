@@ -201,11 +201,11 @@ def test_inputs_that_need_gradients_keep_the_differentiable_path():
 
 @needs_vnni
 @pytest.mark.parametrize("kind", kernels.nibble_kinds())
-def test_4_and_5_bit_types_give_the_same_products_packed_and_as_bytes(kind):
+def test_4_5_and_6_bit_types_give_the_same_products_packed_and_as_bytes(kind):
     packed = packed_weight(kind, rows=40, cols=512)
     nibbles = kernels.repack_int8(packed, kind, 40, 512)
     as_bytes = kernels.repack_int8(packed, kind, 40, 512, nibbles=False)
-    per_block = {1: 256, 2: 320}[nibbles.nibbles]  # nibbles, or nibbles + fifth bits
+    per_block = {1: 256, 2: 320, 3: 384}[nibbles.nibbles]  # nibbles (+ fifth (+ sixth) bits)
     assert nibbles.q.numel() * 512 == as_bytes.q.numel() * per_block
     assert torch.equal(nibbles.dequantize(), as_bytes.dequantize())
     x = torch.randn(7, 512)
@@ -214,9 +214,8 @@ def test_4_and_5_bit_types_give_the_same_products_packed_and_as_bytes(kind):
 
 @needs_vnni
 def test_repacking_wider_integers_as_nibbles_is_refused():
-    for kind in ("Q8_0", "Q6_K"):
-        with pytest.raises(ValueError, match=f"{kind} integers do not fit 4 or 5 bits"):
-            kernels.repack_int8(packed_weight(kind), kind, 96, 256, nibbles=True)
+    with pytest.raises(ValueError, match="Q8_0 integers have no packed form"):
+        kernels.repack_int8(packed_weight("Q8_0"), "Q8_0", 96, 256, nibbles=True)
 
 
 @needs_vnni

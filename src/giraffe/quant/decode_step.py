@@ -49,7 +49,7 @@ class PackedMatrix(ctypes.Structure):
         ("lora_b", ctypes.c_void_p * MAX_PARTS),
         ("lora_r", ctypes.c_int64 * MAX_PARTS),
         ("lora_scale", ctypes.c_float * MAX_PARTS),
-        ("half8", ctypes.c_int64 * MAX_PARTS),
+        ("sform8", ctypes.c_int64 * MAX_PARTS),
     ]
 
 
@@ -97,7 +97,11 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
 
 def check_structs() -> None:
     """KernelMismatchError when the library's structs differ in size from these mirrors."""
-    mirrors = (("layer_step", LayerStep), ("packed_matrix", PackedMatrix), ("decode_call", DecodeCall))
+    mirrors = (
+        ("layer_step", LayerStep),
+        ("packed_matrix", PackedMatrix),
+        ("decode_call", DecodeCall),
+    )
     for name, mirror in mirrors:
         theirs = kernels.struct_size(name)
         if theirs != ctypes.sizeof(mirror):
@@ -181,7 +185,7 @@ def _attach_int8(matrix: PackedMatrix) -> None:
     for i, w in enumerate(matrix._source.int8_segments()):
         if w is not None:
             matrix.q8[i], matrix.dm8[i], matrix.nib8[i] = w.q.data_ptr(), w.dm.data_ptr(), w.nibbles
-            matrix.half8[i] = w.half
+            matrix.sform8[i] = w.scale_form
 
 
 def _adapters(matrix: PackedMatrix) -> list[tuple]:
@@ -225,7 +229,10 @@ class FastDecode:
         check_structs()
         # one C array: giraffe_decode_layers runs them all in one call
         self.steps = (LayerStep * len(layers))(
-            *(self._step(i, layer, extra) for i, (layer, extra) in enumerate(zip(layers, norms, strict=True)))
+            *(
+                self._step(i, layer, extra)
+                for i, (layer, extra) in enumerate(zip(layers, norms, strict=True))
+            )
         )
         self.local_rope = any(self.cfg.layer_local_rope(i) for i in range(len(layers)))
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
@@ -314,7 +321,8 @@ class FastDecode:
             call.cos_local, call.sin_local = local[0].data_ptr(), local[1].data_ptr()
         call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
         call.layer_stride = cache.k.stride(0)
-        call.row_stride = 0 if shared else cache.k.stride(1)  # floats between rows' (H, S, D) caches
+        # floats between rows' (H, S, D) caches; 0: a prompt's rows share one
+        call.row_stride = 0 if shared else cache.k.stride(1)
         call.slots, call.max_len = slots.data_ptr(), cache.max_len
         call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
         status = self.fn(ctypes.byref(call), self.steps, len(self.steps))

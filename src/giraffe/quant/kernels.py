@@ -32,7 +32,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 10
+ABI_VERSION = 11
 
 
 class KernelMismatchError(RuntimeError):
@@ -168,7 +168,11 @@ def check_library(lib) -> None:
             f"{', '.join(dict.fromkeys(differ))}; csrc/blocks.h and types.py must describe the "
             f"same types (fix the one that is wrong, then delete {cache_dir()})"
         )
-    for name in ("giraffe_layer_step_size", "giraffe_packed_matrix_size", "giraffe_decode_call_size"):
+    for name in (
+        "giraffe_layer_step_size",
+        "giraffe_packed_matrix_size",
+        "giraffe_decode_call_size",
+    ):
         getattr(lib, name).restype = ctypes.c_int
 
 
@@ -246,21 +250,23 @@ def dequantize(
 class Int8Weights:
     """A weight repacked for the int8-activation GEMM (csrc/gemm_i8.h): tiles of 16 rows."""
 
-    q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives),) uint8: VNNI order
-    # (tiles * blocks * 16 or 32,) 16 scales (then 16 mins) a tile block: float32, or float16
-    # where every scale is an fp16 exactly (half_scales)
+    q: torch.Tensor  # (tiles * blocks * 512 (256 nibbles, 320 fives, 384 sixes),) uint8: VNNI order
+    # per tile, its scales in one of csrc/gemm_i8.h's scale forms, told by the dtype:
+    # float32 (16 scales, then 16 mins, a tile block), float16 (the same, where each is an
+    # fp16 exactly), uint8 (a K-quant's own: fp16 super-block scales, then integer scales)
     dm: torch.Tensor
     kind: str
     n_out: int
     n_in: int
     # how the integers are packed: 0 a byte each; 1 two 4-bit integers a byte (Q4_0, Q4_1,
-    # Q4_K); 2 those nibbles plus a plane of fifth bits (Q5_0, Q5_1, Q5_K)
+    # Q4_K); 2 those nibbles plus a plane of fifth bits (Q5_0, Q5_1, Q5_K); 3 nibbles plus
+    # planes of fifth and sixth bits (Q6_K)
     nibbles: int = 0
 
     @property
-    def half(self) -> int:
-        """1 when the scales are fp16 (2 bytes a scale), 0 when float32."""
-        return int(self.dm.dtype == torch.float16)
+    def scale_form(self) -> int:
+        """csrc/gemm_i8.h's SF_FLOAT (0), SF_HALF (1) or SF_K (2), from the scales' dtype."""
+        return SCALE_FORMS[self.dm.dtype]
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight back as float32 (n_out, n_in), or only `rows` (any int shape -> (N, n_in)):
@@ -270,7 +276,7 @@ class Int8Weights:
         out = torch.empty(n, self.n_in, dtype=torch.float32)  # (n, n_in)
         status = _function("giraffe_dequantize_i8")(
             self.q.data_ptr(), self.dm.data_ptr(), KIND_CODES[self.kind], int(self.nibbles),
-            self.half, self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
+            self.scale_form, self.n_out, self.n_in, None if index is None else index.data_ptr(), n,
             out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
@@ -303,15 +309,35 @@ def int8_kinds() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def nibble_kinds() -> tuple[str, ...]:
-    """Types the int8 GEMM keeps under a byte a weight (their integers fit 4 or 5 bits)."""
+    """Types the int8 GEMM keeps under a byte a weight (their integers fit 4, 5 or 6 bits)."""
     fn = _function("giraffe_i8_nibbles")
     return () if fn is None else tuple(k for k in int8_kinds() if fn(KIND_CODES[k]))
 
 
-def half_scales(kind: str) -> bool:
-    """Whether the int8 form keeps this type's scales (and mins) as fp16: the 32-weight
-    types', which are the file's own fp16 numbers; a K-quant's d * sc needs a float."""
-    return BLOCK_TYPES[kind].weights == 32
+# The scales' dtype in an Int8Weights -> csrc/gemm_i8.h's scale form.
+SCALE_FORMS = {torch.float32: 0, torch.float16: 1, torch.uint8: 2}
+
+
+def file_scale_dtype(kind: str) -> torch.dtype:
+    """The scale form a type's blocks repack into, as the dtype that names it: fp16 for
+    the 32-weight types (d and m are the file's own fp16 numbers), the K-quants' own
+    layout (bytes) for the rest. Either reads no more scale bytes than the file holds."""
+    return torch.float16 if BLOCK_TYPES[kind].weights == 32 else torch.uint8
+
+
+def tile_scale_bytes(kind: str, n_in: int, dtype: torch.dtype) -> int:
+    """Bytes of scales per tile of 16 rows (csrc/gemm_i8.h's i8_tile_scale_bytes)."""
+    blocks, t = n_in // 32, BLOCK_TYPES[kind]
+    if dtype == torch.uint8:  # per super-block 16 fp16 d (and 16 dmin); per block 32 bytes
+        return (blocks // 8) * (64 if t.has_min else 32) + blocks * 32
+    return blocks * scales_per_block(kind) * (2 if dtype == torch.float16 else 4)
+
+
+def int8_bytes(kind: str, n_out: int, n_in: int) -> int:
+    """Resident bytes of an (n_out, n_in) weight of this type repacked in its own form."""
+    form = BLOCK_TYPES[kind].nibbles
+    per_tile = (n_in // 32) * (512, 256, 320, 384)[form]
+    return -(-n_out // 16) * (per_tile + tile_scale_bytes(kind, n_in, file_scale_dtype(kind)))
 
 
 def scales_per_block(kind: str) -> int:
@@ -328,9 +354,11 @@ def repack_int8(
     n_in: int,
     nibbles: bool | None = None,
 ) -> Int8Weights:
-    """Packed blocks -> the GEMM's layout, once per weight: ~1.25 bytes a weight, ~0.75 as
-    nibbles (4-bit types), ~0.875 as nibbles + fifth bits (5-bit types). nibbles: None
-    or True for the type's own packed form (as the block table says), False for bytes.
+    """Packed blocks -> the GEMM's layout, once per weight, reading no more bytes than the
+    file's blocks: ~0.56-0.63 bytes a weight as nibbles (4-bit types), ~0.69 as nibbles +
+    fifth bits (5-bit types), ~0.82 with sixth bits too (Q6_K), ~1.06 as bytes (Q8_0).
+    nibbles: None or True for the type's own packed form (as the block table says), False
+    for bytes.
 
     `packed` may be a list of parts stacked along the output rows (q|k|v): each is
     repacked straight into its place in one buffer, no concatenated copy; every part
@@ -338,23 +366,24 @@ def repack_int8(
     if kind not in int8_kinds() or n_in % 32:
         raise ValueError(f"the int8 GEMM does not take {kind} weights of {n_out}x{n_in}")
     if nibbles and kind not in nibble_kinds():
-        raise ValueError(f"{kind} integers do not fit 4 or 5 bits; repack it as bytes")
+        raise ValueError(f"{kind} integers have no packed form; repack it as bytes")
     form = BLOCK_TYPES[kind].nibbles if nibbles is None or nibbles else 0
     parts = packed if isinstance(packed, list) else [packed]
     if any(p.shape[0] % 16 for p in parts[:-1]) or sum(p.shape[0] for p in parts) != n_out:
         raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
-    tile_q, tile_dm = blocks * (512, 256, 320)[form], blocks * scales_per_block(kind)
-    half = half_scales(kind)
+    dtype = file_scale_dtype(kind)
+    tile_q = blocks * (512, 256, 320, 384)[form]
+    tile_dm = tile_scale_bytes(kind, n_in, dtype) // dtype.itemsize  # in elements
     q = torch.empty(tiles * tile_q, dtype=torch.uint8)
-    dm = torch.empty(tiles * tile_dm, dtype=torch.float16 if half else torch.float32)
+    dm = torch.empty(tiles * tile_dm, dtype=dtype)
     start = 0  # in tiles
     for part in parts:
         rows = part.shape[0]
         args = (part.contiguous().data_ptr(), KIND_CODES[kind], rows, n_in)
         status = _function("giraffe_repack_i8")(
             *args, q[start * tile_q :].data_ptr(), dm[start * tile_dm :].data_ptr(),
-            form, int(half), torch.get_num_threads(),
+            form, SCALE_FORMS[dtype], torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"repacking {kind} {rows}x{n_in} for the int8 GEMM failed")
@@ -374,7 +403,7 @@ def gemm_int8(w: Int8Weights, x: torch.Tensor, out: torch.Tensor | None = None) 
     if out is None:
         out = torch.empty(*x.shape[:-1], w.n_out, dtype=torch.float32)  # (..., n_out)
     status = _function("giraffe_gemm_i8")(
-        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], int(w.nibbles), w.half, w.n_out, w.n_in,
+        w.q.data_ptr(), w.dm.data_ptr(), KIND_CODES[w.kind], int(w.nibbles), w.scale_form, w.n_out, w.n_in,
         x.data_ptr(), rows, out.data_ptr(), out.stride(-2) if out.dim() > 1 else w.n_out,
         torch.get_num_threads(),
     )  # fmt: skip

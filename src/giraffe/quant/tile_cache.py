@@ -66,7 +66,7 @@ class TileCache:
         try:
             index = json.loads((self.dir / "index.json").read_text())
             blob = np.memmap(self.dir / "tiles.bin", dtype=np.uint8, mode="c")
-            if all(at + q + dm <= len(blob) for at, q, dm, *_ in index.values()):
+            if all(at + q + dm <= len(blob) for at, q, dm, _, _ in index.values()):
                 self.blob, self.index = blob, index  # else a damaged cache: rebuilt below
         except (OSError, ValueError, TypeError):
             self.index = {}
@@ -112,11 +112,12 @@ class TileCache:
         q, dm = tiles.q.numpy(), tiles.dm.numpy()
         self.writer.write(memoryview(q))  # written from the tensors' memory: no copy
         self.writer.write(memoryview(dm).cast("B"))
-        self.index[key] = [at, q.nbytes, dm.nbytes, tiles.nibbles, tiles.half]
+        self.index[key] = [at, q.nbytes, dm.nbytes, tiles.nibbles, str(dm.dtype)]
 
     def _view(self, entry: list, kind: str, n_out: int, n_in: int) -> kernels.Int8Weights:
-        at, q_bytes, dm_bytes, form, *half = entry  # entries of older caches: float32 scales
+        at, q_bytes, dm_bytes, form, dtype = entry
         q = torch.from_numpy(self.blob[at : at + q_bytes])
-        dtype = np.float16 if half and half[0] else np.float32
-        dm = torch.from_numpy(self.blob[at + q_bytes : at + q_bytes + dm_bytes].view(dtype))
+        dm = torch.from_numpy(
+            self.blob[at + q_bytes : at + q_bytes + dm_bytes].view(np.dtype(dtype))
+        )
         return kernels.Int8Weights(q, dm, kind, n_out, n_in, form)

@@ -20,7 +20,9 @@ class BlockType(NamedTuple):
     bytes: int  # bytes per block
     offset: int  # int8 form: w = d * (q + offset) + m with q unsigned
     has_min: int  # int8 form adds a per-sub-block minimum m
-    nibbles: int  # int8 form packed: 0 a byte each, 1 4-bit nibbles, 2 nibbles + fifth-bit plane
+    # int8 form packed: 0 a byte each, 1 4-bit nibbles, 2 nibbles + a fifth-bit plane,
+    # 3 nibbles + fifth- and sixth-bit planes
+    nibbles: int
     split: int  # int8 form has a scale per 16 weights (Q6_K's sub-blocks), no min
 
 
@@ -32,7 +34,7 @@ BLOCK_TYPES = {
     "Q5_1": BlockType(4, 32, 24, 0, 1, 2, 0),
     "Q4_K": BlockType(5, 256, 144, 0, 1, 1, 0),
     "Q5_K": BlockType(6, 256, 176, 0, 1, 2, 0),
-    "Q6_K": BlockType(7, 256, 210, -32, 0, 0, 1),
+    "Q6_K": BlockType(7, 256, 210, -32, 0, 3, 1),
 }
 
 K_QUANT_TYPES = tuple(k for k, t in BLOCK_TYPES.items() if t.weights == 256)  # giraffe writes

@@ -28,7 +28,7 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 10
+#define GIRAFFE_ABI_VERSION 11
 
 enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, N_KINDS = 8 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
@@ -36,10 +36,11 @@ static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210};
 static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256};
 /* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
  * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
- * nibbles plus a plane of fifth bits), whether each 16 weights have their own scale. */
+ * nibbles plus a plane of fifth bits; 3: 6 bits, nibbles plus planes of fifth and sixth
+ * bits), whether each 16 weights have their own scale. */
 static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32};
 static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3};
 static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1};
 enum { BLOCK_TABLE_COLUMNS = 7 };
 
@@ -109,6 +110,21 @@ static inline sub_ref locate(const uint8_t *row, int kind, int64_t b) {
         s.j = 0;
     }
     return s;
+}
+
+/* A K-quant sub-block's scales as the file stores them: the super-block's d and dmin
+ * (Q6_K: d, and dmin 0) and the sub-block's 6-bit sc and m (Q6_K: its two 16-weight
+ * int8 scales). sub_block_ints' scales are d * sc and -dmin * m of these. */
+static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *d, float *dmin, int *sc, int *m) {
+    const sub_ref s = locate(row, kind, b);
+    if (kind == Q6_K) {
+        const int8_t *scales = (const int8_t *)(s.blk + 192) + 8 * (s.j / 4) + 2 * (s.j % 4);
+        *d = fp16_to_fp32(read_u16(s.blk + 208)), *dmin = 0.0f;
+        *sc = scales[0], *m = scales[1];
+        return;
+    }
+    scale_min_k4(s.j, s.blk + 4, sc, m);
+    *d = fp16_to_fp32(read_u16(s.blk)), *dmin = fp16_to_fp32(read_u16(s.blk + 2));
 }
 
 /* The integer form of sub-block b of a row: 32 unsigned q, two scales and a min, with

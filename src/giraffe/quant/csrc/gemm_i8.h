@@ -13,17 +13,24 @@
  * The layout serves the instruction: tiles of 16 output rows; per tile and block, 8 groups
  * of 64 bytes, group g holding weights 4g..4g+3 of each of the 16 rows, so one
  * `vpdpbusd` with 4 activation bytes broadcast adds 4 products into each row's lane.
- * Per tile and block also 16 scales d, then, for types with a min, 16 mins m; for Q6_K ("split" scales)
- * 16 scales of weights 0-15, then 16 of weights 16-31, whose integer sums are kept apart
- * (groups 0-3, then 4-7) and scaled each by its own. The scales are floats, or fp16
- * ("half") where every value is one exactly (the 32-weight types' d and m are the file's
- * own fp16 numbers; a K-quant's d * sc is not): 2 bytes a scale fewer to read per token. Types whose q fit 4 bits
- * (Q4_0, Q4_1, Q4_K) can stay two a byte instead ("nibbles": groups 2p and 2p+1 in the
- * low and high halves of the same 64 bytes), half the bytes that a bandwidth-bound
- * decode step reads, for two more instructions per 64 bytes. Types whose q fit 5 bits
- * (Q5_0, Q5_1, Q5_K) keep the nibbles plus, per tile and block, 8 x 64 bits of fifth bits
- * (bit i of word g: the weight in byte i of group g), added back with one masked add:
- * 320 bytes instead of 512. `form` names the three layouts: 0 bytes, 1 nibbles, 2 fives.
+ * Each tile block has 16 scales d, then, for types with a min, 16 mins m; for Q6_K ("split"
+ * scales) 16 scales of weights 0-15, then 16 of weights 16-31, whose integer sums are kept
+ * apart (groups 0-3, then 4-7) and scaled each by its own. How they are stored is the
+ * "scale form", chosen so that no more bytes are read than the file's blocks hold:
+ *   SF_FLOAT: 16 (or 32) floats per tile block (group-wise weights: any float scale);
+ *   SF_HALF:  the same as fp16, where every value is one exactly (the 32-weight types' d
+ *             and m are the file's own fp16 numbers);
+ *   SF_K:     as K-quants store them: per tile and super-block of 256 inputs, 16 fp16 d
+ *             (then 16 fp16 dmin, for Q4_K/Q5_K), then per tile block 16 + 16 bytes of
+ *             integer scales (sc and m; Q6_K: its two signed 16-weight scales); the kernel
+ *             forms d * sc and -(dmin * m) in float, the very roundings ggml makes.
+ * Types whose q fit 4 bits (Q4_0, Q4_1, Q4_K) can stay two a byte ("nibbles": groups 2p
+ * and 2p+1 in the low and high halves of the same 64 bytes), half the bytes that a
+ * bandwidth-bound decode step reads, for two more instructions per 64 bytes. Types whose
+ * q fit 5 bits (Q5_0, Q5_1, Q5_K) keep the nibbles plus, per tile and block, 8 x 64 bits
+ * of fifth bits (bit i of word g: the weight in byte i of group g), added back with one
+ * masked add: 320 bytes instead of 512; Q6_K's 6 bits add a plane of sixth bits: 384.
+ * `form` names the four layouts: 0 bytes, 1 nibbles, 2 fives, 3 sixes.
  *
  * Activations: per row and block, da = max|x| / 127 and a = round-to-nearest-even(x / da)
  * in -127..127, and isum = sum(a). Per block the integer part is exact:
@@ -37,70 +44,129 @@
 
 enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES = 256 };
 
-/* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits. */
-static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : 320; }
+/* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits,
+ * nibbles + 64 of fifth and 64 of sixth bits. */
+static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : form == 2 ? 320 : 384; }
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS; }
 
-/* Types whose integers fit 4 bits, so the repacked weights can stay two a byte. */
+/* The packed form of a type's integers (1 nibbles, 2 fives, 3 sixes; 0: bytes only). */
 int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
 
-/* Floats of scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the
- * type has them; types with neither keep the 16 d alone. */
+/* Scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the type has
+ * them; types with neither keep the 16 d alone. */
 static inline int i8_scales(int kind) { return I8_HAS_MIN[kind] || I8_SPLIT[kind] ? 2 * I8_TILE : I8_TILE; }
 
 /* A form a type may be repacked in: bytes always, or its own packed form. */
 static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
 
-/* One scale of the int8 form: a float, or its fp16 (exact: see the top). */
-static inline void put_scale(uint8_t *dm, int64_t i, float v, int half) {
-    if (half) ((uint16_t *)dm)[i] = _cvtss_sh(v, 0);
-    else ((float *)dm)[i] = v;
+enum { SF_FLOAT = 0, SF_HALF = 1, SF_K = 2 };
+
+/* The scale forms a type may take: SF_FLOAT always (group-wise weights use it); SF_HALF
+ * for the 32-weight types, SF_K for K-quants (their own scales, exactly). */
+static inline int scale_form_ok(int kind, int sform) {
+    return sform == SF_FLOAT || sform == (BLOCK_WEIGHTS[kind] == 32 ? SF_HALF : SF_K);
 }
-static inline float get_scale(const uint8_t *dm, int64_t i, int half) {
-    return half ? _cvtsh_ss(((const uint16_t *)dm)[i]) : ((const float *)dm)[i];
+
+/* Bytes of fp16 super-block scales per tile and super-block (SF_K): d, then dmin. */
+static inline int k_super_bytes(int kind) { return I8_HAS_MIN[kind] ? 64 : 32; }
+
+/* Bytes of scales per tile, for n_blocks blocks of 32 inputs. */
+static inline int64_t i8_tile_scale_bytes(int kind, int sform, int64_t n_blocks) {
+    if (sform == SF_K) return (n_blocks / 8) * k_super_bytes(kind) + n_blocks * 32;
+    return n_blocks * i8_scales(kind) * (sform == SF_HALF ? 2 : 4);
 }
-/* 16 scales from i on, as floats. */
-static inline __m512 load_scales(const uint8_t *dm, int64_t i, int half) {
-    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dm + 2 * i))) : _mm512_loadu_ps(dm + 4 * i);
+
+/* The float value of scale `which` (0: d, or Q6_K's first; 1: m, or Q6_K's second) of
+ * row c in block b of a tile's scales: what sub_block_ints gives, bit for bit. */
+static inline float tile_scale(const uint8_t *dm, int kind, int sform, int64_t n_blocks, int64_t b, int c, int which) {
+    if (sform == SF_K) {
+        const uint8_t *super = dm + (b / 8) * k_super_bytes(kind), *ints = dm + (n_blocks / 8) * k_super_bytes(kind);
+        const uint8_t raw = ints[b * 32 + 16 * which + c];
+        if (I8_SPLIT[kind]) return _cvtsh_ss(((const uint16_t *)super)[c]) * (float)(int8_t)raw;
+        const float v = _cvtsh_ss(((const uint16_t *)super)[16 * which + c]) * (float)raw;
+        return which ? -v : v;
+    }
+    const int64_t i = b * i8_scales(kind) + I8_TILE * which + c;
+    return sform == SF_HALF ? _cvtsh_ss(((const uint16_t *)dm)[i]) : ((const float *)dm)[i];
+}
+
+/* The 16 rows' scales `which` of block b (as tile_scale, for all 16 rows). */
+static inline __attribute__((always_inline)) __m512 tile_scales(const uint8_t *dm, int64_t n_blocks, int64_t b,
+                                                                int which, const int sform, const int has_min,
+                                                                const int split) {
+    if (sform == SF_K) {
+        const int super_bytes = has_min ? 64 : 32;
+        const uint8_t *super = dm + (b / 8) * super_bytes, *ints = dm + (n_blocks / 8) * super_bytes + b * 32 + 16 * which;
+        const __m128i raw = _mm_loadu_si128((const __m128i *)ints);
+        const __m512 sc = _mm512_cvtepi32_ps(split ? _mm512_cvtepi8_epi32(raw) : _mm512_cvtepu8_epi32(raw));
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(super + (split ? 0 : 32 * which))));
+        const __m512 v = _mm512_mul_ps(d, sc);
+        if (!which || split) return v;
+        return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
+    }
+    const int64_t i = b * (has_min || split ? 2 * I8_TILE : I8_TILE) + I8_TILE * which;
+    return sform == SF_HALF ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dm + 2 * i)))
+                            : _mm512_loadu_ps(dm + 4 * i);
+}
+
+/* Write the scales of row c, block b into a tile's scales (inverse of tile_scale); d and m
+ * as sub_block_ints gave them (SF_K reads the file's integers instead). */
+static void put_tile_scales(uint8_t *dm, const uint8_t *row, int kind, int sform, int64_t n_blocks, int64_t b, int c,
+                            const float *d, float m) {
+    if (sform == SF_K) {
+        float d, dmin;
+        int sc, m;
+        k_scale_ints(row, kind, b, &d, &dmin, &sc, &m);
+        uint16_t *super = (uint16_t *)(dm + (b / 8) * k_super_bytes(kind));
+        uint8_t *ints = dm + (n_blocks / 8) * k_super_bytes(kind) + b * 32;
+        super[c] = _cvtss_sh(d, 0); /* the file's fp16, back to its own bits */
+        if (I8_HAS_MIN[kind]) super[16 + c] = _cvtss_sh(dmin, 0);
+        ints[c] = (uint8_t)sc, ints[16 + c] = (uint8_t)m;
+        return;
+    }
+    const float vals[2] = {d[0], I8_SPLIT[kind] ? d[1] : m};
+    for (int which = 0; which < i8_scales(kind) / I8_TILE; which++) {
+        const int64_t i = b * i8_scales(kind) + I8_TILE * which + c;
+        if (sform == SF_HALF) ((uint16_t *)dm)[i] = _cvtss_sh(vals[which], 0);
+        else ((float *)dm)[i] = vals[which];
+    }
 }
 
 /* n_out rows of packed blocks -> q (tiles * n_blocks * i8_block_bytes(form) bytes) and dm
- * (tiles * n_blocks * i8_scales(kind) scales, floats or fp16 when `half`), tiles =
- * ceil(n_out / 16); rows past n_out are zero. half is refused for K-quants (their scales
- * are products no fp16 holds). Returns 0 or -1. */
+ * (tiles * i8_tile_scale_bytes bytes, in scale form sform), tiles = ceil(n_out / 16);
+ * rows past n_out are zero. Returns 0 or -1. */
 int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, uint8_t *q, uint8_t *dm,
-                      int nibbles, int half, int n_threads) {
+                      int nibbles, int sform, int n_threads) {
     if (!kind_ok(kind, n_in) || !giraffe_i8_supported(kind) || n_in % 32) return -1;
-    if (!form_ok(kind, nibbles) || (half && BLOCK_WEIGHTS[kind] != 32)) return -1;
-    const int block_bytes = i8_block_bytes(nibbles), scales = i8_scales(kind), es = half ? 2 : 4;
+    if (!form_ok(kind, nibbles) || !scale_form_ok(kind, sform)) return -1;
+    const int block_bytes = i8_block_bytes(nibbles);
     const int64_t n_blocks = n_in / 32, tiles = (n_out + I8_TILE - 1) / I8_TILE;
-    const int64_t rb = row_bytes_of(kind, n_in);
+    const int64_t rb = row_bytes_of(kind, n_in), tile_dm = i8_tile_scale_bytes(kind, sform, n_blocks);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
+        uint8_t *dt = dm + t * tile_dm;
+        memset(dt, 0, (size_t)tile_dm);
         for (int64_t b = 0; b < n_blocks; b++) {
             uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            uint8_t *dt = dm + (t * n_blocks + b) * scales * es;
             memset(qt, 0, block_bytes);
-            memset(dt, 0, (size_t)es * scales);
             for (int c = 0; c < I8_TILE; c++) {
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
                 float d[2], m;
                 sub_block_ints(w + o * rb, kind, b, v, d, &m);
-                put_scale(dt, c, d[0], half);
-                if (scales > I8_TILE) put_scale(dt, I8_TILE + c, I8_SPLIT[kind] ? d[1] : m, half);
+                put_tile_scales(dt, w + o * rb, kind, sform, n_blocks, b, c, d, m);
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
                     for (int l = 0; l < 32; l++) {
                         qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)((v[l] & 0x0F) << (l % 8 < 4 ? 0 : 4));
-                        if (nibbles == 2 && v[l] & 0x10) { /* fifth bit: word l/4, bit of byte 4c + l%4 */
-                            uint8_t *word = qt + I8_NIBBLE_BYTES + 8 * (l / 4);
-                            const int bit = 4 * c + l % 4;
-                            word[bit / 8] |= (uint8_t)(1u << (bit % 8));
-                        }
+                        /* fifth (and sixth) bits: word l/4 of their plane, bit of byte 4c + l%4 */
+                        const int bit = 4 * c + l % 4;
+                        for (int plane = 0; plane < nibbles - 1; plane++)
+                            if (v[l] & (0x10 << plane))
+                                qt[I8_NIBBLE_BYTES + 64 * plane + 8 * (l / 4) + bit / 8] |= (uint8_t)(1u << (bit % 8));
                     }
             }
         }
@@ -142,15 +208,14 @@ static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t
 static inline __attribute__((always_inline)) void gemm_i8_block(
     const uint8_t *q0, const uint8_t *q1, const uint8_t *dm0, const uint8_t *dm1, int64_t n_blocks, const int8_t *a,
     int64_t n_in, const float *da, const int32_t *isum, const int32_t *isum_lo, int rows, int offset, int has_min,
-    float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split, const int is_half) {
-    const int block_bytes = i8_block_bytes(nibbles), scales = has_min || split ? 2 * I8_TILE : I8_TILE;
-    const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10);
+    float *y, int64_t y_stride, int cols0, int cols1, const int nibbles, const int split, const int sform) {
+    const int block_bytes = i8_block_bytes(nibbles);
+    const __m512i low4 = _mm512_set1_epi8(0x0F), fifth = _mm512_set1_epi8(0x10), sixth = _mm512_set1_epi8(0x20);
     __m512 acc0[I8_ROWS], acc1[I8_ROWS];
     for (int r = 0; r < I8_ROWS; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *w0 = q0 + b * block_bytes, *w1 = q1 ? q1 + b * block_bytes : w0;
         const int8_t *ab = a + 32 * b;
-        const int64_t s0 = b * scales; /* this block's first scale, in each tile's dm */
         const uint8_t *dm1b = dm1 ? dm1 : dm0;
         #pragma GCC unroll 2
         for (int half = 0; half < 2; half++) {
@@ -174,12 +239,19 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                     v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
                     if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
                     v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
-                    if (nibbles == 2) { /* OR in the fifth bits: 64 mask bits per group */
+                    if (nibbles >= 2) { /* OR in the fifth bits: 64 mask bits per group */
                         uint64_t b0, b1;
                         memcpy(&b0, w0 + I8_NIBBLE_BYTES + 8 * g, 8);
                         memcpy(&b1, w1 + I8_NIBBLE_BYTES + 8 * g, 8);
                         v0 = _mm512_mask_add_epi8(v0, _cvtu64_mask64(b0), v0, fifth);
                         v1 = _mm512_mask_add_epi8(v1, _cvtu64_mask64(b1), v1, fifth);
+                    }
+                    if (nibbles == 3) { /* and the sixth bits, from the next plane */
+                        uint64_t b0, b1;
+                        memcpy(&b0, w0 + I8_NIBBLE_BYTES + 64 + 8 * g, 8);
+                        memcpy(&b1, w1 + I8_NIBBLE_BYTES + 64 + 8 * g, 8);
+                        v0 = _mm512_mask_add_epi8(v0, _cvtu64_mask64(b0), v0, sixth);
+                        v1 = _mm512_mask_add_epi8(v1, _cvtu64_mask64(b1), v1, sixth);
                     }
                 }
                 #pragma GCC unroll 8
@@ -193,8 +265,8 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                     }
                 }
             }
-            const __m512 d0 = load_scales(dm0, s0 + half * I8_TILE, is_half);
-            const __m512 d1 = load_scales(dm1b, s0 + half * I8_TILE, is_half);
+            const __m512 d0 = tile_scales(dm0, n_blocks, b, half, sform, has_min, split);
+            const __m512 d1 = tile_scales(dm1b, n_blocks, b, half, sform, has_min, split);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
@@ -205,7 +277,8 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
             }
         }
         if (has_min) {
-            const __m512 m0 = load_scales(dm0, s0 + I8_TILE, is_half), m1 = load_scales(dm1b, s0 + I8_TILE, is_half);
+            const __m512 m0 = tile_scales(dm0, n_blocks, b, 1, sform, 1, 0);
+            const __m512 m1 = tile_scales(dm1b, n_blocks, b, 1, sform, 1, 0);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
@@ -241,7 +314,7 @@ static int i8_acts_make(const float *x, int64_t m, int64_t n_in, int n_threads, 
 static void i8_acts_free(i8_acts *s) { free(s->a); free(s->da); free(s->isum); }
 
 /* One weight (tiles of giraffe_repack_i8) against the rounded activations. */
-typedef struct { const uint8_t *q; const uint8_t *dm; int kind, form, half; int64_t n_out; float *y; } i8_part;
+typedef struct { const uint8_t *q; const uint8_t *dm; int kind, form, sform; int64_t n_out; float *y; } i8_part;
 
 static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE - 1) / I8_TILE + 1) / 2; }
 
@@ -250,7 +323,7 @@ static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE -
 static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t y_stride) {
     const int64_t n_in = s->n_in, m = s->m, n_blocks = n_in / 32, tiles = (w->n_out + I8_TILE - 1) / I8_TILE;
     const int kind = w->kind, nibbles = w->form, offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
-    const int64_t tile_dm = n_blocks * i8_scales(kind) * (w->half ? 2 : 4), tile_q = n_blocks * i8_block_bytes(nibbles);
+    const int64_t tile_dm = i8_tile_scale_bytes(kind, w->sform, n_blocks), tile_q = n_blocks * i8_block_bytes(nibbles);
     const int64_t t0 = 2 * p, col = t0 * I8_TILE;
     const int has1 = t0 + 1 < tiles;
     const int64_t left0 = w->n_out - col, left1 = left0 - I8_TILE;
@@ -265,18 +338,23 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
         const float *dar = s->da + r0 * n_blocks;
         const int32_t *isr = s->isum + r0 * n_blocks, *islo = s->isum_lo + r0 * n_blocks;
         /* calls with constant flags: each compiles to its own loop */
-#define I8_BLOCK(NIB, MIN, SPLIT, HALF)                                                                          \
+#define I8_BLOCK(NIB, MIN, SPLIT, SF)                                                                          \
     gemm_i8_block(q0, q1, dm0, dm1, n_blocks, ar, n_in, dar, isr, islo, rows, offset, MIN, yr, y_stride, cols0, \
-                  cols1, NIB, SPLIT, HALF)
-        if (nibbles == 1) {
-            if (w->half) I8_BLOCK(1, has_min, 0, 1); else I8_BLOCK(1, has_min, 0, 0);
-        } else if (nibbles == 2) {
-            if (w->half) I8_BLOCK(2, has_min, 0, 1); else I8_BLOCK(2, has_min, 0, 0);
-        } else if (I8_SPLIT[kind]) {
-            I8_BLOCK(0, 0, 1, 0); /* Q6_K: a K-quant, float scales */
-        } else {
-            if (w->half) I8_BLOCK(0, has_min, 0, 1); else I8_BLOCK(0, has_min, 0, 0);
-        }
+                  cols1, NIB, SPLIT, SF)
+#define I8_FORMS(NIB)                                                        \
+    do {                                                                     \
+        if (w->sform == SF_HALF) I8_BLOCK(NIB, has_min, 0, SF_HALF);         \
+        else if (w->sform == SF_K) I8_BLOCK(NIB, has_min, 0, SF_K);          \
+        else I8_BLOCK(NIB, has_min, 0, SF_FLOAT);                            \
+    } while (0)
+        if (I8_SPLIT[kind]) { /* Q6_K: its own scales, as sixes or bytes */
+            if (nibbles == 3) I8_BLOCK(3, 0, 1, SF_K);
+            else if (w->sform == SF_K) I8_BLOCK(0, 0, 1, SF_K);
+            else I8_BLOCK(0, 0, 1, SF_FLOAT);
+        } else if (nibbles == 1) I8_FORMS(1);
+        else if (nibbles == 2) I8_FORMS(2);
+        else I8_FORMS(0);
+#undef I8_FORMS
 #undef I8_BLOCK
     }
 }
@@ -293,15 +371,15 @@ static void gemm_i8_parts(const i8_part *parts, int n_parts, const i8_acts *s, i
 }
 
 /* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
- * giraffe_repack_i8 (`half`: its scales are fp16). `kind` gives the offset and whether
- * mins are there. Returns 0 or -1. */
-int giraffe_gemm_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int half, int64_t n_out,
+ * giraffe_repack_i8 (its scales in form sform). `kind` gives the offset and whether mins
+ * are there. Returns 0 or -1. */
+int giraffe_gemm_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int sform, int64_t n_out,
                     int64_t n_in, const float *x, int64_t m, float *y, int64_t y_stride, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || m < 1) return -1;
-    if (!form_ok(kind, nibbles) || (half && BLOCK_WEIGHTS[kind] != 32)) return -1;
+    if (!form_ok(kind, nibbles) || !scale_form_ok(kind, sform)) return -1;
     i8_acts s;
     if (i8_acts_make(x, m, n_in, n_threads, &s) != 0) return -1;
-    const i8_part w = {q, dm, kind, nibbles, half, n_out, y};
+    const i8_part w = {q, dm, kind, nibbles, sform, n_out, y};
     gemm_i8_parts(&w, 1, &s, y_stride, n_threads);
     i8_acts_free(&s);
     return 0;
@@ -311,35 +389,37 @@ int giraffe_gemm_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, 
  * in order when rows is NULL) into out (n_rows, n_in). w = d * (q + offset) + m, the same
  * numbers as ggml's dequantize of the blocks it was repacked from (sub_block_ints). This
  * lets the int8 form be the only resident copy: float paths and lookups read it. */
-int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int half, int64_t n_out,
+int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nibbles, int sform, int64_t n_out,
                           int64_t n_in, const int64_t *rows, int64_t n_rows, float *out, int n_threads) {
     if (!giraffe_i8_supported(kind) || n_in % 32 || !form_ok(kind, nibbles)) return -1;
-    if (half && BLOCK_WEIGHTS[kind] != 32) return -1;
+    if (!scale_form_ok(kind, sform)) return -1;
     if (!rows) n_rows = n_out;
     for (int64_t i = 0; rows && i < n_rows; i++)
         if (rows[i] < 0 || rows[i] >= n_out) return -1;
     const int block_bytes = i8_block_bytes(nibbles);
     const int64_t n_blocks = n_in / 32;
     const int offset = I8_OFFSET[kind], has_min = I8_HAS_MIN[kind], split = I8_SPLIT[kind];
+    const int64_t tile_dm = i8_tile_scale_bytes(kind, sform, n_blocks);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t i = 0; i < n_rows; i++) {
         const int64_t o = rows ? rows[i] : i, t = o / I8_TILE;
         const int c = (int)(o % I8_TILE);
+        const uint8_t *dt = dm + t * tile_dm;
         for (int64_t b = 0; b < n_blocks; b++) {
             const uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
-            const uint8_t *dt = dm + (t * n_blocks + b) * i8_scales(kind) * (half ? 2 : 4);
             float *y = out + i * n_in + 32 * b;
+            const float d0 = tile_scale(dt, kind, sform, n_blocks, b, c, 0);
+            const float d1 = split ? tile_scale(dt, kind, sform, n_blocks, b, c, 1) : d0;
+            const float m = has_min ? tile_scale(dt, kind, sform, n_blocks, b, c, 1) : 0.0f;
             for (int l = 0; l < 32; l++) {
                 int v;
                 if (nibbles) v = (qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] >> (l % 8 < 4 ? 0 : 4)) & 0x0F;
                 else v = qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4];
-                if (nibbles == 2) {
-                    const int bit = 4 * c + l % 4;
-                    v |= ((qt[I8_NIBBLE_BYTES + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << 4;
-                }
-                const float d = get_scale(dt, split && l >= 16 ? I8_TILE + c : c, half);
-                y[l] = d * (float)(v + offset);
-                if (has_min) y[l] += get_scale(dt, I8_TILE + c, half);
+                const int bit = 4 * c + l % 4;
+                for (int plane = 0; plane < nibbles - 1; plane++) /* fifth and sixth bits */
+                    v |= ((qt[I8_NIBBLE_BYTES + 64 * plane + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << (4 + plane);
+                y[l] = (l < 16 ? d0 : d1) * (float)(v + offset);
+                if (has_min) y[l] += m;
             }
         }
     }

@@ -188,7 +188,7 @@ typedef struct {
      * A (r, n_in) and B (n_out, r) float32 */
     const float *lora_a[MAX_PARTS]; const float *lora_b[MAX_PARTS]; int64_t lora_r[MAX_PARTS];
     float lora_scale[MAX_PARTS];
-    int64_t half8[MAX_PARTS]; /* whether a part's int8-form scales are fp16 */
+    int64_t sform8[MAX_PARTS]; /* each part's scale form in the int8 form (gemm_i8.h's SF_*) */
 } packed_matrix;
 
 static int64_t total_out(const packed_matrix *m) {
@@ -255,7 +255,7 @@ static void matmul_rows(const packed_matrix *m, const float *x, int64_t rows, fl
     int n_i8 = 0;
     for (int p = 0, col = 0; p < m->n_parts; col += m->n_out[p], p++) {
         if (!(m->q8[p] && m->use_i8)) continue;
-        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], (int)m->half8[p], m->n_out[p], y + col};
+        const i8_part w = {m->q8[p], m->dm8[p], m->kind[p], (int)m->nib8[p], (int)m->sform8[p], m->n_out[p], y + col};
         parts[n_i8++] = w;
         done[p] = 1;
     }
