@@ -54,7 +54,6 @@ from giraffe.serve.schema import JSONInt, integer
 from giraffe.serve.state import Server
 
 EMBED_SLICE = 16  # chunks per model-thread call: a few tenths of a second of MiniLM on CPU
-SEAM_TOKENS = 8  # passages, question and system text are counted apart: merges at the seams
 MIN_PASSAGE_BUDGET = 64
 PROBE_TOKENS = 3  # "1]" and a little: the model only names a number
 ASK_TOKENS = 256  # an answer's default length
@@ -65,7 +64,7 @@ def template_tokens(server: Server) -> int:
     assistant's opening), measured on this model's template: a guess was short for small
     vocabularies, and the prompt then overran the context."""
     empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
-    return len(server.lm.chat_ids(empty)) + SEAM_TOKENS
+    return len(server.lm.chat_ids(empty))
 
 
 def ask_token_limit(server: Server) -> int:

@@ -48,7 +48,7 @@ def install_document(app: FastAPI, server: Server) -> None:
             for op in operations.values():
                 op["responses"].pop("422", None)
                 op["responses"].update(error_responses(codes))
-        _fill_facts(components, facts)
+        _fill_facts(schema, facts)  # components, and path parameters (/inside/{view})
         return schema
 
     app.openapi = openapi
