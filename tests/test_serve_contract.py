@@ -1,6 +1,7 @@
 """A bounded schemathesis run: generated requests from /openapi.json against a real server.
 
-The server (a tiny random model, answers of at most 8 tokens) must answer every
+The servers (a tiny random model, answers of at most 8 tokens; the second also with
+MiniLM embeddings and a knowledge base) must answer every
 generated request, valid or not, without a 5xx and as its document says: only
 documented status codes and fields, schema-valid requests accepted, schema-invalid
 ones refused, undeclared methods a 405 with the right `Allow` header. The document
@@ -24,13 +25,15 @@ from giraffe.formats import registry
 
 pytestmark = pytest.mark.slow
 
-# Schema-valid requests the server must still refuse, on the two operations that take
-# messages, because JSON Schema cannot say it: a tool call's `arguments` must be the JSON
+# Schema-valid requests the server must still refuse, because JSON Schema cannot say it:
+# on the two operations that take messages, a tool call's `arguments` must be the JSON
 # text of an object (a string, only annotated with contentMediaType), a conversation must
 # fit the context once the template has rendered it, tool names must be unique and a
-# named tool_choice must name one of them. Every other operation keeps every check, the
-# field combinations the server refuses being if/then rules of its document
-# (docs/serving.md).
+# named tool_choice must name one of them; on an upload, the decoded bytes must be a
+# readable, non-empty document. Every other operation keeps every check, the field
+# combinations the server refuses being if/then rules of its document; a text over a
+# token limit (embeddings, inside views, a question) is the one rule left unsaid there,
+# and the seeded run does not generate one (docs/serving.md).
 CONFIG = """
 [[operations]]
 include-path = "/tokenize"
@@ -87,6 +90,7 @@ def schemathesis_run(url: str, tmp_path, *select: str, examples: int, seconds: i
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 200, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout  # it did run requests
+    print(run.stdout[run.stdout.rfind("Test cases:") :])  # how many (pytest -rP shows it)
 
 
 def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path):
