@@ -52,6 +52,7 @@ from giraffe.serve.errors import APIError, user_errors
 from giraffe.serve.jobs import STREAMED, JobGroup, api_error, sse
 from giraffe.serve.schema import JSONInt, integer
 from giraffe.serve.state import Server
+from giraffe.tokenizer.chat import ChatTemplateError
 
 EMBED_SLICE = 16  # chunks per model-thread call: a few tenths of a second of MiniLM on CPU
 MIN_PASSAGE_BUDGET = 64
@@ -64,7 +65,10 @@ def template_tokens(server: Server) -> int:
     assistant's opening), measured on this model's template: a guess was short for small
     vocabularies, and the prompt then overran the context."""
     empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
-    return len(server.lm.chat_ids(empty))
+    try:
+        return len(server.lm.chat_ids(empty))
+    except ChatTemplateError:  # e.g. no system role: the server still starts (and documents
+        return 0  # this bound); an ask fails later, when its messages are rendered
 
 
 def ask_token_limit(server: Server) -> int:
