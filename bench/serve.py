@@ -37,7 +37,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tool the tests check
 from machine import machine_facts  # noqa: E402
+from weather_tool import WEATHER  # noqa: E402
 
 QUESTIONS = [
     "Tell me about giraffes.",
@@ -84,18 +86,6 @@ PERSON = {
         "hobbies": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["name", "age", "hobbies"],
-}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
 }
 KINDS = {  # what each kind of request adds to a plain chat request
     "plain": {},

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from test_chat_templates import TOOL_ROUND_TRIP, qwen_template  # noqa: F401 (a fixture)
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -19,6 +20,7 @@ from giraffe.tokenizer.chat import ChatTemplateError, render_chat, resolve_templ
 from giraffe.tokenizer.tokenizer import SpecialTokens, from_backend
 from giraffe.train.chat_data import (
     ChatExample,
+    assistant_spans,
     collate,
     encode_chat,
     load_chat_examples,
@@ -248,3 +250,21 @@ def test_padding_never_changes_a_row(backend):
     ids, mask = pad_examples(examples, tok.eos_id)
     assert ids.shape == (3, max(len(ex.ids) for ex in examples))
     assert int(mask.sum()) == sum(ex.targets for ex in examples)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["content null", "no content"])
+def test_an_assistant_turn_of_only_tool_calls_is_a_target(qwen_template, shape):  # noqa: F811
+    """OpenAI's shape (tool_calls, content null or left out) was a KeyError: its target is the
+    calls the model writes after the generation prompt, through <|im_end|>."""
+    messages = [dict(m) for m in TOOL_ROUND_TRIP]
+    if shape == "no content":
+        del messages[1]["content"]
+    text, spans = assistant_spans(messages, qwen_template, stops=["<|im_end|>"])
+    assert text == render_chat(TOOL_ROUND_TRIP, qwen_template, add_generation_prompt=False)
+    (s1, e1), (s2, e2) = spans
+    calls = text[s1:e1]
+    assert text[:s1].endswith("How tall is a giraffe, in feet?<|im_end|>\n<|im_start|>assistant\n")
+    assert calls.startswith("<tool_call>\n") and calls.endswith("</tool_call><|im_end|>")
+    assert calls.count("<tool_call>") == 2 and '"name": "get_height"' in calls
+    assert text[s2:e2] == "About 18 feet.<|im_end|>"

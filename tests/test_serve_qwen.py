@@ -13,22 +13,11 @@ import json
 import openai
 import pytest
 from serve_process import running_server
+from weather_tool import WEATHER
 
 pytestmark = pytest.mark.slow
 
 MODEL = "qwen2.5-coder-0.5b-instruct"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 

@@ -26,13 +26,17 @@ import numpy as np
 
 from giraffe.rag.answer import NOTHING_FOUND, SOURCE_PROBE, build_messages, cited, probed_source
 from giraffe.rag.chunk import ChunkSpec
-from giraffe.rag.ingest import Outcome, Prepared, add_bytes, commit, prepare, upload_key
-from giraffe.rag.read import MAX_BYTES
+from giraffe.rag.ingest import MAX_NAME, Outcome, Prepared, add_bytes, commit, prepare, upload_key
+from giraffe.rag.read import MAX_BYTES, SUFFIXES
 from giraffe.rag.retrieve import FLOOR, Hit, retrieve
 from giraffe.rag.store import Document, Store
 
 
 class KnowledgeBase:
+    # What an upload's name may be (upload_key): the server's document states it
+    suffixes: frozenset[str] = frozenset(SUFFIXES)  # the kinds giraffe reads, lower case
+    max_name: int = MAX_NAME  # characters
+
     def __init__(
         self,
         path: str | os.PathLike,

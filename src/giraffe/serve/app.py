@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from pathlib import Path
+from pathlib import Path as FilePath
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
@@ -34,7 +35,7 @@ from giraffe.serve.openapi import install_document
 from giraffe.serve.schema import DetokenizeRequest, EmbeddingRequest, InsideRequest, TokenizeRequest
 from giraffe.serve.state import Server, model_card
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FilePath(__file__).parent / "static"
 MAX_INSIDE_TOKENS = 400  # attention maps of every layer and head grow with the square
 
 
@@ -122,7 +123,8 @@ def _token_routes(app: FastAPI, server: Server, guarded) -> None:
         return lm.tokenizer_info() | {"max_context": server.scheduler.context}
 
     @app.post("/inside/{view}", dependencies=guarded)
-    async def inside(view: str, body: InsideRequest) -> dict:
+    async def inside(view: Annotated[str, Path(json_schema_extra={"x-view": True})],
+                     body: InsideRequest) -> dict:  # fmt: skip
         explain = server.views.get(view)
         if explain is None:
             known = ", ".join(sorted(server.views)) or "none (started without explainers)"

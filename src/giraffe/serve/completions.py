@@ -19,19 +19,17 @@ from giraffe.generate.params import DecodingConfig
 from giraffe.serve import responses as R
 from giraffe.serve import tools as T
 from giraffe.serve.errors import APIError, user_errors
-from giraffe.serve.jobs import ChoiceResult, JobGroup, api_error, check_size, decoding_for, sse
+from giraffe.serve.jobs import (
+    STREAMED,
+    ChoiceResult,
+    JobGroup,
+    api_error,
+    check_size,
+    decoding_for,
+    sse,
+)
 from giraffe.serve.schema import ChatRequest, CompletionRequest
 from giraffe.serve.state import Server
-
-# stream=true answers with server-sent events: the document says so beside the JSON body
-# (OpenAPI 3.1: the schema describes one event; its data is a JSON chunk, or [DONE] last)
-EVENT = {
-    "type": "object",
-    "required": ["data"],
-    "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE]"}},
-}
-STREAMED = {200: {"description": "the answer: JSON, or server-sent events with stream=true",
-                  "content": {"text/event-stream": {"schema": EVENT}}}}  # fmt: skip
 
 
 def completion_routes(server: Server, guarded) -> APIRouter:

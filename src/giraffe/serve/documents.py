@@ -39,42 +39,71 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import functools
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
-from giraffe.serve.errors import APIError
-from giraffe.serve.jobs import JobGroup, api_error, decoding_for, sse
+from giraffe.serve.errors import APIError, user_errors
+from giraffe.serve.jobs import STREAMED, JobGroup, api_error, sse
 from giraffe.serve.schema import JSONInt, integer
 from giraffe.serve.state import Server
+from giraffe.tokenizer.chat import ChatTemplateError
 
 EMBED_SLICE = 16  # chunks per model-thread call: a few tenths of a second of MiniLM on CPU
-TEMPLATE_TOKENS = 16  # the chat template's role markers around the two messages
 MIN_PASSAGE_BUDGET = 64
 PROBE_TOKENS = 3  # "1]" and a little: the model only names a number
+ASK_TOKENS = 256  # an answer's default length
+
+
+def template_tokens(server: Server) -> int:
+    """The chat template's own tokens around a system and a user message (role markers, the
+    assistant's opening), measured on this model's template: a guess was short for small
+    vocabularies, and the prompt then overran the context."""
+    empty = [{"role": "system", "content": ""}, {"role": "user", "content": ""}]
+    try:
+        return len(server.lm.chat_ids(empty))
+    except ChatTemplateError:  # e.g. no system role: the server still starts (and documents
+        return 0  # this bound); an ask fails later, when its messages are rendered
+
+
+def ask_token_limit(server: Server) -> int:
+    """The largest max_tokens /documents/ask takes: the server's limit, and room for passages."""
+    room = server.scheduler.context - template_tokens(server) - MIN_PASSAGE_BUDGET
+    return min(server.settings.max_tokens_limit, room)
+
+
+# Base64 as the route takes it: the standard alphabet in groups of four, padded, with
+# ASCII whitespace anywhere (base64 tools wrap lines at 76). The route checks this
+# expression and the document publishes it, so both say the same.
+_C, _W = "[A-Za-z0-9+/]", "[ \\t\\r\\n]*"
+BASE64 = f"^(?:{_W}{_C}{_W}{_C}{_W}{_C}{_W}{_C})*(?:{_W}{_C}{_W}{_C}{_W}(?:={_W}=|{_C}{_W}=))?{_W}$"
 
 
 class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: StrictStr  # a file name such as notes.md: its suffix says how to read it
-    content_base64: StrictStr  # the file's bytes, base64 (standard alphabet, padded)
+    # a file name such as notes.md: its suffix says how to read it (openapi.py states the
+    # rule from the knowledge base's facts: the kinds it reads, the longest name)
+    name: Annotated[StrictStr, Field(json_schema_extra={"x-upload-name": True})]
+    # the file's bytes, base64; the route checks BASE64 itself, to say what to send instead
+    content_base64: Annotated[StrictStr, Field(json_schema_extra={"pattern": BASE64})]
 
 
 class AskRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    question: StrictStr
+    question: Annotated[StrictStr, Field(pattern=r"\S")]  # not empty, not only spaces
     k: integer(ge=1, le=20) = 4  # passages retrieved
     stream: StrictBool = True
     hybrid: StrictBool = False  # add BM25 keyword scores (rag.retrieve)
     floor: Annotated[StrictFloat, Field(ge=-1, le=1)] | None = None  # least cosine that counts
-    max_tokens: integer(ge=1) = 256
+    # None: ASK_TOKENS, within what the server allows (openapi.py states the bound)
+    max_tokens: integer(ge=1, json_schema_extra={"x-ask-tokens": True}) | None = None
     temperature: Annotated[StrictFloat, Field(ge=0, le=2)] = 0.0  # greedy: answer from sources
     top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
     top_k: integer(ge=0) | None = None
@@ -82,8 +111,9 @@ class AskRequest(BaseModel):
     repetition_penalty: Annotated[StrictFloat, Field(gt=0)] | None = None
     seed: JSONInt | None = None
 
-    def decoding_kwargs(self) -> dict:
-        kw = {"max_new_tokens": self.max_tokens, "temperature": self.temperature}
+    def decoding_kwargs(self, default_tokens: int) -> dict:
+        tokens = default_tokens if self.max_tokens is None else self.max_tokens
+        kw = {"max_new_tokens": tokens, "temperature": self.temperature}
         for name in ("top_p", "top_k", "min_p", "repetition_penalty", "seed"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
@@ -152,17 +182,20 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
             )  # fmt: skip
         return {"object": "document", "name": name, "deleted": True}
 
-    @routes.post("/documents/ask")
+    @routes.post("/documents/ask", responses=STREAMED)
     async def ask(body: AskRequest, request: Request):
         kb = knowledge()
-        cfg = decoding_for(server, body)
-        context = server.scheduler.context
-        budget = context - cfg.max_new_tokens - TEMPLATE_TOKENS
-        if budget < MIN_PASSAGE_BUDGET:
+        most = ask_token_limit(server)
+        if body.max_tokens is not None and body.max_tokens > most:
             raise APIError(
-                400, f"max_tokens {cfg.max_new_tokens} leaves no room for passages in this "
-                f"server's context of {context} tokens; ask for fewer", "max_tokens",
+                400, f"max_tokens is {body.max_tokens}; /documents/ask allows at most {most} "
+                f"here (--max-tokens-limit, and room for passages in a context of "
+                f"{server.scheduler.context} tokens)", "max_tokens",
             )  # fmt: skip
+        with user_errors():
+            kw = body.decoding_kwargs(max(1, min(ASK_TOKENS, most)))
+        cfg = server.decoding(kw)
+        budget = server.scheduler.context - cfg.max_new_tokens - template_tokens(server)
         args = (body.question, count_tokens, budget, body.k, body.hybrid, body.floor)
         try:
             question = await on_model(server, kb.ask, *args)
@@ -177,14 +210,13 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
 
 
 def decode_base64(text: str) -> bytes:
-    try:  # line breaks are common (base64 tools wrap at 76): ignore whitespace, nothing else
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as e:
+    if re.fullmatch(BASE64, text) is None:
         raise APIError(
-            400, f"content_base64 is not valid base64 ({e}); send the file's bytes encoded "
-            "with the standard alphabet, e.g. FileReader.readAsDataURL without its prefix",
-            "content_base64",
-        ) from None  # fmt: skip
+            400, "content_base64 is not valid base64; send the file's bytes encoded with the "
+            "standard alphabet, padded to groups of four (line breaks may come between), "
+            "e.g. FileReader.readAsDataURL without its prefix", "content_base64",
+        )  # fmt: skip
+    return base64.b64decode(re.sub("[ \t\r\n]", "", text), validate=True)
 
 
 def commit(kb, step, vectors):

@@ -143,8 +143,17 @@ def user_errors(param: str | None = None):
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """The first problem pydantic found, as one sentence naming the field."""
-    first = exc.errors()[0]
+    errors = exc.errors()
+    first = errors[0]
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    # A union's errors come one per member, each loc ending in the member's type ("str",
+    # "list[str]"): the field is what the first error's group has in common.
+    group = [
+        [str(x) for x in e.get("loc", ()) if x != "body"]
+        for e in errors
+        if e.get("loc", ())[:2] == first.get("loc", ())[:2]
+    ]
+    loc = loc[: min(_common(loc, other) for other in group)]
     if "[key]" in loc:  # a map's key is wrong (logit_bias {"x": 1}): name the map
         loc = loc[: loc.index("[key]") - 1]
     if first.get("type") == "json_invalid":
@@ -152,6 +161,14 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     where = f"'{param}'" if param else "the request body"
     return f"{where}: {first.get('msg', 'invalid value')}", param
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    """How many leading items a and b share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def install_error_handlers(app: FastAPI) -> None:

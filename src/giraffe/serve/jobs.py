@@ -28,6 +28,16 @@ if TYPE_CHECKING:  # state.py imports this module for the Outbox
     from giraffe.serve.state import Server
 
 log = logging.getLogger("giraffe.serve")
+
+# stream=true answers with server-sent events: the document says so beside the JSON body
+# (OpenAPI 3.1: the schema describes one event; its data is a JSON chunk, or [DONE] last)
+EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE]"}},
+}
+STREAMED = {200: {"description": "the answer: JSON, or server-sent events with stream=true",
+                  "content": {"text/event-stream": {"schema": EVENT}}}}  # fmt: skip
 POLL_DISCONNECT_S = 0.5  # how often a non-streaming request checks that its client is there
 
 

@@ -12,8 +12,11 @@ does not know routes or generation.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI
 
+from giraffe.serve.documents import ask_token_limit
 from giraffe.serve.errors import ERROR_SCHEMA, error_responses
 from giraffe.serve.state import Server
 
@@ -45,7 +48,7 @@ def install_document(app: FastAPI, server: Server) -> None:
             for op in operations.values():
                 op["responses"].pop("422", None)
                 op["responses"].update(error_responses(codes))
-        _fill_facts(components, facts)
+        _fill_facts(schema, facts)  # components, and path parameters (/inside/{view})
         return schema
 
     app.openapi = openapi
@@ -61,6 +64,10 @@ def _server_facts(server: Server) -> dict:
         "x-model": {"chat": [server.model_id], "embedding": [server.embed_id]},
         "x-fim": server.lm.fim_style is not None,
         "x-queue": server.settings.max_queue,  # prompts x n of one request, at most
+        "x-view": sorted(server.views),  # /inside/{view}: another is a 404
+        "x-embed-dim": server.embedder.dim if server.embedder is not None else None,
+        "x-upload-name": upload_name(server.knowledge),
+        "x-ask-tokens": ask_token_limit(server),
     }
 
 
@@ -90,8 +97,29 @@ def _fill_facts(node, facts: dict) -> None:
         node.update(type="null", description="this model has no fill-in-the-middle tokens")
     if node.pop("x-default-within-limit", False):  # as the route: OpenAI's 16, capped
         node["default"] = min(node["default"], facts["x-max-tokens"]["maximum"])
+    if node.pop("x-view", False) and facts["x-view"]:
+        node["enum"] = facts["x-view"]
+    if node.pop("x-embed-dim", False) and facts["x-embed-dim"] is not None:
+        node["enum"] = [facts["x-embed-dim"]]  # one width: the encoder's
+    if node.pop("x-upload-name", False) and facts["x-upload-name"] is not None:
+        node.update(facts["x-upload-name"])
+    if node.pop("x-ask-tokens", False):
+        node["maximum"] = facts["x-ask-tokens"]
     for value in node.values():
         _fill_facts(value, facts)
+
+
+def upload_name(knowledge) -> dict | None:
+    """The names an upload may have (rag.ingest.upload_key): a plain file name of a kind
+    the knowledge base reads - no slash or backslash, no control characters, a stem before
+    the suffix (".md" alone has none), in any letter case."""
+    if knowledge is None:
+        return None
+    ignore_case = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c)
+                           for c in suffix[1:]) for suffix in sorted(knowledge.suffixes))  # fmt: skip
+    plain = "[^/\\\\\\u0000-\\u001f\\u007f]"
+    pattern = f"^{plain}+\\.({'|'.join(ignore_case)})$"
+    return {"pattern": pattern, "maxLength": knowledge.max_name}
 
 
 def prompts_per_n(queue: int, request: dict) -> list[dict]:

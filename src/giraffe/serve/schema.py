@@ -321,15 +321,13 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: Annotated[StrictStr, Field(json_schema_extra={"x-model": "embedding"})]
-    input: StrictStr | list[StrictStr]
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: JSONInt | None = None
+    # the embedder's one width (openapi.py states it): another is refused by name
+    dimensions: Annotated[JSONInt, Field(json_schema_extra={"x-embed-dim": True})] | None = None
 
     def texts(self) -> list[str]:
-        texts = [self.input] if isinstance(self.input, str) else list(self.input)
-        if not texts:
-            raise UnsupportedField("input", "input is empty: give a string or a list of strings")
-        return texts
+        return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
 # Exactly one of text, prompt, messages, and not null (the route checks the same).
@@ -358,4 +356,4 @@ class DetokenizeRequest(BaseModel):
 class InsideRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    text: StrictStr
+    text: Annotated[StrictStr, Field(min_length=1)]  # an empty text has no token to look at

@@ -80,14 +80,19 @@ def assistant_spans(
     template writes after the content, cut after the first of `stops` in it.
     """
 
-    def render(msgs) -> str:
+    def render(msgs, generation_prompt: bool = False) -> str:
         return render_chat(
-            msgs, template, add_generation_prompt=False, bos_token=bos_token, eos_token=eos_token
-        )
+            msgs, template, add_generation_prompt=generation_prompt, bos_token=bos_token,
+            eos_token=eos_token,
+        )  # fmt: skip
 
     text = render(messages)
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if any(SENTINEL.format("")[:-1] in m["content"] for m in messages):
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and _content(m)]
+    # An assistant message with tool calls and no content (OpenAI's shape): its target is
+    # all it writes, the calls, found by rendering the conversation up to it (below).
+    calls = [i for i, m in enumerate(messages)
+             if m["role"] == "assistant" and not _content(m) and m.get("tool_calls")]  # fmt: skip
+    if any(SENTINEL.format("")[:-1] in _content(m) for m in messages):
         raise ChatTemplateError("a message contains giraffe's private sentinel text")
     marked = [dict(m) for m in messages]
     for k, i in enumerate(turns):
@@ -105,6 +110,8 @@ def assistant_spans(
         gap_end = places[k + 1] if k + 1 < len(places) else len(skeleton)
         marker = _end_marker(skeleton[cursor:gap_end], render(marked[: i + 1]), k, stops)
         spans.append((start, start + len(messages[i]["content"]) + len(marker)))
+    spans += [_calls_span(messages, i, render, text, stops) for i in calls]
+    spans.sort()
     rebuilt.append(skeleton[cursor:])
     if "".join(rebuilt) != text:
         raise ChatTemplateError(
@@ -112,6 +119,27 @@ def assistant_spans(
             "them), so their tokens cannot be located; clean the data or the template"
         )
     return text, spans
+
+
+def _content(message: dict) -> str:
+    """A message's text: "" when it has none (null or left out, as beside tool calls)."""
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def _calls_span(messages, i: int, render, text: str, stops: Sequence[str]) -> tuple[int, int]:
+    """Assistant message i writes only tool calls: its span is what the template writes for
+    it after the generation prompt (what the model would generate), through the first stop."""
+    through = render(messages[: i + 1])
+    if not text.startswith(through):
+        raise ChatTemplateError(
+            f"the chat template renders the conversation up to message {i} differently "
+            "from the whole, so its tool calls cannot be located for the loss"
+        )
+    start = len(os.path.commonprefix([render(messages[:i], True), through]))
+    block = through[start:]
+    found = [block.index(s) + len(s) for s in stops if s and s in block]
+    return start, start + (min(found) if found else len(block))
 
 
 def _place(skeleton: str, sentinel: str, i: int) -> int:
