@@ -318,21 +318,66 @@ typedef struct { const uint8_t *q; const uint8_t *dm; int kind, form, sform; int
 
 static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE - 1) / I8_TILE + 1) / 2; }
 
+/* A tile's packed integers (nibbles, fives or sixes) spelled out as bytes (form 0), every
+ * block: the unpacking the kernel would otherwise redo for each chunk of rows. */
+static void spell_tile(const uint8_t *q, int form, int64_t n_blocks, uint8_t *out) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *w = q + b * i8_block_bytes(form);
+        for (int g = 0; g < 8; g++) { /* as gemm_i8_block reads group g */
+            __m512i v = _mm512_loadu_si512(w + (g / 2) * I8_GROUP_BYTES);
+            if (g % 2) v = _mm512_srli_epi16(v, 4);
+            v = _mm512_and_si512(v, low4);
+            for (int plane = 0; plane < form - 1; plane++) { /* fifth, then sixth bits */
+                uint64_t bits;
+                memcpy(&bits, w + I8_NIBBLE_BYTES + 64 * plane + 8 * g, 8);
+                v = _mm512_mask_add_epi8(v, _cvtu64_mask64(bits), v, _mm512_set1_epi8((char)(0x10 << plane)));
+            }
+            _mm512_storeu_si512(out + b * I8_BLOCK_BYTES + g * I8_GROUP_BYTES, v);
+        }
+    }
+}
+
+/* This thread's buffer of at least `bytes` (kept for the next call; NULL if out of memory). */
+static uint8_t *thread_scratch(size_t bytes) {
+    static __thread uint8_t *buf = NULL;
+    static __thread size_t cap = 0;
+    if (bytes > cap) {
+        free(buf);
+        cap = (bytes + 4095) / 4096 * 4096;
+        buf = (uint8_t *)aligned_alloc(64, cap);
+        if (!buf) cap = 0;
+    }
+    return buf;
+}
+
+/* Rows from which a pair's packed integers are spelled out as bytes once (a prompt, a large
+ * batch) rather than unpacked for every chunk of I8_ROWS rows: below it, one-row decoding
+ * reads the packed form straight from memory, its bandwidth being what bounds it. */
+enum { I8_SPELL_ROWS = 2 * I8_ROWS + 1 };
+
 /* Columns of tile pair p of one weight, for all rows: each thread owns whole pairs of tiles,
  * whose weights (16 KB per 512 inputs) stay in L1/L2 while every row chunk streams past. */
 static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t y_stride) {
     const int64_t n_in = s->n_in, m = s->m, n_blocks = n_in / 32, tiles = (w->n_out + I8_TILE - 1) / I8_TILE;
-    const int kind = w->kind, nibbles = w->form, offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
+    const int kind = w->kind, offset = i8_offset(kind), has_min = I8_HAS_MIN[kind];
+    int nibbles = w->form;
     const int64_t tile_dm = i8_tile_scale_bytes(kind, w->sform, n_blocks), tile_q = n_blocks * i8_block_bytes(nibbles);
     const int64_t t0 = 2 * p, col = t0 * I8_TILE;
     const int has1 = t0 + 1 < tiles;
     const int64_t left0 = w->n_out - col, left1 = left0 - I8_TILE;
     const int cols0 = left0 < I8_TILE ? (int)left0 : I8_TILE;
     const int cols1 = !has1 ? 0 : left1 < I8_TILE ? (int)left1 : I8_TILE;
+    const uint8_t *q0 = w->q + t0 * tile_q, *q1 = has1 ? w->q + (t0 + 1) * tile_q : NULL;
+    const uint8_t *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
+    uint8_t *spelled = nibbles && m >= I8_SPELL_ROWS ? thread_scratch((size_t)(2 * n_blocks * I8_BLOCK_BYTES)) : NULL;
+    if (spelled) { /* the same integers as bytes: the kernel's byte form, no unpacking per chunk */
+        spell_tile(q0, nibbles, n_blocks, spelled);
+        if (q1) spell_tile(q1, nibbles, n_blocks, spelled + n_blocks * I8_BLOCK_BYTES);
+        q0 = spelled, q1 = q1 ? spelled + n_blocks * I8_BLOCK_BYTES : NULL, nibbles = 0;
+    }
     for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
         const int rows = m - r0 < I8_ROWS ? (int)(m - r0) : I8_ROWS;
-        const uint8_t *q0 = w->q + t0 * tile_q, *q1 = has1 ? w->q + (t0 + 1) * tile_q : NULL;
-        const uint8_t *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
         const int8_t *ar = s->a + r0 * n_in;
         float *yr = w->y + r0 * y_stride + col;
         const float *dar = s->da + r0 * n_blocks;
