@@ -214,3 +214,20 @@ def test_real_gemma3_file_takes_the_compiled_step(gemma_gguf, monkeypatch, int8)
     compiled, reference = both_paths(model, greedy)
     assert torch.equal(compiled.argmax(-1), reference.argmax(-1))
     torch.testing.assert_close(compiled, reference, atol=1.5 if int8 else 1e-3, rtol=0)
+
+
+@torch.inference_mode()
+def test_positions_past_the_first_rope_table(tmp_path, monkeypatch):
+    """The C step reads RoPE rows from tables it grows on demand (1024 rows first): a
+    context running past them gives the module path's logits, for both RoPE bases."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**SHAPE, **CONFIGS["gemma3"], "max_position_embeddings": 2048})
+    path = tmp_path / "m.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_gguf(Decoder(cfg).eval(), path, dtype="q8_0")
+    model = load_packed(path, monkeypatch, int8=False)
+    ids = torch.randint(1, VOCAB, (1, 1030))
+    compiled, reference = both_paths(model, lambda m: one_row(m, ids, prompt=1020))
+    assert model.runtime.step.rope[0][0].shape[0] == 2048  # grown once, past 1024
+    torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=0)

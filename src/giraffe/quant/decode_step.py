@@ -74,7 +74,7 @@ class LayerStep(ctypes.Structure):
         ("attn_softcap", ctypes.c_float), ("activation", ctypes.c_int),
         ("layer_norm", ctypes.c_int), ("attn_norm_bias", _P), ("mlp_norm_bias", _P),
         ("rope_dims", ctypes.c_int), ("plain_mlp", ctypes.c_int), ("parallel", ctypes.c_int),
-        ("local_rope", ctypes.c_int),
+        ("local_rope", ctypes.c_int), ("positions", _P),
     ]  # fmt: skip
 
 
@@ -85,11 +85,15 @@ class DecodeCall(ctypes.Structure):
     _fields_ = [
         ("size", _I64), ("x", _P), ("n", _I64),
         ("cos", _P), ("sin", _P), ("cos_local", _P), ("sin_local", _P),
+        ("positions", _P), ("rope_rows", _I64),
         ("k_cache", _P), ("v_cache", _P), ("layer_stride", _I64),
         ("row_stride", _I64), ("slots", _P), ("max_len", _I64),
         ("scratch", _P), ("n_threads", ctypes.c_int),
+        ("final_norm", _P), ("final_norm_bias", _P),
     ]  # fmt: skip
 
+
+ROPE_TOO_SHORT = -2000  # giraffe_decode_layers: a position is past the RoPE tables
 
 # csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH, ACT_GELU (erf), ACT_RELU
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
@@ -235,7 +239,12 @@ class FastDecode:
             )
         )
         self.local_rope = any(self.cfg.layer_local_rope(i) for i in range(len(layers)))
+        # RoPE tables the C step reads by position, grown on demand; none for learned positions
+        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
+        norm = model.norm  # the final norm, of the blocks' kind: applied by the C step
+        self._norm_weights = [norm.weight.detach(), getattr(norm, "bias", None)]
+        self.final_norm = tuple(None if t is None else t.data_ptr() for t in self._norm_weights)
 
     def _step(self, i: int, layer: tuple, norms: dict) -> LayerStep:
         """Layer i's fixed arguments; each call fills in the rows, cache and scratch.
@@ -305,33 +314,51 @@ class FastDecode:
         n = B * T
         if positions is None:
             positions = slots[:, None]
-        x = model.embed(ids)  # (B, T, C)
-        if self.cfg.scale_embed:  # as the module path: sqrt(width) rounded to the dtype first
-            x = x * torch.tensor(self.cfg.hidden_size**0.5, dtype=x.dtype)
-        if self.cfg.position == "learned":
-            x = x + model.pos_embed(positions.reshape(B, T))
-        x = x.reshape(n, -1).contiguous().float()  # (n, C)
-        rope = _rope_rows(model, positions, n)  # (cos, sin), each (n, R), or None
-        local = _rope_rows(model, positions, n, local=True) if self.local_rope else rope
+        x = self._embed(model, ids, positions)  # (n, C)
         self._ensure_scratch(n, cache.max_len, flash=shared)
         self._use_int8(int8_activations())
         call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x.data_ptr(), n=n)
-        if rope is not None:
-            call.cos, call.sin = rope[0].data_ptr(), rope[1].data_ptr()
-            call.cos_local, call.sin_local = local[0].data_ptr(), local[1].data_ptr()
         call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
         call.layer_stride = cache.k.stride(0)
         # floats between rows' (H, S, D) caches; 0: a prompt's rows share one
         call.row_stride = 0 if shared else cache.k.stride(1)
         call.slots, call.max_len = slots.data_ptr(), cache.max_len
         call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
-        status = self.fn(ctypes.byref(call), self.steps, len(self.steps))
+        call.final_norm, call.final_norm_bias = self.final_norm
+        at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
+        call.positions = at.data_ptr()
+        status = self._run(model, call, at)
         if status != 0:
             raise RuntimeError(
                 f"the compiled decode step refused layer {-1 - status} (slots {slots.tolist()})"
             )
         cache.advance(T)
-        return model.norm(x.view(B, T, -1))
+        return x.view(B, T, -1)  # final-normed in C
+
+    def _embed(self, model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The rows the first layer reads (n, C) float32, as the module path forms them."""
+        B, T = ids.shape
+        x = model.embed(ids)  # (B, T, C)
+        if self.cfg.scale_embed:  # as the module path: sqrt(width) rounded to the dtype first
+            x = x * torch.tensor(self.cfg.hidden_size**0.5, dtype=x.dtype)
+        if self.cfg.position == "learned":
+            x = x + model.pos_embed(positions.reshape(B, T))
+        return x.reshape(B * T, -1).contiguous().float()
+
+    def _run(self, model, call: DecodeCall, positions: torch.Tensor) -> int:
+        """Run every layer; a position past the RoPE tables grows them and runs again (the
+        C step checks positions before it writes anything)."""
+        for _ in range(2):
+            if self.rope:
+                (call.cos, call.sin), (call.cos_local, call.sin_local) = (
+                    (cos.data_ptr(), sin.data_ptr()) for cos, sin in self.rope
+                )
+                call.rope_rows = self.rope[0][0].shape[0]
+            status = self.fn(ctypes.byref(call), self.steps, len(self.steps))
+            if status != ROPE_TOO_SHORT:
+                return status
+            self.rope = _rope_tables(model, int(positions.max()) + 1, self.local_rope)
+        return status
 
     @staticmethod
     def _slots(cache, B: int, T: int) -> tuple[torch.Tensor | None, bool]:
@@ -368,13 +395,15 @@ class FastDecode:
             self.scratch = torch.empty(n * per_row)
 
 
-def _rope_rows(model, positions: torch.Tensor, n: int, local: bool = False) -> tuple | None:
-    """The rotary tables (cos, signed sin) of these positions, one row of R (the rotary
-    dims) per token: (n, R) each; None for a model with learned positions."""
-    if model.config.position != "rope":
-        return None
-    rotary = model.rotary_local if local else model.rotary
-    return tuple(t.reshape(n, -1).contiguous() for t in rotary(positions))
+def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The model's RoPE (cos, signed sin) for positions 0 .. >= need-1, each (rows, R), as its
+    rotary module computes them (so every row equals the module path's); then the sliding
+    layers' own (Gemma 3) or the same again. Rows: a power of two, at least 1024, so a
+    growing context recomputes them a few times only."""
+    rows = max(1024, 1 << (need - 1).bit_length())
+    positions = torch.arange(rows)[None]  # (1, rows)
+    rotaries = [model.rotary, model.rotary_local if local else model.rotary]
+    return [tuple(t.reshape(rows, -1).contiguous() for t in r(positions)) for r in rotaries]
 
 
 def _extra_norms(block) -> dict:

@@ -399,7 +399,8 @@ typedef struct {
                                                     rotary); 0 = all of it; -1 = no RoPE (learned positions) */
     int plain_mlp;                               /* down(act(up(h))): gate_up holds up alone */
     int parallel;                                /* x + attn(norm(x)) + mlp(norm'(x)) (GPT-NeoX) */
-    int local_rope;                              /* takes the call's local RoPE rows (Gemma 3 sliding layers) */
+    int local_rope;                              /* takes the call's local RoPE table (Gemma 3 sliding layers) */
+    const int64_t *positions;                    /* per call: each row's position, its row of cos/sin */
 } layer_step;
 
 /* The rows' norm: RMSNorm with (offset + w), or LayerNorm with w and b (b may be NULL). */
@@ -419,7 +420,8 @@ static void norm_rows(const float *x, int64_t rows, int64_t dim, int layer_norm,
  * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
  *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
  *   (attention.h's flash kernel where built, unless the scores are soft-capped).
- * The matrix products take all n rows together. cos/sin are (n, rope dims). The block:
+ * The matrix products take all n rows together. cos/sin are RoPE tables (position, rope
+ * dims); row r takes row positions[r]. The block:
  * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
  * a = o(attention); x += [attn_post_norm](a); h = norm(x);
  * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
@@ -463,8 +465,9 @@ static int decode_layer(const layer_step *s) {
             for (int g = 0; g < kv_heads; g++) rmsnorm(k + g * head_dim, s->k_norm, off, eps, head_dim, k + g * head_dim);
         }
         if (rot > 0) {
-            rope(q, n_heads, head_dim, rot, s->cos + r * rot, s->sin + r * rot);
-            rope(k, kv_heads, head_dim, rot, s->cos + r * rot, s->sin + r * rot);
+            const float *cos = s->cos + s->positions[r] * rot, *sin = s->sin + s->positions[r] * rot;
+            rope(q, n_heads, head_dim, rot, cos, sin);
+            rope(k, kv_heads, head_dim, rot, cos, sin);
         }
         for (int g = 0; g < kv_heads; g++) {
             const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
@@ -515,39 +518,54 @@ static int decode_layer(const layer_step *s) {
     return 0;
 }
 
-/* What every layer of one call shares: the rows, the cache, the RoPE rows, the scratch.
- * Layer i's cache starts layer_stride floats after layer i-1's. Sliding layers with their
- * own RoPE base (layer_step.local_rope) take cos_local/sin_local. */
+/* What every layer of one call shares: the rows, the cache, the RoPE tables, the scratch.
+ * Layer i's cache starts layer_stride floats after layer i-1's. The RoPE tables hold
+ * rope_rows positions (cos, signed sin of each, rope dims wide); row r of x is at
+ * position positions[r]. Sliding layers with their own RoPE base (layer_step.local_rope)
+ * take cos_local/sin_local. */
 typedef struct {
     int64_t size; /* sizeof(decode_call) as the caller sees it */
     float *x; int64_t n;
     const float *cos, *sin, *cos_local, *sin_local;
+    const int64_t *positions; int64_t rope_rows;
     float *k_cache, *v_cache; int64_t layer_stride;
     int64_t row_stride; const int64_t *slots; int64_t max_len;
     float *scratch; int n_threads;
+    /* the model's final norm, applied to x after the last layer (NULL: the caller does);
+     * of the blocks' kind (layer_norm, norm_offset, eps of steps[0]) */
+    const float *final_norm, *final_norm_bias;
 } decode_call;
 
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
 int giraffe_packed_matrix_size(void) { return (int)sizeof(packed_matrix); }
 int giraffe_decode_call_size(void) { return (int)sizeof(decode_call); }
 
-/* Every layer in turn for c->n rows (see decode_layer): one call a token, no Python
- * between layers. steps: n_layers structs holding each layer's fixed arguments; the
+/* Every layer in turn for c->n rows (see decode_layer), then the final norm: one call a
+ * token, no Python between layers (after ~60 MB of weights have streamed through the
+ * caches, even one small torch op costs ~0.2 ms: its code and data are cold). steps: n_layers structs holding each layer's fixed arguments; the
  * call's are written into them here. Returns 0; -1 - i when layer i refused its input;
- * -1000 on a struct declared differently by the caller. */
+ * -1000 on a struct declared differently by the caller; -2000 when a position is past
+ * the RoPE tables (the caller grows them and calls again: nothing was written). */
 int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers) {
     if (!c || c->size != (int64_t)sizeof(decode_call)) return -1000;
+    if (n_layers > 0 && steps[0].rope_dims != -1) /* RoPE: every row's position in the tables */
+        for (int64_t r = 0; r < c->n; r++)
+            if (!c->cos || c->positions[r] < 0 || c->positions[r] >= c->rope_rows) return -2000;
     for (int i = 0; i < n_layers; i++) {
         layer_step *s = steps + i;
         if (s->size != (int64_t)sizeof(layer_step)) return -1000;
         s->x = c->x, s->n = c->n;
         s->cos = s->local_rope ? c->cos_local : c->cos;
         s->sin = s->local_rope ? c->sin_local : c->sin;
+        s->positions = c->positions;
         s->k_cache = c->k_cache + i * c->layer_stride, s->v_cache = c->v_cache + i * c->layer_stride;
         s->row_stride = c->row_stride, s->slots = c->slots, s->max_len = c->max_len;
         s->scratch = c->scratch, s->n_threads = c->n_threads;
         if (decode_layer(s) != 0) return -1 - i;
     }
+    if (c->final_norm && n_layers > 0)
+        norm_rows(c->x, c->n, steps[0].dim, steps[0].layer_norm, c->final_norm, c->final_norm_bias,
+                  steps[0].norm_offset, steps[0].eps, c->x, c->n > 16, c->n_threads);
     return 0;
 }
 
