@@ -86,7 +86,11 @@ class DecodeSession:
         """One event per live row; a finished row is fed its last token again (ignored)."""
         chosen = torch.tensor([r.tokens[-1] for r in self.rows])  # (B,)
         live = [row for row, state in enumerate(self.rows) if not state.finished]
-        events = step_many([self.rows[row] for row in live], logits[live])
+        # every row live (the usual case): their logits as they are, not an indexed copy
+        events = step_many(
+            [self.rows[row] for row in live],
+            logits if len(live) == len(self.rows) else logits[live],
+        )
         for event in events:
             chosen[event.row] = event.token_id
         return chosen, events

@@ -140,7 +140,9 @@ def step_many(
     events: list = [None] * len(states)
     for rows in groups.values():
         try:
-            results = _step_group([states[i] for i in rows], logits[rows])
+            # one group of every state (the usual case): the logits as they are, no copy
+            group = logits if len(rows) == len(states) else logits[rows]
+            results = _step_group([states[i] for i in rows], group)
         except Exception:
             if not isolate:
                 raise
