@@ -64,3 +64,24 @@ def test_tokenize_takes_vllm_prompt_and_detokenize_answers_with_it(app):
     assert back["prompt"] == back["text"] == "The giraffe"
     both = client.post("/tokenize", json={"prompt": "a", "text": "a"})
     assert both.status_code == 400
+
+
+def test_an_explainers_input_error_is_a_400_and_its_fault_a_500(tiny_folder):
+    """/inside answers the explainers' own input error (giraffe.config.InputError's kind)
+    with a 400 naming the text, and anything else they raise - a plain ValueError
+    included - with a 500."""
+    from giraffe.explain.inputs import ExplainInputError
+
+    def refuses(text):
+        raise ExplainInputError("the text cannot be shown: shorten it")
+
+    def breaks(text):
+        raise ValueError("an internal bug")
+
+    server = Server(load(tiny_folder), "tiny", views={"refuses": refuses, "breaks": breaks})
+    with TestClient(create_app(server), raise_server_exceptions=False) as client:
+        refused = client.post("/inside/refuses", json={"text": "hello"})
+        broken = client.post("/inside/breaks", json={"text": "hello"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "text"
+    assert "shorten it" in refused.json()["error"]["message"]
+    assert broken.status_code == 500 and "internal" in broken.json()["error"]["message"]

@@ -43,6 +43,13 @@ class ConfigError(ValueError):
     """A configuration value is missing, inconsistent or unsupported."""
 
 
+class InputError(ValueError):
+    """A request that cannot be served as asked (a text, a question, a name); the message
+    says what to change. The packages that take such input (explain, rag, the embedder)
+    raise their own subclasses, so that a server, which may not import them, answers
+    exactly these with a 400 and any other error, a plain ValueError included, with a 500."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = (

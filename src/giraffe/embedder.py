@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer as WordPiece
 
-from giraffe.config import ConfigError
+from giraffe.config import ConfigError, InputError
 from giraffe.formats import resolve
 from giraffe.formats.hf import load_hf, model_kind
 from giraffe.models import Encoder
@@ -39,6 +39,11 @@ from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, from_backend
 
 ST = "sentence_transformers.models."  # module type prefix in modules.json
 SUPPORTED_MODULES = {ST + "Transformer", ST + "Pooling", ST + "Normalize"}
+
+
+class EmbedInputError(InputError):
+    """Texts the encoder cannot embed as asked (not strings, longer than its limit without
+    truncate=True); the message says what to change. Any other error is giraffe's fault."""
 
 
 class TruncationWarning(UserWarning):
@@ -154,7 +159,7 @@ class SentenceEncoder:
             f"{named}{more}"
         )
         if not truncate:
-            raise ValueError(f"{what}; split them (count_tokens helps) or pass truncate=True")
+            raise EmbedInputError(f"{what}; split them (count_tokens helps) or pass truncate=True")
         warnings.warn(
             f"{what}; only their first {self.max_tokens} tokens were embedded",
             TruncationWarning,
@@ -192,11 +197,11 @@ def mean_pool(hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 def _check_texts(texts) -> list[str]:
     if not isinstance(texts, Iterable) or isinstance(texts, (bytes, bytearray, Mapping)):
-        raise ValueError(f"embed() takes a list of strings, got {type(texts).__name__}")
+        raise EmbedInputError(f"embed() takes a list of strings, got {type(texts).__name__}")
     texts = list(texts)  # a tuple, a generator, a numpy array of str all do
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ValueError(
+            raise EmbedInputError(
                 f"embed() takes strings; item {i} is a {type(text).__name__}: {text!r:.60}"
             )
     return texts

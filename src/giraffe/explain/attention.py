@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giraffe.explain.inputs import encode_text
+from giraffe.explain.inputs import ExplainInputError, encode_text
 from giraffe.explain.template import ATTENTION_PAGE
 
 
@@ -51,7 +51,7 @@ class AttentionMaps:
 
 def _check_index(name: str, value: int, count: int) -> None:
     if not 0 <= value < count:
-        raise ValueError(
+        raise ExplainInputError(
             f"{name} {value} does not exist: this model has {count} {name}s, numbered 0..{count - 1}."
         )
 
@@ -74,7 +74,7 @@ def attention_maps(lm, text: str) -> AttentionMaps:
     cfg = lm.model.config
     need = cfg.n_layers * cfg.n_heads * len(ids) ** 2 * 4  # (L, H, T, T) float32
     if need > MAX_WEIGHT_BYTES:
-        raise ValueError(
+        raise ExplainInputError(
             f"the attention weights of {len(ids)} tokens would take {need / 1024**3:.1f} GiB "
             f"({cfg.n_layers} layers x {cfg.n_heads} heads x {len(ids)}^2); use a shorter text."
         )
@@ -117,7 +117,7 @@ def render_html(maps: AttentionMaps, title: str = "attention") -> str:
     per_head = T * (T + 1) // 2 if maps.causal else T * T
     size = maps.n_layers * maps.n_heads * per_head * 4 // 3  # bytes as base64
     if size > MAX_PAGE_BYTES:
-        raise ValueError(
+        raise ExplainInputError(
             f"an attention page for {T} tokens would be about {size / 1024**2:.0f} MiB, too big "
             "for a browser to stay responsive; use a shorter text (a few hundred tokens)."
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from giraffe.explain.inputs import encode_text, require_decoder
+from giraffe.explain.inputs import ExplainInputError, encode_text, require_decoder
 from giraffe.generate.samplers import apply_temperature, top_k_filter, top_p_filter
 
 
@@ -78,7 +78,7 @@ class NextTokenTable:
 
 def next_token_table(lm, text: str, k: int = 5) -> NextTokenTable:
     if k < 1:
-        raise ValueError(f"top-k must be at least 1, got {k}.")
+        raise ExplainInputError(f"top-k must be at least 1, got {k}.")
     require_decoder(lm, "the next-token view")
     ids = encode_text(lm, text)
     logits = lm.logits(ids)  # (T, V)
@@ -148,13 +148,13 @@ def reshape(logits: torch.Tensor, settings: dict) -> Reshaped:
     """
     unknown = set(settings) - {"temperature", "top_k", "top_p"}
     if unknown:
-        raise ValueError(
+        raise ExplainInputError(
             f"unknown setting {sorted(unknown)[0]!r}; use temperature, top_k or top_p."
         )
     t = float(settings.get("temperature", 1.0))
     k, p = int(settings.get("top_k", 0)), float(settings.get("top_p", 1.0))
     if t < 0 or k < 0 or not 0 < p <= 1:
-        raise ValueError(
+        raise ExplainInputError(
             f"bad setting {label_of(settings)}: temperature must be >= 0, top_k >= 0 "
             "and top_p in (0, 1]."
         )
@@ -185,7 +185,7 @@ def parse_setting(text: str) -> dict:
         except ValueError:
             eq = ""
         if not eq:
-            raise ValueError(
+            raise ExplainInputError(
                 f"cannot read the setting {part!r}; write it like temperature=0.7,top_p=0.9."
             )
     reshape(torch.zeros(2), out)  # validates names and ranges

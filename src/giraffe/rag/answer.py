@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from giraffe.rag.retrieve import Hit
+from giraffe.rag.retrieve import Hit, QuestionError
 
 SYSTEM = (
     "You answer questions using only the numbered passages given. After each fact, cite "
@@ -61,7 +61,7 @@ def build_messages(
             continue  # a later, shorter passage may still fit
         used = trial
     if not used and hits:
-        raise ValueError(
+        raise QuestionError(
             f"not even one passage fits the model's budget of {budget} tokens; "
             "use smaller chunks (--chunk-tokens) or a model with a longer context"
         )

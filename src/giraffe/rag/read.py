@@ -14,11 +14,13 @@ from __future__ import annotations
 import html.parser
 from pathlib import Path, PurePath
 
+from giraffe.config import InputError
+
 SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf"}
 MAX_BYTES = 20 * 1024 * 1024  # a larger file is skipped: say so rather than take an hour
 
 
-class SkipFile(ValueError):
+class SkipFile(InputError):
     """This file cannot be ingested; the message says why."""
 
 

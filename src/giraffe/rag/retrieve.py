@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from giraffe.config import InputError
 from giraffe.rag.bm25 import BM25
 from giraffe.rag.store import ChunkRecord, Store, top_k
 
@@ -22,6 +23,11 @@ from giraffe.rag.store import ChunkRecord, Store, top_k
 # the best chunk for an off-topic question 0.07-0.33 (`giraffe rag eval` reports both).
 FLOOR = 0.35
 CANDIDATES = 50  # pooled from each ranking before fusing
+
+
+class QuestionError(InputError):
+    """A question that cannot be answered as asked (empty, k < 1, or no passage fits the
+    model's budget); the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,9 @@ def retrieve(
 ) -> list[Hit]:
     """The best `k` chunks at or above the cosine floor, best first (may be empty)."""
     if not question.strip():
-        raise ValueError("the question is empty: ask something")
+        raise QuestionError("the question is empty: ask something")
     if k < 1:
-        raise ValueError(f"--k must be at least 1, got {k}")
+        raise QuestionError(f"--k must be at least 1, got {k}")
     query = embedder.embed([question])[0]  # (dim,)
     dense = dict(store.search(query, max(k, CANDIDATES) if hybrid else k))
     if not hybrid:

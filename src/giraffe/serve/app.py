@@ -21,6 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from giraffe.config import InputError
 from giraffe.serve import responses as R
 from giraffe.serve.completions import completion_routes
 from giraffe.serve.documents import document_routes
@@ -136,7 +137,7 @@ def _token_routes(app: FastAPI, server: Server, guarded) -> None:
             )
         try:  # on the model thread, between decode steps
             return await asyncio.wrap_future(server.scheduler.call(lambda: explain(body.text)))
-        except ValueError as e:  # giraffe.explain's class for bad input (its docstring)
+        except InputError as e:  # the text cannot be shown; any other error is a 500
             raise APIError(400, str(e), "text") from e
 
 
@@ -155,6 +156,6 @@ def _embedding_routes(app: FastAPI, server: Server, guarded) -> None:
             embed = functools.partial(server.embedder.embed, texts, truncate=False)
             vectors = await asyncio.wrap_future(server.scheduler.call(embed))
             tokens = sum(server.embedder.count_tokens(t) for t in texts)
-        except ValueError as e:  # the embedder's class for bad input (too long, empty)
+        except InputError as e:  # too long, not strings; any other error is a 500
             raise APIError(400, str(e), "input") from e
         return R.embedding_list(server.embed_id, vectors, body.encoding_format, tokens)

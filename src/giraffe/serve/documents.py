@@ -48,6 +48,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
+from giraffe.config import InputError
 from giraffe.serve.errors import APIError, user_errors
 from giraffe.serve.jobs import STREAMED, JobGroup, api_error, sse
 from giraffe.serve.schema import JSONInt, integer
@@ -159,7 +160,7 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
         kb = knowledge()
         try:
             kb.check_name(body.name)
-        except ValueError as e:
+        except InputError as e:
             raise APIError(400, str(e), "name") from e
         data = decode_base64(body.content_base64)
         async with one_upload:
@@ -199,7 +200,7 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
         args = (body.question, count_tokens, budget, body.k, body.hybrid, body.floor)
         try:
             question = await on_model(server, kb.ask, *args)
-        except ValueError as e:  # an empty question; not one passage fits the budget
+        except InputError as e:  # an empty question; not one passage fits the budget
             raise APIError(400, str(e), "question") from e
         answer = Answer(server, question, cfg)  # submitted now: a refusal keeps its status
         if body.stream:
