@@ -183,3 +183,23 @@ def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
     with torch.inference_mode():
         got, want = third(IDS), reference(IDS)
     assert (got - want).abs().max() / want.abs().max() < 0.05
+
+
+def test_a_mirror_with_two_fields_swapped_is_refused(tmp_path, monkeypatch):
+    """Same size, same types, another order: the library's field table tells them apart."""
+    from giraffe.quant import decode_step
+
+    model = load_gguf(untied_model(tmp_path), packed=True)
+    if model.runtime.step is None:
+        pytest.skip("no compiled decode step on this machine")
+    fields = list(decode_step.DecodeCall._fields_)
+    at = [name for name, _ in fields].index("cos")
+    fields[at], fields[at + 1] = fields[at + 1], fields[at]  # cos <-> sin, both pointers
+
+    class Swapped(ctypes.Structure):
+        _fields_ = fields
+
+    assert ctypes.sizeof(Swapped) == ctypes.sizeof(decode_step.DecodeCall)
+    monkeypatch.setattr(decode_step, "DecodeCall", Swapped)
+    with pytest.raises(kernels.KernelMismatchError, match="decode_call .* place their fields"):
+        FastDecode.build(model, model.runtime.layers)

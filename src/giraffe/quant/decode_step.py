@@ -23,6 +23,7 @@ size-checked against the library.
 from __future__ import annotations
 
 import ctypes
+import itertools
 
 import torch
 
@@ -100,7 +101,8 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
 
 
 def check_structs() -> None:
-    """KernelMismatchError when the library's structs differ in size from these mirrors."""
+    """KernelMismatchError when the library's structs differ from these mirrors: in size, or
+    in any field's place (a mirror listing fields in another order has the same size)."""
     mirrors = (
         ("layer_step", LayerStep),
         ("packed_matrix", PackedMatrix),
@@ -112,6 +114,15 @@ def check_structs() -> None:
             raise kernels.KernelMismatchError(
                 f"csrc/qmatmul.c's {name} is {theirs} bytes, giraffe's mirror "
                 f"{ctypes.sizeof(mirror)}; the two declarations must change together"
+            )
+        ours = [(field, getattr(mirror, field).offset) for field, *_ in mirror._fields_]
+        theirs = kernels.struct_fields(name)
+        if ours != theirs:
+            differ = next((a, b) for a, b in itertools.zip_longest(ours, theirs) if a != b)
+            raise kernels.KernelMismatchError(
+                f"csrc/qmatmul.c's {name} and giraffe's mirror place their fields differently "
+                f"(first: C {differ[1]}, Python {differ[0]}); declare the same fields in the "
+                "same order on both sides"
             )
 
 

@@ -32,7 +32,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 13
+ABI_VERSION = 14
 
 
 class KernelMismatchError(RuntimeError):
@@ -107,6 +107,7 @@ SIGNATURES = {
     "giraffe_abi_version": [],
     "giraffe_layer_step_size": [],
     "giraffe_decode_call_size": [],
+    "giraffe_struct_fields": [_I, _P, _I],
     "giraffe_packed_matrix_size": [],
 }  # fmt: skip
 I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
@@ -174,6 +175,18 @@ def check_library(lib) -> None:
         "giraffe_decode_call_size",
     ):
         getattr(lib, name).restype = ctypes.c_int
+
+
+STRUCTS = ("layer_step", "packed_matrix", "decode_call")  # giraffe_struct_fields' numbering
+
+
+def struct_fields(name: str) -> list[tuple[str, int]]:
+    """(field, offset) of a struct, in declaration order, as the library declares it."""
+    out = ctypes.create_string_buffer(8192)
+    if _function("giraffe_struct_fields")(STRUCTS.index(name), out, len(out)) < 0:
+        return []
+    pairs = (f.split("@") for f in out.value.decode().split(",") if f)
+    return [(field, int(at)) for field, at in pairs]
 
 
 def struct_size(name: str) -> int:

@@ -9,6 +9,8 @@
  * "dequantize then matmul", so results agree to rounding, not bit for bit.
  * Threads: OpenMP over output rows (torch's own libgomp is reused when loaded).
  */
+#include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -539,6 +541,55 @@ typedef struct {
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
 int giraffe_packed_matrix_size(void) { return (int)sizeof(packed_matrix); }
 int giraffe_decode_call_size(void) { return (int)sizeof(decode_call); }
+
+/* Each field's name and offset, in declaration order, of the structs Python mirrors: with
+ * the sizes above, a mirror that names, orders or places any field otherwise is refused. */
+typedef struct { const char *name; int64_t at; } field_place;
+#define OFF(T, f) {#f, (int64_t)offsetof(T, f)}
+static const field_place LAYER_STEP_FIELDS[] = {
+    OFF(layer_step, size), OFF(layer_step, x), OFF(layer_step, n), OFF(layer_step, dim),
+    OFF(layer_step, attn_norm), OFF(layer_step, mlp_norm), OFF(layer_step, eps), OFF(layer_step, qkv),
+    OFF(layer_step, o), OFF(layer_step, gate_up), OFF(layer_step, down), OFF(layer_step, n_heads),
+    OFF(layer_step, kv_heads), OFF(layer_step, head_dim), OFF(layer_step, cos), OFF(layer_step, sin),
+    OFF(layer_step, k_cache), OFF(layer_step, v_cache), OFF(layer_step, row_stride), OFF(layer_step, slots),
+    OFF(layer_step, max_len), OFF(layer_step, window), OFF(layer_step, scratch), OFF(layer_step, n_threads),
+    OFF(layer_step, q_norm), OFF(layer_step, k_norm), OFF(layer_step, attn_post_norm),
+    OFF(layer_step, mlp_post_norm), OFF(layer_step, norm_offset), OFF(layer_step, query_scale),
+    OFF(layer_step, attn_softcap), OFF(layer_step, activation), OFF(layer_step, layer_norm),
+    OFF(layer_step, attn_norm_bias), OFF(layer_step, mlp_norm_bias), OFF(layer_step, rope_dims),
+    OFF(layer_step, plain_mlp), OFF(layer_step, parallel), OFF(layer_step, local_rope), OFF(layer_step, positions)};
+static const field_place PACKED_MATRIX_FIELDS[] = {
+    OFF(packed_matrix, w), OFF(packed_matrix, kind), OFF(packed_matrix, n_out), OFF(packed_matrix, n_parts),
+    OFF(packed_matrix, n_in), OFF(packed_matrix, bias), OFF(packed_matrix, q8), OFF(packed_matrix, dm8),
+    OFF(packed_matrix, nib8), OFF(packed_matrix, use_i8), OFF(packed_matrix, lora_a), OFF(packed_matrix, lora_b),
+    OFF(packed_matrix, lora_r), OFF(packed_matrix, lora_scale), OFF(packed_matrix, sform8)};
+static const field_place DECODE_CALL_FIELDS[] = {
+    OFF(decode_call, size), OFF(decode_call, x), OFF(decode_call, n), OFF(decode_call, cos),
+    OFF(decode_call, sin), OFF(decode_call, cos_local), OFF(decode_call, sin_local), OFF(decode_call, positions),
+    OFF(decode_call, rope_rows), OFF(decode_call, k_cache), OFF(decode_call, v_cache),
+    OFF(decode_call, layer_stride), OFF(decode_call, row_stride), OFF(decode_call, slots),
+    OFF(decode_call, max_len), OFF(decode_call, scratch), OFF(decode_call, n_threads),
+    OFF(decode_call, final_norm), OFF(decode_call, final_norm_bias)};
+#undef OFF
+
+/* Struct `which` (0 layer_step, 1 packed_matrix, 2 decode_call) as "name@offset,..." in
+ * out (NUL-terminated); returns its field count, or -1 (unknown struct, out too small). */
+int giraffe_struct_fields(int which, char *out, int cap) {
+    const field_place *fields[] = {LAYER_STEP_FIELDS, PACKED_MATRIX_FIELDS, DECODE_CALL_FIELDS};
+    const int counts[] = {sizeof(LAYER_STEP_FIELDS) / sizeof(field_place),
+                          sizeof(PACKED_MATRIX_FIELDS) / sizeof(field_place),
+                          sizeof(DECODE_CALL_FIELDS) / sizeof(field_place)};
+    if (which < 0 || which > 2 || cap < 1) return -1;
+    int used = 0;
+    out[0] = 0;
+    for (int i = 0; i < counts[which]; i++) {
+        const int n = snprintf(out + used, (size_t)(cap - used), "%s%s@%lld", i ? "," : "", fields[which][i].name,
+                               (long long)fields[which][i].at);
+        if (n < 0 || used + n >= cap) return -1;
+        used += n;
+    }
+    return counts[which];
+}
 
 /* Every layer in turn for c->n rows (see decode_layer), then the final norm: one call a
  * token, no Python between layers (after ~60 MB of weights have streamed through the
