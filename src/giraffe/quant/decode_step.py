@@ -409,12 +409,16 @@ class FastDecode:
 def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The model's RoPE (cos, signed sin) for positions 0 .. >= need-1, each (rows, R), as its
     rotary module computes them (so every row equals the module path's); then the sliding
-    layers' own (Gemma 3) or the same again. Rows: a power of two, at least 1024, so a
-    growing context recomputes them a few times only."""
+    layers' own (Gemma 3) or the same tables again. Rows: a power of two, at least 1024, so
+    a growing context recomputes them a few times only."""
     rows = max(1024, 1 << (need - 1).bit_length())
     positions = torch.arange(rows)[None]  # (1, rows)
-    rotaries = [model.rotary, model.rotary_local if local else model.rotary]
-    return [tuple(t.reshape(rows, -1).contiguous() for t in r(positions)) for r in rotaries]
+
+    def table(rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.reshape(rows, -1).contiguous() for t in rotary(positions))
+
+    main = table(model.rotary)
+    return [main, table(model.rotary_local) if local else main]
 
 
 def _extra_norms(block) -> dict:

@@ -71,6 +71,15 @@ static inline int scale_form_ok(int kind, int sform) {
 /* Bytes of fp16 super-block scales per tile and super-block (SF_K): d, then dmin. */
 static inline int k_super_bytes(int kind) { return I8_HAS_MIN[kind] ? 64 : 32; }
 
+/* SF_K's layout within a tile's scales: super-block b/8's fp16 scales, then block b's 32
+ * bytes of integer scales after all super-blocks' (super_bytes = k_super_bytes(kind)). */
+static inline const uint8_t *k_super_at(const uint8_t *dm, int64_t b, int super_bytes) {
+    return dm + (b / 8) * super_bytes;
+}
+static inline const uint8_t *k_ints_at(const uint8_t *dm, int64_t n_blocks, int64_t b, int super_bytes) {
+    return dm + (n_blocks / 8) * super_bytes + b * 32;
+}
+
 /* Bytes of scales per tile, for n_blocks blocks of 32 inputs. */
 static inline int64_t i8_tile_scale_bytes(int kind, int sform, int64_t n_blocks) {
     if (sform == SF_K) return (n_blocks / 8) * k_super_bytes(kind) + n_blocks * 32;
@@ -81,8 +90,8 @@ static inline int64_t i8_tile_scale_bytes(int kind, int sform, int64_t n_blocks)
  * row c in block b of a tile's scales: what sub_block_ints gives, bit for bit. */
 static inline float tile_scale(const uint8_t *dm, int kind, int sform, int64_t n_blocks, int64_t b, int c, int which) {
     if (sform == SF_K) {
-        const uint8_t *super = dm + (b / 8) * k_super_bytes(kind), *ints = dm + (n_blocks / 8) * k_super_bytes(kind);
-        const uint8_t raw = ints[b * 32 + 16 * which + c];
+        const uint8_t *super = k_super_at(dm, b, k_super_bytes(kind));
+        const uint8_t raw = k_ints_at(dm, n_blocks, b, k_super_bytes(kind))[16 * which + c];
         if (I8_SPLIT[kind]) return _cvtsh_ss(((const uint16_t *)super)[c]) * (float)(int8_t)raw;
         const float v = _cvtsh_ss(((const uint16_t *)super)[16 * which + c]) * (float)raw;
         return which ? -v : v;
@@ -96,9 +105,9 @@ static inline __attribute__((always_inline)) __m512 tile_scales(const uint8_t *d
                                                                 int which, const int sform, const int has_min,
                                                                 const int split) {
     if (sform == SF_K) {
-        const int super_bytes = has_min ? 64 : 32;
-        const uint8_t *super = dm + (b / 8) * super_bytes, *ints = dm + (n_blocks / 8) * super_bytes + b * 32 + 16 * which;
-        const __m128i raw = _mm_loadu_si128((const __m128i *)ints);
+        const int super_bytes = has_min ? 64 : 32; /* k_super_bytes, from the constant flag */
+        const uint8_t *super = k_super_at(dm, b, super_bytes);
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(k_ints_at(dm, n_blocks, b, super_bytes) + 16 * which));
         const __m512 sc = _mm512_cvtepi32_ps(split ? _mm512_cvtepi8_epi32(raw) : _mm512_cvtepu8_epi32(raw));
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(super + (split ? 0 : 32 * which))));
         const __m512 v = _mm512_mul_ps(d, sc);
@@ -115,14 +124,14 @@ static inline __attribute__((always_inline)) __m512 tile_scales(const uint8_t *d
 static void put_tile_scales(uint8_t *dm, const uint8_t *row, int kind, int sform, int64_t n_blocks, int64_t b, int c,
                             const float *d, float m) {
     if (sform == SF_K) {
-        float d, dmin;
-        int sc, m;
-        k_scale_ints(row, kind, b, &d, &dmin, &sc, &m);
-        uint16_t *super = (uint16_t *)(dm + (b / 8) * k_super_bytes(kind));
-        uint8_t *ints = dm + (n_blocks / 8) * k_super_bytes(kind) + b * 32;
-        super[c] = _cvtss_sh(d, 0); /* the file's fp16, back to its own bits */
-        if (I8_HAS_MIN[kind]) super[16 + c] = _cvtss_sh(dmin, 0);
-        ints[c] = (uint8_t)sc, ints[16 + c] = (uint8_t)m;
+        float super_d, super_dmin;
+        int sc, mn;
+        k_scale_ints(row, kind, b, &super_d, &super_dmin, &sc, &mn);
+        uint16_t *super = (uint16_t *)k_super_at(dm, b, k_super_bytes(kind));
+        uint8_t *ints = (uint8_t *)k_ints_at(dm, n_blocks, b, k_super_bytes(kind));
+        super[c] = _cvtss_sh(super_d, 0); /* the file's fp16, back to its own bits */
+        if (I8_HAS_MIN[kind]) super[16 + c] = _cvtss_sh(super_dmin, 0);
+        ints[c] = (uint8_t)sc, ints[16 + c] = (uint8_t)mn;
         return;
     }
     const float vals[2] = {d[0], I8_SPLIT[kind] ? d[1] : m};
