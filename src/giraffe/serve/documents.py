@@ -72,9 +72,10 @@ def template_tokens(server: Server) -> int:
         return 0  # this bound); an ask fails later, when its messages are rendered
 
 
-def ask_token_limit(server: Server) -> int:
-    """The largest max_tokens /documents/ask takes: the server's limit, and room for passages."""
-    room = server.scheduler.context - template_tokens(server) - MIN_PASSAGE_BUDGET
+def ask_token_limit(server: Server, template: int) -> int:
+    """The largest max_tokens /documents/ask takes: the server's limit, and room for passages
+    beside the template's own tokens (`template_tokens`)."""
+    room = server.scheduler.context - template - MIN_PASSAGE_BUDGET
     return min(server.settings.max_tokens_limit, room)
 
 
@@ -129,6 +130,7 @@ async def on_model(server: Server, fn, *args):
 def document_routes(server: Server, dependencies: list) -> APIRouter:
     routes = APIRouter(dependencies=dependencies)
     one_upload = asyncio.Lock()
+    around = template_tokens(server)  # the template never changes: rendered once, not per ask
 
     def knowledge():
         if server.knowledge is None:
@@ -186,7 +188,7 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
     @routes.post("/documents/ask", responses=STREAMED)
     async def ask(body: AskRequest, request: Request):
         kb = knowledge()
-        most = ask_token_limit(server)
+        most = ask_token_limit(server, around)
         if body.max_tokens is not None and body.max_tokens > most:
             raise APIError(
                 400, f"max_tokens is {body.max_tokens}; /documents/ask allows at most {most} "
@@ -196,7 +198,7 @@ def document_routes(server: Server, dependencies: list) -> APIRouter:
         with user_errors():
             kw = body.decoding_kwargs(max(1, min(ASK_TOKENS, most)))
         cfg = server.decoding(kw)
-        budget = server.scheduler.context - cfg.max_new_tokens - template_tokens(server)
+        budget = server.scheduler.context - cfg.max_new_tokens - around
         args = (body.question, count_tokens, budget, body.k, body.hybrid, body.floor)
         try:
             question = await on_model(server, kb.ask, *args)

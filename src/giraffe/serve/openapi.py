@@ -16,7 +16,7 @@ import re
 
 from fastapi import FastAPI
 
-from giraffe.serve.documents import ask_token_limit
+from giraffe.serve.documents import ask_token_limit, template_tokens
 from giraffe.serve.errors import ERROR_SCHEMA, error_responses
 from giraffe.serve.state import Server
 
@@ -67,7 +67,7 @@ def _server_facts(server: Server) -> dict:
         "x-view": sorted(server.views),  # /inside/{view}: another is a 404
         "x-embed-dim": server.embedder.dim if server.embedder is not None else None,
         "x-upload-name": upload_name(server.knowledge),
-        "x-ask-tokens": ask_token_limit(server),
+        "x-ask-tokens": ask_token_limit(server, template_tokens(server)),
     }
 
 
