@@ -81,7 +81,9 @@ def text_predictions(model, ids: list[int], theirs: list[int]) -> tuple[np.ndarr
         top1 += best.tolist()
         nxt = torch.tensor(ids[s + 1 : s + 129])
         logp_next += logp[rows[: len(nxt)], nxt].tolist()
-        gap += (logp[rows, best].exp() - logp[rows, torch.tensor(theirs[s : s + 128])].exp()).tolist()
+        gap += (
+            logp[rows, best].exp() - logp[rows, torch.tensor(theirs[s : s + 128])].exp()
+        ).tolist()
     return np.array(top1), np.array(logp_next), np.array(gap)
 
 
