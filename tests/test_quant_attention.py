@@ -24,6 +24,13 @@ needs_kernel = pytest.mark.skipif(
         (33, 40, 4, 1, 32, 5),  # a sliding window, one kv head
         (5, 5, 2, 2, 128, None),  # wider heads
         (1, 9, 2, 1, 64, None),  # one query sees every key
+        # blocks of 64 keys: whole ones, chunks before a window's start skipped, head widths
+        # that are not a multiple of 64 dims (96, 80) and Gemma's 256
+        (300, 300, 4, 2, 96, 100),
+        (130, 130, 2, 1, 80, 70),
+        (200, 520, 4, 1, 256, None),
+        (64, 200, 3, 3, 64, 17),
+        (149, 149, 2, 1, 64, 100),  # the last query's window starts exactly at a chunk
     ],
 )
 def test_equals_the_reference_attention(T, S, H, Hkv, D, window):
