@@ -240,3 +240,38 @@ def test_a_seed_outside_the_safe_integers_is_a_clear_error():
     assert DecodingConfig(seed=2**53 - 1).seed == 2**53 - 1
     with pytest.raises(DecodingError, match=r"seed=.* must be >= -9007199254740991"):
         DecodingConfig(seed=-(2**70))
+
+
+def test_a_sequences_penalty_views_follow_its_tokens_whenever_they_are_read():
+    """seen (prompt + generated) and counts (generated only) are brought up to date lazily:
+    read after every step, after several, or once at the end, they say the same."""
+    from giraffe.generate.sequence import SequenceState
+
+    V, prompt, forced = 10, [1, 2, 2], [5, 7, 5, 1, 5]
+    cfg = DecodingConfig(max_new_tokens=8, temperature=0)
+    states = [SequenceState(prompt, cfg, V, budget=8) for _ in range(3)]
+    for step, token in enumerate(forced):
+        logits = torch.full((1, V), -1.0)
+        logits[0, token] = 1.0  # greedy takes it
+        for i, state in enumerate(states):
+            assert state.step(logits).token_id == token
+            if i == 0 or (i == 1 and step % 2):
+                state.seen_mask(), state.generated_counts()
+    seen = torch.zeros(1, V, dtype=torch.bool)
+    seen[0, prompt + forced] = True
+    counts = torch.zeros(1, V, dtype=torch.long)
+    for token in forced:
+        counts[0, token] += 1
+    for state in states:
+        assert torch.equal(state.seen_mask(), seen)
+        assert torch.equal(state.generated_counts(), counts)  # 5 three times, prompt's 1 not counted
+
+
+def test_greedy_choice_takes_the_first_of_equal_maxima_as_torch_does():
+    from giraffe.generate.samplers import choose_rows
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 3.0], [2.0, 2.0, -1.0, 0.5]])
+    cfg = DecodingConfig(temperature=0)
+    got = choose_rows(logits, cfg, [None, None])
+    assert got.dtype == torch.int64 and torch.equal(got, logits.argmax(dim=-1))
+    assert got.tolist() == [1, 0]

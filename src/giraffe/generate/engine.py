@@ -84,7 +84,7 @@ class DecodeSession:
 
     def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
         """One event per live row; a finished row is fed its last token again (ignored)."""
-        chosen = torch.tensor([r.tokens[-1] for r in self.rows])  # (B,)
+        chosen = [r.tokens[-1] for r in self.rows]
         live = [row for row, state in enumerate(self.rows) if not state.finished]
         # every row live (the usual case): their logits as they are, not an indexed copy
         events = step_many(
@@ -93,4 +93,4 @@ class DecodeSession:
         )
         for event in events:
             chosen[event.row] = event.token_id
-        return chosen, events
+        return torch.tensor(chosen), events  # (B,)

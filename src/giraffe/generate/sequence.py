@@ -78,13 +78,34 @@ class SequenceState:
                 f"logit_bias names token {bad[0]}, outside the vocabulary (0..{vocab_size - 1})"
             )
         self.constraint = Constraint.for_config(cfg, table)
-        self.seen = torch.zeros(1, vocab_size, dtype=torch.bool)  # prompt + generated
-        self.seen[0, torch.tensor(list(prompt), dtype=torch.long)] = True
-        self.counts = torch.zeros(1, vocab_size, dtype=torch.long)  # generated only
         self.tokens = list(prompt)  # prompt + generated, for n-gram bans
+        self.n_prompt = len(self.tokens)
+        # the penalties' views of self.tokens, brought up to date only when a penalty
+        # reads them (seen_mask, generated_counts): two indexed writes a token cost
+        # ~40 us of a ~4 ms SmolLM2 step when no penalty is on
+        self._seen = torch.zeros(1, vocab_size, dtype=torch.bool)  # prompt + generated
+        self._counts = torch.zeros(1, vocab_size, dtype=torch.long)  # generated only
+        self._seen_upto = self._counted_upto = 0
         self.generator = make_generator(cfg, cfg.seed if seed is None else seed)
         self.n_generated = 0
         self.finished = budget <= 0
+
+    def seen_mask(self) -> torch.Tensor:
+        """(1, V) bool: every token of the prompt and of what was generated."""
+        new = self.tokens[self._seen_upto :]
+        if new:
+            self._seen[0, torch.tensor(new, dtype=torch.long)] = True
+            self._seen_upto = len(self.tokens)
+        return self._seen
+
+    def generated_counts(self) -> torch.Tensor:
+        """(1, V) int64: how often each token was generated (the prompt not counted)."""
+        new = self.tokens[max(self._counted_upto, self.n_prompt) :]
+        if new:
+            ids = torch.tensor(new, dtype=torch.long)
+            self._counts[0].index_add_(0, ids, torch.ones_like(ids))  # repeats add up
+            self._counted_upto = len(self.tokens)
+        return self._counts
 
     def step(self, logits: torch.Tensor) -> TokenEvent:
         """Choose the next token from this sequence's logits (1, V) and record it."""
@@ -102,8 +123,6 @@ class SequenceState:
     def _record(self, token: int, lp) -> TokenEvent:
         if self.constraint is not None:
             self.constraint.advance(token)
-        self.seen[0, token] = True
-        self.counts[0, token] += 1
         self.tokens.append(token)
         self.n_generated += 1
         reason = None
@@ -167,9 +186,9 @@ def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[Token
     logits = mask_rows(logits, [s.constraint for s in states])
     seen = counts = None
     if cfg.repetition_penalty != 1.0:
-        seen = torch.cat([s.seen for s in states])  # (k, V)
+        seen = torch.cat([s.seen_mask() for s in states])  # (k, V)
     if cfg.frequency_penalty or cfg.presence_penalty:
-        counts = torch.cat([s.counts for s in states])
+        counts = torch.cat([s.generated_counts() for s in states])
     processed = process_logits(
         logits,
         cfg,
