@@ -264,7 +264,9 @@ def test_a_sequences_penalty_views_follow_its_tokens_whenever_they_are_read():
         counts[0, token] += 1
     for state in states:
         assert torch.equal(state.seen_mask(), seen)
-        assert torch.equal(state.generated_counts(), counts)  # 5 three times, prompt's 1 not counted
+        assert torch.equal(
+            state.generated_counts(), counts
+        )  # 5 three times, prompt's 1 not counted
 
 
 def test_greedy_choice_takes_the_first_of_equal_maxima_as_torch_does():
