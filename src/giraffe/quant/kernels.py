@@ -329,6 +329,9 @@ def nibble_kinds() -> tuple[str, ...]:
 
 # The scales' dtype in an Int8Weights -> csrc/gemm_i8.h's scale form.
 SCALE_FORMS = {torch.float32: 0, torch.float16: 1, torch.uint8: 2}
+# Bytes of a tile's block of 32 inputs per integer form (bytes, nibbles, fives, sixes):
+# csrc/gemm_i8.h's i8_block_bytes.
+FORM_BLOCK_BYTES = (512, 256, 320, 384)
 
 
 def file_scale_dtype(kind: str) -> torch.dtype:
@@ -349,7 +352,7 @@ def tile_scale_bytes(kind: str, n_in: int, dtype: torch.dtype) -> int:
 def int8_bytes(kind: str, n_out: int, n_in: int) -> int:
     """Resident bytes of an (n_out, n_in) weight of this type repacked in its own form."""
     form = BLOCK_TYPES[kind].nibbles
-    per_tile = (n_in // 32) * (512, 256, 320, 384)[form]
+    per_tile = (n_in // 32) * FORM_BLOCK_BYTES[form]
     return -(-n_out // 16) * (per_tile + tile_scale_bytes(kind, n_in, file_scale_dtype(kind)))
 
 
@@ -386,7 +389,7 @@ def repack_int8(
         raise ValueError(f"parts of {[p.shape[0] for p in parts]} rows do not stack into {n_out}")
     tiles, blocks = -(-n_out // 16), n_in // 32
     dtype = file_scale_dtype(kind)
-    tile_q = blocks * (512, 256, 320, 384)[form]
+    tile_q = blocks * FORM_BLOCK_BYTES[form]
     tile_dm = tile_scale_bytes(kind, n_in, dtype) // dtype.itemsize  # in elements
     q = torch.empty(tiles * tile_q, dtype=torch.uint8)
     dm = torch.empty(tiles * tile_dm, dtype=dtype)

@@ -593,8 +593,9 @@ int giraffe_struct_fields(int which, char *out, int cap) {
 
 /* Every layer in turn for c->n rows (see decode_layer), then the final norm: one call a
  * token, no Python between layers (after ~60 MB of weights have streamed through the
- * caches, even one small torch op costs ~0.2 ms: its code and data are cold). steps: n_layers structs holding each layer's fixed arguments; the
- * call's are written into them here. Returns 0; -1 - i when layer i refused its input;
+ * caches, even one small torch op costs ~0.2 ms: its code and data are cold).
+ * steps: n_layers structs holding each layer's fixed arguments; the call's are written
+ * into them here. Returns 0; -1 - i when layer i refused its input;
  * -1000 on a struct declared differently by the caller; -2000 when a position is past
  * the RoPE tables (the caller grows them and calls again: nothing was written). */
 int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers) {
