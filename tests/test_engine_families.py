@@ -178,6 +178,31 @@ def test_continuous_batch_of_rows_past_the_window(packed):
     torch.testing.assert_close(compiled, reference, atol=atol, rtol=0)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@torch.inference_mode()
+def test_decode_rows_as_one_team_equal_layer_by_layer(packed, threads):
+    """Decode rows run with every thread together for the whole token (csrc/decode_rows.h);
+    its numbers must be the layer-by-layer step's bit for bit: single rows past the
+    window and a continuous batch, with 2 and 3 threads (3 shares heads and tiles unevenly)."""
+    model, _ = packed
+    step, before = model.runtime.step, torch.get_num_threads()
+    ids = torch.randint(1, VOCAB, (1, 14))
+
+    def run():
+        return one_row(model, ids, prompt=6), continuous_batch(model)
+
+    try:
+        torch.set_num_threads(threads)
+        team = run()
+        step.team = False
+        alone = run()
+    finally:
+        step.team = True
+        torch.set_num_threads(before)
+    for a, b in zip(team, alone, strict=True):
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
 @torch.inference_mode()
 def test_the_compiled_step_equals_the_unpacked_model(gguf, monkeypatch):
     """Against the float model of the same file too (float activations: products equal

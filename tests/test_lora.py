@@ -244,16 +244,26 @@ def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(int8, targets,
     fast = model.runtime.step
     if fast is None:
         pytest.skip("no compiled decode step on this machine")
-    outputs, taken = [], []
-    for step in (counting(fast, taken), None):
-        model.runtime.step = step
+    prompt, outputs, taken = ids(1, 6), [], []
+
+    def prompt_then_steps():
         cache = model.new_cache(1, 32)
         with torch.inference_mode():
-            first = model.hidden(ids(1, 6), cache=cache)
+            first = model.hidden(prompt, cache=cache)
             more = [model.hidden(torch.tensor([[t]]), cache=cache) for t in (9, 2, 6)]
-        outputs.append(torch.cat([first, *more], dim=1))
+        return torch.cat([first, *more], dim=1)
+
+    for step in (counting(fast, taken), None):
+        model.runtime.step = step
+        outputs.append(prompt_then_steps())
     assert taken == [True] * 4
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
+    # decode rows with adapters as one team of threads: layer by layer's numbers, bit for bit
+    model.runtime.step, fast.team = fast, False
+    try:
+        assert torch.equal(prompt_then_steps(), outputs[0])
+    finally:
+        fast.team = True
     # a disabled adapter is the base alone on both paths
     with disable_adapters(model), torch.inference_mode():
         model.runtime.step, cache = fast, model.new_cache(1, 32)

@@ -90,7 +90,7 @@ class DecodeCall(ctypes.Structure):
         ("k_cache", _P), ("v_cache", _P), ("layer_stride", _I64),
         ("row_stride", _I64), ("slots", _P), ("max_len", _I64),
         ("scratch", _P), ("n_threads", ctypes.c_int),
-        ("final_norm", _P), ("final_norm_bias", _P),
+        ("final_norm", _P), ("final_norm_bias", _P), ("team", ctypes.c_int),
     ]  # fmt: skip
 
 
@@ -237,6 +237,9 @@ class FastDecode:
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
         self.int8_on = False  # whether the C step's products use the int8 GEMM
+        # decode rows run as one team of threads for all layers (csrc/decode_rows.h: the
+        # same numbers as layer by layer, which tests compare by turning this off)
+        self.team = True
         # group-wise and compacted weights exist only as int8-GEMM tiles: no float kernel
         self.int8_only = any(
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
@@ -336,6 +339,7 @@ class FastDecode:
         call.slots, call.max_len = slots.data_ptr(), cache.max_len
         call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
         call.final_norm, call.final_norm_bias = self.final_norm
+        call.team = self.team
         at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
         call.positions = at.data_ptr()
         status = self._run(model, call, at)

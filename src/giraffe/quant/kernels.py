@@ -26,13 +26,14 @@ from giraffe.quant.types import BLOCK_TYPES
 
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
 HEADERS = [
-    Path(__file__).parent / "csrc" / name for name in ("blocks.h", "gemm_i8.h", "attention.h")
+    Path(__file__).parent / "csrc" / name
+    for name in ("blocks.h", "gemm_i8.h", "attention.h", "decode_rows.h")
 ]
 # Block type -> the code csrc/blocks.h uses for it (from the one table, giraffe.quant.types).
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 14
+ABI_VERSION = 15
 
 
 class KernelMismatchError(RuntimeError):

@@ -183,30 +183,41 @@ int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, u
     return 0;
 }
 
-/* Rows of x -> int8 a, scale da and integer sum isum per block of 32 (isum_lo: of its
+/* One row of x -> int8 a, scale da and integer sum isum per block of 32 (isum_lo: of its
  * first 16, for types with a scale per 16 weights). */
+static inline void quantize_row(const float *x, int64_t n_in, int8_t *a, float *da, int32_t *isum, int32_t *isum_lo) {
+    for (int64_t b = 0; b < n_in / 32; b++) {
+        const float *v = x + 32 * b;
+        const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+        const float d = amax / 127.0f, inv = d != 0.0f ? 1.0f / d : 0.0f;
+        const __m512 s = _mm512_set1_ps(inv);
+        /* cvtps rounds to nearest even (the default MXCSR mode), as torch.round */
+        const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, s));
+        const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, s));
+        _mm_storeu_si128((__m128i *)(a + 32 * b), _mm512_cvtepi32_epi8(qlo));
+        _mm_storeu_si128((__m128i *)(a + 32 * b + 16), _mm512_cvtepi32_epi8(qhi));
+        da[b] = d;
+        isum_lo[b] = _mm512_reduce_add_epi32(qlo);
+        isum[b] = isum_lo[b] + _mm512_reduce_add_epi32(qhi);
+    }
+}
+
+/* m rows of x, each as quantize_row (threads over rows). */
 static void quantize_activations(const float *x, int64_t m, int64_t n_in, int8_t *a, float *da, int32_t *isum,
                                  int32_t *isum_lo, int n_threads) {
     const int64_t n_blocks = n_in / 32;
     #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t r = 0; r < m; r++) {
-        for (int64_t b = 0; b < n_blocks; b++) {
-            const float *v = x + r * n_in + 32 * b;
-            const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
-            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
-            const float d = amax / 127.0f, inv = d != 0.0f ? 1.0f / d : 0.0f;
-            const __m512 s = _mm512_set1_ps(inv);
-            /* cvtps rounds to nearest even (the default MXCSR mode), as torch.round */
-            const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, s));
-            const __m512i qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, s));
-            int8_t *out = a + r * n_in + 32 * b;
-            _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(qlo));
-            _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(qhi));
-            da[r * n_blocks + b] = d;
-            isum_lo[r * n_blocks + b] = _mm512_reduce_add_epi32(qlo);
-            isum[r * n_blocks + b] = isum_lo[r * n_blocks + b] + _mm512_reduce_add_epi32(qhi);
-        }
-    }
+    for (int64_t r = 0; r < m; r++)
+        quantize_row(x + r * n_in, n_in, a + r * n_in, da + r * n_blocks, isum + r * n_blocks, isum_lo + r * n_blocks);
+}
+
+/* m rows of x, each as quantize_row, on the calling thread (inside a parallel region). */
+static void quantize_rows(const float *x, int64_t m, int64_t n_in, int8_t *a, float *da, int32_t *isum,
+                          int32_t *isum_lo) {
+    const int64_t n_blocks = n_in / 32;
+    for (int64_t r = 0; r < m; r++)
+        quantize_row(x + r * n_in, n_in, a + r * n_in, da + r * n_blocks, isum + r * n_blocks, isum_lo + r * n_blocks);
 }
 
 /* How far ahead a tile streamed from memory is prefetched (into L2). Why: a decode row

@@ -309,10 +309,53 @@ static inline float dot(const float *a, const float *b, int n) {
     return acc;
 }
 
+#ifdef __AVX512F__
+/* attend_head for heads of D = 16 * nd <= 256 dims, unscaled: the scores (dot products),
+ * then their exponentials 16 at a time (attention.h's exp512, relative error ~1e-7), then
+ * P V with the output's D floats held in registers across all keys, divided by the sum
+ * once at the end. Why: a decode row's attention walked every key with a scalar expf and
+ * rewrote the output row per key; over a long context it rivals the layer's products. */
+static void attend_head16(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot, int nd,
+                          float scale, float *scores, float *out) {
+    const int d = 16 * nd;
+    float best = -INFINITY;
+    for (int64_t s = first; s <= slot; s++) {
+        scores[s] = dot(q, kc + s * d, d) * scale;
+        best = scores[s] > best ? scores[s] : best;
+    }
+    __m512 sum = _mm512_setzero_ps();
+    const __m512 top = _mm512_set1_ps(best);
+    for (int64_t s = first; s <= slot; s += 16) {
+        const __mmask16 k = slot + 1 - s >= 16 ? 0xFFFF : (__mmask16)((1u << (slot + 1 - s)) - 1);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + s), top));
+        _mm512_mask_storeu_ps(scores + s, k, e);
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+    }
+    __m512 acc[16];
+    for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t s = first; s <= slot; s++) {
+        const __m512 p = _mm512_set1_ps(scores[s]);
+        const float *v = vc + s * d;
+        #pragma GCC unroll 16
+        for (int t = 0; t < 16; t++)
+            if (t < nd) acc[t] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * t), acc[t]);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int t = 0; t < nd; t++) _mm512_storeu_ps(out + 16 * t, _mm512_mul_ps(acc[t], inv));
+}
+#endif
+
 /* softmax(q . k_s * scale) over slots first..slot, then the weighted sum of v_s; with
  * softcap > 0 each score becomes softcap * tanh(score / softcap) first (Gemma 2). */
 static void attend_head(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot,
                         int d, float scale, float softcap, float *scores, float *out) {
+#ifdef __AVX512F__
+    if (d % 16 == 0 && d <= 256 && softcap <= 0.0f) {
+        if (d == 64) attend_head16(q, kc, vc, first, slot, 4, scale, scores, out); /* constant trip counts */
+        else attend_head16(q, kc, vc, first, slot, d / 16, scale, scores, out);
+        return;
+    }
+#endif
     float best = -INFINITY, total = 0.0f;
     for (int64_t s = first; s <= slot; s++) {
         scores[s] = dot(q, kc + s * d, d) * scale;
@@ -428,6 +471,23 @@ static void norm_rows(const float *x, int64_t rows, int64_t dim, int layer_norm,
  * a = o(attention); x += [attn_post_norm](a); h = norm(x);
  * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
  * or, parallel: x += a + mlp(norm'(x)) with both norms of the block's input. */
+/* Whether decode_layer (or the team) refuses a layer's arguments: 1, or 0 when it takes them. */
+static int layer_refuses(const layer_step *s) {
+    const int head_dim = s->head_dim, rot = s->rope_dims == 0 ? head_dim : s->rope_dims;
+    if (head_dim > 512 || s->activation < ACT_SILU || s->activation > ACT_RELU) return 1;
+    if (s->kv_heads < 1 || s->n_heads % s->kv_heads) return 1;
+    if (rot > head_dim || (rot > 0 && rot % 2) || (rot < 0 && rot != -1)) return 1;
+    if ((s->q_norm == NULL) != (s->k_norm == NULL) || (s->attn_post_norm == NULL) != (s->mlp_post_norm == NULL))
+        return 1;
+    if (s->parallel && s->attn_post_norm) return 1;
+    const int prompt = s->row_stride == 0 && s->n > 1;
+    for (int64_t r = 0; r < s->n; r++) {
+        if (s->slots[r] < 0 || s->slots[r] >= s->max_len) return 1;
+        if (prompt && s->slots[r] != s->slots[0] + r) return 1;
+    }
+    return 0;
+}
+
 static int decode_layer(const layer_step *s) {
     float *x = s->x;
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
@@ -435,16 +495,8 @@ static int decode_layer(const layer_step *s) {
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, n_threads = s->n_threads;
     const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims, ln = s->layer_norm;
     const float off = s->norm_offset, eps = s->eps;
-    if (head_dim > 512 || s->activation < ACT_SILU || s->activation > ACT_RELU) return -1;
-    if (rot > head_dim || (rot > 0 && rot % 2) || (rot < 0 && rot != -1)) return -1;
-    if ((s->q_norm == NULL) != (s->k_norm == NULL) || (s->attn_post_norm == NULL) != (s->mlp_post_norm == NULL))
-        return -1;
-    if (s->parallel && s->attn_post_norm) return -1;
+    if (layer_refuses(s)) return -1;
     const int prompt = row_stride == 0 && n > 1;
-    for (int64_t r = 0; r < n; r++) {
-        if (slots[r] < 0 || slots[r] >= max_len) return -1;
-        if (prompt && slots[r] != slots[0] + r) return -1;
-    }
 #ifdef __AVX512F__
     const int flash = prompt && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f;
 #else
@@ -536,6 +588,7 @@ typedef struct {
     /* the model's final norm, applied to x after the last layer (NULL: the caller does);
      * of the blocks' kind (layer_norm, norm_offset, eps of steps[0]) */
     const float *final_norm, *final_norm_bias;
+    int team; /* decode rows may run as one team (decode_rows.h); 0: always layer by layer */
 } decode_call;
 
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
@@ -569,7 +622,7 @@ static const field_place DECODE_CALL_FIELDS[] = {
     OFF(decode_call, rope_rows), OFF(decode_call, k_cache), OFF(decode_call, v_cache),
     OFF(decode_call, layer_stride), OFF(decode_call, row_stride), OFF(decode_call, slots),
     OFF(decode_call, max_len), OFF(decode_call, scratch), OFF(decode_call, n_threads),
-    OFF(decode_call, final_norm), OFF(decode_call, final_norm_bias)};
+    OFF(decode_call, final_norm), OFF(decode_call, final_norm_bias), OFF(decode_call, team)};
 #undef OFF
 
 /* Struct `which` (0 layer_step, 1 packed_matrix, 2 decode_call) as "name@offset,..." in
@@ -591,9 +644,13 @@ int giraffe_struct_fields(int which, char *out, int cap) {
     return counts[which];
 }
 
+#include "decode_rows.h"
+
 /* Every layer in turn for c->n rows (see decode_layer), then the final norm: one call a
  * token, no Python between layers (after ~60 MB of weights have streamed through the
- * caches, even one small torch op costs ~0.2 ms: its code and data are cold).
+ * caches, even one small torch op costs ~0.2 ms: its code and data are cold). A few decode
+ * rows (not a prompt) run as one team of threads when c->team allows (decode_rows.h: the
+ * same numbers, without a parallel region per product).
  * steps: n_layers structs holding each layer's fixed arguments; the call's are written
  * into them here. Returns 0; -1 - i when layer i refused its input;
  * -1000 on a struct declared differently by the caller; -2000 when a position is past
@@ -613,8 +670,17 @@ int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers)
         s->k_cache = c->k_cache + i * c->layer_stride, s->v_cache = c->v_cache + i * c->layer_stride;
         s->row_stride = c->row_stride, s->slots = c->slots, s->max_len = c->max_len;
         s->scratch = c->scratch, s->n_threads = c->n_threads;
-        if (decode_layer(s) != 0) return -1 - i;
     }
+#ifdef HAVE_GEMM_I8
+    const int prompt = c->row_stride == 0 && c->n > 1;
+    if (c->team && !prompt && c->n <= DECODE_ROWS_MAX && n_layers > 0 && rows_team_ok(steps, n_layers)) {
+        for (int i = 0; i < n_layers; i++)
+            if (layer_refuses(steps + i)) return -1 - i;
+        if (decode_rows_team(c, steps, n_layers) == 0) return 0;
+    }
+#endif
+    for (int i = 0; i < n_layers; i++)
+        if (decode_layer(steps + i) != 0) return -1 - i;
     if (c->final_norm && n_layers > 0)
         norm_rows(c->x, c->n, steps[0].dim, steps[0].layer_norm, c->final_norm, c->final_norm_bias,
                   steps[0].norm_offset, steps[0].eps, c->x, c->n > 16, c->n_threads);
