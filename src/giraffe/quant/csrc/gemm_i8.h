@@ -484,7 +484,9 @@ int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nib
     const int64_t n_blocks = n_in / 32;
     const int offset = I8_OFFSET[kind], has_min = I8_HAS_MIN[kind], split = I8_SPLIT[kind];
     const int64_t tile_dm = i8_tile_scale_bytes(kind, sform, n_blocks);
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    /* a few rows (a decode step's embedding lookup) on the calling thread: a fork and join
+     * for one 576-float row cost more than the row (SmolLM2 decode: 50 -> 38 us a lookup) */
+    #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_rows * n_in >= 65536)
     for (int64_t i = 0; i < n_rows; i++) {
         const int64_t o = rows ? rows[i] : i, t = o / I8_TILE;
         const int c = (int)(o % I8_TILE);
