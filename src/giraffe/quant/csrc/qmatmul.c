@@ -458,6 +458,13 @@ static void norm_rows(const float *x, int64_t rows, int64_t dim, int layer_norm,
     }
 }
 
+/* x += a, or x = (x + a) + b (a parallel residual's order), over n rows of dim. */
+static void add_rows(float *x, const float *a, const float *b, int64_t n, int64_t dim, int parallel, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) if (parallel) schedule(static)
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t i = r * dim; i < (r + 1) * dim; i++) x[i] = b ? (x[i] + a[i]) + b[i] : x[i] + a[i];
+}
+
 /* One layer for n rows at once, one token each, in one of two shapes:
  * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
  *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
@@ -553,7 +560,7 @@ static int decode_layer(const layer_step *s) {
     matmul_rows(s->o, att, n, h, n_threads); /* h: the attention branch */
     if (s->attn_post_norm) norm_rows(h, n, dim, 0, s->attn_post_norm, NULL, off, eps, h, many, n_threads);
     if (!s->parallel) {
-        for (int64_t i = 0; i < n * dim; i++) x[i] += h[i];
+        add_rows(x, h, NULL, n, dim, many, n_threads);
         h2 = h; /* the MLP reads the updated x; its branch may reuse h */
     }
     norm_rows(x, n, dim, ln, s->mlp_norm, s->mlp_norm_bias, off, eps, h2, many, n_threads);
@@ -565,10 +572,8 @@ static int decode_layer(const layer_step *s) {
     }
     matmul_rows(s->down, act, n, h2, n_threads);
     if (s->mlp_post_norm) norm_rows(h2, n, dim, 0, s->mlp_post_norm, NULL, off, eps, h2, many, n_threads);
-    if (s->parallel)
-        for (int64_t i = 0; i < n * dim; i++) x[i] = (x[i] + h[i]) + h2[i]; /* as (x + a) + m */
-    else
-        for (int64_t i = 0; i < n * dim; i++) x[i] += h2[i];
+    if (s->parallel) add_rows(x, h, h2, n, dim, many, n_threads);
+    else add_rows(x, h2, NULL, n, dim, many, n_threads);
     return 0;
 }
 
