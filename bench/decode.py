@@ -100,11 +100,13 @@ def worker_llama_cpp(
     t0 = time.perf_counter()
     import llama_cpp
 
-    from giraffe.formats.registry import resolve
+    if not os.path.exists(model):  # an alias: giraffe's registry (which imports torch) finds it
+        from giraffe.formats.registry import resolve
 
+        model = str(resolve(model))
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     llm = llama_cpp.Llama(
-        model_path=str(resolve(model)),
+        model_path=model,
         n_ctx=1024,
         n_threads=threads,
         n_threads_batch=threads,
