@@ -93,6 +93,28 @@ def test_mismatched_block_table_is_refused_at_load(monkeypatch):
         kernels.check_library(lib)
 
 
+def test_int8_tile_sizes_that_drifted_from_the_c_side_are_refused_at_load(monkeypatch):
+    """repack_int8 sizes its buffers from kernels.FORM_BLOCK_BYTES and tile_scale_bytes; a
+    copy that disagrees with csrc/gemm_i8.h must be an error, not a write past a buffer."""
+    path = kernels.library_path()
+    if path is None or not kernels.int8_kinds():
+        pytest.skip("no int8 GEMM built here")
+    lib = ctypes.CDLL(str(path))
+    kernels.check_library(lib)  # the real sizes agree
+    monkeypatch.setattr(kernels, "FORM_BLOCK_BYTES", (512, 256, 320, 352))
+    with pytest.raises(kernels.KernelMismatchError, match="lay out Q6_K tiles"):
+        kernels.check_library(lib)
+    monkeypatch.undo()
+    real = kernels.tile_scale_bytes
+    monkeypatch.setattr(  # Q4_K's super-block scales forgotten
+        kernels,
+        "tile_scale_bytes",
+        lambda kind, n_in, dtype: real(kind, n_in, dtype) - (kind == "Q4_K"),
+    )
+    with pytest.raises(kernels.KernelMismatchError, match="lay out Q4_K tiles"):
+        kernels.check_library(lib)
+
+
 def test_layer_struct_of_another_size_is_refused(tmp_path, monkeypatch):
     model = load_gguf(untied_model(tmp_path), packed=True)
     if model.runtime.step is None:

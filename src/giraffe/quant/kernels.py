@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 15
+ABI_VERSION = 16
 
 
 class KernelMismatchError(RuntimeError):
@@ -170,12 +171,38 @@ def check_library(lib) -> None:
             f"{', '.join(dict.fromkeys(differ))}; csrc/blocks.h and types.py must describe the "
             f"same types (fix the one that is wrong, then delete {cache_dir()})"
         )
+    if lib.giraffe_i8_supported(0):
+        check_int8_sizes(lib)
     for name in (
         "giraffe_layer_step_size",
         "giraffe_packed_matrix_size",
         "giraffe_decode_call_size",
     ):
         getattr(lib, name).restype = ctypes.c_int
+
+
+def check_int8_sizes(lib) -> None:
+    """Refuse a library whose int8 form has other sizes than FORM_BLOCK_BYTES and
+    tile_scale_bytes say: every type, in bytes and its own form, in float scales and its
+    file's. repack_int8 sizes its buffers from the Python side, so a drift there would
+    let the C side write past them."""
+    out = (ctypes.c_int64 * 2)()
+    fn = lib.giraffe_i8_sizes
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p]
+    for kind, t in BLOCK_TYPES.items():
+        for form, dtype, blocks in itertools.product(
+            dict.fromkeys((0, t.nibbles)),
+            dict.fromkeys((torch.float32, file_scale_dtype(kind))),
+            (8, 24, 80),
+        ):
+            ours = (FORM_BLOCK_BYTES[form], tile_scale_bytes(kind, 32 * blocks, dtype))
+            if fn(t.code, form, SCALE_FORMS[dtype], blocks, out) != 0 or tuple(out) != ours:
+                raise KernelMismatchError(
+                    f"the compiled kernels lay out {kind} tiles (form {form}, {dtype} scales, "
+                    f"{blocks} blocks) in {tuple(out)} bytes, giraffe.quant.kernels in {ours}; "
+                    "FORM_BLOCK_BYTES and tile_scale_bytes must follow csrc/gemm_i8.h"
+                )
 
 
 STRUCTS = ("layer_step", "packed_matrix", "decode_call")  # giraffe_struct_fields' numbering

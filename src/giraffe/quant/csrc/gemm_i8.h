@@ -86,6 +86,16 @@ static inline int64_t i8_tile_scale_bytes(int kind, int sform, int64_t n_blocks)
     return n_blocks * i8_scales(kind) * (sform == SF_HALF ? 2 : 4);
 }
 
+/* The int8 form's sizes, for giraffe.quant.kernels to check its own copy against when it
+ * opens the library (so a drifted copy is an error, never a repack past the buffer):
+ * out[0] bytes of a tile's block in `form`, out[1] bytes of a tile's scales for n_blocks
+ * blocks in scale form sform. -1 for a form or scale form the kind does not take. */
+int giraffe_i8_sizes(int kind, int form, int sform, int64_t n_blocks, int64_t *out) {
+    if (!giraffe_i8_supported(kind) || !form_ok(kind, form) || !scale_form_ok(kind, sform)) return -1;
+    out[0] = i8_block_bytes(form), out[1] = i8_tile_scale_bytes(kind, sform, n_blocks);
+    return 0;
+}
+
 /* The float value of scale `which` (0: d, or Q6_K's first; 1: m, or Q6_K's second) of
  * row c in block b of a tile's scales: what sub_block_ints gives, bit for bit. */
 static inline float tile_scale(const uint8_t *dm, int kind, int sform, int64_t n_blocks, int64_t b, int c, int which) {
