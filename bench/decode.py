@@ -186,16 +186,20 @@ def main() -> None:
     p.add_argument("--worker", choices=sorted(WORKERS))
     args = p.parse_args()
     if args.worker:
-        import torch
-
         os.environ["BENCH_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
+        if not args.worker.startswith("llama.cpp"):  # llama.cpp's peak RSS is its own
+            import torch
+
+            torch.set_num_threads(args.threads)
         fn = WORKERS[args.worker]
         print(json.dumps(fn(args.model, args.repeats, args.prefill_tokens, args.decode_tokens)))
         return
     from machine import machine_facts
 
+    from giraffe.formats.registry import resolve
+
     result = {"machine": machine_facts(), "model": args.model, "threads": args.threads}
+    args.model = str(resolve(args.model))  # a path: no worker needs giraffe's registry
     for name in ("giraffe", "giraffe-float"):
         result[name] = run_worker(name, args)
     for peer, module in PEERS.items():
