@@ -465,19 +465,6 @@ static void add_rows(float *x, const float *a, const float *b, int64_t n, int64_
         for (int64_t i = r * dim; i < (r + 1) * dim; i++) x[i] = b ? (x[i] + a[i]) + b[i] : x[i] + a[i];
 }
 
-/* One layer for n rows at once, one token each, in one of two shapes:
- * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
- *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
- *   slots only. n = 1 is the one-sequence decode step.
- * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
- *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
- *   (attention.h's flash kernel where built, unless the scores are soft-capped).
- * The matrix products take all n rows together. cos/sin are RoPE tables (position, rope
- * dims); row r takes row positions[r]. The block:
- * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
- * a = o(attention); x += [attn_post_norm](a); h = norm(x);
- * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
- * or, parallel: x += a + mlp(norm'(x)) with both norms of the block's input. */
 /* Whether decode_layer (or the team) refuses a layer's arguments: 1, or 0 when it takes them. */
 static int layer_refuses(const layer_step *s) {
     const int head_dim = s->head_dim, rot = s->rope_dims == 0 ? head_dim : s->rope_dims;
@@ -495,6 +482,19 @@ static int layer_refuses(const layer_step *s) {
     return 0;
 }
 
+/* One layer for n rows at once, one token each, in one of two shapes:
+ * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
+ *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
+ *   slots only. n = 1 is the one-sequence decode step.
+ * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
+ *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
+ *   (attention.h's flash kernel where built, unless the scores are soft-capped).
+ * The matrix products take all n rows together. cos/sin are RoPE tables (position, rope
+ * dims); row r takes row positions[r]. The block:
+ * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
+ * a = o(attention); x += [attn_post_norm](a); h = norm(x);
+ * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
+ * or, parallel: x += a + mlp(norm'(x)) with both norms of the block's input. */
 static int decode_layer(const layer_step *s) {
     float *x = s->x;
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
