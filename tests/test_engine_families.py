@@ -204,6 +204,26 @@ def test_decode_rows_as_one_team_equal_layer_by_layer(packed, threads):
 
 
 @torch.inference_mode()
+def test_a_long_prompt_in_pieces_equals_it_whole(packed):
+    """FastDecode runs a prompt longer than `prompt_rows` in pieces of nearly equal size,
+    each attending to the cache the pieces before it wrote: the same numbers bit for bit
+    as in one call (13 rows in pieces of at most 4: 3, 3, 3, 4 - none of one row), and the
+    scratch sized for a piece."""
+    model, _ = packed
+    step, ids = model.runtime.step, torch.randint(1, VOCAB, (1, 13))
+    outputs, scratch, before = [], [], step.prompt_rows
+    try:
+        for rows in (4, 64):
+            step.prompt_rows, step.scratch = rows, torch.empty(0)
+            outputs.append(one_row(model, ids, prompt=13))
+            scratch.append(step.scratch.numel())
+    finally:
+        step.prompt_rows = before
+    assert torch.equal(outputs[0], outputs[1])
+    assert scratch[0] * 3 <= scratch[1]  # 4 rows' scratch against 13 rows'
+
+
+@torch.inference_mode()
 def test_the_compiled_step_equals_the_unpacked_model(gguf, monkeypatch):
     """Against the float model of the same file too (float activations: products equal
     dequantize-then-matmul to rounding), so both paths are not wrong together."""

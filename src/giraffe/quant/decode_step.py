@@ -10,7 +10,8 @@ LayerNorms, sandwich norms, gated or plain MLPs, a query scale, soft-capped scor
 partial RoPE, parallel residuals, per-layer windows and RoPE bases, scaled embeddings
 and learned positions; never a family name) - for one sequence's next
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
-whole prompt of one sequence (rows sharing its cache, causal flash attention). It only
+whole prompt of one sequence (rows sharing its cache, causal flash attention; a prompt
+longer than `prompt_rows` goes in pieces, so its scratch stays bounded). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
 maps asked for, every projection packed in ggml blocks, int8 tiles or group-wise
 int8/int4, optionally under a LoRA adapter whose low-rank delta the C step adds);
@@ -94,6 +95,7 @@ class DecodeCall(ctypes.Structure):
     ]  # fmt: skip
 
 
+PROMPT_ROWS = 512  # FastDecode.prompt_rows' default (at least 4)
 ROPE_TOO_SHORT = -2000  # giraffe_decode_layers: a position is past the RoPE tables
 
 # csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH, ACT_GELU (erf), ACT_RELU
@@ -240,6 +242,11 @@ class FastDecode:
         # decode rows run as one team of threads for all layers (csrc/decode_rows.h: the
         # same numbers as layer by layer, which tests compare by turning this off)
         self.team = True
+        # a prompt's rows per call (longer prompts go in equal pieces): bounds the scratch
+        # (~29 KB a row on SmolLM2-135M: 240 MB for an 8k prompt). Measured 2026-12-07: a
+        # 1,536-token SmolLM2 prompt 1-4 % slower in three pieces, Qwen2.5-0.5B's the same;
+        # pieces of 256 cost Qwen's 512-token prompt 8-10 %, hence 512 (llama.cpp's batch)
+        self.prompt_rows = PROMPT_ROWS
         # group-wise and compacted weights exist only as int8-GEMM tiles: no float kernel
         self.int8_only = any(
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
@@ -329,26 +336,39 @@ class FastDecode:
         if positions is None:
             positions = slots[:, None]
         x = self._embed(model, ids, positions)  # (n, C)
-        self._ensure_scratch(n, cache.max_len, flash=shared)
+        at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
+        # a long prompt in pieces of (nearly) equal size, none of one row (which would take
+        # the decode path's attention) as prompt_rows >= 4: the scratch stays that of
+        # `prompt_rows` rows however long the prompt
+        pieces = -(-n // self.prompt_rows) if shared else 1
+        bounds = [i * n // pieces for i in range(pieces + 1)]
+        self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, flash=shared)
         self._use_int8(int8_activations())
-        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x.data_ptr(), n=n)
+        for start, stop in itertools.pairwise(bounds):
+            self._call(model, cache, x, slots, at, start, stop - start, shared)
+        cache.advance(T)
+        return x.view(B, T, -1)  # final-normed in C
+
+    def _call(self, model, cache, x, slots, at, start: int, rows: int, shared: bool) -> None:
+        """Rows start .. start+rows-1 of x (their slots and positions) through every layer."""
+        f32, i64 = x.element_size(), slots.element_size()
+        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x.data_ptr() + start * x.shape[1] * f32)
+        call.n = rows
         call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
         call.layer_stride = cache.k.stride(0)
         # floats between rows' (H, S, D) caches; 0: a prompt's rows share one
         call.row_stride = 0 if shared else cache.k.stride(1)
-        call.slots, call.max_len = slots.data_ptr(), cache.max_len
+        call.slots, call.max_len = slots.data_ptr() + start * i64, cache.max_len
         call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
         call.final_norm, call.final_norm_bias = self.final_norm
         call.team = self.team
-        at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
-        call.positions = at.data_ptr()
-        status = self._run(model, call, at)
+        call.positions = at.data_ptr() + start * i64
+        status = self._run(model, call, at[start : start + rows])
         if status != 0:
             raise RuntimeError(
-                f"the compiled decode step refused layer {-1 - status} (slots {slots.tolist()})"
+                f"the compiled decode step refused layer {-1 - status} "
+                f"(slots {slots[start : start + rows].tolist()})"
             )
-        cache.advance(T)
-        return x.view(B, T, -1)  # final-normed in C
 
     def _embed(self, model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The rows the first layer reads (n, C) float32, as the module path forms them."""
