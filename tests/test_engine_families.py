@@ -276,3 +276,24 @@ def test_positions_past_the_first_rope_table(tmp_path, monkeypatch):
     compiled, reference = both_paths(model, lambda m: one_row(m, ids, prompt=1020))
     assert model.runtime.step.rope[0][0].shape[0] == 2048  # grown once, past 1024
     torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@torch.inference_mode()
+def test_decode_past_512_keys_splits_them_between_threads(tmp_path, monkeypatch, int8, threads):
+    """Past TEAM_SPLIT_KEYS (512) keys a decode row's attention splits its keys between the
+    threads and merges their partial softmaxes (csrc/decode_rows.h): the module path's
+    logits, with grouped-query heads (4 on 2 kv heads) and QK-norm, 2 and 3 threads."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**SHAPE, **CONFIGS["qwen3"], "max_position_embeddings": 1024})
+    path = tmp_path / "m.gguf"
+    save_gguf(Decoder(cfg).eval(), path, dtype="q8_0")
+    model = load_packed(path, monkeypatch, int8=int8)
+    ids, before = torch.randint(1, VOCAB, (1, 600)), torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        compiled, reference = both_paths(model, lambda m: one_row(m, ids, prompt=594))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(compiled, reference, atol=2e-2 if int8 else 1e-4, rtol=0)

@@ -22,10 +22,14 @@
 #include <omp.h>
 
 enum { DECODE_ROWS_MAX = 16 };
+/* Keys from which a decode row's attention splits its keys between the threads rather than
+ * its heads (team_attend_split). */
+enum { TEAM_SPLIT_KEYS = 512 };
 
 /* One thread's own buffers: its copy of the rows and everything derived from them. */
 typedef struct {
     float *x, *h, *branch, *act, *lora_t;
+    float *part; /* per (row, head): m, l and D sums of this thread's keys (team_attend_split) */
     i8_acts acts;
 } team_own;
 
@@ -39,13 +43,16 @@ static int team_own_make(team_own *t, int64_t n, int64_t width, int64_t hidden, 
     t->acts.a = (int8_t *)malloc((size_t)(n * width));
     t->acts.da = (float *)malloc(sizeof(float) * (size_t)(n * width / 32 + 1));
     t->acts.isum = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * n * width / 32 + 2));
-    if (!t->x || !t->acts.a || !t->acts.da || !t->acts.isum) return -1;
+    t->part = (float *)malloc(sizeof(float) * (size_t)(n * (width + width / 8 + 2))); /* heads >= 16 wide */
+    if (!t->x || !t->acts.a || !t->acts.da || !t->acts.isum || !t->part) return -1;
     t->h = t->x + n * width, t->branch = t->h + n * width, t->act = t->branch + n * width;
     t->lora_t = t->act + n * hidden;
     return 0;
 }
 
-static void team_own_free(team_own *t) { free(t->x); free(t->acts.a); free(t->acts.da); free(t->acts.isum); }
+static void team_own_free(team_own *t) {
+    free(t->x), free(t->acts.a), free(t->acts.da), free(t->acts.isum), free(t->part);
+}
 
 /* This thread's int8 activations of x (n rows of n_in), as i8_acts_make rounds them. */
 static void team_round(team_own *t, const float *x, int64_t n, int64_t n_in) {
@@ -96,6 +103,58 @@ static void team_product(const packed_matrix *m, const float *x, int64_t n, floa
     }
 }
 
+/* Keys a decode row's attention spans, longest over the rows: first..slot (a window). */
+static int64_t longest_span(const layer_step *s) {
+    int64_t most = 0;
+    for (int64_t r = 0; r < s->n; r++) {
+        const int64_t slot = s->slots[r], first = s->window > 0 && slot - s->window + 1 > 0 ? slot - s->window + 1 : 0;
+        most = slot - first + 1 > most ? slot - first + 1 : most;
+    }
+    return most;
+}
+
+/* Attention of every (row, head) with the keys split between the threads (flash-decoding):
+ * each thread takes its share of every row's keys for all heads, the heads of a kv group
+ * one after another while its keys are in cache, and writes m, l and the D sums; after a
+ * barrier each thread merges its share of (row, head)s. Why: split by heads, a thread's
+ * heads straddle kv groups (SmolLM2: 9 heads, 3 groups, 2 threads), so a group's keys and
+ * values were read from memory twice, and an odd head count leaves one thread a head more;
+ * past a few hundred keys that is most of a layer. Heads of 16k <= 256 dims, no soft-cap. */
+static void team_attend_split(const layer_step *s, const float *proj, float *att, float *scores, team_own *own,
+                              int tid, int nth, float scale) {
+    const int64_t n = s->n, max_len = s->max_len, row_stride = s->row_stride, per = s->head_dim + 2;
+    const int head_dim = s->head_dim, n_heads = s->n_heads, group = n_heads / s->kv_heads;
+    const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)s->kv_heads * head_dim;
+    float *mine = own[tid].part;
+    for (int64_t job = 0; job < n * n_heads; job++) {
+        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r];
+        const int64_t first = s->window > 0 && slot - s->window + 1 > 0 ? slot - s->window + 1 : 0;
+        const int64_t span = slot - first + 1, lo = first + span * tid / nth, hi = first + span * (tid + 1) / nth - 1;
+        float *pt = mine + job * per;
+        if (hi < lo) { pt[0] = -INFINITY, pt[1] = 0.0f; continue; }
+        const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        attend_part(proj + r * proj_size + hd * head_dim, kc, vc, lo, hi, head_dim / 16, scale, scores + job * max_len,
+                    pt + 2, pt, pt + 1);
+    }
+    #pragma omp barrier
+    int64_t lo, hi;
+    share(n * n_heads, tid, nth, &lo, &hi);
+    for (int64_t job = lo; job < hi; job++) {
+        float top = -INFINITY, total = 0.0f, *out = att + (job / n_heads) * q_size + (job % n_heads) * head_dim;
+        for (int u = 0; u < nth; u++) top = own[u].part[job * per] > top ? own[u].part[job * per] : top;
+        for (int i = 0; i < head_dim; i++) out[i] = 0.0f;
+        for (int u = 0; u < nth; u++) {
+            const float *pt = own[u].part + job * per;
+            if (pt[0] == -INFINITY) continue; /* no keys in this thread's share */
+            const float w = expf(pt[0] - top);
+            total += w * pt[1];
+            for (int i = 0; i < head_dim; i++) out[i] += w * pt[2 + i];
+        }
+        for (int i = 0; i < head_dim; i++) out[i] /= total;
+    }
+}
+
 /* Whether the rows of this call can run as a team: the products the rows will take are
  * there (int8 tiles where use_i8, else ggml blocks). */
 static int rows_team_ok(const layer_step *steps, int n_layers) {
@@ -110,7 +169,8 @@ static int rows_team_ok(const layer_step *steps, int n_layers) {
 
 /* One layer for this thread (its input checked by layer_refuses); s->x is not touched
  * (the rows live in t->x); s->scratch shared, laid out as decode_layer's. */
-static void team_layer(const layer_step *s, team_own *t, int tid, int nth) {
+static void team_layer(const layer_step *s, team_own *own, int tid, int nth) {
+    team_own *t = own + tid;
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, group = n_heads / kv_heads;
     const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims, ln = s->layer_norm;
@@ -145,8 +205,11 @@ static void team_layer(const layer_step *s, team_own *t, int tid, int nth) {
     }
     #pragma omp barrier
     const float scale = s->query_scale > 0.0f ? s->query_scale : 1.0f / sqrtf((float)head_dim);
-    share(n * n_heads, tid, nth, &lo, &hi);
-    for (int64_t job = lo; job < hi; job++) {
+    const int split = nth > 1 && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f &&
+                      longest_span(s) >= TEAM_SPLIT_KEYS;
+    if (split) team_attend_split(s, proj, att, scores, own, tid, nth, scale);
+    else share(n * n_heads, tid, nth, &lo, &hi);
+    for (int64_t job = split ? 0 : lo; job < (split ? 0 : hi); job++) {
         const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], window = s->window;
         const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
         const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
@@ -207,7 +270,7 @@ static int decode_rows_team(const decode_call *c, const layer_step *steps, int n
             const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
             team_own *t = own + tid;
             memcpy(t->x, c->x, sizeof(float) * (size_t)(n * dim));
-            for (int i = 0; i < n_layers; i++) team_layer(steps + i, t, tid, nth);
+            for (int i = 0; i < n_layers; i++) team_layer(steps + i, own, tid, nth);
             if (tid == 0 && c->final_norm)
                 team_norm(t->x, n, dim, steps[0].layer_norm, c->final_norm, c->final_norm_bias, steps[0].norm_offset,
                           steps[0].eps, c->x);

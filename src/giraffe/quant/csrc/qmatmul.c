@@ -310,38 +310,48 @@ static inline float dot(const float *a, const float *b, int n) {
 }
 
 #ifdef __AVX512F__
-/* attend_head for heads of D = 16 * nd <= 256 dims, unscaled: the scores (dot products),
- * then their exponentials 16 at a time (attention.h's exp512, relative error ~1e-7), then
- * P V with the output's D floats held in registers across all keys, divided by the sum
- * once at the end. Why: a decode row's attention walked every key with a scalar expf and
- * rewrote the output row per key; over a long context it rivals the layer's products. */
-static void attend_head16(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot, int nd,
-                          float scale, float *scores, float *out) {
+/* Keys lo..hi of one head of D = 16 * nd <= 256 dims, unnormalised: m the largest scaled
+ * score, l = sum e^(s - m), acc = sum e^(s - m) v (D floats). The scores by vector dot
+ * products, their exponentials 16 at a time (attention.h's exp512, relative error ~1e-7),
+ * P V with the D sums held in registers across all keys. Why: a decode row's attention
+ * walked every key with a scalar expf and rewrote the output row per key; over a long
+ * context it rivals the layer's products. scores: slots lo..hi of it are written. */
+static void attend_part(const float *q, const float *kc, const float *vc, int64_t lo, int64_t hi, int nd,
+                        float scale, float *scores, float *acc_out, float *m_out, float *l_out) {
     const int d = 16 * nd;
     float best = -INFINITY;
-    for (int64_t s = first; s <= slot; s++) {
+    for (int64_t s = lo; s <= hi; s++) {
         scores[s] = dot(q, kc + s * d, d) * scale;
         best = scores[s] > best ? scores[s] : best;
     }
     __m512 sum = _mm512_setzero_ps();
     const __m512 top = _mm512_set1_ps(best);
-    for (int64_t s = first; s <= slot; s += 16) {
-        const __mmask16 k = slot + 1 - s >= 16 ? 0xFFFF : (__mmask16)((1u << (slot + 1 - s)) - 1);
+    for (int64_t s = lo; s <= hi; s += 16) {
+        const __mmask16 k = hi + 1 - s >= 16 ? 0xFFFF : (__mmask16)((1u << (hi + 1 - s)) - 1);
         const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + s), top));
         _mm512_mask_storeu_ps(scores + s, k, e);
         sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
     }
     __m512 acc[16];
     for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t s = first; s <= slot; s++) {
+    for (int64_t s = lo; s <= hi; s++) {
         const __m512 p = _mm512_set1_ps(scores[s]);
         const float *v = vc + s * d;
         #pragma GCC unroll 16
         for (int t = 0; t < 16; t++)
             if (t < nd) acc[t] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * t), acc[t]);
     }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int t = 0; t < nd; t++) _mm512_storeu_ps(out + 16 * t, _mm512_mul_ps(acc[t], inv));
+    for (int t = 0; t < nd; t++) _mm512_storeu_ps(acc_out + 16 * t, acc[t]);
+    *m_out = best, *l_out = _mm512_reduce_add_ps(sum);
+}
+
+/* attend_head for heads of 16k <= 256 dims: the whole span as one part, divided by its sum. */
+static void attend_head16(const float *q, const float *kc, const float *vc, int64_t first, int64_t slot, int nd,
+                          float scale, float *scores, float *out) {
+    float m, l;
+    attend_part(q, kc, vc, first, slot, nd, scale, scores, out, &m, &l);
+    const __m512 inv = _mm512_set1_ps(1.0f / l);
+    for (int t = 0; t < nd; t++) _mm512_storeu_ps(out + 16 * t, _mm512_mul_ps(_mm512_loadu_ps(out + 16 * t), inv));
 }
 #endif
 
