@@ -11,7 +11,8 @@
  * rows (x), their norms and their int8 activations (recomputing them is cheaper than a
  * barrier), writes only the product columns of its own tile pairs, and meets the others at
  * a barrier only where a result of theirs is needed: after q|k|v, after RoPE and the cache
- * write, after attention, after o, after gate|up, after down.
+ * write, after attention, after o, after gate|up, after down (and, past TEAM_SPLIT_KEYS
+ * keys, where attention splits a row's keys between the threads, before merging them).
  *
  * What it does not take (decode_layer runs those): prompts (they take the flash kernel),
  * more than DECODE_ROWS_MAX rows, and products the int8 GEMM does not run while the rows
@@ -100,6 +101,24 @@ static void team_product(const packed_matrix *m, const float *x, int64_t n, floa
         if (m->bias)
             for (int64_t i = 0; i < n; i++)
                 for (int64_t o = c0; o < c1; o++) y[i * stride + col + o] += m->bias[col + o];
+    }
+}
+
+/* Attention of every (row, head), the (row, head)s shared out between the threads. */
+static void team_attend_heads(const layer_step *s, const float *proj, float *att, float *scores, int tid, int nth,
+                              float scale) {
+    const int64_t n = s->n, max_len = s->max_len, row_stride = s->row_stride;
+    const int head_dim = s->head_dim, n_heads = s->n_heads, group = n_heads / s->kv_heads;
+    const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)s->kv_heads * head_dim;
+    int64_t lo, hi;
+    share(n * n_heads, tid, nth, &lo, &hi);
+    for (int64_t job = lo; job < hi; job++) {
+        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], window = s->window;
+        const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+        const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
+        attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale, s->attn_softcap,
+                    scores + job * max_len, att + r * q_size + hd * head_dim);
     }
 }
 
@@ -205,18 +224,11 @@ static void team_layer(const layer_step *s, team_own *own, int tid, int nth) {
     }
     #pragma omp barrier
     const float scale = s->query_scale > 0.0f ? s->query_scale : 1.0f / sqrtf((float)head_dim);
-    const int split = nth > 1 && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f &&
-                      longest_span(s) >= TEAM_SPLIT_KEYS;
-    if (split) team_attend_split(s, proj, att, scores, own, tid, nth, scale);
-    else share(n * n_heads, tid, nth, &lo, &hi);
-    for (int64_t job = split ? 0 : lo; job < (split ? 0 : hi); job++) {
-        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], window = s->window;
-        const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
-        const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale, s->attn_softcap,
-                    scores + job * max_len, att + r * q_size + hd * head_dim);
-    }
+    if (nth > 1 && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f &&
+        longest_span(s) >= TEAM_SPLIT_KEYS)
+        team_attend_split(s, proj, att, scores, own, tid, nth, scale);
+    else
+        team_attend_heads(s, proj, att, scores, tid, nth, scale);
     #pragma omp barrier
     team_round(t, att, n, q_size);
     team_product(s->o, att, n, o_out, t, tid, nth);
