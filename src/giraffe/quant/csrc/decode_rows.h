@@ -107,27 +107,17 @@ static void team_product(const packed_matrix *m, const float *x, int64_t n, floa
 /* Attention of every (row, head), the (row, head)s shared out between the threads. */
 static void team_attend_heads(const layer_step *s, const float *proj, float *att, float *scores, int tid, int nth,
                               float scale) {
-    const int64_t n = s->n, max_len = s->max_len, row_stride = s->row_stride;
-    const int head_dim = s->head_dim, n_heads = s->n_heads, group = n_heads / s->kv_heads;
-    const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)s->kv_heads * head_dim;
     int64_t lo, hi;
-    share(n * n_heads, tid, nth, &lo, &hi);
-    for (int64_t job = lo; job < hi; job++) {
-        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], window = s->window;
-        const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
-        const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
-        attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale, s->attn_softcap,
-                    scores + job * max_len, att + r * q_size + hd * head_dim);
-    }
+    share(s->n * s->n_heads, tid, nth, &lo, &hi);
+    for (int64_t job = lo; job < hi; job++) attend_job(s, proj, att, scores, job, scale);
 }
 
 /* Keys a decode row's attention spans, longest over the rows: first..slot (a window). */
 static int64_t longest_span(const layer_step *s) {
     int64_t most = 0;
     for (int64_t r = 0; r < s->n; r++) {
-        const int64_t slot = s->slots[r], first = s->window > 0 && slot - s->window + 1 > 0 ? slot - s->window + 1 : 0;
-        most = slot - first + 1 > most ? slot - first + 1 : most;
+        const int64_t span = s->slots[r] - first_key(s->slots[r], s->window) + 1;
+        most = span > most ? span : most;
     }
     return most;
 }
@@ -146,8 +136,7 @@ static void team_attend_split(const layer_step *s, const float *proj, float *att
     const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)s->kv_heads * head_dim;
     float *mine = own[tid].part;
     for (int64_t job = 0; job < n * n_heads; job++) {
-        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r];
-        const int64_t first = s->window > 0 && slot - s->window + 1 > 0 ? slot - s->window + 1 : 0;
+        const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], first = first_key(slot, s->window);
         const int64_t span = slot - first + 1, lo = first + span * tid / nth, hi = first + span * (tid + 1) / nth - 1;
         float *pt = mine + job * per;
         if (hi < lo) { pt[0] = -INFINITY, pt[1] = 0.0f; continue; }
@@ -190,9 +179,8 @@ static int rows_team_ok(const layer_step *steps, int n_layers) {
  * (the rows live in t->x); s->scratch shared, laid out as decode_layer's. */
 static void team_layer(const layer_step *s, team_own *own, int tid, int nth) {
     team_own *t = own + tid;
-    const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
-    const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, group = n_heads / kv_heads;
-    const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims, ln = s->layer_norm;
+    const int64_t n = s->n, dim = s->dim, max_len = s->max_len;
+    const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, ln = s->layer_norm;
     const float off = s->norm_offset, eps = s->eps;
     const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
     const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2), proj_size = q_size + 2 * kv_size;
@@ -205,23 +193,7 @@ static void team_layer(const layer_step *s, team_own *own, int tid, int nth) {
     team_product(s->qkv, t->h, n, proj, t, tid, nth);
     #pragma omp barrier
     share(n * kv_heads, tid, nth, &lo, &hi); /* a kv head's keys and values, and its queries */
-    for (int64_t job = lo; job < hi; job++) {
-        const int64_t r = job / kv_heads, g = job % kv_heads;
-        float *q = proj + r * proj_size + g * group * head_dim, *k = proj + r * proj_size + q_size + g * head_dim;
-        const float *v = k + kv_size;
-        if (s->q_norm) {
-            for (int hd = 0; hd < group; hd++) rmsnorm(q + hd * head_dim, s->q_norm, off, eps, head_dim, q + hd * head_dim);
-            rmsnorm(k, s->k_norm, off, eps, head_dim, k);
-        }
-        if (rot > 0) {
-            const float *cos = s->cos + s->positions[r] * rot, *sin = s->sin + s->positions[r] * rot;
-            rope(q, group, head_dim, rot, cos, sin);
-            rope(k, 1, head_dim, rot, cos, sin);
-        }
-        const int64_t at = r * row_stride + (g * max_len + s->slots[r]) * head_dim;
-        memcpy(s->k_cache + at, k, sizeof(float) * head_dim);
-        memcpy(s->v_cache + at, v, sizeof(float) * head_dim);
-    }
+    for (int64_t job = lo; job < hi; job++) prep_kv_head(s, proj, job / kv_heads, (int)(job % kv_heads));
     #pragma omp barrier
     const float scale = s->query_scale > 0.0f ? s->query_scale : 1.0f / sqrtf((float)head_dim);
     if (nth > 1 && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f &&

@@ -492,6 +492,47 @@ static int layer_refuses(const layer_step *s) {
     return 0;
 }
 
+/* The first key slot a row at `slot` sees: 0, or where its window starts. */
+static inline int64_t first_key(int64_t slot, int64_t window) {
+    return window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
+}
+
+/* Row r's kv head g and the queries of its group, in proj (rows of q|k|v): QK-norm and RoPE
+ * at the row's position, then its key and value into the cache at the row's slot. */
+static void prep_kv_head(const layer_step *s, float *proj, int64_t r, int g) {
+    const int head_dim = s->head_dim, group = s->n_heads / s->kv_heads;
+    const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims;
+    const int64_t q_size = (int64_t)s->n_heads * head_dim, kv_size = (int64_t)s->kv_heads * head_dim;
+    float *q = proj + r * (q_size + 2 * kv_size) + (int64_t)g * group * head_dim;
+    float *k = proj + r * (q_size + 2 * kv_size) + q_size + (int64_t)g * head_dim;
+    const float *v = k + kv_size;
+    if (s->q_norm) {
+        for (int hd = 0; hd < group; hd++)
+            rmsnorm(q + hd * head_dim, s->q_norm, s->norm_offset, s->eps, head_dim, q + hd * head_dim);
+        rmsnorm(k, s->k_norm, s->norm_offset, s->eps, head_dim, k);
+    }
+    if (rot > 0) {
+        const float *cos = s->cos + s->positions[r] * rot, *sin = s->sin + s->positions[r] * rot;
+        rope(q, group, head_dim, rot, cos, sin);
+        rope(k, 1, head_dim, rot, cos, sin);
+    }
+    const int64_t at = r * s->row_stride + ((int64_t)g * s->max_len + s->slots[r]) * head_dim;
+    memcpy(s->k_cache + at, k, sizeof(float) * head_dim);
+    memcpy(s->v_cache + at, v, sizeof(float) * head_dim);
+}
+
+/* Attention of one (row, head), job = row * n_heads + head, over the row's keys into att
+ * (rows of n_heads * head_dim); scores: max_len floats per job. */
+static void attend_job(const layer_step *s, const float *proj, float *att, float *scores, int64_t job, float scale) {
+    const int head_dim = s->head_dim, n_heads = s->n_heads, group = n_heads / s->kv_heads;
+    const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)s->kv_heads * head_dim;
+    const int64_t r = job / n_heads, hd = job % n_heads, slot = s->slots[r], max_len = s->max_len;
+    const float *kc = s->k_cache + r * s->row_stride + (hd / group) * max_len * head_dim;
+    const float *vc = s->v_cache + r * s->row_stride + (hd / group) * max_len * head_dim;
+    attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first_key(slot, s->window), slot, head_dim, scale,
+                s->attn_softcap, scores + job * max_len, att + r * q_size + hd * head_dim);
+}
+
 /* One layer for n rows at once, one token each, in one of two shapes:
  * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
  *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
@@ -510,7 +551,7 @@ static int decode_layer(const layer_step *s) {
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
     const int64_t *slots = s->slots;
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, n_threads = s->n_threads;
-    const int rot = s->rope_dims == 0 ? head_dim : s->rope_dims, ln = s->layer_norm;
+    const int ln = s->layer_norm;
     const float off = s->norm_offset, eps = s->eps;
     if (layer_refuses(s)) return -1;
     const int prompt = row_stride == 0 && n > 1;
@@ -529,24 +570,8 @@ static int decode_layer(const layer_step *s) {
     norm_rows(x, n, dim, ln, s->attn_norm, s->attn_norm_bias, off, eps, h, many, n_threads);
     matmul_rows(s->qkv, h, n, proj, n_threads);
     #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        float *q = proj + r * proj_size, *k = q + q_size, *v = k + kv_size;
-        if (s->q_norm) {
-            for (int hd = 0; hd < n_heads; hd++) rmsnorm(q + hd * head_dim, s->q_norm, off, eps, head_dim, q + hd * head_dim);
-            for (int g = 0; g < kv_heads; g++) rmsnorm(k + g * head_dim, s->k_norm, off, eps, head_dim, k + g * head_dim);
-        }
-        if (rot > 0) {
-            const float *cos = s->cos + s->positions[r] * rot, *sin = s->sin + s->positions[r] * rot;
-            rope(q, n_heads, head_dim, rot, cos, sin);
-            rope(k, kv_heads, head_dim, rot, cos, sin);
-        }
-        for (int g = 0; g < kv_heads; g++) {
-            const int64_t at = r * row_stride + ((int64_t)g * max_len + slots[r]) * head_dim;
-            memcpy(s->k_cache + at, k + g * head_dim, sizeof(float) * head_dim);
-            memcpy(s->v_cache + at, v + g * head_dim, sizeof(float) * head_dim);
-        }
-    }
-    const int group = n_heads / kv_heads;
+    for (int64_t r = 0; r < n; r++)
+        for (int g = 0; g < kv_heads; g++) prep_kv_head(s, proj, r, g);
     const float scale = s->query_scale > 0.0f ? s->query_scale : 1.0f / sqrtf((float)head_dim);
 #ifdef __AVX512F__
     if (flash) {
@@ -558,14 +583,7 @@ static int decode_layer(const layer_step *s) {
 #endif
     {
         #pragma omp parallel for num_threads(n_threads) schedule(static)
-        for (int64_t job = 0; job < n * n_heads; job++) {
-            const int64_t r = job / n_heads, hd = job % n_heads, slot = slots[r], window = s->window;
-            const int64_t first = window > 0 && slot - window + 1 > 0 ? slot - window + 1 : 0;
-            const float *kc = s->k_cache + r * row_stride + (hd / group) * max_len * head_dim;
-            const float *vc = s->v_cache + r * row_stride + (hd / group) * max_len * head_dim;
-            attend_head(proj + r * proj_size + hd * head_dim, kc, vc, first, slot, head_dim, scale, s->attn_softcap,
-                        scores + job * max_len, att + r * q_size + hd * head_dim);
-        }
+        for (int64_t job = 0; job < n * n_heads; job++) attend_job(s, proj, att, scores, job, scale);
     }
     matmul_rows(s->o, att, n, h, n_threads); /* h: the attention branch */
     if (s->attn_post_norm) norm_rows(h, n, dim, 0, s->attn_post_norm, NULL, off, eps, h, many, n_threads);
