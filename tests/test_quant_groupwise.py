@@ -72,6 +72,30 @@ def test_layer_equals_its_reference_with_int8_or_float_activations(cfg, monkeypa
     torch.testing.assert_close(layer(x), F.linear(x, deq, bias))
 
 
+@pytest.mark.skipif(not kernels.int8_kinds(), reason="no AVX-512 VNNI: nothing to compact into")
+@pytest.mark.parametrize("cfg", CONFIGS[:4], ids=str)
+@torch.inference_mode()
+def test_compacted_layer_and_table_keep_the_stored_numbers(cfg, monkeypatch):
+    """After compact() only the tiles remain; weights, products and looked-up rows are the
+    same bits as before (a table of 4,131 rows crosses the chunks tiles are made in)."""
+    from giraffe.quant import groupwise
+
+    monkeypatch.setattr(groupwise, "TILE_CHUNK_ROWS", 1024)
+    w, bias = weight(rows=4131, seed=3), torch.randn(4131)
+    parts = quantize_groups(w, cfg)
+    layer, table = GroupQuantLinear(parts, cfg, bias), GroupQuantEmbedding(parts, cfg)
+    x, ids = torch.randn(3, 256), torch.tensor([[0, 4130], [1023, 1024]])
+    before = (layer.dequantized_weight(), layer(x), table(ids))
+    assert layer.compact() and table.table.compact()
+    assert layer.compacted and not layer.parts() and not table.table.parts()
+    after = (layer.dequantized_weight(), layer(x), table(ids))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert torch.equal(before[0], dequantize_groups(parts, cfg))
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")  # the float path reads the tiles
+    torch.testing.assert_close(layer(x), F.linear(x, before[0], bias), atol=0, rtol=0)
+    assert GroupQuantLinear(parts, cfg).compact() is False  # float activations: parts kept
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_folder):
     import giraffe
@@ -97,7 +121,12 @@ def test_folder_round_trip_keeps_integers_and_equals_the_dequantized_model(
     assert (packed.model.runtime.step is not None) == bool(kernels.int8_kinds())
     assert isinstance(packed.model.embed, GroupQuantEmbedding)  # the tied head reads it too
     stored = quantize_groups(tiny_lm.model.layers[0].mlp.up_proj.weight.detach(), cfg)
-    assert all(torch.equal(layer.parts()[k], stored[k]) for k in stored)  # bytes kept as written
+    if kernels.int8_kinds():  # one resident copy: the int8 tiles, the stored groups dropped
+        assert layer.compacted and not layer.parts() and not packed.model.embed.table.parts()
+    else:
+        assert all(torch.equal(layer.parts()[k], stored[k]) for k in stored)  # bytes as written
+    # either way the integers are those written: the same weights back, bit for bit
+    assert torch.equal(layer.dequantized_weight(), dequantize_groups(stored, cfg))
     ids = torch.randint(0, 200, (2, 12))
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
     torch.testing.assert_close(packed.model(ids), reference.model(ids), atol=1e-4, rtol=1e-4)

@@ -82,7 +82,10 @@ def assemble_grouped(
 
     def fetch_any(name: str) -> torch.Tensor:
         if name not in grouped:
-            return fetch(name)
+            # its own copy (norms, biases: small), not a view of the file's map: the map
+            # then closes once the groups give way to int8 tiles (PackedRuntime.build)
+            # instead of keeping every page the conversion read resident
+            return fetch(name).clone()
         if dequantize:
             return dequantize_groups(parts_of(name), group)
         # A placeholder of the right shape, replaced below: memory that is never written

@@ -135,10 +135,30 @@ class GroupQuantLinear(nn.Module):
         self._int8 = None
 
     def parts(self) -> dict[str, torch.Tensor]:
-        return {n: getattr(self, n) for n in PART_NAMES if hasattr(self, n)}
+        """The stored integers and scales; empty once compacted (the tiles hold them)."""
+        return {n: getattr(self, n) for n in PART_NAMES if getattr(self, n, None) is not None}
 
     def dequantized_weight(self) -> torch.Tensor:
+        if self.compacted:  # the tiles give the stored numbers back exactly (tested)
+            return self._int8.dequantize()
         return dequantize_groups(self.parts(), self.cfg)
+
+    @property
+    def compacted(self) -> bool:
+        return self.scale is None
+
+    def compact(self) -> bool:
+        """Keep only the int8 tiles (drop the stored parts) when inference will use them, as
+        `QuantLinear.compact` does: not with float activations chosen, nor where the groups
+        cannot become tiles. Returns whether it did."""
+        if self.compacted:
+            return True
+        if not int8_activations() or self.int8_weights() is None:
+            return False
+        for name in PART_NAMES:
+            if hasattr(self, name):
+                setattr(self, name, None)
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = x.dtype == torch.float32 and not torch.is_grad_enabled()
@@ -164,38 +184,56 @@ class GroupQuantLinear(nn.Module):
         )
 
 
+TILE_CHUNK_ROWS = 2048  # rows rewritten at a time: the int16 and permuted copies stay small
+
+
 def _to_int8_tiles(parts, cfg: GroupConfig, n_out: int) -> kernels.Int8Weights:
     """Rewrite w = s*q (+ min) as the GEMM's w = d*(u + offset) + m with u unsigned bytes.
 
     The GEMM knows three such forms by a ggml type's name: offset -128 ("Q8_0"), offset -8
     ("Q4_0"), or a minimum per block ("Q4_1"). A group of 64 is two blocks of 32 with
-    the same scale.
+    the same scale. The scales stay float16 (each is one exactly). Rows go
+    `TILE_CHUNK_ROWS` at a time into the finished buffers: a 49k-row token table
+    rewritten whole took ~100 MB of temporaries.
     """
-    q = unpack(parts["q"], cfg)  # (O, I) int16
-    n_in = q.shape[1]
     if not cfg.symmetric:
-        kind, u = "Q4_1", q
-    elif cfg.bits == 8:
-        kind, u = "Q8_0", q + 128
+        kind = "Q4_1"
     else:
-        kind, u = "Q4_0", q + 8
+        kind = "Q8_0" if cfg.bits == 8 else "Q4_0"
+    n_in = parts["scale"].shape[1] * cfg.group_size
+    tiles, blocks, nibbles = -(-n_out // 16), n_in // 32, cfg.bits == 4
+    n_scales = 1 if kernels.scales_per_block(kind) == 16 else 2  # mins only where used
+    tile_q, tile_dm = blocks * 512 // (2 if nibbles else 1), blocks * 16 * n_scales
+    q = torch.empty(tiles * tile_q, dtype=torch.uint8)
+    dm = torch.empty(tiles * tile_dm, dtype=torch.float16)
+    for start in range(0, n_out, TILE_CHUNK_ROWS):
+        chunk = {k: v[start : start + TILE_CHUNK_ROWS] for k, v in parts.items()}
+        t0, t1 = start // 16, -(-min(start + TILE_CHUNK_ROWS, n_out) // 16)
+        q[t0 * tile_q : t1 * tile_q], dm[t0 * tile_dm : t1 * tile_dm] = _tile_rows(
+            chunk, cfg, kind, t1 - t0
+        )
+    return kernels.Int8Weights(q, dm, kind, n_out, n_in, int(nibbles))
+
+
+def _tile_rows(parts, cfg: GroupConfig, kind: str, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Some rows' integers and scales in tile order: ((tiles * tile bytes,) uint8,
+    (tiles * tile scales,) float16); the last tile padded with zero rows."""
+    q = unpack(parts["q"], cfg)  # (O, I) int16
+    offset = 8 if cfg.symmetric and cfg.bits == 4 else 128 if cfg.symmetric else 0
     per_block = cfg.group_size // 32
-    d = parts["scale"].float().repeat_interleave(per_block, dim=1)  # (O, I / 32)
-    m = parts["min"].float().repeat_interleave(per_block, dim=1) if "min" in parts else 0 * d
-    tiles = -(-n_out // 16)
-    pad = tiles * 16 - n_out
-    u, d, m = (F.pad(t, (0, 0, 0, pad)) for t in (u.to(torch.uint8), d, m))
-    blocks = n_in // 32
+    scales = [parts["scale"]] + ([parts["min"]] if kind == "Q4_1" else [])
+    scales = [s.repeat_interleave(per_block, dim=1) for s in scales]  # (O, I / 32) each
+    pad = tiles * 16 - q.shape[0]
+    u = F.pad((q + offset).to(torch.uint8), (0, 0, 0, pad))
+    scales = [F.pad(s, (0, 0, 0, pad)) for s in scales]
+    blocks = q.shape[1] // 32
     # (tiles, 16 rows, blocks, 8 groups, 4) -> (tiles, blocks, groups, 16 rows, 4)
     q_tiles = u.reshape(tiles, 16, blocks, 8, 4).permute(0, 2, 3, 1, 4)
-    nibbles = cfg.bits == 4  # groups 2p and 2p+1 share bytes: low and high halves
-    if nibbles:
+    if cfg.bits == 4:  # groups 2p and 2p+1 share bytes: low and high halves
         q_tiles = q_tiles[:, :, 0::2] | (q_tiles[:, :, 1::2] << 4)
-    q_tiles = q_tiles.contiguous().flatten()
-    scales = [d] if kernels.scales_per_block(kind) == 16 else [d, m]  # mins only where used
     dm = torch.stack([s.reshape(tiles, 16, blocks) for s in scales], dim=2)
-    dm = dm.permute(0, 3, 2, 1).contiguous().flatten()  # (tiles, blocks, [d x16, (m x16)])
-    return kernels.Int8Weights(q_tiles, dm, kind, n_out, n_in, int(nibbles))
+    dm = dm.permute(0, 3, 2, 1)  # (tiles, blocks, [d x16, (m x16)])
+    return q_tiles.flatten(), dm.flatten()
 
 
 class GroupQuantEmbedding(nn.Module):
@@ -207,9 +245,10 @@ class GroupQuantEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = self.table.out_features, self.table.in_features
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = {
-            k: v[ids.flatten()] for k, v in self.table.parts().items()
-        }  # only the rows asked for
+        if self.table.compacted:  # a tied head: rows from the int8 tiles
+            values = self.table._int8.dequantize(ids)  # (N, C)
+            return values.reshape(*ids.shape, self.embedding_dim)
+        rows = {k: v[ids.flatten()] for k, v in self.table.parts().items()}  # only those asked for
         values = dequantize_groups(rows, self.table.cfg)  # (N, C)
         return values.reshape(*ids.shape, self.embedding_dim)
 

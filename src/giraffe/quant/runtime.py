@@ -23,6 +23,7 @@ import torch
 
 from giraffe.quant import kernels
 from giraffe.quant.decode_step import FastDecode
+from giraffe.quant.groupwise import GroupQuantLinear
 from giraffe.quant.linear import FusedQuant, QuantLinear
 
 
@@ -83,13 +84,18 @@ class PackedRuntime:
 
 
 def compact(model, layers: list[LayerKernels], release=None, repack=None) -> None:
-    """Every packed product keeps one resident copy (QuantLinear.compact). An untied
-    embedding is only looked up: it stays in the file's blocks, read row by row."""
+    """Every packed product keeps one resident copy (QuantLinear.compact: the ggml blocks
+    give way to the int8 tiles; GroupQuantLinear.compact: the stored groups do). An untied
+    embedding is only looked up: it stays in the file's blocks (or groups), read row by row."""
     lookups_only = getattr(model.embed, "table", None) if model.lm_head is not None else None
     for layer in layers:
         for fused in (layer.qkv, layer.gate_up):
             if fused is not None:
                 fused.compact(release, repack)
     for m in model.modules():
-        if isinstance(m, QuantLinear) and m is not lookups_only:
+        if m is lookups_only:
+            continue
+        if isinstance(m, QuantLinear):
             m.compact(release, repack)
+        elif isinstance(m, GroupQuantLinear):  # its stored groups give way to the tiles
+            m.compact()

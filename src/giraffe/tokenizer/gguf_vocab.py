@@ -450,17 +450,19 @@ def _score_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str
     """SentencePiece BPE as ranked merges: every split of a piece into two pieces, ranked by
     the whole piece's score (best first; ties by id, the sort being stable). Applying the
     lowest-ranked adjacent pair first is then SentencePiece's "merge the best-scoring
-    pair". The loop runs over every cut of 262k pieces for Gemma: testing the prefix first
-    and a set rather than the id dict keep it ~25 % faster than the plain double test."""
-    known = set(tokens)
+    pair". The loop runs over every cut of 262k pieces for Gemma (515k merges): each merge
+    holds the vocabulary's own string objects, not fresh slices - those took ~100 MB more
+    while the tokenizer was built (and the freed slices left the heap fragmented)."""
+    own = {t: t for t in tokens}
+    find = own.get
     merges = []
     for i in sorted(range(len(tokens)), key=scores.__getitem__, reverse=True):
         token = tokens[i]
         for cut in range(1, len(token)):
-            head = token[:cut]
-            if head in known:
-                tail = token[cut:]
-                if tail in known:
+            head = find(token[:cut])
+            if head is not None:
+                tail = find(token[cut:])
+                if tail is not None:
                     merges.append((head, tail))
     return merges
 
