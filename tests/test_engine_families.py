@@ -4,7 +4,8 @@ query scale, QK-norm, per-layer windows and RoPE bases, scaled embeddings) and G
 (soft-capped scores instead of QK-norm), Phi-3 (a Llama block stored fused; also with
 partial rotary), GPT-NeoX (LayerNorms with biases, parallel residual, partial rotary,
 biased projections, a plain erf-GELU MLP) and GPT-2 (learned positions, a plain
-GELU-tanh MLP), written through giraffe's GGUF writer as Q8_0 or Q4_K blocks and loaded
+GELU-tanh MLP), written through giraffe's GGUF writer as Q8_0 or Q4_K blocks or BF16 (which
+runs on the float kernel whatever the activations) and loaded
 packed. The reference is the same model on its module path
 (`runtime.step = None`): prompts, single-row decoding and continuous batches past the
 sliding window, int8 activations on and off; float32 tolerance 1e-4 on the logits."""
@@ -76,7 +77,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module", params=[(f, d) for f in CONFIGS for d in ("q8_0", "q4_k")])
+@pytest.fixture(scope="module", params=[(f, d) for f in CONFIGS for d in ("q8_0", "q4_k", "bf16")])
 def gguf(request, tmp_path_factory):
     """(family, GGUF file) of a random model with non-trivial norms, in these blocks."""
     family, dtype = request.param

@@ -147,29 +147,60 @@ def test_corrupt_tensor_shape_is_a_clear_error_at_load(tmp_path, dims, message):
 
 
 def test_block_type_the_engine_lacks_runs_dequantized_with_one_warning(tmp_path, monkeypatch):
-    """A BF16 matrix (a type the kernels lack) is dequantized; everything else stays packed."""
+    """An MXFP4 matrix (a type the kernels lack) is dequantized; everything else stays packed."""
     import giraffe.formats.gguf as gguf_format
 
     plain = gguf_format.quantize_matrix
 
-    def one_bf16(array: np.ndarray, dtype: str):
+    def one_mxfp4(array: np.ndarray, dtype: str):
         if array.shape == (64, 128):  # the down projections
-            return quantize(array, GGMLQuantizationType.BF16), "BF16"
+            return quantize(array, GGMLQuantizationType.MXFP4), "MXFP4"
         return plain(array, dtype)
 
-    monkeypatch.setattr(gguf_format, "quantize_matrix", one_bf16)
+    monkeypatch.setattr(gguf_format, "quantize_matrix", one_mxfp4)
     path = untied_model(tmp_path)
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_gguf(path, packed=True)
-    named = [w for w in caught if "BF16" in str(w.message)]
+    named = [w for w in caught if "MXFP4" in str(w.message)]
     assert len(named) == 1 and "dequantized to float32" in str(named[0].message)
     assert isinstance(model.layers[0].mlp.down_proj, torch.nn.Linear)
     assert isinstance(model.layers[0].mlp.up_proj, QuantLinear)
     reference = load_gguf(path, packed=False)
     with torch.inference_mode():
         assert torch.allclose(model(IDS), reference(IDS), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_f16_and_bf16_weights_run_packed_on_the_compiled_step(tmp_path, dtype):
+    """2-byte float files stay in the file's map (no float32 copy, q/k/v not concatenated)
+    and run on the float kernel: decode rows on the compiled step, a prompt past
+    FLOAT_KIND_MAX_ROWS on the module path (its GEMM is faster there); the float32
+    model's logits either way, int8 activations or not."""
+    from fast_path import counting
+
+    from giraffe.quant.linear import FLOAT_KIND_MAX_ROWS
+
+    torch.manual_seed(0)
+    path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype=dtype)
+    model, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
+    q = model.layers[0].attn.q_proj
+    assert isinstance(q, QuantLinear) and q.kind == dtype.upper() and q.packed is not None
+    assert isinstance(model.embed, QuantEmbedding) and model.runtime.layers[0].qkv.kind is None
+    fast, taken = model.runtime.step, []
+    model.runtime.step = counting(fast, taken)
+    prompt = torch.randint(0, 500, (1, FLOAT_KIND_MAX_ROWS + 6))
+    outputs = []
+    for m in (model, reference):
+        cache = m.new_cache(1, 64)
+        with torch.inference_mode():
+            steps = [m.hidden(prompt, cache=cache)]
+            steps += [m.hidden(torch.tensor([[t]]), cache=cache) for t in (7, 300, 2)]
+            steps.append(m.hidden(torch.tensor([[1, 2, 3, 4, 5]]), cache=cache))  # a short chunk
+            outputs.append(torch.cat([m.head(h) for h in steps], dim=1))
+    assert taken == [False, True, True, True, True]
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
 
 
 @needs_vnni

@@ -36,7 +36,8 @@ def packed_weight(kind, rows=96, cols=256, seed=0):
             raw[:, :, at : at + 2] = scales.view(np.uint8).reshape(*raw.shape[:2], 2)
         return torch.from_numpy(raw.reshape(rows, -1))
     w = rng.standard_normal((rows, cols)).astype(np.float32)
-    return torch.from_numpy(quantize(w, GGMLQuantizationType[kind]))
+    raw = quantize(w, GGMLQuantizationType[kind])  # F16 comes back as float16 values
+    return torch.from_numpy(raw.view(np.uint8).reshape(rows, -1))
 
 
 def test_kernel_builds_here():
@@ -55,6 +56,17 @@ def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out, monkeypatch):
     assert ((got - reference).abs().max() / scale) <= TOLERANCE[kind]
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "0")  # the layer's float path, at any row count
     assert ((layer(x) - reference).abs().max() / scale) <= TOLERANCE[kind]
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_one_row_kernel_equals_dequantize_then_matmul(kind):
+    """A single input row takes its own kernels (row_dot for Q8_0/Q4_0/Q4_1, half_matvec
+    for F16/BF16: four weight rows at a time, 97 leaves a ragged last group)."""
+    layer = QuantLinear(packed_weight(kind, rows=97), kind, 256, 97)
+    x = torch.randn(1, 256)
+    reference = F.linear(x, layer.dequantized_weight())
+    got = kernels.qmatmul(layer.packed, kind, 97, 256, x)
+    assert ((got - reference).abs().max() / reference.abs().max()) <= TOLERANCE[kind]
 
 
 def test_dequantized_weight_equals_gguf(tmp_path):

@@ -98,7 +98,7 @@ def save_gguf(
 ) -> Path:
     """Write the model's weights and architecture metadata.
 
-    dtype: "f32", "f16", or a ggml block type ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+    dtype: "f32", "f16", "bf16", or a ggml block type ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
     "q4_k", "q5_k", "q6_k") for 2-D weights; a matrix whose rows the blocks do not divide
     falls back as llama.cpp's quantizer does (`giraffe.quant.ptq.target_type`).
     tokenizer: vocabulary fields to embed (see `giraffe.tokenizer.gguf_tokenizer_fields`);

@@ -1,6 +1,7 @@
 """Put GGUF block tensors into a model as packed layers instead of float32 weights.
 
-Chooses which tensors can stay packed (2-D, a block type the kernel knows, one giraffe
+Chooses which tensors can stay packed (2-D, a block type the kernel knows - F16 and BF16
+included, which the float kernel reads in place - one giraffe
 weight each or a fused q/k/v, the token embedding and an untied output head) and swaps
 the model's `nn.Linear` / `nn.Embedding` for `giraffe.quant.linear` layers over the raw
 bytes - views of the memory-mapped file, not copies. Products that will run on the int8
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from giraffe.config import ModelConfig
@@ -26,6 +28,7 @@ from giraffe.quant import tile_cache
 from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear, int8_activations
 from giraffe.quant.runtime import PackedRuntime
 from giraffe.quant.tile_cache import TileCache
+from giraffe.quant.types import BLOCK_TYPES
 
 FLOAT_TYPES = ("F32", "F16")
 
@@ -37,6 +40,8 @@ def packable(cfg: ModelConfig, tensors: dict) -> dict[str, names.Rule]:
         t = tensors.get(rule.theirs)
         if t is None or t.tensor_type.name not in KERNEL_KINDS or len(t.shape) != 2:
             continue
+        if t.shape[0] % BLOCK_TYPES[t.tensor_type.name].weights:
+            continue  # an F16/BF16 row the kernels cannot walk 32 at a time: stays float
         projection = all(n.endswith("_proj.weight") for n in rule.ours)
         if projection or rule.ours in (("embed.weight",), ("lm_head.weight",)):
             keep[rule.theirs] = rule
@@ -59,7 +64,8 @@ def warn_unpacked_types(tensors: dict) -> None:
 def install_packed(model, rule: names.Rule, tensor, rope_permuted: bool) -> None:
     """Swap in the packed layer(s) of one file tensor, over a view of the mapped file."""
     kind = tensor.tensor_type.name
-    raw = torch.from_numpy(tensor.data)  # (rows, bytes per row): no bytes read yet
+    # (rows, bytes per row): no bytes read yet (an F16 tensor comes as float16 values)
+    raw = torch.from_numpy(tensor.data.view(np.uint8))
     in_features = int(tensor.shape[0])
     for name, rows in names.to_giraffe(rule, raw, model.config, rope_permuted).items():
         owner_path, _, attr = name.removesuffix(".weight").rpartition(".")

@@ -25,12 +25,20 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import sys
 
 import torch
 
 from giraffe.quant import kernels
 from giraffe.quant.groupwise import GroupQuantLinear
-from giraffe.quant.linear import KERNEL_KINDS, FusedQuant, QuantLinear, int8_activations
+from giraffe.quant.linear import (
+    KERNEL_KINDS,
+    FusedQuant,
+    QuantLinear,
+    int8_activations,
+    kernel_max_rows,
+)
+from giraffe.quant.types import FLOAT_KINDS
 
 MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
 
@@ -238,7 +246,17 @@ class FastDecode:
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
-        self.int8_on = False  # whether the C step's products use the int8 GEMM
+        self.int8_on = None  # whether the C step's products use the int8 GEMM (None: not set)
+        # rows a call may have: past them an F16/BF16 product (always on the float kernel)
+        # loses to the module path's dequantize-then-GEMM (a 512-token SmolLM2 BF16 prompt:
+        # 2.1 s in the C step, 0.8 s on the module path; measured 2026-12-07)
+        float_parts = any(
+            kind in FLOAT_KINDS
+            for layer in layers
+            for m in layer[2:]
+            for _, kind, _ in m._source.segments
+        )
+        self.float_rows = kernel_max_rows(FLOAT_KINDS[0]) if float_parts else sys.maxsize
         # decode rows run as one team of threads for all layers (csrc/decode_rows.h: the
         # same numbers as layer by layer, which tests compare by turning this off)
         self.team = True
@@ -333,6 +351,9 @@ class FastDecode:
         if slots is None or not all(_set_adapter(*a) for a in self.adapters):
             return None
         n = B * T
+        self._use_int8(int8_activations())
+        if n > self.float_rows:
+            return None  # products on the float kernel: the module path's GEMM is faster
         if positions is None:
             positions = slots[:, None]
         x = self._embed(model, ids, positions)  # (n, C)
@@ -343,7 +364,6 @@ class FastDecode:
         pieces = -(-n // self.prompt_rows) if shared else 1
         bounds = [i * n // pieces for i in range(pieces + 1)]
         self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, flash=shared)
-        self._use_int8(int8_activations())
         for start, stop in itertools.pairwise(bounds):
             self._call(model, cache, x, slots, at, start, stop - start, shared)
         cache.advance(T)

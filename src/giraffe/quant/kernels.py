@@ -34,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 16
+ABI_VERSION = 17
 
 
 class KernelMismatchError(RuntimeError):
@@ -158,7 +158,7 @@ def check_library(lib) -> None:
             f"the compiled kernel library speaks ABI {version}, giraffe expects {ABI_VERSION}; "
             f"delete {cache_dir()} so it rebuilds from this version's sources"
         )
-    columns = 7  # csrc/blocks.h's BLOCK_TABLE_COLUMNS
+    columns = 8  # csrc/blocks.h's BLOCK_TABLE_COLUMNS
     table = (ctypes.c_int32 * (columns * 64))()
     rows = lib.giraffe_block_table(table, 64)
     theirs = {tuple(table[r * columns : (r + 1) * columns]) for r in range(max(rows, 0))}
@@ -191,6 +191,12 @@ def check_int8_sizes(lib) -> None:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_void_p]
     for kind, t in BLOCK_TYPES.items():
+        if not t.int8:  # a float type: no int8 form, and the library must say so
+            if fn(t.code, 0, SCALE_FORMS[torch.float32], 8, out) == 0:
+                raise KernelMismatchError(
+                    f"the compiled kernels offer an int8 form for {kind}, which has none"
+                )
+            continue
         for form, dtype, blocks in itertools.product(
             dict.fromkeys((0, t.nibbles)),
             dict.fromkeys((torch.float32, file_scale_dtype(kind))),

@@ -24,12 +24,22 @@ from torch import nn
 
 from giraffe.quant import kernels
 from giraffe.quant.blocks import BLOCK_SIZES, dequantize, row_bytes
+from giraffe.quant.types import FLOAT_KINDS
 
 KERNEL_KINDS = tuple(kernels.KIND_CODES)
 # Above this many input rows, dequantize-then-matmul (MKL) beats the packed kernel, which
 # unpacks each block once per 8 rows (measured on SmolLM2, 2 threads: the kernel is faster
 # up to ~256 prompt tokens, 0.87x at 512).
 KERNEL_MAX_ROWS = 192
+# F16/BF16 weights cost the kernel no unpacking, so the float GEMM wins much sooner:
+# 1536x576 on 2 threads, the kernel 0.45 ms at 16 rows vs 0.60, 0.91 at 32 vs 0.72
+# (measured 2026-12-07).
+FLOAT_KIND_MAX_ROWS = 24
+
+
+def kernel_max_rows(kind: str) -> int:
+    """Input rows up to which the packed float kernel beats dequantize-then-matmul."""
+    return FLOAT_KIND_MAX_ROWS if kind in FLOAT_KINDS else KERNEL_MAX_ROWS
 
 
 def int8_activations() -> bool:
@@ -136,7 +146,7 @@ class QuantLinear(nn.Module):
             return y if self.bias is None else y + self.bias
         if self.packed is None:  # compacted: float paths dequantize the tiles
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
-        fast = float_input and self.kind in KERNEL_KINDS and rows <= KERNEL_MAX_ROWS
+        fast = float_input and self.kind in KERNEL_KINDS and rows <= kernel_max_rows(self.kind)
         if fast and kernels.available():
             y = kernels.qmatmul(self.packed, self.kind, self.out_features, self.in_features, x)
             return y if self.bias is None else y + self.bias
@@ -213,8 +223,10 @@ class FusedQuant:
         self.packed, self._int8 = None, None
         compacted = [p.packed is None for p in parts]
         tiled = all(n % 16 == 0 for n in self.sizes[:-1])
-        if self.kind is None or any(compacted):
-            self.kind = None  # separate segments, each part its own form
+        if self.kind is None or any(compacted) or self.kind in FLOAT_KINDS:
+            # separate segments, each part its own form; F16/BF16 parts stay views of the
+            # file's map (one buffer would copy them, at 2 bytes a weight)
+            self.kind = None
         elif tiled and int8_activations() and self.kind in kernels.int8_kinds():
             # the parts' blocks repacked into one buffer of tiles; compact() drops the blocks
             packed, repack = [p.packed for p in parts], repack or kernels.repack_int8
@@ -273,7 +285,7 @@ class FusedQuant:
         inference = whole and not torch.is_grad_enabled()
         if inference and int8_activations() and self.int8_segments()[0] is not None:
             y = kernels.gemm_int8(self._int8, x)
-        elif whole and self.packed is not None and rows <= KERNEL_MAX_ROWS:
+        elif whole and self.packed is not None and rows <= kernel_max_rows(self.kind):
             y = kernels.qmatmul(self.packed, self.kind, sum(self.sizes), self.in_features, x)
         else:
             return tuple(p(x) for p in self.parts)

@@ -1,7 +1,7 @@
 """Post-training quantization of one weight matrix into a ggml block type.
 
-Legacy 32-weight types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) come from the `gguf` package's
-quantizers (bit for bit llama.cpp's); K-quants (Q4_K, Q5_K, Q6_K) from
+Legacy 32-weight types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and BF16 (rounded to nearest even)
+come from the `gguf` package's quantizers (bit for bit llama.cpp's); K-quants (Q4_K, Q5_K, Q6_K) from
 `giraffe.quant.kquants`. A row length the type's blocks do not divide falls back the way
 llama.cpp's quantizer does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; 32-weight types
 -> F32), and the caller is told which type each matrix really got. Knows nothing of
@@ -32,7 +32,7 @@ def target_type(kind: str, n_in: int) -> str:
     kind = kind.upper()
     if kind not in TYPES:
         raise ValueError(f"unknown quantization type {kind!r}; choose one of {', '.join(TYPES)}")
-    if kind in ("F32", "F16"):
+    if kind in ("F32", "F16", "BF16"):
         return kind
     if n_in % BLOCK_SIZES[kind][0] == 0:
         return kind

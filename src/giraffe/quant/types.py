@@ -3,7 +3,9 @@
 Every block-type fact lives here once: the kernels' code, weights and bytes per block
 (ggml-common.h), and the int8 form the VNNI GEMM repacks into (integer offset, an added
 min, how its integers are packed, whether each 16 weights carry their own scale).
-`giraffe.quant.blocks` (sizes), `giraffe.quant.kernels` (codes) and the command line's
+F16 and BF16 are here too (the kernels read them in place, as 64-byte "blocks" of 32),
+marked as having no int8 form. `giraffe.quant.blocks` (sizes), `giraffe.quant.kernels`
+(codes) and the command line's
 `--to` choices derive from it; the compiled library exports its own copy of the table
 (csrc/blocks.h) and `kernels` refuses to run one that differs. The writers live in
 `giraffe.quant.ptq`.
@@ -24,6 +26,10 @@ class BlockType(NamedTuple):
     # 3 nibbles + fifth- and sixth-bit planes
     nibbles: int
     split: int  # int8 form has a scale per 16 weights (Q6_K's sub-blocks), no min
+    # 1: the int8 GEMM takes the type (repacked into the form above); 0: a float type
+    # (F16, BF16) that only the float kernel runs - rounding its weights to integers
+    # would change the file's numbers
+    int8: int = 1
 
 
 BLOCK_TYPES = {
@@ -35,8 +41,14 @@ BLOCK_TYPES = {
     "Q4_K": BlockType(5, 256, 144, 0, 1, 1, 0),
     "Q5_K": BlockType(6, 256, 176, 0, 1, 2, 0),
     "Q6_K": BlockType(7, 256, 210, -32, 0, 3, 1),
+    # 2-byte floats, walked by the kernels 32 to a "block" (64 bytes)
+    "F16": BlockType(8, 32, 64, 0, 0, 0, 0, int8=0),
+    "BF16": BlockType(9, 32, 64, 0, 0, 0, 0, int8=0),
 }
 
+FLOAT_KINDS = tuple(k for k, t in BLOCK_TYPES.items() if not t.int8)  # F16, BF16
 K_QUANT_TYPES = tuple(k for k, t in BLOCK_TYPES.items() if t.weights == 256)  # giraffe writes
-GGUF_QUANTIZED = tuple(k for k in BLOCK_TYPES if k not in K_QUANT_TYPES)  # gguf writes
-TYPES = ("F32", "F16", *GGUF_QUANTIZED, *K_QUANT_TYPES)
+GGUF_QUANTIZED = tuple(  # gguf writes
+    k for k in BLOCK_TYPES if k not in K_QUANT_TYPES and k not in FLOAT_KINDS
+)
+TYPES = ("F32", *FLOAT_KINDS, *GGUF_QUANTIZED, *K_QUANT_TYPES)

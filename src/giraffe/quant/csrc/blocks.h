@@ -28,29 +28,34 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 16
+#define GIRAFFE_ABI_VERSION 17
 
-enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, N_KINDS = 8 };
+/* F16 and BF16 are plain 2-byte floats; here a "block" is 32 of them, so that the float
+ * kernel walks their rows as it walks the 32-weight types'. */
+enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F16 = 8, BF16 = 9, N_KINDS = 10 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
-static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210};
-static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256};
+static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64};
+static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32};
 /* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
  * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
  * nibbles plus a plane of fifth bits; 3: 6 bits, nibbles plus planes of fifth and sixth
  * bits), whether each 16 weights have their own scale. */
-static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32};
-static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3};
-static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1};
-enum { BLOCK_TABLE_COLUMNS = 7 };
+static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0};
+static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0};
+static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+/* Whether the type has an int8 form at all: F16/BF16 weights are not integers, and
+ * rounding them to int8 would change the file's numbers; they run on the float kernel. */
+static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+enum { BLOCK_TABLE_COLUMNS = 8 };
 
-/* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split.
+/* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split, form.
  * Returns the number of rows written (N_KINDS), or -1 when `max_rows` is too small. */
 int giraffe_block_table(int32_t *out, int max_rows) {
     if (max_rows < N_KINDS) return -1;
     for (int k = 0; k < N_KINDS; k++) {
         const int32_t row[BLOCK_TABLE_COLUMNS] = {k, BLOCK_WEIGHTS[k], BLOCK_BYTES[k], I8_OFFSET[k],
-                                                  I8_HAS_MIN[k], I8_NIBBLES[k], I8_SPLIT[k]};
+                                                  I8_HAS_MIN[k], I8_NIBBLES[k], I8_SPLIT[k], I8_FORM[k]};
         memcpy(out + k * BLOCK_TABLE_COLUMNS, row, sizeof(row));
     }
     return N_KINDS;
@@ -66,7 +71,16 @@ static inline int64_t row_bytes_of(int kind, int64_t n_in) {
     return n_in / BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind];
 }
 
-static inline int is_k_quant(int kind) { return kind >= Q4_K; }
+static inline int is_k_quant(int kind) { return kind >= Q4_K && kind <= Q6_K; }
+static inline int is_float16(int kind) { return kind == F16 || kind == BF16; }
+
+/* A bfloat16 is the top half of a float32: widening is exact. */
+static inline float bf16_to_fp32(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
 
 static inline float fp16_to_fp32(uint16_t h) {
 #ifdef __F16C__
@@ -182,6 +196,12 @@ static inline int i8_offset(int kind) { return I8_OFFSET[kind]; }
 /* Scalar reference: the 32 weights of sub-block b of a row, exactly as ggml's dequantize:
  * d * (q + offset) + m from the integer form, in ggml's order of roundings. */
 static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) {
+    if (is_float16(kind)) { /* the 32 floats themselves, widened exactly */
+        const uint8_t *blk = row + 64 * b;
+        for (int l = 0; l < 32; l++)
+            y[l] = kind == F16 ? fp16_to_fp32(read_u16(blk + 2 * l)) : bf16_to_fp32(read_u16(blk + 2 * l));
+        return;
+    }
     uint8_t q[32];
     float d[2], m;
     sub_block_ints(row, kind, b, q, d, &m);
@@ -208,6 +228,17 @@ static inline __m256i legacy_quants(const uint8_t *q, uint32_t qh, int five) {
 
 /* The 32 weights of sub-block b as two float vectors; same numbers as sub_block_scalar. */
 static inline void sub_block_values(const uint8_t *row, int kind, int64_t b, __m512 *lo, __m512 *hi) {
+    if (is_float16(kind)) { /* widened exactly: fp16 by the F16C conversion, bf16 by a shift */
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(row + 64 * b));
+        const __m256i c = _mm256_loadu_si256((const __m256i *)(row + 64 * b + 32));
+        if (kind == F16) {
+            *lo = _mm512_cvtph_ps(a), *hi = _mm512_cvtph_ps(c);
+        } else {
+            *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
+            *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16));
+        }
+        return;
+    }
     const sub_ref s = locate(row, kind, b);
     const uint8_t *blk = s.blk;
     const int j = s.j;

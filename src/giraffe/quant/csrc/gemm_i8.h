@@ -48,7 +48,7 @@ enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES 
  * nibbles + 64 of fifth and 64 of sixth bits. */
 static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : form == 2 ? 320 : 384; }
 
-int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS; }
+int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS && I8_FORM[kind]; }
 
 /* The packed form of a type's integers (1 nibbles, 2 fives, 3 sixes; 0: bytes only). */
 int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
