@@ -22,7 +22,7 @@ from giraffe.quant.linear import (
 # Relative to the output's scale: float32 accumulation in another order.
 TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
 # Where the fp16 scales sit in a K-quant super-block (the rest may be any bytes).
-K_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+K_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q3_K": (108,)}
 
 
 def packed_weight(kind, rows=96, cols=256, seed=0):

@@ -41,13 +41,19 @@ BLOCK_TYPES = {
     "Q4_K": BlockType(5, 256, 144, 0, 1, 1, 0),
     "Q5_K": BlockType(6, 256, 176, 0, 1, 2, 0),
     "Q6_K": BlockType(7, 256, 210, -32, 0, 3, 1),
+    # 3 bits: 2 from qs, 1 from hmask; 16 signed 6-bit scales a super-block, one per 16
+    # weights (the "split" form, as Q6_K's), offset -4. Read and run, not written here.
+    "Q3_K": BlockType(10, 256, 110, -4, 0, 1, 1),
     # 2-byte floats, walked by the kernels 32 to a "block" (64 bytes)
     "F16": BlockType(8, 32, 64, 0, 0, 0, 0, int8=0),
     "BF16": BlockType(9, 32, 64, 0, 0, 0, 0, int8=0),
 }
 
 FLOAT_KINDS = tuple(k for k, t in BLOCK_TYPES.items() if not t.int8)  # F16, BF16
-K_QUANT_TYPES = tuple(k for k, t in BLOCK_TYPES.items() if t.weights == 256)  # giraffe writes
+READ_ONLY = ("Q3_K",)  # types giraffe runs but has no quantizer for
+K_QUANT_TYPES = tuple(  # giraffe writes
+    k for k, t in BLOCK_TYPES.items() if t.weights == 256 and k not in READ_ONLY
+)
 GGUF_QUANTIZED = tuple(  # gguf writes
     k for k in BLOCK_TYPES if k not in K_QUANT_TYPES and k not in FLOAT_KINDS
 )

@@ -28,25 +28,26 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 17
+#define GIRAFFE_ABI_VERSION 18
 
 /* F16 and BF16 are plain 2-byte floats; here a "block" is 32 of them, so that the float
  * kernel walks their rows as it walks the 32-weight types'. */
-enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F16 = 8, BF16 = 9, N_KINDS = 10 };
+enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F16 = 8, BF16 = 9, Q3_K = 10,
+       N_KINDS = 11 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
-static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64};
-static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32};
+static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64, 110};
+static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 256};
 /* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
  * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
  * nibbles plus a plane of fifth bits; 3: 6 bits, nibbles plus planes of fifth and sixth
  * bits), whether each 16 weights have their own scale. */
-static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0};
-static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0};
-static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0, -4};
+static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0, 1};
+static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1};
 /* Whether the type has an int8 form at all: F16/BF16 weights are not integers, and
  * rounding them to int8 would change the file's numbers; they run on the float kernel. */
-static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1};
 enum { BLOCK_TABLE_COLUMNS = 8 };
 
 /* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split, form.
@@ -71,7 +72,7 @@ static inline int64_t row_bytes_of(int kind, int64_t n_in) {
     return n_in / BLOCK_WEIGHTS[kind] * BLOCK_BYTES[kind];
 }
 
-static inline int is_k_quant(int kind) { return kind >= Q4_K && kind <= Q6_K; }
+static inline int is_k_quant(int kind) { return BLOCK_WEIGHTS[kind] == 256; }
 static inline int is_float16(int kind) { return kind == F16 || kind == BF16; }
 
 /* A bfloat16 is the top half of a float32: widening is exact. */
@@ -110,6 +111,14 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
     }
 }
 
+/* Scale i (0-15, 6 bits) of a Q3_K super-block's 12 packed bytes: the low 4 bits from
+ * bytes 0-7 (low nibbles for 0-7, high for 8-15), the top 2 from bytes 8-11 (ggml's
+ * kmask1/kmask2 unpacking, one scale at a time). */
+static inline int q3_k_scale(const uint8_t *sc, int i) {
+    const int low = i < 8 ? sc[i] & 0x0F : sc[i - 8] >> 4;
+    return low | (((sc[8 + i % 4] >> (2 * (i / 4))) & 3) << 4);
+}
+
 /* Affine form of sub-block b: w[l] = mul[l < 16 ? 0 : 1] * q[l] + add, q[l] unsigned
  * (legacy Q4_0/Q5_0/Q6_K fold their offset into `add`/q). Q8_0 has signed q. */
 typedef struct { const uint8_t *blk; int j; } sub_ref;
@@ -135,6 +144,11 @@ static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *
         const int8_t *scales = (const int8_t *)(s.blk + 192) + 8 * (s.j / 4) + 2 * (s.j % 4);
         *d = fp16_to_fp32(read_u16(s.blk + 208)), *dmin = 0.0f;
         *sc = scales[0], *m = scales[1];
+        return;
+    }
+    if (kind == Q3_K) { /* its two 16-weight scales, signed: the 6-bit value minus 32 */
+        *d = fp16_to_fp32(read_u16(s.blk + 108)), *dmin = 0.0f;
+        *sc = q3_k_scale(s.blk + 96, 2 * s.j) - 32, *m = q3_k_scale(s.blk + 96, 2 * s.j + 1) - 32;
         return;
     }
     scale_min_k4(s.j, s.blk + 4, sc, m);
@@ -175,6 +189,14 @@ static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8
             if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
             q[l] = (uint8_t)v;
         }
+    } else if (kind == Q3_K) { /* 2 low bits from qs (shift 2 * (j % 4) in half j / 4), the
+                                  * third from bit j of hmask; ggml's q - (h ? 0 : 4) = (q + 4h) - 4 */
+        const uint8_t *qs = blk + 32 + 32 * (j / 4);
+        const float dd = fp16_to_fp32(read_u16(blk + 108));
+        d[0] = dd * (float)(q3_k_scale(blk + 96, 2 * j) - 32);
+        d[1] = dd * (float)(q3_k_scale(blk + 96, 2 * j + 1) - 32);
+        for (int l = 0; l < 32; l++) q[l] = (uint8_t)(((qs[l] >> (2 * (j % 4))) & 3) | (((blk[l] >> j) & 1) << 2));
+        return;
     } else { /* Q6_K: half h = j/4 and k = j%4 pick the low/high bits and two scales */
         const int h = j / 4, k = j % 4;
         const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
@@ -237,6 +259,12 @@ static inline void sub_block_values(const uint8_t *row, int kind, int64_t b, __m
             *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(a), 16));
             *hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(c), 16));
         }
+        return;
+    }
+    if (kind == Q3_K) { /* the scalar form (float activations only: the int8 GEMM runs it) */
+        float y[32];
+        sub_block_scalar(row, kind, b, y);
+        *lo = _mm512_loadu_ps(y), *hi = _mm512_loadu_ps(y + 16);
         return;
     }
     const sub_ref s = locate(row, kind, b);

@@ -458,8 +458,9 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
         else if (w->sform == SF_K) I8_BLOCK(NIB, has_min, 0, SF_K);          \
         else I8_BLOCK(NIB, has_min, 0, SF_FLOAT);                            \
     } while (0)
-        if (I8_SPLIT[kind]) { /* Q6_K: its own scales, as sixes or bytes */
+        if (I8_SPLIT[kind]) { /* Q6_K (sixes) and Q3_K (nibbles): their own scales */
             if (nibbles == 3) I8_BLOCK(3, 0, 1, SF_K);
+            else if (nibbles == 1) I8_BLOCK(1, 0, 1, SF_K);
             else if (w->sform == SF_K) I8_BLOCK(0, 0, 1, SF_K);
             else I8_BLOCK(0, 0, 1, SF_FLOAT);
         } else if (nibbles == 1) I8_FORMS(1);
