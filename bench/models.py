@@ -17,7 +17,7 @@ llama.cpp's own `llama_model_quantize` from the shipped weights written out as F
 Qwen2.5-Coder-0.5B-Instruct Q4_K_M, Gemma 3 270M Q4_K_M, and a giraffe int4 folder (giraffe
 only; llama.cpp cannot read it). A row that fails (a model not installed, an architecture
 not supported yet) is reported as an error and the suite goes on. `BEYOND` rows (SmolLM2 as
-BF16 and F16) run only when named in --rows. Derived files are
+BF16, F16, IQ4_NL, IQ4_XS and Q2_K) run only when named in --rows. Derived files are
 cached in ~/.cache/giraffe/bench-models. Ratios are giraffe / llama.cpp from the same run;
 absolute numbers on a shared machine are noise.
 
@@ -58,9 +58,15 @@ SUITE = {
 # Beyond the suite (run them by name with --rows): 2-byte float files, which the int8 GEMM
 # cannot take (their weights are not integers) and which decode at the read rate on both
 # engines, so no ratio goal applies; they show the float kernel holds its own.
+# The other rows are llama.cpp's lower-bit types beyond the suite: IQ4_NL, IQ4_XS (an
+# importance-matrix family; llama.cpp quantizes them here without one) and Q2_K (whose
+# SmolLM2 file holds Q3_K and Q4_0 matrices, 576-wide rows not taking 256-weight blocks).
 BEYOND = {
     "smollm2-135m-bf16": ("llama.cpp", "LLAMA_FTYPE_MOSTLY_BF16"),
     "smollm2-135m-f16": ("llama.cpp", "LLAMA_FTYPE_MOSTLY_F16"),
+    "smollm2-135m-iq4_nl": ("llama.cpp", "LLAMA_FTYPE_MOSTLY_IQ4_NL"),
+    "smollm2-135m-iq4_xs": ("llama.cpp", "LLAMA_FTYPE_MOSTLY_IQ4_XS"),
+    "smollm2-135m-q2_k": ("llama.cpp", "LLAMA_FTYPE_MOSTLY_Q2_K"),
 }
 ROWS = {**SUITE, **BEYOND}
 QUICK = ("smollm2-135m-q4_1", "qwen2.5-coder-0.5b-q4_k_m")

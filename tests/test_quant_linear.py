@@ -22,13 +22,16 @@ from giraffe.quant.linear import (
 # Relative to the output's scale: float32 accumulation in another order.
 TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
 # Where the fp16 scales sit in a K-quant super-block (the rest may be any bytes).
-K_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q3_K": (108,)}
+# (gguf only dequantizes these: every bit pattern is valid but the fp16 scales')
+K_SCALE_OFFSETS = {
+    "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q3_K": (108,), "IQ4_NL": (0,), "IQ4_XS": (0,),
+}  # fmt: skip
 
 
 def packed_weight(kind, rows=96, cols=256, seed=0):
     """Real quantized rows where the gguf package can quantize `kind`, else random blocks."""
     rng = np.random.default_rng(seed)
-    if kind in K_SCALE_OFFSETS:  # gguf only dequantizes K-quants: every bit pattern is valid
+    if kind in K_SCALE_OFFSETS:
         weights, size = BLOCK_SIZES[kind]
         raw = rng.integers(0, 256, (rows, cols // weights, size), dtype=np.uint8)
         for at in K_SCALE_OFFSETS[kind]:
@@ -214,10 +217,12 @@ def test_inputs_that_need_gradients_keep_the_differentiable_path():
 @needs_vnni
 @pytest.mark.parametrize("kind", kernels.nibble_kinds())
 def test_4_5_and_6_bit_types_give_the_same_products_packed_and_as_bytes(kind):
+    """Every packed form (nibbles, fifth and sixth bit planes, IQ4 grid indices) against
+    the same integers a byte each."""
     packed = packed_weight(kind, rows=40, cols=512)
     nibbles = kernels.repack_int8(packed, kind, 40, 512)
     as_bytes = kernels.repack_int8(packed, kind, 40, 512, nibbles=False)
-    per_block = {1: 256, 2: 320, 3: 384}[nibbles.nibbles]  # nibbles (+ fifth (+ sixth) bits)
+    per_block = {1: 256, 2: 320, 3: 384, 4: 256}[nibbles.nibbles]  # + fifth (+ sixth) bits
     assert nibbles.q.numel() * 512 == as_bytes.q.numel() * per_block
     assert torch.equal(nibbles.dequantize(), as_bytes.dequantize())
     x = torch.randn(7, 512)

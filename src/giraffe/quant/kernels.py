@@ -34,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 18
+ABI_VERSION = 19
 
 
 class KernelMismatchError(RuntimeError):
@@ -363,9 +363,9 @@ def nibble_kinds() -> tuple[str, ...]:
 
 # The scales' dtype in an Int8Weights -> csrc/gemm_i8.h's scale form.
 SCALE_FORMS = {torch.float32: 0, torch.float16: 1, torch.uint8: 2}
-# Bytes of a tile's block of 32 inputs per integer form (bytes, nibbles, fives, sixes):
-# csrc/gemm_i8.h's i8_block_bytes.
-FORM_BLOCK_BYTES = (512, 256, 320, 384)
+# Bytes of a tile's block of 32 inputs per integer form (bytes, nibbles, fives, sixes,
+# grid indices): csrc/gemm_i8.h's i8_block_bytes.
+FORM_BLOCK_BYTES = (512, 256, 320, 384, 256)
 
 
 def file_scale_dtype(kind: str) -> torch.dtype:

@@ -23,7 +23,7 @@ class BlockType(NamedTuple):
     offset: int  # int8 form: w = d * (q + offset) + m with q unsigned
     has_min: int  # int8 form adds a per-sub-block minimum m
     # int8 form packed: 0 a byte each, 1 4-bit nibbles, 2 nibbles + a fifth-bit plane,
-    # 3 nibbles + fifth- and sixth-bit planes
+    # 3 nibbles + fifth- and sixth-bit planes, 4 nibbles that index the IQ4 grid
     nibbles: int
     split: int  # int8 form has a scale per 16 weights (Q6_K's sub-blocks), no min
     # 1: the int8 GEMM takes the type (repacked into the form above); 0: a float type
@@ -44,17 +44,22 @@ BLOCK_TYPES = {
     # 3 bits: 2 from qs, 1 from hmask; 16 signed 6-bit scales a super-block, one per 16
     # weights (the "split" form, as Q6_K's), offset -4. Read and run, not written here.
     "Q3_K": BlockType(10, 256, 110, -4, 0, 1, 1),
+    # 4-bit indices into a non-linear grid (-127 .. 113): the int8 form keeps the indices
+    # (nibbles = 4) and the kernel maps them with one byte shuffle; IQ4_XS's one signed
+    # scale per 32 weights is stored as Q6_K's two (the same twice). Read and run only.
+    "IQ4_NL": BlockType(11, 32, 18, -128, 0, 4, 0),
+    "IQ4_XS": BlockType(12, 256, 136, -128, 0, 4, 1),
     # 2-byte floats, walked by the kernels 32 to a "block" (64 bytes)
     "F16": BlockType(8, 32, 64, 0, 0, 0, 0, int8=0),
     "BF16": BlockType(9, 32, 64, 0, 0, 0, 0, int8=0),
 }
 
 FLOAT_KINDS = tuple(k for k, t in BLOCK_TYPES.items() if not t.int8)  # F16, BF16
-READ_ONLY = ("Q3_K",)  # types giraffe runs but has no quantizer for
+READ_ONLY = ("Q3_K", "IQ4_NL", "IQ4_XS")  # types giraffe runs but has no quantizer for
 K_QUANT_TYPES = tuple(  # giraffe writes
     k for k, t in BLOCK_TYPES.items() if t.weights == 256 and k not in READ_ONLY
 )
 GGUF_QUANTIZED = tuple(  # gguf writes
-    k for k in BLOCK_TYPES if k not in K_QUANT_TYPES and k not in FLOAT_KINDS
+    k for k, t in BLOCK_TYPES.items() if t.weights == 32 and t.int8 and k not in READ_ONLY
 )
 TYPES = ("F32", *FLOAT_KINDS, *GGUF_QUANTIZED, *K_QUANT_TYPES)

@@ -28,26 +28,40 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 18
+#define GIRAFFE_ABI_VERSION 19
 
 /* F16 and BF16 are plain 2-byte floats; here a "block" is 32 of them, so that the float
  * kernel walks their rows as it walks the 32-weight types'. */
 enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F16 = 8, BF16 = 9, Q3_K = 10,
-       N_KINDS = 11 };
+       IQ4_NL = 11, IQ4_XS = 12, N_KINDS = 13 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
-static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64, 110};
-static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 256};
+static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64, 110, 18, 136};
+static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 256, 32, 256};
 /* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
  * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
  * nibbles plus a plane of fifth bits; 3: 6 bits, nibbles plus planes of fifth and sixth
- * bits), whether each 16 weights have their own scale. */
-static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0, -4};
-static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0, 1};
-static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1};
+ * bits; 4: 4-bit indices into IQ4_VALUES, two a byte), whether each 16 weights have
+ * their own scale (IQ4_XS: the same scale twice, so that its signed scales take Q6_K's
+ * form). */
+static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0, -4, -128, -128};
+static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0, 1, 4, 4};
+static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1};
+/* The IQ4 types' non-linear grid (ggml's kvalues_iq4nl, -127 .. 113) plus 128: the unsigned
+ * integers of their int8 form (offset -128). */
+static const uint8_t IQ4_VALUES[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
+/* Bit planes beside the nibbles in a packed form: fifth bits (2), fifth and sixth (3). */
+static inline int i8_planes(int form) { return form == 2 ? 1 : form == 3 ? 2 : 0; }
+/* An IQ4 integer back to its 4-bit index (the repack stores indices). */
+static inline int iq4_index(uint8_t u) {
+    int i = 0;
+    while (i < 15 && IQ4_VALUES[i] != u) i++;
+    return i;
+}
+
 /* Whether the type has an int8 form at all: F16/BF16 weights are not integers, and
  * rounding them to int8 would change the file's numbers; they run on the float kernel. */
-static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1};
+static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1};
 enum { BLOCK_TABLE_COLUMNS = 8 };
 
 /* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split, form.
@@ -119,6 +133,12 @@ static inline int q3_k_scale(const uint8_t *sc, int i) {
     return low | (((sc[8 + i % 4] >> (2 * (i / 4))) & 3) << 4);
 }
 
+/* Scale j (0-7, 6 bits) of an IQ4_XS super-block: 4 low bits from scales_l (bytes 4-7),
+ * 2 high from scales_h (bytes 2-3). */
+static inline int iq4_xs_scale(const uint8_t *blk, int j) {
+    return ((blk[4 + j / 2] >> (4 * (j % 2))) & 0x0F) | (((read_u16(blk + 2) >> (2 * j)) & 3) << 4);
+}
+
 /* Affine form of sub-block b: w[l] = mul[l < 16 ? 0 : 1] * q[l] + add, q[l] unsigned
  * (legacy Q4_0/Q5_0/Q6_K fold their offset into `add`/q). Q8_0 has signed q. */
 typedef struct { const uint8_t *blk; int j; } sub_ref;
@@ -144,6 +164,11 @@ static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *
         const int8_t *scales = (const int8_t *)(s.blk + 192) + 8 * (s.j / 4) + 2 * (s.j % 4);
         *d = fp16_to_fp32(read_u16(s.blk + 208)), *dmin = 0.0f;
         *sc = scales[0], *m = scales[1];
+        return;
+    }
+    if (kind == IQ4_XS) { /* one signed 6-bit scale per 32 weights, given as both halves' */
+        *d = fp16_to_fp32(read_u16(s.blk)), *dmin = 0.0f;
+        *sc = *m = iq4_xs_scale(s.blk, s.j) - 32;
         return;
     }
     if (kind == Q3_K) { /* its two 16-weight scales, signed: the 6-bit value minus 32 */
@@ -188,6 +213,14 @@ static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8
             int v = j % 2 ? nib[l] >> 4 : nib[l] & 0x0F;
             if (kind == Q5_K) v |= ((qh[l] >> j) & 1) << 4;
             q[l] = (uint8_t)v;
+        }
+    } else if (kind == IQ4_NL || kind == IQ4_XS) { /* d * grid[index], ggml's order */
+        const uint8_t *nib = kind == IQ4_NL ? blk + 2 : blk + 8 + 16 * j;
+        const float dd = fp16_to_fp32(read_u16(blk));
+        d[0] = kind == IQ4_NL ? dd : dd * (float)(iq4_xs_scale(blk, j) - 32);
+        for (int l = 0; l < 16; l++) {
+            q[l] = IQ4_VALUES[nib[l] & 0x0F];
+            q[l + 16] = IQ4_VALUES[nib[l] >> 4];
         }
     } else if (kind == Q3_K) { /* 2 low bits from qs (shift 2 * (j % 4) in half j / 4), the
                                   * third from bit j of hmask; ggml's q - (h ? 0 : 4) = (q + 4h) - 4 */
@@ -261,7 +294,8 @@ static inline void sub_block_values(const uint8_t *row, int kind, int64_t b, __m
         }
         return;
     }
-    if (kind == Q3_K) { /* the scalar form (float activations only: the int8 GEMM runs it) */
+    if (kind == Q3_K || kind == IQ4_NL || kind == IQ4_XS) { /* the scalar form (float
+                                                              * activations only: the int8 GEMM runs these) */
         float y[32];
         sub_block_scalar(row, kind, b, y);
         *lo = _mm512_loadu_ps(y), *hi = _mm512_loadu_ps(y + 16);

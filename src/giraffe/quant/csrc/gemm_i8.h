@@ -46,7 +46,7 @@ enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES 
 
 /* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits,
  * nibbles + 64 of fifth and 64 of sixth bits. */
-static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 1 ? 256 : form == 2 ? 320 : 384; }
+static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 2 ? 320 : form == 3 ? 384 : 256; }
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS && I8_FORM[kind]; }
 
@@ -180,10 +180,11 @@ int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, u
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
                 else /* groups 2p and 2p+1 share 64 bytes: low and high nibbles */
                     for (int l = 0; l < 32; l++) {
-                        qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)((v[l] & 0x0F) << (l % 8 < 4 ? 0 : 4));
+                        const int nib = nibbles == 4 ? iq4_index(v[l]) : v[l] & 0x0F; /* form 4: grid index */
+                        qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] |= (uint8_t)(nib << (l % 8 < 4 ? 0 : 4));
                         /* fifth (and sixth) bits: word l/4 of their plane, bit of byte 4c + l%4 */
                         const int bit = 4 * c + l % 4;
-                        for (int plane = 0; plane < nibbles - 1; plane++)
+                        for (int plane = 0; plane < i8_planes(nibbles); plane++)
                             if (v[l] & (0x10 << plane))
                                 qt[I8_NIBBLE_BYTES + 64 * plane + 8 * (l / 4) + bit / 8] |= (uint8_t)(1u << (bit % 8));
                     }
@@ -294,7 +295,11 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                     v1 = _mm512_loadu_si512(w1 + (g / 2) * I8_GROUP_BYTES);
                     if (g % 2) v0 = _mm512_srli_epi16(v0, 4), v1 = _mm512_srli_epi16(v1, 4);
                     v0 = _mm512_and_si512(v0, low4), v1 = _mm512_and_si512(v1, low4);
-                    if (nibbles >= 2) { /* OR in the fifth bits: 64 mask bits per group */
+                    if (nibbles == 4) { /* grid indices -> their integers (IQ4_VALUES) */
+                        const __m512i grid = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+                        v0 = _mm512_shuffle_epi8(grid, v0), v1 = _mm512_shuffle_epi8(grid, v1);
+                    }
+                    if (nibbles == 2 || nibbles == 3) { /* OR in the fifth bits: 64 mask bits per group */
                         uint64_t b0, b1;
                         memcpy(&b0, w0 + I8_NIBBLE_BYTES + 8 * g, 8);
                         memcpy(&b1, w1 + I8_NIBBLE_BYTES + 8 * g, 8);
@@ -389,7 +394,8 @@ static void spell_tile(const uint8_t *q, int form, int64_t n_blocks, uint8_t *ou
             __m512i v = _mm512_loadu_si512(w + (g / 2) * I8_GROUP_BYTES);
             if (g % 2) v = _mm512_srli_epi16(v, 4);
             v = _mm512_and_si512(v, low4);
-            for (int plane = 0; plane < form - 1; plane++) { /* fifth, then sixth bits */
+            if (form == 4) v = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)IQ4_VALUES)), v);
+            for (int plane = 0; plane < i8_planes(form); plane++) { /* fifth, then sixth bits */
                 uint64_t bits;
                 memcpy(&bits, w + I8_NIBBLE_BYTES + 64 * plane + 8 * g, 8);
                 v = _mm512_mask_add_epi8(v, _cvtu64_mask64(bits), v, _mm512_set1_epi8((char)(0x10 << plane)));
@@ -461,9 +467,11 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
         if (I8_SPLIT[kind]) { /* Q6_K (sixes) and Q3_K (nibbles): their own scales */
             if (nibbles == 3) I8_BLOCK(3, 0, 1, SF_K);
             else if (nibbles == 1) I8_BLOCK(1, 0, 1, SF_K);
+            else if (nibbles == 4) I8_BLOCK(4, 0, 1, SF_K); /* IQ4_XS */
             else if (w->sform == SF_K) I8_BLOCK(0, 0, 1, SF_K);
             else I8_BLOCK(0, 0, 1, SF_FLOAT);
         } else if (nibbles == 1) I8_FORMS(1);
+        else if (nibbles == 4) I8_FORMS(4); /* IQ4_NL */
         else if (nibbles == 2) I8_FORMS(2);
         else I8_FORMS(0);
 #undef I8_FORMS
@@ -530,8 +538,9 @@ int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nib
                 int v;
                 if (nibbles) v = (qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] >> (l % 8 < 4 ? 0 : 4)) & 0x0F;
                 else v = qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4];
+                if (nibbles == 4) v = IQ4_VALUES[v];
                 const int bit = 4 * c + l % 4;
-                for (int plane = 0; plane < nibbles - 1; plane++) /* fifth and sixth bits */
+                for (int plane = 0; plane < i8_planes(nibbles); plane++) /* fifth and sixth bits */
                     v |= ((qt[I8_NIBBLE_BYTES + 64 * plane + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << (4 + plane);
                 y[l] = (l < 16 ? d0 : d1) * (float)(v + offset);
                 if (has_min) y[l] += m;
