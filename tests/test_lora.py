@@ -233,11 +233,17 @@ def test_applying_lora_keeps_the_compiled_step_and_stripping_restores_fusions():
 
 @pytest.mark.parametrize("int8", ["1", "0"])
 @pytest.mark.parametrize("targets", [("all-linear",), ("q_proj", "v_proj")])
-def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(int8, targets, monkeypatch):
-    """Prompt, then one-token steps: the engine with adapters against the module path."""
+@pytest.mark.parametrize(
+    "kinds", [("Q8_0", "Q4_1"), ("BF16", "Q8_0")], ids=["q8_0+q4_1", "bf16+q8_0"]
+)
+def test_lora_on_the_compiled_step_equals_lora_on_the_module_path(
+    int8, targets, kinds, monkeypatch
+):
+    """Prompt, then one-token steps: the engine with adapters against the module path (the
+    BF16 parts on the float kernel, beside int8 ones)."""
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", int8)
     model = tiny()
-    quantize_blocks(model)
+    quantize_blocks(model, kinds)
     apply_lora(model, LoraConfig(r=4, alpha=8.0, targets=targets))
     randomise(model, std=0.05)
     model.eval()
