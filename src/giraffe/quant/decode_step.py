@@ -13,9 +13,11 @@ token, for the n sequences of a continuous batch (each at its own cache slot), o
 whole prompt of one sequence (rows sharing its cache, causal flash attention; a prompt
 longer than `prompt_rows` goes in pieces, so its scratch stays bounded). It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
-maps asked for, every projection packed in ggml blocks, int8 tiles or group-wise
-int8/int4, optionally under a LoRA adapter whose low-rank delta the C step adds);
-everything else returns None and the model runs its ordinary path. Tests hold the two equal.
+maps asked for, every projection packed in ggml blocks, int8 tiles, group-wise
+int8/int4 or F16/BF16, optionally under a LoRA adapter whose low-rank delta the C step
+adds; with F16/BF16 products, at most `FLOAT_KIND_MAX_ROWS` rows a call, past which the
+module path's GEMM is faster); everything else returns None and the model runs its
+ordinary path. Tests hold the two equal.
 The C arguments are one struct per layer (`LayerStep`, fixed at build) and one per call
 (`DecodeCall`: rows, cache, RoPE rows, scratch), mirrored from csrc/qmatmul.c and
 size-checked against the library.
