@@ -62,11 +62,13 @@ def test_kernel_equals_dequantize_then_matmul(kind, rows, n_out, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
-def test_one_row_kernel_equals_dequantize_then_matmul(kind):
-    """A single input row takes its own kernels (row_dot for Q8_0/Q4_0/Q4_1, half_matvec
-    for F16/BF16: four weight rows at a time, 97 leaves a ragged last group)."""
+@pytest.mark.parametrize("m", [1, 3, 7])
+def test_few_rows_kernel_equals_dequantize_then_matmul(kind, m):
+    """One input row takes its own kernel (row_dot for Q8_0/Q4_0/Q4_1); F16/BF16 take
+    half_matmul at any row count, 4 weight rows against up to 4 input rows at a time (97
+    leaves a ragged last group; 3 and 7 rows a ragged last chunk)."""
     layer = QuantLinear(packed_weight(kind, rows=97), kind, 256, 97)
-    x = torch.randn(1, 256)
+    x = torch.randn(m, 256)
     reference = F.linear(x, layer.dequantized_weight())
     got = kernels.qmatmul(layer.packed, kind, 97, 256, x)
     assert ((got - reference).abs().max() / reference.abs().max()) <= TOLERANCE[kind]
