@@ -182,7 +182,7 @@ static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *
 
 /* The integer form of sub-block b of a row: 32 unsigned q, two scales and a min, with
  *   w[l] = d[l / 16] * (q[l] + i8_offset(kind)) + m.
- * Every type but Q6_K has one scale per 32 weights (d[0] == d[1]); Q6_K's 16-weight
+ * Every type but Q6_K and Q3_K has one scale per 32 weights (d[0] == d[1]); their 16-weight
  * sub-blocks carry their own (d*sc each, no min). Values equal ggml's dequantize bit for
  * bit (same roundings in the same order: the d*sc product first, as ggml does). */
 static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
