@@ -45,12 +45,13 @@
 enum { I8_TILE = 16, I8_GROUP_BYTES = 64, I8_BLOCK_BYTES = 512, I8_NIBBLE_BYTES = 256 };
 
 /* Bytes of one tile's block in a form: bytes, nibbles, nibbles + 64 bytes of fifth bits,
- * nibbles + 64 of fifth and 64 of sixth bits. */
+ * nibbles + 64 of fifth and 64 of sixth bits, grid indices (nibbles). */
 static inline int i8_block_bytes(int form) { return form == 0 ? 512 : form == 2 ? 320 : form == 3 ? 384 : 256; }
 
 int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS && I8_FORM[kind]; }
 
-/* The packed form of a type's integers (1 nibbles, 2 fives, 3 sixes; 0: bytes only). */
+/* The packed form of a type's integers (1 nibbles, 2 fives, 3 sixes, 4 grid indices;
+ * 0: bytes only). */
 int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
 
 /* Scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the type has
