@@ -25,6 +25,7 @@ TOLERANCE = dict.fromkeys(KERNEL_KINDS, 2e-6)
 # (gguf only dequantizes these: every bit pattern is valid but the fp16 scales')
 K_SCALE_OFFSETS = {
     "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q3_K": (108,), "IQ4_NL": (0,), "IQ4_XS": (0,),
+    "Q2_K": (80, 82),
 }  # fmt: skip
 
 

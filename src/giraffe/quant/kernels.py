@@ -34,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 19
+ABI_VERSION = 20
 
 
 class KernelMismatchError(RuntimeError):
@@ -378,8 +378,8 @@ def file_scale_dtype(kind: str) -> torch.dtype:
 def tile_scale_bytes(kind: str, n_in: int, dtype: torch.dtype) -> int:
     """Bytes of scales per tile of 16 rows (csrc/gemm_i8.h's i8_tile_scale_bytes)."""
     blocks, t = n_in // 32, BLOCK_TYPES[kind]
-    if dtype == torch.uint8:  # per super-block 16 fp16 d (and 16 dmin); per block 32 bytes
-        return (blocks // 8) * (64 if t.has_min else 32) + blocks * 32
+    if dtype == torch.uint8:  # per super-block 16 fp16 d (and 16 dmin); per block 16 a set
+        return (blocks // 8) * (64 if t.has_min else 32) + blocks * scales_per_block(kind)
     return blocks * scales_per_block(kind) * (2 if dtype == torch.float16 else 4)
 
 
@@ -391,10 +391,11 @@ def int8_bytes(kind: str, n_out: int, n_in: int) -> int:
 
 
 def scales_per_block(kind: str) -> int:
-    """Floats per tile and block of 32 inputs: 16 scales, and 16 mins (or Q6_K's second
-    scales) where the type has them."""
+    """Scales per tile and block of 32 inputs: 16 per scale set (csrc/blocks.h's i8_sets):
+    the scales, with split scales those of weights 16-31, with mins the mins (per 16
+    weights, with both: Q2_K)."""
     t = BLOCK_TYPES[kind]
-    return 32 if t.has_min or t.split else 16
+    return 16 * (1 + t.split + t.has_min * (1 + t.split))
 
 
 def repack_int8(

@@ -25,7 +25,7 @@ class BlockType(NamedTuple):
     # int8 form packed: 0 a byte each, 1 4-bit nibbles, 2 nibbles + a fifth-bit plane,
     # 3 nibbles + fifth- and sixth-bit planes, 4 nibbles that index the IQ4 grid
     nibbles: int
-    split: int  # int8 form has a scale per 16 weights (Q6_K's sub-blocks), no min
+    split: int  # int8 form has a scale (and, with has_min, a min) per 16 weights
     # 1: the int8 GEMM takes the type (repacked into the form above); 0: a float type
     # (F16, BF16) that only the float kernel runs - rounding its weights to integers
     # would change the file's numbers
@@ -49,13 +49,16 @@ BLOCK_TYPES = {
     # scale per 32 weights is stored as Q6_K's two (the same twice). Read and run only.
     "IQ4_NL": BlockType(11, 32, 18, -128, 0, 4, 0),
     "IQ4_XS": BlockType(12, 256, 136, -128, 0, 4, 1),
+    # 2 bits, a 4-bit scale and a 4-bit min per 16 weights under fp16 d and dmin: split
+    # scales with mins. Read and run only.
+    "Q2_K": BlockType(13, 256, 84, 0, 1, 1, 1),
     # 2-byte floats, walked by the kernels 32 to a "block" (64 bytes)
     "F16": BlockType(8, 32, 64, 0, 0, 0, 0, int8=0),
     "BF16": BlockType(9, 32, 64, 0, 0, 0, 0, int8=0),
 }
 
 FLOAT_KINDS = tuple(k for k, t in BLOCK_TYPES.items() if not t.int8)  # F16, BF16
-READ_ONLY = ("Q3_K", "IQ4_NL", "IQ4_XS")  # types giraffe runs but has no quantizer for
+READ_ONLY = ("Q2_K", "Q3_K", "IQ4_NL", "IQ4_XS")  # types giraffe runs but has no quantizer for
 K_QUANT_TYPES = tuple(  # giraffe writes
     k for k, t in BLOCK_TYPES.items() if t.weights == 256 and k not in READ_ONLY
 )

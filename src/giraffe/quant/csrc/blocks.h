@@ -28,25 +28,25 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 19
+#define GIRAFFE_ABI_VERSION 20
 
 /* F16 and BF16 are plain 2-byte floats; here a "block" is 32 of them, so that the float
  * kernel walks their rows as it walks the 32-weight types'. */
 enum { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2, Q5_0 = 3, Q5_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7, F16 = 8, BF16 = 9, Q3_K = 10,
-       IQ4_NL = 11, IQ4_XS = 12, N_KINDS = 13 };
+       IQ4_NL = 11, IQ4_XS = 12, Q2_K = 13, N_KINDS = 14 };
 /* Bytes per block, and weights per block (32 for legacy types, 256 for K-quants). */
-static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64, 110, 18, 136};
-static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 256, 32, 256};
+static const int BLOCK_BYTES[N_KINDS] = {34, 18, 20, 22, 24, 144, 176, 210, 64, 64, 110, 18, 136, 84};
+static const int BLOCK_WEIGHTS[N_KINDS] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 256, 32, 256, 256};
 /* The int8 form (sub_block_ints, gemm_i8.h): integer offset, whether a min is added, how the
  * integers are stored packed (0: a byte each; 1: 4 bits, two a byte; 2: 5 bits, as 4-bit
  * nibbles plus a plane of fifth bits; 3: 6 bits, nibbles plus planes of fifth and sixth
  * bits; 4: 4-bit indices into IQ4_VALUES, two a byte), whether each 16 weights have
  * their own scale (IQ4_XS: the same scale twice, so that its signed scales take Q6_K's
- * form). */
-static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0, -4, -128, -128};
-static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0};
-static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0, 1, 4, 4};
-static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1};
+ * form) - and, with a min, their own min (Q2_K). */
+static const int I8_OFFSET[N_KINDS] = {-128, -8, 0, -16, 0, 0, 0, -32, 0, 0, -4, -128, -128, 0};
+static const int I8_HAS_MIN[N_KINDS] = {0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1};
+static const int I8_NIBBLES[N_KINDS] = {0, 1, 1, 2, 2, 1, 2, 3, 0, 0, 1, 4, 4, 1};
+static const int I8_SPLIT[N_KINDS] = {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 1};
 /* The IQ4 types' non-linear grid (ggml's kvalues_iq4nl, -127 .. 113) plus 128: the unsigned
  * integers of their int8 form (offset -128). */
 static const uint8_t IQ4_VALUES[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
@@ -59,9 +59,19 @@ static inline int iq4_index(uint8_t u) {
     return i;
 }
 
+/* Scale sets per block of 32 weights, in their order in a tile: d (of weights 0-15), then
+ * with split scales d of weights 16-31, then with a min m (of 0-15), then with split
+ * scales and a min m of 16-31. Q8_0: d; Q4_1, Q4_K: d, m; Q6_K, Q3_K: d, d; Q2_K: d, d,
+ * m, m. */
+static inline int i8_sets(int kind) { return 1 + I8_SPLIT[kind] + I8_HAS_MIN[kind] * (1 + I8_SPLIT[kind]); }
+/* The set holding the scale (is_min 0) or the min (1) of half `half` of a block. */
+static inline int i8_set(int split, int is_min, int half) {
+    return is_min ? 1 + split + (split ? half : 0) : (split ? half : 0);
+}
+
 /* Whether the type has an int8 form at all: F16/BF16 weights are not integers, and
  * rounding them to int8 would change the file's numbers; they run on the float kernel. */
-static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1};
+static const int I8_FORM[N_KINDS] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1};
 enum { BLOCK_TABLE_COLUMNS = 8 };
 
 /* The table above, one row per code: code, weights, bytes, offset, has_min, nibbles, split, form.
@@ -156,47 +166,51 @@ static inline sub_ref locate(const uint8_t *row, int kind, int64_t b) {
 }
 
 /* A K-quant sub-block's scales as the file stores them: the super-block's d and dmin
- * (Q6_K: d, and dmin 0) and the sub-block's 6-bit sc and m (Q6_K: its two 16-weight
- * int8 scales). sub_block_ints' scales are d * sc and -dmin * m of these. */
-static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *d, float *dmin, int *sc, int *m) {
+ * (0 without mins) and the sub-block's integer scales in the order of its scale sets
+ * (i8_sets): Q4_K/Q5_K sc, m (6 bits); Q6_K its two 16-weight int8 scales; Q3_K and IQ4_XS
+ * theirs minus 32 (IQ4_XS's one scale twice); Q2_K sc, sc, m, m (4 bits each).
+ * sub_block_ints' scales are d * sc and -dmin * m of these. */
+static inline void k_scale_ints(const uint8_t *row, int kind, int64_t b, float *d, float *dmin, int *ints) {
     const sub_ref s = locate(row, kind, b);
+    *dmin = 0.0f;
     if (kind == Q6_K) {
         const int8_t *scales = (const int8_t *)(s.blk + 192) + 8 * (s.j / 4) + 2 * (s.j % 4);
-        *d = fp16_to_fp32(read_u16(s.blk + 208)), *dmin = 0.0f;
-        *sc = scales[0], *m = scales[1];
-        return;
+        *d = fp16_to_fp32(read_u16(s.blk + 208));
+        ints[0] = scales[0], ints[1] = scales[1];
+    } else if (kind == IQ4_XS) {
+        *d = fp16_to_fp32(read_u16(s.blk));
+        ints[0] = ints[1] = iq4_xs_scale(s.blk, s.j) - 32;
+    } else if (kind == Q3_K) {
+        *d = fp16_to_fp32(read_u16(s.blk + 108));
+        ints[0] = q3_k_scale(s.blk + 96, 2 * s.j) - 32, ints[1] = q3_k_scale(s.blk + 96, 2 * s.j + 1) - 32;
+    } else if (kind == Q2_K) { /* byte i of scales: scale i in its low nibble, min i in its high */
+        const uint8_t s0 = s.blk[2 * s.j], s1 = s.blk[2 * s.j + 1];
+        *d = fp16_to_fp32(read_u16(s.blk + 80)), *dmin = fp16_to_fp32(read_u16(s.blk + 82));
+        ints[0] = s0 & 0x0F, ints[1] = s1 & 0x0F, ints[2] = s0 >> 4, ints[3] = s1 >> 4;
+    } else {
+        scale_min_k4(s.j, s.blk + 4, &ints[0], &ints[1]);
+        *d = fp16_to_fp32(read_u16(s.blk)), *dmin = fp16_to_fp32(read_u16(s.blk + 2));
     }
-    if (kind == IQ4_XS) { /* one signed 6-bit scale per 32 weights, given as both halves' */
-        *d = fp16_to_fp32(read_u16(s.blk)), *dmin = 0.0f;
-        *sc = *m = iq4_xs_scale(s.blk, s.j) - 32;
-        return;
-    }
-    if (kind == Q3_K) { /* its two 16-weight scales, signed: the 6-bit value minus 32 */
-        *d = fp16_to_fp32(read_u16(s.blk + 108)), *dmin = 0.0f;
-        *sc = q3_k_scale(s.blk + 96, 2 * s.j) - 32, *m = q3_k_scale(s.blk + 96, 2 * s.j + 1) - 32;
-        return;
-    }
-    scale_min_k4(s.j, s.blk + 4, sc, m);
-    *d = fp16_to_fp32(read_u16(s.blk)), *dmin = fp16_to_fp32(read_u16(s.blk + 2));
 }
 
-/* The integer form of sub-block b of a row: 32 unsigned q, two scales and a min, with
- *   w[l] = d[l / 16] * (q[l] + i8_offset(kind)) + m.
- * Every type but Q6_K and Q3_K has one scale per 32 weights (d[0] == d[1]); their 16-weight
- * sub-blocks carry their own (d*sc each, no min). Values equal ggml's dequantize bit for
- * bit (same roundings in the same order: the d*sc product first, as ggml does). */
+/* The integer form of sub-block b of a row: 32 unsigned q, two scales and two mins, with
+ *   w[l] = d[l / 16] * (q[l] + i8_offset(kind)) + m[l / 16].
+ * Types without split scales have one scale and min per 32 weights (d[0] == d[1], m[0] ==
+ * m[1]); Q6_K, Q3_K and Q2_K's 16-weight sub-blocks carry their own (Q2_K a min each too).
+ * Values equal ggml's dequantize bit for bit (same roundings in the same order: the d*sc
+ * product first, as ggml does). */
 static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8_t *q, float *d, float *m) {
     const sub_ref s = locate(row, kind, b);
     const uint8_t *blk = s.blk;
     const int j = s.j;
-    *m = 0.0f;
+    m[0] = m[1] = 0.0f;
     if (kind == Q8_0) {
         d[0] = fp16_to_fp32(read_u16(blk));
         for (int l = 0; l < 32; l++) q[l] = (uint8_t)((int)(int8_t)blk[2 + l] + 128);
     } else if (kind <= Q5_1) {
         const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
         d[0] = fp16_to_fp32(read_u16(blk));
-        if (has_min) *m = fp16_to_fp32(read_u16(blk + 2));
+        if (has_min) m[0] = m[1] = fp16_to_fp32(read_u16(blk + 2));
         const uint32_t qh = five ? read_u32(blk + 2 + 2 * has_min) : 0;
         const uint8_t *nib = blk + 2 + 2 * has_min + 4 * five;
         for (int l = 0; l < 16; l++) {
@@ -207,7 +221,7 @@ static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8
         int sc, mn;
         scale_min_k4(j, blk + 4, &sc, &mn);
         d[0] = fp16_to_fp32(read_u16(blk)) * (float)sc;
-        *m = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
+        m[0] = m[1] = -fp16_to_fp32(read_u16(blk + 2)) * (float)mn;
         const uint8_t *qh = blk + 16, *nib = blk + 16 + (kind == Q5_K ? 32 : 0) + 32 * (j / 2);
         for (int l = 0; l < 32; l++) {
             int v = j % 2 ? nib[l] >> 4 : nib[l] & 0x0F;
@@ -222,6 +236,16 @@ static inline void sub_block_ints(const uint8_t *row, int kind, int64_t b, uint8
             q[l] = IQ4_VALUES[nib[l] & 0x0F];
             q[l + 16] = IQ4_VALUES[nib[l] >> 4];
         }
+    } else if (kind == Q2_K) { /* 2 bits from qs (shift 2 * (j % 4) in half j / 4); ggml's
+                                  * dl * q - ml, with dl = d * sc and ml = dmin * m per 16 */
+        const uint8_t *qs = blk + 16 + 32 * (j / 4);
+        const float dd = fp16_to_fp32(read_u16(blk + 80)), dmin = fp16_to_fp32(read_u16(blk + 82));
+        for (int h = 0; h < 2; h++) {
+            d[h] = dd * (float)(blk[2 * j + h] & 0x0F);
+            m[h] = -(dmin * (float)(blk[2 * j + h] >> 4));
+        }
+        for (int l = 0; l < 32; l++) q[l] = (uint8_t)((qs[l] >> (2 * (j % 4))) & 3);
+        return;
     } else if (kind == Q3_K) { /* 2 low bits from qs (shift 2 * (j % 4) in half j / 4), the
                                   * third from bit j of hmask; ggml's q - (h ? 0 : 4) = (q + 4h) - 4 */
         const uint8_t *qs = blk + 32 + 32 * (j / 4);
@@ -258,10 +282,10 @@ static void sub_block_scalar(const uint8_t *row, int kind, int64_t b, float *y) 
         return;
     }
     uint8_t q[32];
-    float d[2], m;
-    sub_block_ints(row, kind, b, q, d, &m);
+    float d[2], m[2];
+    sub_block_ints(row, kind, b, q, d, m);
     const int offset = i8_offset(kind);
-    for (int l = 0; l < 32; l++) y[l] = d[l / 16] * (float)((int)q[l] + offset) + m;
+    for (int l = 0; l < 32; l++) y[l] = d[l / 16] * (float)((int)q[l] + offset) + m[l / 16];
 }
 
 #ifdef __AVX512F__
@@ -294,7 +318,7 @@ static inline void sub_block_values(const uint8_t *row, int kind, int64_t b, __m
         }
         return;
     }
-    if (kind == Q3_K || kind == IQ4_NL || kind == IQ4_XS) { /* the scalar form (float
+    if (kind == Q3_K || kind == IQ4_NL || kind == IQ4_XS || kind == Q2_K) { /* the scalar form (float
                                                               * activations only: the int8 GEMM runs these) */
         float y[32];
         sub_block_scalar(row, kind, b, y);

@@ -54,9 +54,9 @@ int giraffe_i8_supported(int kind) { return kind >= 0 && kind < N_KINDS && I8_FO
  * 0: bytes only). */
 int giraffe_i8_nibbles(int kind) { return giraffe_i8_supported(kind) ? I8_NIBBLES[kind] : 0; }
 
-/* Scales per tile and block: 16 d, then 16 m (or Q6_K's second scales) where the type has
- * them; types with neither keep the 16 d alone. */
-static inline int i8_scales(int kind) { return I8_HAS_MIN[kind] || I8_SPLIT[kind] ? 2 * I8_TILE : I8_TILE; }
+/* Scales per tile and block: 16 per scale set (blocks.h's i8_sets: d; d, m; d, d; or d, d,
+ * m, m), one for each of the tile's rows. */
+static inline int i8_scales(int kind) { return i8_sets(kind) * I8_TILE; }
 
 /* A form a type may be repacked in: bytes always, or its own packed form. */
 static inline int form_ok(int kind, int form) { return form == 0 || form == giraffe_i8_nibbles(kind); }
@@ -72,18 +72,19 @@ static inline int scale_form_ok(int kind, int sform) {
 /* Bytes of fp16 super-block scales per tile and super-block (SF_K): d, then dmin. */
 static inline int k_super_bytes(int kind) { return I8_HAS_MIN[kind] ? 64 : 32; }
 
-/* SF_K's layout within a tile's scales: super-block b/8's fp16 scales, then block b's 32
- * bytes of integer scales after all super-blocks' (super_bytes = k_super_bytes(kind)). */
+/* SF_K's layout within a tile's scales: super-block b/8's fp16 scales, then block b's
+ * 16 bytes of integer scales per set after all super-blocks' (super_bytes =
+ * k_super_bytes(kind), sets = i8_sets(kind)). */
 static inline const uint8_t *k_super_at(const uint8_t *dm, int64_t b, int super_bytes) {
     return dm + (b / 8) * super_bytes;
 }
-static inline const uint8_t *k_ints_at(const uint8_t *dm, int64_t n_blocks, int64_t b, int super_bytes) {
-    return dm + (n_blocks / 8) * super_bytes + b * 32;
+static inline const uint8_t *k_ints_at(const uint8_t *dm, int64_t n_blocks, int64_t b, int super_bytes, int sets) {
+    return dm + (n_blocks / 8) * super_bytes + b * 16 * sets;
 }
 
 /* Bytes of scales per tile, for n_blocks blocks of 32 inputs. */
 static inline int64_t i8_tile_scale_bytes(int kind, int sform, int64_t n_blocks) {
-    if (sform == SF_K) return (n_blocks / 8) * k_super_bytes(kind) + n_blocks * 32;
+    if (sform == SF_K) return (n_blocks / 8) * k_super_bytes(kind) + n_blocks * 16 * i8_sets(kind);
     return n_blocks * i8_scales(kind) * (sform == SF_HALF ? 2 : 4);
 }
 
@@ -97,35 +98,38 @@ int giraffe_i8_sizes(int kind, int form, int sform, int64_t n_blocks, int64_t *o
     return 0;
 }
 
-/* The float value of scale `which` (0: d, or Q6_K's first; 1: m, or Q6_K's second) of
- * row c in block b of a tile's scales: what sub_block_ints gives, bit for bit. */
+/* The float value of scale set `which` (i8_set) of row c in block b of a tile's scales:
+ * what sub_block_ints gives, bit for bit. SF_K: d * sc for a scale (signed integers where
+ * the scales are split), -(dmin * m) for a min. */
 static inline float tile_scale(const uint8_t *dm, int kind, int sform, int64_t n_blocks, int64_t b, int c, int which) {
     if (sform == SF_K) {
-        const uint8_t *super = k_super_at(dm, b, k_super_bytes(kind));
-        const uint8_t raw = k_ints_at(dm, n_blocks, b, k_super_bytes(kind))[16 * which + c];
-        if (I8_SPLIT[kind]) return _cvtsh_ss(((const uint16_t *)super)[c]) * (float)(int8_t)raw;
-        const float v = _cvtsh_ss(((const uint16_t *)super)[16 * which + c]) * (float)raw;
-        return which ? -v : v;
+        const int split = I8_SPLIT[kind], is_min = I8_HAS_MIN[kind] && which >= 1 + split;
+        const uint16_t *super = (const uint16_t *)k_super_at(dm, b, k_super_bytes(kind));
+        const uint8_t raw = k_ints_at(dm, n_blocks, b, k_super_bytes(kind), i8_sets(kind))[16 * which + c];
+        const float v = _cvtsh_ss(super[16 * is_min + c]) * (split ? (float)(int8_t)raw : (float)raw);
+        return is_min ? -v : v;
     }
     const int64_t i = b * i8_scales(kind) + I8_TILE * which + c;
     return sform == SF_HALF ? _cvtsh_ss(((const uint16_t *)dm)[i]) : ((const float *)dm)[i];
 }
 
-/* The 16 rows' scales `which` of block b (as tile_scale, for all 16 rows). */
+/* The 16 rows' scale set `which` of block b (as tile_scale, for all 16 rows); the flags
+ * are the type's, as constants. */
 static inline __attribute__((always_inline)) __m512 tile_scales(const uint8_t *dm, int64_t n_blocks, int64_t b,
                                                                 int which, const int sform, const int has_min,
                                                                 const int split) {
+    const int sets = 1 + split + has_min * (1 + split); /* i8_sets, from the constant flags */
     if (sform == SF_K) {
-        const int super_bytes = has_min ? 64 : 32; /* k_super_bytes, from the constant flag */
+        const int super_bytes = has_min ? 64 : 32, is_min = has_min && which >= 1 + split;
         const uint8_t *super = k_super_at(dm, b, super_bytes);
-        const __m128i raw = _mm_loadu_si128((const __m128i *)(k_ints_at(dm, n_blocks, b, super_bytes) + 16 * which));
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(k_ints_at(dm, n_blocks, b, super_bytes, sets) + 16 * which));
         const __m512 sc = _mm512_cvtepi32_ps(split ? _mm512_cvtepi8_epi32(raw) : _mm512_cvtepu8_epi32(raw));
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(super + (split ? 0 : 32 * which))));
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(super + 32 * is_min)));
         const __m512 v = _mm512_mul_ps(d, sc);
-        if (!which || split) return v;
+        if (!is_min) return v;
         return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
     }
-    const int64_t i = b * (has_min || split ? 2 * I8_TILE : I8_TILE) + I8_TILE * which;
+    const int64_t i = b * sets * I8_TILE + I8_TILE * which;
     return sform == SF_HALF ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dm + 2 * i)))
                             : _mm512_loadu_ps(dm + 4 * i);
 }
@@ -133,23 +137,25 @@ static inline __attribute__((always_inline)) __m512 tile_scales(const uint8_t *d
 /* Write the scales of row c, block b into a tile's scales (inverse of tile_scale); d and m
  * as sub_block_ints gave them (SF_K reads the file's integers instead). */
 static void put_tile_scales(uint8_t *dm, const uint8_t *row, int kind, int sform, int64_t n_blocks, int64_t b, int c,
-                            const float *d, float m) {
+                            const float *d, const float *m) {
+    const int sets = i8_sets(kind), split = I8_SPLIT[kind];
     if (sform == SF_K) {
         float super_d, super_dmin;
-        int sc, mn;
-        k_scale_ints(row, kind, b, &super_d, &super_dmin, &sc, &mn);
+        int ints[4];
+        k_scale_ints(row, kind, b, &super_d, &super_dmin, ints);
         uint16_t *super = (uint16_t *)k_super_at(dm, b, k_super_bytes(kind));
-        uint8_t *ints = (uint8_t *)k_ints_at(dm, n_blocks, b, k_super_bytes(kind));
+        uint8_t *at = (uint8_t *)k_ints_at(dm, n_blocks, b, k_super_bytes(kind), sets);
         super[c] = _cvtss_sh(super_d, 0); /* the file's fp16, back to its own bits */
         if (I8_HAS_MIN[kind]) super[16 + c] = _cvtss_sh(super_dmin, 0);
-        ints[c] = (uint8_t)sc, ints[16 + c] = (uint8_t)mn;
+        for (int set = 0; set < sets; set++) at[16 * set + c] = (uint8_t)ints[set];
         return;
     }
-    const float vals[2] = {d[0], I8_SPLIT[kind] ? d[1] : m};
-    for (int which = 0; which < i8_scales(kind) / I8_TILE; which++) {
-        const int64_t i = b * i8_scales(kind) + I8_TILE * which + c;
-        if (sform == SF_HALF) ((uint16_t *)dm)[i] = _cvtss_sh(vals[which], 0);
-        else ((float *)dm)[i] = vals[which];
+    for (int set = 0; set < sets; set++) {
+        const int is_min = set >= 1 + split, half = split ? (is_min ? set - 1 - split : set) : 0;
+        const float v = is_min ? m[half] : d[half];
+        const int64_t i = b * i8_scales(kind) + I8_TILE * set + c;
+        if (sform == SF_HALF) ((uint16_t *)dm)[i] = _cvtss_sh(v, 0);
+        else ((float *)dm)[i] = v;
     }
 }
 
@@ -174,8 +180,8 @@ int giraffe_repack_i8(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, u
                 const int64_t o = t * I8_TILE + c;
                 if (o >= n_out) continue;
                 uint8_t v[32];
-                float d[2], m;
-                sub_block_ints(w + o * rb, kind, b, v, d, &m);
+                float d[2], m[2];
+                sub_block_ints(w + o * rb, kind, b, v, d, m);
                 put_tile_scales(dt, w + o * rb, kind, sform, n_blocks, b, c, d, m);
                 if (!nibbles)
                     for (int l = 0; l < 32; l++) qt[(l / 4) * I8_GROUP_BYTES + 4 * c + l % 4] = v[l];
@@ -343,13 +349,16 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
                 }
             }
         }
-        if (has_min) {
-            const __m512 m0 = tile_scales(dm0, n_blocks, b, 1, sform, 1, 0);
-            const __m512 m1 = tile_scales(dm1b, n_blocks, b, 1, sform, 1, 0);
+        #pragma GCC unroll 2
+        for (int half = 0; has_min && half < 1 + split; half++) { /* the mins (Q2_K: one per 16) */
+            const __m512 m0 = tile_scales(dm0, n_blocks, b, 1 + split + half, sform, 1, split);
+            const __m512 m1 = tile_scales(dm1b, n_blocks, b, 1 + split + half, sform, 1, split);
             #pragma GCC unroll 8
             for (int r = 0; r < I8_ROWS; r++) {
                 if (r < rows) {
-                    const __m512 sm = _mm512_set1_ps(da[r * n_blocks + b] * (float)isum[r * n_blocks + b]);
+                    const int64_t at = r * n_blocks + b;
+                    const int32_t sum = !split ? isum[at] : half ? isum[at] - isum_lo[at] : isum_lo[at];
+                    const __m512 sm = _mm512_set1_ps(da[at] * (float)sum);
                     acc0[r] = _mm512_fmadd_ps(m0, sm, acc0[r]);
                     acc1[r] = _mm512_fmadd_ps(m1, sm, acc1[r]);
                 }
@@ -465,16 +474,24 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
         else if (w->sform == SF_K) I8_BLOCK(NIB, has_min, 0, SF_K);          \
         else I8_BLOCK(NIB, has_min, 0, SF_FLOAT);                            \
     } while (0)
-        if (I8_SPLIT[kind]) { /* Q6_K (sixes) and Q3_K (nibbles): their own scales */
-            if (nibbles == 3) I8_BLOCK(3, 0, 1, SF_K);
-            else if (nibbles == 1) I8_BLOCK(1, 0, 1, SF_K);
-            else if (nibbles == 4) I8_BLOCK(4, 0, 1, SF_K); /* IQ4_XS */
-            else if (w->sform == SF_K) I8_BLOCK(0, 0, 1, SF_K);
-            else I8_BLOCK(0, 0, 1, SF_FLOAT);
+#define I8_SPLIT_FORMS(NIB, MIN)                                           \
+    do {                                                                   \
+        if (w->sform == SF_K) I8_BLOCK(NIB, MIN, 1, SF_K);                 \
+        else I8_BLOCK(NIB, MIN, 1, SF_FLOAT);                              \
+    } while (0)
+        if (I8_SPLIT[kind]) { /* scales per 16 weights: Q6_K, Q3_K, IQ4_XS, Q2_K (mins too) */
+            if (has_min) {
+                if (nibbles) I8_SPLIT_FORMS(1, 1); /* Q2_K */
+                else I8_SPLIT_FORMS(0, 1);
+            } else if (nibbles == 3) I8_SPLIT_FORMS(3, 0); /* Q6_K */
+            else if (nibbles == 1) I8_SPLIT_FORMS(1, 0);   /* Q3_K */
+            else if (nibbles == 4) I8_SPLIT_FORMS(4, 0);   /* IQ4_XS */
+            else I8_SPLIT_FORMS(0, 0);
         } else if (nibbles == 1) I8_FORMS(1);
         else if (nibbles == 4) I8_FORMS(4); /* IQ4_NL */
         else if (nibbles == 2) I8_FORMS(2);
         else I8_FORMS(0);
+#undef I8_SPLIT_FORMS
 #undef I8_FORMS
 #undef I8_BLOCK
 #undef I8_CALL
@@ -532,9 +549,10 @@ int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nib
         for (int64_t b = 0; b < n_blocks; b++) {
             const uint8_t *qt = q + (t * n_blocks + b) * block_bytes;
             float *y = out + i * n_in + 32 * b;
-            const float d0 = tile_scale(dt, kind, sform, n_blocks, b, c, 0);
-            const float d1 = split ? tile_scale(dt, kind, sform, n_blocks, b, c, 1) : d0;
-            const float m = has_min ? tile_scale(dt, kind, sform, n_blocks, b, c, 1) : 0.0f;
+            const float d0 = tile_scale(dt, kind, sform, n_blocks, b, c, i8_set(split, 0, 0));
+            const float d1 = split ? tile_scale(dt, kind, sform, n_blocks, b, c, i8_set(split, 0, 1)) : d0;
+            const float m0 = has_min ? tile_scale(dt, kind, sform, n_blocks, b, c, i8_set(split, 1, 0)) : 0.0f;
+            const float m1 = has_min && split ? tile_scale(dt, kind, sform, n_blocks, b, c, i8_set(split, 1, 1)) : m0;
             for (int l = 0; l < 32; l++) {
                 int v;
                 if (nibbles) v = (qt[(l / 8) * I8_GROUP_BYTES + 4 * c + l % 4] >> (l % 8 < 4 ? 0 : 4)) & 0x0F;
@@ -544,7 +562,7 @@ int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nib
                 for (int plane = 0; plane < i8_planes(nibbles); plane++) /* fifth and sixth bits */
                     v |= ((qt[I8_NIBBLE_BYTES + 64 * plane + 8 * (l / 4) + bit / 8] >> (bit % 8)) & 1) << (4 + plane);
                 y[l] = (l < 16 ? d0 : d1) * (float)(v + offset);
-                if (has_min) y[l] += m;
+                if (has_min) y[l] += l < 16 ? m0 : m1;
             }
         }
     }
