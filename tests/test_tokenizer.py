@@ -7,6 +7,7 @@ pre-tokenizer, and a small SentencePiece-style vocabulary with llama.cpp's ids a
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from giraffe.tokenizer import (
     tokenizer_from_gguf,
 )
 from giraffe.tokenizer.gguf_vocab import PRE_TOKENIZERS, tokenizer_from_metadata
+from giraffe.tokenizer.spm_merge import ScoreMerger
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "fixtures" / "smollm2_llamacpp_tokens.json").read_text("utf-8")
@@ -354,3 +356,67 @@ def test_padding_and_truncation_settings_in_tokenizer_json_are_not_applied(tmp_p
     hf.enable_truncation(max_length=3)
     hf.save(str(tmp_path / "tokenizer.json"))
     assert load_tokenizer_file(tmp_path / "tokenizer.json").encode("a a a a a") == [2] * 5
+
+
+def merge_by_definition(score: dict[str, float], text: str) -> list[str]:
+    """llama.cpp's SentencePiece loop written plainly: merge the adjacent pair whose joined
+    text is a token with the best score, the leftmost of equals, until none is."""
+    pieces = list(text)
+    while True:
+        found = [
+            (score[a + b], -i) for i, (a, b) in enumerate(itertools.pairwise(pieces))
+            if a + b in score
+        ]  # fmt: skip
+        if not found:
+            return pieces
+        i = -max(found)[1]
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+
+
+def test_score_merger_equals_the_definition_on_random_vocabularies():
+    """Ties (few distinct scores), pieces the vocabulary lacks, and candidates made stale by
+    a neighbour's merge, on random texts over a small alphabet."""
+    rng = random.Random(7)
+    for _ in range(200):
+        pieces = {"".join(rng.choices("abc▁", k=rng.randint(2, 5))) for _ in range(30)}
+        score = {p: float(rng.randint(0, 3)) for p in pieces}
+        score |= {c: 0.0 for c in "ab▁"}  # "c" is missing, as a rare character would be
+        merger = ScoreMerger(score)
+        for _ in range(10):
+            text = "".join(rng.choices("abc▁", k=rng.randint(0, 24)))
+            spans = merger.pieces(text)
+            assert [text[a:b] for a, b in spans] == merge_by_definition(score, text), text
+
+
+def test_score_merger_ties_go_to_the_leftmost_pair():
+    equal = ScoreMerger({"ab": 1.0, "ba": 1.0})
+    assert equal.pieces("aba") == [(0, 2), (2, 3)]
+    assert ScoreMerger({"ab": 1.0, "ba": 2.0}).pieces("aba") == [(0, 1), (1, 3)]
+    # a character missing from the vocabulary still merges into a longer token
+    assert ScoreMerger({"xé": 0.0, "xé!": 1.0}).pieces("xé!") == [(0, 3)]
+
+
+def test_sentencepiece_vocabulary_saves_as_tokenizer_json(spm, tmp_path):
+    """The merger cannot be written; save writes ranked merges that tokenize the same."""
+    spm.save(tmp_path)
+    back = load_tokenizer_file(tmp_path)
+    rng = random.Random(3)
+    chars = sorted({c for t in SPM["tokens"] for c in t.replace("▁", " ") if len(t) < 6})
+    texts = [c["text"] for c in SPM["cases"]]
+    texts += ["".join(rng.choices(chars, k=rng.randint(1, 40))) for _ in range(300)]
+    for text in texts:
+        assert back.encode(text, add_special_tokens=True) == spm.encode(text, True), text
+        assert back.encode_with_offsets(text) == spm.encode_with_offsets(text), text
+    assert spm.backend_json()["model"]["merges"]  # the written form is plain BPE
+
+
+def test_score_merger_offsets_on_a_long_line(spm):
+    """One long fragment (no special tokens, no newline) is cut into its pieces with the
+    character spans `tokenizers` reports, as a short one is."""
+    text = " ".join(c["text"].replace("\n", " ") for c in SPM["cases"]) * 20
+    ids, spans = spm.encode_with_offsets(text)
+    assert ids == spm.encode(text) and len(ids) > 2000
+    whole = dict.fromkeys(spans)  # a character's byte-fallback tokens share its span
+    assert "".join(text[a:b] for a, b in whole).replace(" ", "") == text.replace(" ", "")
+    short_ids, short_spans = spm.encode_with_offsets(text[:200])
+    assert spans[: len(short_spans) - 2] == short_spans[:-2]

@@ -10,12 +10,11 @@
   Decoding removes spaces as llama.cpp's `clean_spaces` does, for the names it applies to.
 - "llama": SentencePiece-style vocabulary with scores and <0xNN> byte fallback. llama.cpp
   (`llm_tokenizer_spm`) starts from single characters and keeps merging the adjacent pair
-  whose joined text is a token with the highest score. `tokenizers`' BPE does the same
-  when each (left, right) split of a token is a merge ranked by that token's score, so
-  that is what is built: every split of every token, best score first. Known differences,
-  none met in real SentencePiece vocabularies: equal scores break ties by token id here,
-  by position in llama.cpp; and a character missing from the vocabulary falls back to
-  bytes at once here, while llama.cpp could still merge it into a longer piece.
+  whose joined text is a token with the highest score (ties: the leftmost); so does
+  `spm_merge.ScoreMerger`, run as the pre-tokenizer, each piece it leaves looked up whole.
+  Saved as tokenizer.json, it becomes `tokenizers`' BPE with every (left, right) split of
+  every token as a merge ranked by that token's score (`_with_ranked_merges`, whose known
+  differences are none met in real vocabularies).
 Control, user-defined and unknown tokens become added tokens, parsed inside text as
 llama.cpp's `parse_special=True` does. The way back, `gguf_tokenizer_fields`, hands GGUF
 writers the fields of a byte-level BPE tokenizer. This module reads metadata only, never
@@ -27,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as HFTokenizer
 
 from giraffe.files.gguf_reader import FastGGUFReader
+from giraffe.tokenizer.spm_merge import ScoreMerger
 from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, TokenizerError, from_backend
 
 # llama.cpp token types (gguf spec `tokenizer.ggml.token_type`)
@@ -301,13 +302,13 @@ def tokenizer_from_gguf(path_or_reader) -> Tokenizer:
 def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Tokenizer:
     """The tokenizer described by GGUF key/values (as `gguf_metadata` returns them)."""
     vocab = _Vocab(meta, name)
-    kind, pre = vocab.get("model"), None
+    kind, pre, portable = vocab.get("model"), None, None
     if kind == "gpt2":
         pre = _pre_tokenizer(vocab.get("pre"), name)
         tok = _byte_level_bpe(vocab, pre, vocab.get("pre", "default") not in NO_CLEAN_SPACES)
         defaults = {"add_bos": pre.add_bos, "add_eos": False}
     elif kind == "llama":
-        tok = _sentencepiece_bpe(vocab)
+        tok, portable = _sentencepiece_bpe(vocab)
         defaults = {"add_bos": True, "add_eos": False, "bos": 1, "eos": 2, "unk": 0}
     elif kind == "bert":
         tok = _wordpiece(vocab)
@@ -328,7 +329,9 @@ def tokenizer_from_metadata(meta: dict[str, object], name: str = "GGUF") -> Toke
     special = _special_tokens(vocab, defaults, meta.get("tokenizer.chat_template"))
     _add_bos_eos(tok, vocab, special, defaults)
     gguf_pre = vocab.get("pre", "default") if pre else None
-    return from_backend(tok, special, name, byte_level=pre is not None, gguf_pre=gguf_pre)
+    return from_backend(
+        tok, special, name, byte_level=pre is not None, gguf_pre=gguf_pre, portable=portable
+    )
 
 
 class _Vocab:
@@ -426,33 +429,59 @@ def _byte_level_bpe(vocab: _Vocab, pre: PreTokenizer, clean_spaces: bool) -> HFT
     return tok
 
 
-def _sentencepiece_bpe(vocab: _Vocab) -> HFTokenizer:
-    tokens, ids = vocab.tokens, vocab.ids
-    merges = _score_merges(tokens, vocab.scores)
+def _sentencepiece_bpe(vocab: _Vocab) -> tuple[HFTokenizer, Callable[[], HFTokenizer]]:
+    """llama.cpp's score merging (`spm_merge.ScoreMerger`) as the pre-tokenizer, and a BPE
+    with no merges that maps each piece it leaves to its id (`ignore_merges`: a piece that
+    is a token is looked up whole) or, for a character the vocabulary lacks, to its bytes;
+    and how to make its tokenizer.json form when one is saved (`_with_ranked_merges`)."""
     unk_id = vocab.token_id("unknown", 0)
-    unk = tokens[unk_id] if unk_id is not None else None
-    tok = HFTokenizer(
-        models.BPE(vocab=ids, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
-    )
+    unk = vocab.tokens[unk_id] if unk_id is not None else None
+    tok = HFTokenizer(_spm_model(vocab.ids, unk, merges=[]))
     # llama.cpp: spaces become U+2581, and each text fragment (the whole text, or the text
     # after a special token) starts with one unless add_space_prefix is false.
     prefix = bool(vocab.get("add_space_prefix", True))
     steps = [normalizers.Prepend("\u2581")] if prefix else []
     tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+    merger = ScoreMerger(dict(zip(vocab.tokens, vocab.scores, strict=True)))
+    tok.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(merger)
     strip = [decoders.Strip(" ", 1, 0)] if prefix else []
     tok.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip]
     )
-    return tok
+    return tok, lambda: _with_ranked_merges(tok, merger)
+
+
+def _spm_model(ids: dict[str, int], unk: str | None, merges: list) -> models.BPE:
+    return models.BPE(
+        vocab=ids, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True,
+        ignore_merges=not merges,
+    )  # fmt: skip
+
+
+def _with_ranked_merges(tok: HFTokenizer, merger: ScoreMerger) -> HFTokenizer:
+    """The same tokenizer with `tokenizers`' own BPE (ranked merges) in place of the
+    merger, which a tokenizer.json cannot hold: what `Tokenizer.save` writes. Known
+    differences from the merger, none met in real SentencePiece vocabularies: equal scores
+    break ties by token id there (by position here and in llama.cpp), and a character
+    missing from the vocabulary falls back to bytes at once there, while merging could
+    still join it into a longer piece."""
+    ids = tok.get_vocab(with_added_tokens=False)
+    tokens = sorted(ids, key=ids.__getitem__)
+    merges = _score_merges(tokens, [merger.score[t] for t in tokens])
+    out = HFTokenizer(_spm_model(ids, tok.model.unk_token, merges))
+    out.normalizer, out.decoder = tok.normalizer, tok.decoder
+    out.post_processor = tok.post_processor
+    added = tok.get_added_tokens_decoder()
+    out.add_tokens([added[i] for i in sorted(added)])
+    return out
 
 
 def _score_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     """SentencePiece BPE as ranked merges: every split of a piece into two pieces, ranked by
     the whole piece's score (best first; ties by id, the sort being stable). Applying the
     lowest-ranked adjacent pair first is then SentencePiece's "merge the best-scoring
-    pair". The loop runs over every cut of 262k pieces for Gemma (515k merges): each merge
-    holds the vocabulary's own string objects, not fresh slices - those took ~100 MB more
-    while the tokenizer was built (and the freed slices left the heap fragmented)."""
+    pair". Each merge holds the vocabulary's own string objects, not fresh slices (those
+    took ~100 MB more for Gemma's 515k merges, and left the heap fragmented)."""
     own = {t: t for t in tokens}
     find = own.get
     merges = []

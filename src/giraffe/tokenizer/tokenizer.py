@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"{self.name} is a tiktoken encoding; it has no tokenizer.json form"
             )
-        return json.loads(self._backend.tok.to_str())
+        return json.loads(self._backend.serializable().to_str())
 
     def stream_decoder(self, skip_special_tokens: bool = True) -> StreamDecoder:
         return StreamDecoder(lambda ids: self.decode(ids, skip_special_tokens=skip_special_tokens))
@@ -125,7 +126,7 @@ class Tokenizer:
             )
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self._backend.tok.save(str(folder / "tokenizer.json"))
+        self._backend.serializable().save(str(folder / "tokenizer.json"))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self.bos_token,
@@ -151,10 +152,15 @@ class Tokenizer:
 
 
 class _HF:
-    """Adapter over `tokenizers.Tokenizer` with the few calls giraffe needs."""
+    """Adapter over `tokenizers.Tokenizer` with the few calls giraffe needs.
 
-    def __init__(self, tok: HFTokenizer, byte_level: bool) -> None:
-        self.tok, self.byte_level = tok, byte_level
+    portable: makes the same tokenizer in a form tokenizer.json can hold, where `tok` has a
+    Python part that cannot be written (gguf_vocab's SentencePiece merger); None: `tok` is."""
+
+    def __init__(
+        self, tok: HFTokenizer, byte_level: bool, portable: Callable[[], HFTokenizer] | None = None
+    ) -> None:
+        self.tok, self.byte_level, self.portable = tok, byte_level, portable
         self._byte_of = {c: b for b, c in bytes_to_unicode().items()}
         added = tok.get_added_tokens_decoder()
         self._added = frozenset(added)
@@ -162,6 +168,9 @@ class _HF:
 
     def get_vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def serializable(self) -> HFTokenizer:
+        return self.tok if self.portable is None else self.portable()
 
     def id_to_token(self, i: int) -> str | None:
         return self.tok.id_to_token(i)
@@ -230,11 +239,13 @@ def from_backend(
     name: str,
     byte_level: bool | None = None,
     gguf_pre: str | None = None,
+    portable: Callable[[], HFTokenizer] | None = None,
 ) -> Tokenizer:
+    """portable: see `_HF`."""
     if byte_level is None:  # read the decoder alone: serializing the whole vocabulary is slow
         decoder = tok.decoder.__getstate__().decode() if tok.decoder is not None else ""
         byte_level = '"ByteLevel"' in decoder
-    return Tokenizer(_HF(tok, byte_level), special, name, gguf_pre=gguf_pre)
+    return Tokenizer(_HF(tok, byte_level, portable), special, name, gguf_pre=gguf_pre)
 
 
 def load_tiktoken(name: str) -> Tokenizer:
