@@ -204,6 +204,20 @@ def test_decode_rows_as_one_team_equal_layer_by_layer(packed, threads):
         assert torch.equal(a, b), (a - b).abs().max()
 
 
+def prompt_in_pieces(model, ids, prompt: int, piece_rows) -> tuple[list, list]:
+    """one_row's logits and the step's scratch (floats) with prompts cut into pieces of at
+    most each of piece_rows rows, from an empty scratch each time."""
+    step, outputs, scratch, before = model.runtime.step, [], [], model.runtime.step.prompt_rows
+    try:
+        for rows in piece_rows:
+            step.prompt_rows, step.scratch = rows, torch.empty(0)
+            outputs.append(one_row(model, ids, prompt=prompt))
+            scratch.append(step.scratch.numel())
+    finally:
+        step.prompt_rows = before
+    return outputs, scratch
+
+
 @torch.inference_mode()
 def test_a_long_prompt_in_pieces_equals_it_whole(packed):
     """FastDecode runs a prompt longer than `prompt_rows` in pieces of nearly equal size,
@@ -211,15 +225,7 @@ def test_a_long_prompt_in_pieces_equals_it_whole(packed):
     as in one call (13 rows in pieces of at most 4: 3, 3, 3, 4 - none of one row), and the
     scratch sized for a piece."""
     model, _ = packed
-    step, ids = model.runtime.step, torch.randint(1, VOCAB, (1, 13))
-    outputs, scratch, before = [], [], step.prompt_rows
-    try:
-        for rows in (4, 64):
-            step.prompt_rows, step.scratch = rows, torch.empty(0)
-            outputs.append(one_row(model, ids, prompt=13))
-            scratch.append(step.scratch.numel())
-    finally:
-        step.prompt_rows = before
+    outputs, scratch = prompt_in_pieces(model, torch.randint(1, VOCAB, (1, 13)), 13, (4, 64))
     assert torch.equal(outputs[0], outputs[1])
     assert scratch[0] * 3 <= scratch[1]  # 4 rows' scratch against 13 rows'
 
@@ -298,3 +304,35 @@ def test_decode_past_512_keys_splits_them_between_threads(tmp_path, monkeypatch,
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(compiled, reference, atol=2e-2 if int8 else 1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module", params=["gemma3", "gptneox"])
+def long_context(request, tmp_path_factory):
+    """A Q8_0 model of a sequential (sandwich-normed) and a parallel-residual family with
+    room for prompts longer than the C step's MLP_ROWS (128)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**SHAPE, **CONFIGS[request.param], "max_position_embeddings": 512})
+    path = tmp_path_factory.mktemp(request.param) / "m.gguf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_gguf(Decoder(cfg).eval(), path, dtype="q8_0")
+    return path
+
+
+@torch.inference_mode()
+def test_a_prompt_past_mlp_rows_runs_its_mlp_in_chunks(long_context, monkeypatch):
+    """A 300-row prompt in one call runs its MLP 128 rows at a time (128, 128, 44) with
+    buffers for 128 rows: the same numbers bit for bit as pieces of 100 rows (whose MLP
+    runs whole), and the module path's to the int8 tolerance."""
+    model = load_packed(long_context, monkeypatch, int8=True)
+    ids = torch.randint(1, VOCAB, (1, 302))
+    outputs, scratch = prompt_in_pieces(model, ids, 300, (512, 100))
+    assert torch.equal(outputs[0], outputs[1])
+    cfg = model.config
+    attention = (
+        cfg.hidden_size + 2 * cfg.n_heads * cfg.dim_per_head + 2 * cfg.kv_heads * cfg.dim_per_head
+    )
+    whole_mlp = 300 * (attention + 3 * cfg.intermediate_size)  # every row's MLP buffers at once
+    assert scratch[0] < whole_mlp - 100 * 3 * cfg.intermediate_size
+    model.runtime.step = None
+    torch.testing.assert_close(outputs[0], one_row(model, ids, prompt=300), atol=2e-2, rtol=0)

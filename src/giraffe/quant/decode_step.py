@@ -365,7 +365,7 @@ class FastDecode:
         # `prompt_rows` rows however long the prompt
         pieces = -(-n // self.prompt_rows) if shared else 1
         bounds = [i * n // pieces for i in range(pieces + 1)]
-        self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, flash=shared)
+        self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, prompt=shared)
         for start, stop in itertools.pairwise(bounds):
             self._call(model, cache, x, slots, at, start, stop - start, shared)
         cache.advance(T)
@@ -441,15 +441,13 @@ class FastDecode:
                 matrix.use_i8 = int(on)
         self.int8_on = on
 
-    def _ensure_scratch(self, n: int, max_len: int, flash: bool) -> None:
-        """Room for csrc/qmatmul.c's per-row buffers (no score rows when the flash kernel runs)."""
-        cfg = self.cfg
-        q, kv = cfg.n_heads * cfg.dim_per_head, cfg.kv_heads * cfg.dim_per_head
-        flash = flash and _has_flash(cfg.dim_per_head) and not cfg.attn_softcap
-        scores = 0 if flash else cfg.n_heads * max_len
-        per_row = 2 * cfg.hidden_size + 2 * q + 2 * kv + scores + 3 * cfg.intermediate_size
-        if self.scratch.numel() < n * per_row:
-            self.scratch = torch.empty(n * per_row)
+    def _ensure_scratch(self, n: int, max_len: int, prompt: bool) -> None:
+        """Room for csrc/qmatmul.c's buffers of a call of n rows, as the library lays them
+        out (giraffe_decode_scratch: no score rows where the flash kernel runs, the MLP's
+        buffers for at most MLP_ROWS rows)."""
+        need = kernels.decode_scratch_floats(self.steps, n, max_len, prompt)
+        if self.scratch.numel() < need:
+            self.scratch = torch.empty(need)
 
 
 def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -485,9 +483,3 @@ def _extra_norms(block) -> dict:
         if getattr(norm, "bias", None) is not None:
             found[field] = norm.bias.detach()
     return found
-
-
-def _has_flash(head_dim: int) -> bool:
-    """Whether the C step runs prompts through attention.h's kernel (as it decides itself)."""
-    built = kernels._function("giraffe_attention_causal") is not None
-    return built and head_dim % 16 == 0 and head_dim <= 256

@@ -34,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 20
+ABI_VERSION = 21
 
 
 class KernelMismatchError(RuntimeError):
@@ -91,7 +91,8 @@ def _cpu_flags() -> str:
     return ""
 
 
-# C signatures: name in the library -> argument types (every function returns int status).
+# C signatures: name in the library -> argument types (every function returns an int
+# status or count, except those in RETURNS_INT64).
 _P, _I64, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _MATMUL = [_P, _I, _I64, _I64, _P, _I64, _P, _I]
 SIGNATURES = {
@@ -104,6 +105,7 @@ SIGNATURES = {
     "giraffe_repack_i8": [_P, _I, _I64, _I64, _P, _P, _I, _I, _I],
     "giraffe_gemm_i8": [_P, _P, _I, _I, _I, _I64, _I64, _P, _I64, _P, _I64, _I],
     "giraffe_decode_layers": [_P, _P, _I],
+    "giraffe_decode_scratch": [_P, _I, _I64, _I64, _I],
     "giraffe_dequantize_i8": [_P, _P, _I, _I, _I, _I64, _I64, _P, _I64, _P, _I],
     "giraffe_block_table": [_P, _I],
     "giraffe_abi_version": [],
@@ -112,6 +114,7 @@ SIGNATURES = {
     "giraffe_struct_fields": [_I, _P, _I],
     "giraffe_packed_matrix_size": [],
 }  # fmt: skip
+RETURNS_INT64 = ("giraffe_decode_scratch",)
 I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
 
 
@@ -142,7 +145,8 @@ def _library() -> dict | None:
         if not hasattr(lib, name):
             continue  # built without AVX-512 (the attention kernel)
         fn = getattr(lib, name)
-        fn.restype, fn.argtypes = ctypes.c_int, argtypes
+        fn.restype = ctypes.c_int64 if name in RETURNS_INT64 else ctypes.c_int
+        fn.argtypes = argtypes
         functions[name] = fn
     return functions
 
@@ -267,6 +271,12 @@ def decode_layer_function():
     """The compiled decode step over every layer (csrc/qmatmul.c's giraffe_decode_layers),
     or None without the kernel library."""
     return _function("giraffe_decode_layers")
+
+
+def decode_scratch_floats(steps, n: int, max_len: int, prompt: bool) -> int:
+    """Floats of scratch giraffe_decode_layers needs for a call of n rows over these layer
+    structs (a ctypes array; max_len: the cache's slots; prompt: one sequence's rows)."""
+    return _function("giraffe_decode_scratch")(steps, len(steps), n, max_len, int(prompt))
 
 
 def dequantize(

@@ -179,13 +179,14 @@ static int rows_team_ok(const layer_step *steps, int n_layers) {
  * (the rows live in t->x); s->scratch shared, laid out as decode_layer's. */
 static void team_layer(const layer_step *s, team_own *own, int tid, int nth) {
     team_own *t = own + tid;
-    const int64_t n = s->n, dim = s->dim, max_len = s->max_len;
+    const int64_t n = s->n, dim = s->dim;
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, ln = s->layer_norm;
     const float off = s->norm_offset, eps = s->eps;
-    const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2), proj_size = q_size + 2 * kv_size;
-    float *o_out = s->scratch, *proj = o_out + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
-    float *mlp = scores + n * n_heads * max_len, *down_out = mlp + n * 2 * hidden + n * hidden;
+    const int64_t q_size = (int64_t)n_heads * head_dim;
+    const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2);
+    const scratch_layout at = layout_of(s, n, 0); /* decode_layer's, n <= DECODE_ROWS_MAX < MLP_ROWS */
+    float *o_out = s->scratch + at.h, *proj = s->scratch + at.proj, *att = s->scratch + at.att;
+    float *scores = s->scratch + at.scores, *mlp = s->scratch + at.mlp, *down_out = s->scratch + at.h2;
     int64_t lo, hi;
 
     team_norm(t->x, n, dim, ln, s->attn_norm, s->attn_norm_bias, off, eps, t->h);

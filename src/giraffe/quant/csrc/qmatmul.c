@@ -624,6 +624,72 @@ static void attend_job(const layer_step *s, const float *proj, float *att, float
                 s->attn_softcap, scores + job * max_len, att + r * q_size + hd * head_dim);
 }
 
+/* Rows of a prompt whose MLP runs at a time (decode_layer): the MLP is row by row, so its
+ * gate|up and act buffers need hold only this many rows, not the whole prompt's - for a
+ * 512-token SmolLM2 prompt 2.4 MB instead of 9.4 (part of the process's peak memory, with
+ * the KV cache). A layer's MLP weights (1.5-9 MB) stay in the last-level cache between
+ * chunks. */
+enum { MLP_ROWS = 128 };
+
+/* Whether decode_layer runs this call's attention with attention.h's flash kernel. */
+static int uses_flash(const layer_step *s, int prompt) {
+#ifdef __AVX512F__
+    return prompt && s->head_dim % 16 == 0 && s->head_dim <= 256 && s->attn_softcap <= 0.0f;
+#else
+    (void)s, (void)prompt;
+    return 0;
+#endif
+}
+
+/* Where decode_layer's buffers start in the scratch (in floats), for n rows; `end` is the
+ * floats it needs. h, proj, att: every row's; scores: per (row, head), none with the flash
+ * kernel; mlp (gate|up), act, h2 (the MLP branch): MLP_ROWS rows' at most. team_layer
+ * (decode_rows.h) lays out its n <= DECODE_ROWS_MAX rows the same way. */
+typedef struct { int64_t h, proj, att, scores, mlp, act, h2, end; } scratch_layout;
+
+static scratch_layout layout_of(const layer_step *s, int64_t n, int flash) {
+    const int64_t q_size = (int64_t)s->n_heads * s->head_dim, kv_size = (int64_t)s->kv_heads * s->head_dim;
+    const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2), m = n < MLP_ROWS ? n : MLP_ROWS;
+    scratch_layout l;
+    l.h = 0, l.proj = n * s->dim, l.att = l.proj + n * (q_size + 2 * kv_size), l.scores = l.att + n * q_size;
+    l.mlp = l.scores + (flash ? 0 : n * s->n_heads * s->max_len);
+    l.act = l.mlp + m * 2 * hidden, l.h2 = l.act + m * hidden, l.end = l.h2 + m * s->dim;
+    return l;
+}
+
+/* The floats of scratch a call of n rows needs (max_len: the cache's slots; prompt: the
+ * rows are one sequence's, row_stride 0): the largest any of the layers asks for. */
+int64_t giraffe_decode_scratch(layer_step *steps, int n_layers, int64_t n, int64_t max_len, int prompt) {
+    int64_t most = 0;
+    for (int i = 0; i < n_layers; i++) {
+        layer_step s = steps[i];
+        s.max_len = max_len;
+        const int64_t need = layout_of(&s, n, uses_flash(&s, prompt && n > 1)).end;
+        most = need > most ? need : most;
+    }
+    return most;
+}
+
+/* The MLP half of the block for m rows of x (h: their attention branch; branch: where
+ * the MLP branch goes, h itself unless parallel), with decode_layer's buffers. */
+static void mlp_rows(const layer_step *s, float *x, int64_t m, const float *h, float *branch, float *mlp,
+                     float *act) {
+    const int64_t dim = s->dim, hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2);
+    const int many = m > 16, n_threads = s->n_threads; /* spread per-row work only when it pays */
+    norm_rows(x, m, dim, s->layer_norm, s->mlp_norm, s->mlp_norm_bias, s->norm_offset, s->eps, branch, many,
+              n_threads);
+    matmul_rows(s->gate_up, branch, m, mlp, n_threads);
+    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        if (s->plain_mlp) act_plain(mlp + r * hidden, hidden, s->activation, act + r * hidden);
+        else act_times_up(mlp + r * 2 * hidden, hidden, s->activation, act + r * hidden);
+    }
+    matmul_rows(s->down, act, m, branch, n_threads);
+    if (s->mlp_post_norm) norm_rows(branch, m, dim, 0, s->mlp_post_norm, NULL, s->norm_offset, s->eps, branch, many, n_threads);
+    if (s->parallel) add_rows(x, h, branch, m, dim, many, n_threads);
+    else add_rows(x, branch, NULL, m, dim, many, n_threads);
+}
+
 /* One layer for n rows at once, one token each, in one of two shapes:
  * - n sequences (continuous batching): row r's keys/values live at k_cache + r * row_stride
  *   ((Hkv, S_max, D) per row); its token goes to slot slots[r] and attends to its own
@@ -631,7 +697,7 @@ static void attend_job(const layer_step *s, const float *proj, float *att, float
  * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
  *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
  *   (attention.h's flash kernel where built, unless the scores are soft-capped).
- * The matrix products take all n rows together. cos/sin are RoPE tables (position, rope
+ * The matrix products take all n rows together (the MLP's, MLP_ROWS at a time). cos/sin are RoPE tables (position, rope
  * dims); row r takes row positions[r]. The block:
  * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
  * a = o(attention); x += [attn_post_norm](a); h = norm(x);
@@ -642,23 +708,14 @@ static int decode_layer(const layer_step *s) {
     const int64_t n = s->n, dim = s->dim, max_len = s->max_len, row_stride = s->row_stride;
     const int64_t *slots = s->slots;
     const int head_dim = s->head_dim, n_heads = s->n_heads, kv_heads = s->kv_heads, n_threads = s->n_threads;
-    const int ln = s->layer_norm;
-    const float off = s->norm_offset, eps = s->eps;
     if (layer_refuses(s)) return -1;
-    const int prompt = row_stride == 0 && n > 1;
-#ifdef __AVX512F__
-    const int flash = prompt && head_dim % 16 == 0 && head_dim <= 256 && s->attn_softcap <= 0.0f;
-#else
-    const int flash = 0;
-#endif
-    const int64_t q_size = (int64_t)n_heads * head_dim, kv_size = (int64_t)kv_heads * head_dim;
-    const int64_t hidden = total_out(s->gate_up) / (s->plain_mlp ? 1 : 2), proj_size = q_size + 2 * kv_size;
-    float *h = s->scratch, *proj = h + n * dim, *att = proj + n * proj_size, *scores = att + n * q_size;
-    float *mlp = scores + (flash ? 0 : n * n_heads * max_len); /* n rows of gate|up, 2*hidden each */
-    float *act = mlp + n * 2 * hidden;                          /* n rows of act(gate)*up */
-    float *h2 = act + n * hidden;                               /* n rows: the MLP branch, when parallel */
+    const int prompt = row_stride == 0 && n > 1, flash = uses_flash(s, prompt);
+    const int64_t q_size = (int64_t)n_heads * head_dim, proj_size = q_size + 2 * (int64_t)kv_heads * head_dim;
+    const scratch_layout at = layout_of(s, n, flash);
+    float *h = s->scratch + at.h, *proj = s->scratch + at.proj, *att = s->scratch + at.att;
+    float *scores = s->scratch + at.scores;
     const int many = n > 16; /* spread the per-row work over threads only when it pays */
-    norm_rows(x, n, dim, ln, s->attn_norm, s->attn_norm_bias, off, eps, h, many, n_threads);
+    norm_rows(x, n, dim, s->layer_norm, s->attn_norm, s->attn_norm_bias, s->norm_offset, s->eps, h, many, n_threads);
     matmul_rows(s->qkv, h, n, proj, n_threads);
     #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
     for (int64_t r = 0; r < n; r++)
@@ -677,22 +734,14 @@ static int decode_layer(const layer_step *s) {
         for (int64_t job = 0; job < n * n_heads; job++) attend_job(s, proj, att, scores, job, scale);
     }
     matmul_rows(s->o, att, n, h, n_threads); /* h: the attention branch */
-    if (s->attn_post_norm) norm_rows(h, n, dim, 0, s->attn_post_norm, NULL, off, eps, h, many, n_threads);
-    if (!s->parallel) {
-        add_rows(x, h, NULL, n, dim, many, n_threads);
-        h2 = h; /* the MLP reads the updated x; its branch may reuse h */
+    if (s->attn_post_norm) norm_rows(h, n, dim, 0, s->attn_post_norm, NULL, s->norm_offset, s->eps, h, many, n_threads);
+    if (!s->parallel) add_rows(x, h, NULL, n, dim, many, n_threads); /* the MLP reads the updated x */
+    for (int64_t r0 = 0; r0 < n; r0 += MLP_ROWS) {
+        const int64_t m = n - r0 < MLP_ROWS ? n - r0 : MLP_ROWS;
+        /* sequential blocks: the branch may reuse h (the attention branch, already added) */
+        float *branch = s->parallel ? s->scratch + at.h2 : h + r0 * dim;
+        mlp_rows(s, x + r0 * dim, m, h + r0 * dim, branch, s->scratch + at.mlp, s->scratch + at.act);
     }
-    norm_rows(x, n, dim, ln, s->mlp_norm, s->mlp_norm_bias, off, eps, h2, many, n_threads);
-    matmul_rows(s->gate_up, h2, n, mlp, n_threads);
-    #pragma omp parallel for num_threads(n_threads) if (many) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        if (s->plain_mlp) act_plain(mlp + r * hidden, hidden, s->activation, act + r * hidden);
-        else act_times_up(mlp + r * 2 * hidden, hidden, s->activation, act + r * hidden);
-    }
-    matmul_rows(s->down, act, n, h2, n_threads);
-    if (s->mlp_post_norm) norm_rows(h2, n, dim, 0, s->mlp_post_norm, NULL, off, eps, h2, many, n_threads);
-    if (s->parallel) add_rows(x, h, h2, n, dim, many, n_threads);
-    else add_rows(x, h2, NULL, n, dim, many, n_threads);
     return 0;
 }
 
