@@ -48,3 +48,32 @@ def test_truncated_and_foreign_files(tmp_path, smollm2_gguf):
     other.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
     with pytest.raises(GGUFFormatError, match="not a GGUF file"):
         FastGGUFReader(other)
+
+
+def test_ggml_type_table_equals_the_gguf_package():
+    """giraffe's own ggml type table (the reader's, so loading never imports `gguf`): the
+    ids and block sizes of every type both know are the same, and giraffe lacks none of
+    those up to its newest."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from giraffe.files.ggml_types import BLOCK_SIZES, GGMLType
+
+    assert set(BLOCK_SIZES) == set(GGMLType)
+    newest = max(GGMLType)
+    for theirs in GGMLQuantizationType:
+        if theirs <= newest:
+            ours = GGMLType[theirs.name]
+            assert int(ours) == int(theirs) and BLOCK_SIZES[ours] == GGML_QUANT_SIZES[theirs]
+    assert all(GGMLQuantizationType(int(t)).name == t.name for t in GGMLType)
+
+
+def test_a_tensor_type_giraffe_does_not_know_is_named(tmp_path):
+    path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype="f32")
+    raw = bytearray(path.read_bytes())
+    name = b"output_norm.weight"
+    at = raw.index(name) + len(name)  # then n_dims (u32), dims (u64 each), the type (u32)
+    n_dims = int.from_bytes(raw[at : at + 4], "little")
+    raw[at + 4 + 8 * n_dims : at + 8 + 8 * n_dims] = (99).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(GGUFFormatError, match="output_norm.weight has ggml type 99, which giraffe"):
+        FastGGUFReader(path)

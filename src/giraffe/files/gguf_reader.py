@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from giraffe.files.ggml_types import BLOCK_SIZES, GGMLType
 
 # GGUF value types (gguf spec): code -> (struct format, numpy dtype)
 SCALARS = {
@@ -49,7 +50,7 @@ class Field:
 class TensorInfo:
     name: str
     shape: np.ndarray  # ggml order: fastest-varying dimension first
-    tensor_type: GGMLQuantizationType
+    tensor_type: GGMLType
     data: np.ndarray  # uint8 (rows, bytes per row) for block types; typed for F32/F16
 
 
@@ -61,6 +62,8 @@ class FastGGUFReader:
         self._pos = 0
         try:
             self._read_header()
+        except GGUFFormatError:
+            raise
         except (struct.error, IndexError, UnicodeDecodeError, KeyError, ValueError) as e:
             raise GGUFFormatError(f"{self.path}: damaged or truncated GGUF header ({e})") from None
 
@@ -161,10 +164,16 @@ class FastGGUFReader:
         (n_dims,) = self._unpack("<I")
         dims = self._unpack(f"<{n_dims}Q")
         kind, offset = self._unpack("<IQ")
-        return name, dims, GGMLQuantizationType(kind), offset
+        try:
+            return name, dims, GGMLType(kind), offset
+        except ValueError:
+            raise GGUFFormatError(
+                f"{self.path}: tensor {name} has ggml type {kind}, which giraffe does not know "
+                "(a type newer than this giraffe, or a damaged header)"
+            ) from None
 
     def _tensor(self, name, dims, kind, offset) -> TensorInfo:
-        block, type_size = GGML_QUANT_SIZES[kind]
+        block, type_size = BLOCK_SIZES[kind]
         if not dims or dims[0] % block:
             raise GGUFFormatError(
                 f"{self.path}: tensor {name} has rows of {dims[0] if dims else 0} weights, not "
@@ -178,9 +187,9 @@ class FastGGUFReader:
             )
         raw = self._map[offset : offset + size]
         rows = list(reversed(dims))
-        if kind == GGMLQuantizationType.F32:
+        if kind == GGMLType.F32:
             data = raw.view(np.float32).reshape(rows)
-        elif kind == GGMLQuantizationType.F16:
+        elif kind == GGMLType.F16:
             data = raw.view(np.float16).reshape(rows)
         else:
             data = raw.reshape(*rows[:-1], rows[-1] // block * type_size)

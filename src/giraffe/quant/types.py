@@ -1,7 +1,7 @@
 """The one table of weight block types giraffe reads and writes, with no heavy imports.
 
 Every block-type fact lives here once: the kernels' code, weights and bytes per block
-(ggml-common.h), and the int8 form the VNNI GEMM repacks into (integer offset, an added
+(ggml's, from `giraffe.files.ggml_types`), and the int8 form the VNNI GEMM repacks into (integer offset, an added
 min, how its integers are packed, whether each 16 weights carry their own scale).
 F16 and BF16 are here too (the kernels read them in place, as 64-byte "blocks" of 32),
 marked as having no int8 form. `giraffe.quant.blocks` (sizes), `giraffe.quant.kernels`
@@ -14,6 +14,8 @@ marked as having no int8 form. `giraffe.quant.blocks` (sizes), `giraffe.quant.ke
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from giraffe.files.ggml_types import BLOCK_SIZES, GGMLType
 
 
 class BlockType(NamedTuple):
@@ -32,26 +34,32 @@ class BlockType(NamedTuple):
     int8: int = 1
 
 
+def _ggml(name: str, code: int, *int8_form: int) -> BlockType:
+    """A ggml block type: its weights and bytes per block as ggml has them."""
+    weights, size = BLOCK_SIZES[GGMLType[name]]
+    return BlockType(code, weights, size, *int8_form)
+
+
 BLOCK_TYPES = {
-    "Q8_0": BlockType(0, 32, 34, -128, 0, 0, 0),
-    "Q4_0": BlockType(1, 32, 18, -8, 0, 1, 0),
-    "Q4_1": BlockType(2, 32, 20, 0, 1, 1, 0),
-    "Q5_0": BlockType(3, 32, 22, -16, 0, 2, 0),
-    "Q5_1": BlockType(4, 32, 24, 0, 1, 2, 0),
-    "Q4_K": BlockType(5, 256, 144, 0, 1, 1, 0),
-    "Q5_K": BlockType(6, 256, 176, 0, 1, 2, 0),
-    "Q6_K": BlockType(7, 256, 210, -32, 0, 3, 1),
+    "Q8_0": _ggml("Q8_0", 0, -128, 0, 0, 0),
+    "Q4_0": _ggml("Q4_0", 1, -8, 0, 1, 0),
+    "Q4_1": _ggml("Q4_1", 2, 0, 1, 1, 0),
+    "Q5_0": _ggml("Q5_0", 3, -16, 0, 2, 0),
+    "Q5_1": _ggml("Q5_1", 4, 0, 1, 2, 0),
+    "Q4_K": _ggml("Q4_K", 5, 0, 1, 1, 0),
+    "Q5_K": _ggml("Q5_K", 6, 0, 1, 2, 0),
+    "Q6_K": _ggml("Q6_K", 7, -32, 0, 3, 1),
     # 3 bits: 2 from qs, 1 from hmask; 16 signed 6-bit scales a super-block, one per 16
     # weights (the "split" form, as Q6_K's), offset -4. Read and run, not written here.
-    "Q3_K": BlockType(10, 256, 110, -4, 0, 1, 1),
+    "Q3_K": _ggml("Q3_K", 10, -4, 0, 1, 1),
     # 4-bit indices into a non-linear grid (-127 .. 113): the int8 form keeps the indices
     # (nibbles = 4) and the kernel maps them with one byte shuffle; IQ4_XS's one signed
     # scale per 32 weights is stored as Q6_K's two (the same twice). Read and run only.
-    "IQ4_NL": BlockType(11, 32, 18, -128, 0, 4, 0),
-    "IQ4_XS": BlockType(12, 256, 136, -128, 0, 4, 1),
+    "IQ4_NL": _ggml("IQ4_NL", 11, -128, 0, 4, 0),
+    "IQ4_XS": _ggml("IQ4_XS", 12, -128, 0, 4, 1),
     # 2 bits, a 4-bit scale and a 4-bit min per 16 weights under fp16 d and dmin: split
     # scales with mins. Read and run only.
-    "Q2_K": BlockType(13, 256, 84, 0, 1, 1, 1),
+    "Q2_K": _ggml("Q2_K", 13, 0, 1, 1, 1),
     # 2-byte floats, walked by the kernels 32 to a "block" (64 bytes)
     "F16": BlockType(8, 32, 64, 0, 0, 0, 0, int8=0),
     "BF16": BlockType(9, 32, 64, 0, 0, 0, 0, int8=0),
