@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -104,6 +105,29 @@ def test_chat_session_with_commands(tiny_folder):
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("tokens/s") == 3
     assert "conversation cleared" in r.stderr
+
+
+def test_chat_template_option_and_the_note_for_a_model_without_one(tiny_folder, tmp_path):
+    """--template takes a builtin or a Jinja file (used: this one refuses every message);
+    a model with no template of its own is chatted with after a one-line note."""
+    refusing = tmp_path / "refuse.jinja"
+    refusing.write_text("{{ raise_exception('this template refuses') }}")
+    r = giraffe("chat", tiny_folder, "--template", refusing, input="hello\n/quit\n")
+    assert r.returncode == 0 and "this template refuses" in r.stderr, r.stderr
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_folder, bare)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    (bare / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": None}))
+    script = "hello\n/quit\n"
+    noted = giraffe("chat", bare, "--max-new-tokens", 2, input=script)
+    assert noted.returncode == 0 and "has no chat template (a base model?)" in noted.stderr
+    chosen = giraffe("chat", bare, "--template", "plain", "--max-new-tokens", 2, input=script)
+    assert chosen.returncode == 0 and "no chat template" not in chosen.stderr
+    assert chosen.stderr.count("tokens/s") == noted.stderr.count("tokens/s") == 1
+    assert_clean_error(giraffe("chat", bare, "--template", "nope"), "'nope'", "gemma3", "file")
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}")
+    assert_clean_error(giraffe("chat", bare, "--template", broken), "syntax error at line")
 
 
 def test_tiny_preset_context_is_what_the_error_test_assumes():

@@ -30,6 +30,16 @@ from giraffe.train.tune_command import add_dpo_parser, add_finetune_parser, add_
 NOT_FLAGS = {"stop_token_ids", "logprobs", "json_schema", "grammar", "logit_bias"}
 
 
+def add_template_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--template",
+        default=None,
+        metavar="NAME|FILE",
+        help="chat template instead of the model's own (needed where it has none): "
+        "chatml, gemma3, llama2, plain, or a Jinja file",
+    )
+
+
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per DecodingConfig field, so the CLI and the API can never drift apart."""
     group = parser.add_argument_group("decoding")
@@ -90,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat in the terminal (streams)")
     c.add_argument("model", nargs="?", default=None, help="alias, .gguf file or HF folder")
     c.add_argument("--system", default=None, help="system message")
+    add_template_flag(c)
     add_adapter_flag(c)
     add_decoding_flags(c)
 
@@ -224,6 +235,7 @@ def add_serve_parser(sub) -> None:
         "(~/.local/share when unset); a path with a slash or ending in .sqlite is used as is; "
         "the same store as `giraffe rag --kb NAME` (embedder: --embed-model, default minilm-l6)",
     )
+    add_template_flag(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", default=None, help="require this bearer key (or $GIRAFFE_API_KEY)")

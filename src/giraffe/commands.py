@@ -31,6 +31,24 @@ def load_model(args, name=None, **kw):
     return giraffe.load(name, adapter=adapter, **kw) if adapter else load(name, **kw)
 
 
+def chosen_template(args) -> str | None:
+    """--template's text (checked before a model loads), or None."""
+    from giraffe.tokenizer.chat import template_from_option
+
+    return None if args.template is None else template_from_option(args.template)
+
+
+def use_template(lm, model: str, template: str | None) -> None:
+    """The chosen template becomes the model's; without one, a model that has none gets
+    one line saying what chatting with it means."""
+    from giraffe.tokenizer.chat import no_template_note
+
+    if template is not None:
+        lm.tokenizer.chat_template = template
+    elif lm.tokenizer.chat_template is None:
+        print(no_template_note(model), file=sys.stderr)
+
+
 def print_json(data) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -308,6 +326,7 @@ def chat(args) -> None:
     from giraffe.chat_repl import ChatSession
 
     model = args.model or registry.DEFAULT_CHAT_MODEL
+    template = chosen_template(args)
     console = Console(highlight=False, stderr=True)
     with console.status(f"loading {model}"):
         t0 = time.perf_counter()
@@ -316,6 +335,7 @@ def chat(args) -> None:
         f"[dim]{lm!r} loaded in {time.perf_counter() - t0:.1f} s. "
         "Commands: /reset /system TEXT /params \\[k=v ...] /quit; Ctrl-C stops an answer[/dim]"
     )
+    use_template(lm, model, template)
     ChatSession(lm, args.system, args.decoding, console).run()
 
 
@@ -351,7 +371,9 @@ def serve(args) -> None:
         max_context=args.ctx,
         prefix_cache_mb=args.prefix_cache_mb,
     )
+    template = chosen_template(args)
     lm = load_model(args, model)
+    use_template(lm, model, template)
     embedder = embed_id = knowledge = None
     embed_model = args.embed_model or (EMBEDDER if args.kb else None)  # --kb needs one
     if embed_model:

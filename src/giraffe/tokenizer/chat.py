@@ -18,6 +18,7 @@ import re
 from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 from jinja2 import nodes
@@ -40,7 +41,9 @@ __all__ = [
     "has_generation_blocks",
     "render_chat",
     "render_chat_spans",
+    "no_template_note",
     "resolve_template",
+    "template_from_option",
     "token_mask",
     "validate_messages",
 ]
@@ -192,6 +195,31 @@ def resolve_template(template: str | None) -> str:
     if template is None:
         return BUILTIN_TEMPLATES["chatml"]
     return BUILTIN_TEMPLATES.get(template, template)
+
+
+def template_from_option(value: str) -> str:
+    """A chat template given by name or file (`--template`): a builtin's text, or the text
+    of a Jinja file (checked by compiling it)."""
+    if value in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[value]
+    path = Path(value)
+    if not path.is_file():
+        raise ChatTemplateError(
+            f"template {value!r} is neither a builtin ({', '.join(BUILTIN_TEMPLATES)}) "
+            "nor a file holding a Jinja chat template"
+        )
+    text = path.read_text(encoding="utf-8")
+    _compile(text)  # a syntax error is reported now, not at the first message
+    return text
+
+
+def no_template_note(model: str) -> str:
+    """What a door that chats tells the user about a model with no chat template."""
+    return (
+        f"note: {model} has no chat template (a base model?): conversations are written "
+        "as ChatML, which it was not trained on; `giraffe generate` continues text, and "
+        f"--template picks another format ({', '.join(BUILTIN_TEMPLATES)}, or a Jinja file)"
+    )
 
 
 def has_generation_blocks(template: str) -> bool:
