@@ -61,5 +61,8 @@ def count_windows(n_tokens: int, ctx: int) -> int:
     if ctx < 4:
         raise ValueError(f"ctx={ctx} is too small: use at least 4 tokens per window")
     if n_tokens < ctx:
-        raise ValueError(f"the text has {n_tokens} tokens, fewer than one window of ctx={ctx}")
+        raise ValueError(
+            f"the text has {n_tokens} tokens, fewer than one window of ctx={ctx}: give a "
+            f"longer text or a window of at most {n_tokens} tokens (--ctx)"
+        )
     return n_tokens // ctx
