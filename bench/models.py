@@ -140,13 +140,14 @@ def _llama_quantize(source: Path, out: Path, ftype: str) -> None:
 
 
 def bytes_per_token(path: Path) -> dict:
-    """Bytes a decode step reads: as the file's blocks, and as giraffe's int8 tiles."""
+    """Bytes a decode step reads: as the file's blocks, and as giraffe's int8 tiles (F16
+    and BF16 matrices: their own bytes, which the float kernel reads in place)."""
     if path.is_dir():  # a giraffe folder: its weight files, read whole (a tied head)
         size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
         return {"file_bytes_per_token": size, "giraffe_bytes_per_token": None}
     from giraffe.files.gguf_reader import FastGGUFReader
     from giraffe.quant.kernels import int8_bytes
-    from giraffe.quant.types import BLOCK_TYPES
+    from giraffe.quant.types import BLOCK_TYPES, FLOAT_KINDS
 
     reader = FastGGUFReader(path)
     names = {t.name for t in reader.tensors}
@@ -155,8 +156,8 @@ def bytes_per_token(path: Path) -> dict:
         if t.name == "token_embd.weight" and "output.weight" in names:
             continue  # an untied table: one row read per token
         file_bytes += t.data.nbytes
-        if t.tensor_type.name not in BLOCK_TYPES:
-            giraffe_bytes += t.data.nbytes
+        if t.tensor_type.name not in BLOCK_TYPES or t.tensor_type.name in FLOAT_KINDS:
+            giraffe_bytes += t.data.nbytes  # F16/BF16 are read in place, not as tiles
             continue
         n_in, n_out = (int(d) for d in t.shape[:2])  # GGUF lists the row length first
         giraffe_bytes += int8_bytes(t.tensor_type.name, n_out, n_in)  # the int8 tiles
