@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -408,6 +409,8 @@ def test_sentencepiece_vocabulary_saves_as_tokenizer_json(spm, tmp_path):
         assert back.encode(text, add_special_tokens=True) == spm.encode(text, True), text
         assert back.encode_with_offsets(text) == spm.encode_with_offsets(text), text
     assert spm.backend_json()["model"]["merges"]  # the written form is plain BPE
+    copied = pickle.loads(pickle.dumps(spm))  # pickled as that form too
+    assert [copied.encode(t) for t in texts] == [spm.encode(t) for t in texts]
 
 
 def test_score_merger_offsets_on_a_long_line(spm):

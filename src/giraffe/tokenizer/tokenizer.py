@@ -172,6 +172,10 @@ class _HF:
     def serializable(self) -> HFTokenizer:
         return self.tok if self.portable is None else self.portable()
 
+    def __reduce__(self):
+        # pickled (and deep-copied) as its tokenizer.json form: a Python part cannot be
+        return (_HF, (self.serializable(), self.byte_level))
+
     def id_to_token(self, i: int) -> str | None:
         return self.tok.id_to_token(i)
 
