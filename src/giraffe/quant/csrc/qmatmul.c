@@ -697,8 +697,8 @@ static void mlp_rows(const layer_step *s, float *x, int64_t m, const float *h, f
  * - a prompt (row_stride == 0, n > 1): the rows are one sequence's consecutive tokens at
  *   slots slots[0], slots[0] + 1, ...; all share one cache and attend causally
  *   (attention.h's flash kernel where built, unless the scores are soft-capped).
- * The matrix products take all n rows together (the MLP's, MLP_ROWS at a time). cos/sin are RoPE tables (position, rope
- * dims); row r takes row positions[r]. The block:
+ * The matrix products take all n rows together (the MLP's, MLP_ROWS at a time). cos/sin
+ * are RoPE tables (position, rope dims); row r takes row positions[r]. The block:
  * h = norm(x); q, k, v = qkv(h); [q, k = q_norm(q), k_norm(k) per head]; [RoPE]; cache;
  * a = o(attention); x += [attn_post_norm](a); h = norm(x);
  * x += [mlp_post_norm](down(act(gate(h)) * up(h)))   (plain MLP: down(act(up(h))));
