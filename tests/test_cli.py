@@ -125,6 +125,7 @@ def test_chat_template_option_and_the_note_for_a_model_without_one(tiny_folder, 
     assert chosen.returncode == 0 and "no chat template" not in chosen.stderr
     assert chosen.stderr.count("tokens/s") == noted.stderr.count("tokens/s") == 1
     assert_clean_error(giraffe("chat", bare, "--template", "nope"), "'nope'", "gemma3", "file")
+    assert_clean_error(giraffe("serve", bare, "--template", "nope"), "'nope'", "gemma3", "file")
     broken = tmp_path / "broken.jinja"
     broken.write_text("{% for m in messages %}")
     assert_clean_error(giraffe("chat", bare, "--template", broken), "syntax error at line")
