@@ -263,7 +263,8 @@ class FastDecode:
         # same numbers as layer by layer, which tests compare by turning this off)
         self.team = True
         # a prompt's rows per call (longer prompts go in equal pieces): bounds the scratch
-        # (~29 KB a row on SmolLM2-135M: 240 MB for an 8k prompt). Measured 2026-12-07: a
+        # (~8 KB a row of attention buffers on SmolLM2-135M, plus the MLP's for 128 rows;
+        # whole, an 8k prompt would hold ~70 MB of it). Measured 2026-12-07: a
         # 1,536-token SmolLM2 prompt 1-4 % slower in three pieces, Qwen2.5-0.5B's the same;
         # pieces of 256 cost Qwen's 512-token prompt 8-10 %, hence 512 (llama.cpp's batch)
         self.prompt_rows = PROMPT_ROWS
