@@ -106,6 +106,21 @@ static void rows_times_chunk(const uint8_t *row, int64_t row_bytes, int pair, in
 #ifdef __AVX512F__
 enum { HALF_ROWS = 4, HALF_PREFETCH_BYTES = 8192 };
 
+/* How far ahead half_rows_dot(2) prefetch: a whole number of HALF_ROWS-row groups, at least
+ * HALF_PREFETCH_BYTES (see half_rows_dot). */
+static inline int64_t half_prefetch_ahead(int64_t row_bytes) {
+    const int64_t group = HALF_ROWS * row_bytes;
+    return group * ((HALF_PREFETCH_BYTES + group - 1) / group);
+}
+
+/* Block b of one F16/BF16 weight row, widened (lo: weights 0-15, hi: 16-31), and the same
+ * place `ahead` bytes on prefetched. */
+static inline __attribute__((always_inline)) void half_row_block(const uint8_t *row, int kind, int64_t b,
+                                                                 int64_t ahead, __m512 *lo, __m512 *hi) {
+    _mm_prefetch((const char *)(row + 64 * b + ahead), _MM_HINT_T1);
+    sub_block_values(row, kind, b, lo, hi);
+}
+
 /* y[o..o+3] = x . w[o..o+3] for one row x over F16/BF16 weight rows (4, or fewer at the
  * end): eight independent accumulators (four rows, two halves of each 32-weight block),
  * each weight widened exactly, and the next rows' bytes prefetched. Why its own kernel:
@@ -118,7 +133,7 @@ enum { HALF_ROWS = 4, HALF_PREFETCH_BYTES = 8192 };
  * 9.5-11.1 ms with a fixed 8 KB; measured 2026-12-07, three alternating rounds). */
 static void half_rows_dot(const uint8_t *w, int64_t row_bytes, int kind, int n_rows, int64_t n_blocks,
                           const float *x, float *y) {
-    const int64_t group = HALF_ROWS * row_bytes, ahead = group * ((HALF_PREFETCH_BYTES + group - 1) / group);
+    const int64_t ahead = half_prefetch_ahead(row_bytes);
     __m512 lo[HALF_ROWS], hi[HALF_ROWS];
     for (int k = 0; k < HALF_ROWS; k++) lo[k] = hi[k] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -126,10 +141,8 @@ static void half_rows_dot(const uint8_t *w, int64_t row_bytes, int kind, int n_r
         #pragma GCC unroll 4
         for (int k = 0; k < HALF_ROWS; k++) {
             if (k < n_rows) {
-                const uint8_t *row = w + k * row_bytes;
-                _mm_prefetch((const char *)(row + 64 * b + ahead), _MM_HINT_T1);
                 __m512 wl, wh;
-                sub_block_values(row, kind, b, &wl, &wh);
+                half_row_block(w + k * row_bytes, kind, b, ahead, &wl, &wh);
                 lo[k] = _mm512_fmadd_ps(wl, xl, lo[k]);
                 hi[k] = _mm512_fmadd_ps(wh, xh, hi[k]);
             }
@@ -144,7 +157,7 @@ static void half_rows_dot(const uint8_t *w, int64_t row_bytes, int kind, int n_r
  * single row 1.7x slower (the 49152 x 576 head, 2.0 ms vs 1.1-1.2; measured 2026-12-07). */
 static void half_rows_dot2(const uint8_t *w, int64_t row_bytes, int kind, int n_rows, int64_t n_blocks,
                            const float *x, int64_t n_in, float *y, int64_t y_stride) {
-    const int64_t group = HALF_ROWS * row_bytes, ahead = group * ((HALF_PREFETCH_BYTES + group - 1) / group);
+    const int64_t ahead = half_prefetch_ahead(row_bytes);
     __m512 lo0[HALF_ROWS], hi0[HALF_ROWS], lo1[HALF_ROWS], hi1[HALF_ROWS];
     for (int k = 0; k < HALF_ROWS; k++) lo0[k] = hi0[k] = lo1[k] = hi1[k] = _mm512_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -153,10 +166,8 @@ static void half_rows_dot2(const uint8_t *w, int64_t row_bytes, int kind, int n_
         #pragma GCC unroll 4
         for (int k = 0; k < HALF_ROWS; k++) {
             if (k < n_rows) {
-                const uint8_t *row = w + k * row_bytes;
-                _mm_prefetch((const char *)(row + 64 * b + ahead), _MM_HINT_T1);
                 __m512 wl, wh;
-                sub_block_values(row, kind, b, &wl, &wh);
+                half_row_block(w + k * row_bytes, kind, b, ahead, &wl, &wh);
                 lo0[k] = _mm512_fmadd_ps(wl, xl0, lo0[k]), hi0[k] = _mm512_fmadd_ps(wh, xh0, hi0[k]);
                 lo1[k] = _mm512_fmadd_ps(wl, xl1, lo1[k]), hi1[k] = _mm512_fmadd_ps(wh, xh1, hi1[k]);
             }
