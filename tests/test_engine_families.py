@@ -336,3 +336,96 @@ def test_a_prompt_past_mlp_rows_runs_its_mlp_in_chunks(long_context, monkeypatch
     assert scratch[0] < whole_mlp - 100 * 3 * cfg.intermediate_size
     model.runtime.step = None
     torch.testing.assert_close(outputs[0], one_row(model, ids, prompt=300), atol=2e-2, rtol=0)
+
+
+def next_token_steps(model, ids: torch.Tensor, prompt: int, through_head: bool) -> list:
+    """(logits, argmax) of a prompt's next token, then of each following token fed one at a
+    time: through `next_token_logits` (one C call from ids to logits when the step has the
+    ends), or through `hidden` then the Python head."""
+    cache, out = model.new_cache(1, ids.shape[1]), []
+    for lo, hi in [(0, prompt)] + [(t, t + 1) for t in range(prompt, ids.shape[1])]:
+        if through_head:
+            out.append(model.next_token_logits(ids[:, lo:hi], cache=cache))
+        else:
+            out.append((model.head(model.hidden(ids[:, lo:hi], cache=cache)[:, -1]).float(), None))
+    return out
+
+
+@torch.inference_mode()
+def test_one_call_from_ids_to_logits_equals_layers_then_head(packed):
+    """`next_token_logits` runs the lookup (scaled for Gemma), the layers, the head and its
+    argmax in one C call: the logits the compiled layers and the Python head give, bit for
+    bit (prompt and single rows, int8 and float activations, Q8_0/Q4_K/BF16 heads, tied and
+    untied), with the first maximal logit as argmax. Gemma 2's soft-capped head stays in
+    Python (no argmax then) and GPT-2's learned positions keep their lookup in Python."""
+    model, _ = packed
+    ids = torch.randint(1, VOCAB, (1, 11))
+    one_call = next_token_steps(model, ids, 6, through_head=True)
+    apart = next_token_steps(model, ids, 6, through_head=False)
+    step, cfg = model.runtime.step, model.config
+    for (logits, argmax), (reference, _) in zip(one_call, apart, strict=True):
+        assert torch.equal(logits, reference)
+        if cfg.final_softcap is not None:
+            assert argmax is None
+        else:
+            assert argmax == reference.numpy().argmax(-1).tolist()
+    assert (step.head is None) == (cfg.final_softcap is not None)
+    assert (step.embed is None) == (cfg.position == "learned")
+
+
+@torch.inference_mode()
+def test_a_continuous_batch_through_the_head_in_c(packed):
+    """Three rows at their own cache slots, logits and argmax of each from the one C call,
+    equal to the compiled layers followed by the Python head."""
+    model, _ = packed
+    cfg = model.config
+    runs = []
+    for through_head in (True, False):
+        cache = SlotCache(cfg.n_layers, 3, cfg.kv_heads, 32, cfg.dim_per_head)
+        for row, ids in enumerate([[5, 9, 2, 7, 1], [4, 4], [11, 12, 13]]):
+            model.hidden(torch.tensor([ids]), cache=RowView(cache, row, len(ids)))
+        tokens = torch.tensor([[3], [8], [21]])
+        kw = dict(cache=BatchView(cache, 3), positions=cache.lengths[:3, None].clone())
+        kw["attn_mask"] = cache.slot_mask(3)
+        if through_head:
+            runs.append(model.next_token_logits(tokens, **kw))
+        else:
+            runs.append((model.head(model.hidden(tokens, **kw)[:, -1]).float(), None))
+    (logits, argmax), (reference, _) = runs
+    assert torch.equal(logits, reference)
+    if cfg.final_softcap is None:
+        assert argmax == reference.argmax(-1).tolist()
+
+
+@torch.inference_mode()
+def test_a_token_id_outside_the_vocabulary_is_refused_by_both_paths(packed):
+    model, _ = packed
+    for step in (model.runtime.step, None):
+        model.runtime.step, cache = step, model.new_cache(1, 4)
+        try:
+            with pytest.raises(IndexError):
+                model.next_token_logits(torch.tensor([[VOCAB]]), cache=cache)
+        finally:
+            model.runtime.step = step or model.runtime.step
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # gguf on NaN rows
+@torch.inference_mode()
+def test_the_argmax_in_c_takes_the_first_of_equal_logits_and_a_nan(tmp_path, monkeypatch, int8):
+    """Every head row equal: every logit ties and the argmax is 0, as numpy's and torch's
+    (the first maximum); rows 5 and 9 NaN: the argmax is 5, as theirs (a NaN wins)."""
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(**{**SHAPE, **CONFIGS["qwen3"]})).eval()
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.lm_head.weight[:1].expand_as(model.lm_head.weight))
+    for nan_rows, expected in (((), 0), ((5, 9), 5)):
+        with torch.no_grad():
+            model.lm_head.weight[list(nan_rows)] = float("nan")
+        path = tmp_path / f"m{len(nan_rows)}.gguf"
+        save_gguf(model, path, dtype="q8_0")
+        packed = load_packed(path, monkeypatch, int8)
+        logits, argmax = packed.next_token_logits(
+            torch.tensor([[3, 1, 4]]), cache=packed.new_cache(1, 4)
+        )
+        assert argmax == [expected] == logits.numpy().argmax(-1).tolist()

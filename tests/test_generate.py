@@ -9,6 +9,7 @@ from giraffe.config import PRESETS
 from giraffe.generate.beam import beam_search
 from giraffe.generate.engine import DecodeSession, GenerationError
 from giraffe.generate.params import DecodingConfig
+from giraffe.generate.sequence import SequenceState, step_many
 from giraffe.models import Decoder
 from giraffe.nn import KVCache
 
@@ -133,6 +134,9 @@ class BigramModel(torch.nn.Module):
     def head(self, h):
         return h @ self.table  # (B, T, V)
 
+    def next_token_logits(self, ids, cache=None, positions=None, key_mask=None):
+        return self.head(self.hidden(ids, cache, positions, key_mask)[:, -1]), None
+
 
 def test_beam_search_beats_greedy_on_a_constructed_case():
     # From token 0: greedy takes 2 (0.6) but then faces a flat 0.25 split; token 1 (0.4)
@@ -185,3 +189,31 @@ def test_rotary_roll_form_equals_rotate_half():
     sin = torch.cat((freqs, freqs), -1).sin()[None, None]
     x = torch.randn(2, 3, 7, 16)
     assert torch.equal(apply_rotary(x, cos, signed_sin), x * cos + rotate_half(x) * sin)
+
+
+@pytest.mark.parametrize(
+    "change, token",
+    [
+        ({}, 1),  # plain greedy: the model's argmax (planted wrong here, to be seen)
+        ({"repetition_penalty": 1.3}, 2),
+        ({"frequency_penalty": 0.5}, 2),
+        ({"presence_penalty": 0.5}, 2),
+        ({"no_repeat_ngram_size": 2}, 2),
+        ({"logit_bias": {3: 50.0}}, 3),
+        ({"min_new_tokens": 2}, 2),
+        ({"logprobs": True}, 2),
+        ({"top_logprobs": 2}, 2),
+        ({"temperature": 0.7, "seed": 0}, 2),
+    ],
+)
+def test_a_row_takes_the_models_argmax_only_when_nothing_changes_its_logits(change, token):
+    """A compiled step may hand each row's argmax with the logits (`next_token_logits`): a
+    greedy row whose logits nothing changes takes it without a torch op; any penalty, ban,
+    bias, held-back stop token, log-probability or sampling goes through the samplers.
+    The argmax handed in here is deliberately not the logits' (1 against 2), so which one
+    a row took shows."""
+    cfg = DecodingConfig.from_kwargs(**{"max_new_tokens": 4, "temperature": 0.0, **change})
+    state = SequenceState([0, 1], cfg, vocab_size=5, budget=4, stop_ids=[4], seed=0)
+    logits = torch.tensor([[0.0, 0.0, 30.0, 0.0, 0.0]])
+    assert state.takes_argmax() == (token == 1)
+    assert step_many([state], logits, argmax=[1])[0].token_id == token

@@ -3,7 +3,8 @@
 A `DecodeSession` runs a batch of prompts of different lengths (left padding, per-row
 positions, padding masked out of attention), applies the samplers, tracks what each row
 has produced, and yields one `TokenEvent` per live row per step. It sees the model only
-as "ids (+ cache, positions, key mask) -> logits" (`hidden` + `head`), and token ids
+as "ids (+ cache, positions, key mask) -> next-token logits" (`next_token_logits`, which
+may bring each row's argmax: a greedy row then needs no torch op), and token ids
 only: stop strings, text and chat belong to the caller (`giraffe.lm`), which may end a
 row early with `finish(row)`.
 """
@@ -61,11 +62,13 @@ class DecodeSession:
         """End a row early (e.g. the caller saw a stop string)."""
         self.rows[row].finished = True
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple:
+        """((B, V) logits of the last position, argmax list or None)"""
         end = self.cache.length + ids.shape[1]
         key_mask = self.key_mask[:, :end] if self.padded else None
-        h = self.model.hidden(ids, cache=self.cache, positions=positions, key_mask=key_mask)
-        return self.model.head(h[:, -1]).float()  # (B, V): only the last position is needed
+        return self.model.next_token_logits(
+            ids, cache=self.cache, positions=positions, key_mask=key_mask
+        )
 
     @torch.inference_mode()
     def __iter__(self) -> Iterator[list[TokenEvent]]:
@@ -82,14 +85,17 @@ class DecodeSession:
             last_pos = last_pos + 1
             logits = self._forward(chosen[:, None], last_pos)
 
-    def _choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[TokenEvent]]:
+    def _choose(self, step: tuple) -> tuple[torch.Tensor, list[TokenEvent]]:
         """One event per live row; a finished row is fed its last token again (ignored)."""
+        logits, argmax = step
         chosen = [r.tokens[-1] for r in self.rows]
         live = [row for row, state in enumerate(self.rows) if not state.finished]
         # every row live (the usual case): their logits as they are, not an indexed copy
+        everyone = len(live) == len(self.rows)
         events = step_many(
             [self.rows[row] for row in live],
-            logits if len(live) == len(self.rows) else logits[live],
+            logits if everyone else logits[live],
+            argmax=argmax if everyone or argmax is None else [argmax[row] for row in live],
         )
         for event in events:
             chosen[event.row] = event.token_id

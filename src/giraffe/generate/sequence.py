@@ -120,6 +120,16 @@ class SequenceState:
             self.n_generated < c.min_new_tokens, frozenset(self.stop_ids),
         )  # fmt: skip
 
+    def takes_argmax(self) -> bool:
+        """Whether this step's token is the raw logits' first maximum: greedy, with nothing
+        that changes the logits (penalties, n-gram bans, a bias, a grammar, stop tokens held
+        back by min_new_tokens) and no log-probabilities asked for."""
+        c = self.cfg
+        changed = c.repetition_penalty != 1.0 or c.frequency_penalty or c.presence_penalty
+        changed = changed or c.no_repeat_ngram_size > 0 or bool(c.logit_bias)
+        changed = changed or self.constraint is not None or self.n_generated < c.min_new_tokens
+        return not (c.sampling or changed or c.logprobs or c.top_logprobs > 0)
+
     def _record(self, token: int, lp) -> TokenEvent:
         if self.constraint is not None:
             self.constraint.advance(token)
@@ -140,9 +150,15 @@ class SequenceState:
 
 
 def step_many(
-    states: Sequence[SequenceState], logits: torch.Tensor, isolate: bool = False
+    states: Sequence[SequenceState],
+    logits: torch.Tensor,
+    isolate: bool = False,
+    argmax: Sequence[int] | None = None,
 ) -> list[TokenEvent | Exception]:
     """One token for each state from its row of logits (n, V), in order.
+
+    argmax: each row's first maximal logit, when the model computed it with the logits;
+    when every state `takes_argmax`, those are the tokens, chosen without a torch op.
 
     States whose samplers agree (`sampler_key`) go through the pure samplers together,
     as one (k, V) batch: per-row work on a 49k vocabulary costs ~0.5 ms per sequence,
@@ -153,6 +169,8 @@ def step_many(
     still fails gets its exception in place of an event (a server must not fail every
     request for one bad one). A group fails before recording anything, so no row steps twice.
     """
+    if argmax is not None and all(s.takes_argmax() for s in states):  # greedy rows, no torch
+        return [s._record(int(t), None) for s, t in zip(states, argmax, strict=True)]
     groups: dict[tuple, list[int]] = {}
     for i, state in enumerate(states):
         groups.setdefault(state.sampler_key(), []).append(i)

@@ -119,14 +119,8 @@ class Decoder(nn.Module):
         (switches to the reference attention path; costs nothing when None).
         """
         runtime = self._runtime
-        if (  # the fast path: the packed runtime's compiled step runs every layer at once
-            runtime is not None
-            and cache is not None
-            and key_mask is None
-            and attention_weights is None
-            # a cache that places each row's token itself (BatchView.slots) implies its mask
-            and (attn_mask is None or hasattr(cache, "slots"))
-        ):
+        if self._compiled_may_take(cache, key_mask, attn_mask) and attention_weights is None:
+            # the fast path: the packed runtime's compiled step runs every layer at once
             h = runtime.decode(self, ids, cache, positions)  # None when it cannot take this call
             if h is not None:
                 return h
@@ -160,6 +154,37 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.norm(x)
+
+    def next_token_logits(
+        self,
+        ids: torch.Tensor,
+        *,
+        cache: KVCache,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[int] | None]:
+        """What a decoding step needs: float32 logits (B, V) of each row's last new token,
+        and each row's first maximal logit where the compiled step found it in the same C
+        call as its layers (None otherwise; a greedy sampler then takes the argmax itself).
+        Arguments as `hidden`; the cache advances by T."""
+        if self._compiled_may_take(cache, key_mask, attn_mask):
+            done = self._runtime.next_logits(self, ids, cache, positions)
+            if done is not None:
+                return done
+        kw = {"positions": positions, "key_mask": key_mask, "attn_mask": attn_mask}
+        h = self.hidden(ids, cache=cache, **kw)  # (B, T, C)
+        return self.head(h[:, -1]).float(), None
+
+    def _compiled_may_take(self, cache, key_mask, attn_mask) -> bool:
+        """Whether the runtime's compiled step may be asked (it still checks the rest)."""
+        return (
+            self._runtime is not None
+            and cache is not None
+            and key_mask is None
+            # a cache that places each row's token itself (BatchView.slots) implies its mask
+            and (attn_mask is None or hasattr(cache, "slots"))
+        )
 
     @property
     def runtime(self):

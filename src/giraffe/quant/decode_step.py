@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -102,11 +103,14 @@ class DecodeCall(ctypes.Structure):
         ("row_stride", _I64), ("slots", _P), ("max_len", _I64),
         ("scratch", _P), ("n_threads", ctypes.c_int),
         ("final_norm", _P), ("final_norm_bias", _P), ("team", ctypes.c_int),
+        ("ids", _P), ("embed", ctypes.POINTER(PackedMatrix)), ("embed_scale", ctypes.c_float),
+        ("head", ctypes.POINTER(PackedMatrix)), ("logits", _P), ("argmax", _P),
     ]  # fmt: skip
 
 
 PROMPT_ROWS = 512  # FastDecode.prompt_rows' default (at least 4)
 ROPE_TOO_SHORT = -2000  # giraffe_decode_layers: a position is past the RoPE tables
+BAD_TOKEN_ID = -3000  # giraffe_decode_layers: an id outside the embedding table
 
 # csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH, ACT_GELU (erf), ACT_RELU
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
@@ -242,10 +246,35 @@ def _packed(p) -> bool:
     return GroupParts.of([p]) is not None
 
 
+@dataclass
+class NewRows:
+    """One call's new rows: x (n, C) float32 for the first layer, their cache slots and
+    positions (n,) int64, the ids the C step fills x from (None: x is filled), and whether
+    they are one sequence's prompt (sharing its cache) rather than decode rows."""
+
+    x: torch.Tensor
+    slots: torch.Tensor
+    at: torch.Tensor
+    ids: torch.Tensor | None
+    shared: bool
+
+
 class FastDecode:
-    def __init__(self, model, layers: list[tuple], norms: list[dict]) -> None:
+    def __init__(
+        self,
+        model,
+        layers: list[tuple],
+        norms: list[dict],
+        head: PackedMatrix | None = None,
+        embed: PackedMatrix | None = None,
+    ) -> None:
+        """head / embed: the output head and the embedding table as structs, where the C
+        step can run them as the module path does (`_ends`); None: Python runs them."""
         self.cfg = model.config
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
+        self.head, self.embed = head, embed
+        # Gemma's sqrt(width), rounded to float32 first as the module path does; 0: none
+        self.embed_scale = self.cfg.hidden_size**0.5 if self.cfg.scale_embed else 0.0
         self.fn = kernels.decode_layer_function()
         self.scratch = torch.empty(0)
         self.int8_on = None  # whether the C step's products use the int8 GEMM (None: not set)
@@ -284,6 +313,8 @@ class FastDecode:
         # RoPE tables the C step reads by position, grown on demand; none for learned positions
         self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
+        # every struct whose products may take the int8 GEMM (not a lookup-only table)
+        self.products = [m for layer in layers for m in layer[2:]] + ([head] if head else [])
         norm = model.norm  # the final norm, of the blocks' kind: applied by the C step
         self._norm_weights = [norm.weight.detach(), getattr(norm, "bias", None)]
         self.final_norm = tuple(None if t is None else t.data_ptr() for t in self._norm_weights)
@@ -333,7 +364,7 @@ class FastDecode:
             norms = (block.attn_norm.weight.detach(), block.mlp_norm.weight.detach())
             layers.append((*norms, *[_matrix(p) for p in parts]))
             extras.append(_extra_norms(block))
-        return FastDecode(model, layers, extras)
+        return FastDecode(model, layers, extras, *_ends(model))
 
     def __call__(self, model, ids, cache, positions) -> torch.Tensor | None:
         """New tokens -> final-norm hidden states (B, T, C); None if it cannot take them.
@@ -343,6 +374,18 @@ class FastDecode:
         row attends to its own slots only. (1, T): a prompt (or its continuation) of one
         sequence, written at the cache's next T slots, attending causally.
         """
+        done = self._rows(model, ids, cache, positions, head=False)
+        return None if done is None else done[0].view(*ids.shape, -1)
+
+    def next_logits(self, model, ids, cache, positions) -> tuple | None:
+        """The same call through the head, in the same C call: (logits (B, V) float32 of
+        each sequence's last new token, each row's first maximal logit as a list), or None
+        when the step or the head cannot take it (then nothing ran)."""
+        done = self._rows(model, ids, cache, positions, head=True)
+        return None if done is None else done[1]
+
+    def _rows(self, model, ids, cache, positions, head: bool) -> tuple | None:
+        """(x (n, C) final-normed, (logits, argmax) or None), or None when it cannot."""
         B, T = ids.shape
         if torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None
@@ -357,9 +400,12 @@ class FastDecode:
         self._use_int8(int8_activations())
         if n > self.float_rows:
             return None  # products on the float kernel: the module path's GEMM is faster
+        head_rows = 1 if shared else n  # a prompt's next token follows its last row only
+        if head and not self._head_runs(head_rows):
+            return None
         if positions is None:
             positions = slots[:, None]
-        x = self._embed(model, ids, positions)  # (n, C)
+        x, token_ids = self._first_rows(model, ids, positions)  # (n, C), (n,) or None
         at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
         # a long prompt in pieces of (nearly) equal size, none of one row (which would take
         # the decode path's attention) as prompt_rows >= 4: the scratch stays that of
@@ -367,31 +413,69 @@ class FastDecode:
         pieces = -(-n // self.prompt_rows) if shared else 1
         bounds = [i * n // pieces for i in range(pieces + 1)]
         self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, prompt=shared)
+        rows = NewRows(x, slots, at, token_ids, shared)
+        out = None
+        if head:  # (rows, V) logits and (rows,) argmax, written by the last piece's call
+            out = torch.empty(head_rows, self.head_width), torch.empty(head_rows, dtype=torch.int64)
         for start, stop in itertools.pairwise(bounds):
-            self._call(model, cache, x, slots, at, start, stop - start, shared)
+            self._call(model, cache, rows, start, stop - start, out if stop == n else None)
         cache.advance(T)
-        return x.view(B, T, -1)  # final-normed in C
+        return x, None if out is None else (out[0], out[1].tolist())  # x final-normed in C
 
-    def _call(self, model, cache, x, slots, at, start: int, rows: int, shared: bool) -> None:
-        """Rows start .. start+rows-1 of x (their slots and positions) through every layer."""
-        f32, i64 = x.element_size(), slots.element_size()
-        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x.data_ptr() + start * x.shape[1] * f32)
-        call.n = rows
+    def _call(self, model, cache, rows: NewRows, start: int, count: int, out) -> None:
+        """Rows start .. start+count-1 through every layer: looked up first when the rows
+        have ids, through the head into `out` ((logits, argmax) tensors) when given."""
+        f32, i64 = rows.x.element_size(), rows.slots.element_size()
+        x = rows.x.data_ptr() + start * rows.x.shape[1] * f32
+        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x, n=count)
+        if rows.ids is not None:
+            call.ids, call.embed = rows.ids.data_ptr() + start * i64, ctypes.pointer(self.embed)
+            call.embed_scale = self.embed_scale
+        if out is not None:
+            call.head = ctypes.pointer(self.head)
+            call.logits, call.argmax = out[0].data_ptr(), out[1].data_ptr()
         call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
         call.layer_stride = cache.k.stride(0)
         # floats between rows' (H, S, D) caches; 0: a prompt's rows share one
-        call.row_stride = 0 if shared else cache.k.stride(1)
-        call.slots, call.max_len = slots.data_ptr() + start * i64, cache.max_len
+        call.row_stride = 0 if rows.shared else cache.k.stride(1)
+        call.slots, call.max_len = rows.slots.data_ptr() + start * i64, cache.max_len
         call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
         call.final_norm, call.final_norm_bias = self.final_norm
         call.team = self.team
-        call.positions = at.data_ptr() + start * i64
-        status = self._run(model, call, at[start : start + rows])
+        call.positions = rows.at.data_ptr() + start * i64
+        status = self._run(model, call, rows.at[start : start + count])
+        if status == BAD_TOKEN_ID:
+            raise IndexError(f"a token id is outside the vocabulary (0..{self.embed.n_out[0] - 1})")
         if status != 0:
             raise RuntimeError(
                 f"the compiled decode step refused layer {-1 - status} "
-                f"(slots {slots[start : start + rows].tolist()})"
+                f"(slots {rows.slots[start : start + count].tolist()})"
             )
+
+    def _first_rows(self, model, ids, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rows the first layer reads (n, C) and the ids the C step fills them from;
+        None: they are filled here, as the module path forms them."""
+        e = self.embed
+        if e is None or not (e.w[0] or e.q8[0]):  # (a lookup from tiles needs them repacked)
+            return self._embed(model, ids, positions), None
+        flat = ids.reshape(-1).to(torch.int64).contiguous()  # (n,)
+        return torch.empty(flat.numel(), self.cfg.hidden_size), flat
+
+    def _head_runs(self, rows: int) -> bool:
+        """Whether the C step's head takes these rows as the module path's would: on the
+        int8 GEMM, or on the packed float kernel within its rows (past them the module path
+        dequantizes and multiplies in torch)."""
+        m = self.head
+        if m is None:
+            return False
+        if m.use_i8 and m.q8[0]:
+            return True
+        kind = m._source.segments[0][1]
+        return bool(m.w[0]) and kind in KERNEL_KINDS and rows <= kernel_max_rows(kind)
+
+    @property
+    def head_width(self) -> int:
+        return int(self.head.n_out[0])
 
     def _embed(self, model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The rows the first layer reads (n, C) float32, as the module path forms them."""
@@ -435,11 +519,10 @@ class FastDecode:
         """Products take the int8 GEMM (weights repacked once, on first need) or not."""
         if on == self.int8_on:
             return
-        for layer in self.layers:
-            for matrix in layer[2:]:
-                if on and not matrix.q8[0]:
-                    _attach_int8(matrix)
-                matrix.use_i8 = int(on)
+        for matrix in self.products:
+            if on and not matrix.q8[0]:
+                _attach_int8(matrix)
+            matrix.use_i8 = int(on)
         self.int8_on = on
 
     def _ensure_scratch(self, n: int, max_len: int, prompt: bool) -> None:
@@ -464,6 +547,39 @@ def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torc
 
     main = table(model.rotary)
     return [main, table(model.rotary_local) if local else main]
+
+
+def _ends(model) -> tuple[PackedMatrix | None, PackedMatrix | None]:
+    """(head, embedding table) as the C step's structs, each None where Python must run it:
+    the head must be one packed product with no adapter and no final soft-cap (the module
+    path's tanh stays in torch); the table must be packed, looked up from its ggml blocks or
+    (a tied head's) int8 tiles, with no learned positions to add. A tied table is one
+    struct for both."""
+    cfg = model.config
+    table = getattr(model.embed, "table", None)  # a packed embedding's table
+    linear = model.lm_head if model.lm_head is not None else table
+    head = None
+    if linear is not None and cfg.final_softcap is None and _adapter(linear)[1] is None:
+        head = _matrix(linear) if _packed(linear) else None
+    if table is None or cfg.position == "learned":
+        return head, None
+    if linear is table and head is not None:
+        return head, head
+    return head, _lookup_table(table)
+
+
+def _lookup_table(table) -> PackedMatrix | None:
+    """The struct the C step looks rows up in: a table's ggml blocks, or the int8 tiles that
+    replaced them (a tied table: the head's resident copy, no repack); None for stored
+    groups, which only Python reads."""
+    if isinstance(table, QuantLinear) and table.packed is not None:
+        return _matrix(table) if table.kind in kernels.KIND_CODES else None
+    compacted = isinstance(table, QuantLinear) or getattr(table, "compacted", False)
+    if not (compacted and _packed(table)):
+        return None
+    matrix = _matrix(table)
+    _attach_int8(matrix)
+    return matrix
 
 
 def _extra_norms(block) -> dict:

@@ -34,7 +34,7 @@ HEADERS = [
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 21
+ABI_VERSION = 22
 
 
 class KernelMismatchError(RuntimeError):

@@ -82,6 +82,13 @@ class PackedRuntime:
             return None
         return self.step(model, ids, cache, positions)
 
+    def next_logits(self, model, ids: torch.Tensor, cache, positions) -> tuple | None:
+        """(logits (B, V), argmax list) of each sequence's last new token from one C call
+        (lookup, layers, head), or None when it cannot take this call (nothing ran)."""
+        if self.step is None:
+            return None
+        return self.step.next_logits(model, ids, cache, positions)
+
 
 def compact(model, layers: list[LayerKernels], release=None, repack=None) -> None:
     """Every packed product keeps one resident copy (QuantLinear.compact: the ggml blocks

@@ -214,16 +214,17 @@ class Scheduler:
                 self.lm.tokenizer.stop_ids, job.seed, table=self.lm.table_for(job.cfg),
             )  # fmt: skip
             running = Running(job, state, self.lm.text_stream(job.cfg))
-            logits = self._prefill(row, job.prompt)
+            logits, argmax = self._prefill(row, job.prompt)
         except Exception as e:  # noqa: BLE001 - the job fails, the server goes on
             self.cache.clear(row)
             return self._fail(job, e)
         self.running.append(running)
-        if self._emit(running, step_many([state], logits, isolate=True)[0]):
+        if self._emit(running, step_many([state], logits, isolate=True, argmax=argmax)[0]):
             self._drop_finished({row})
 
-    def _prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
-        """Fill a row's cache with the prompt; (1, V) logits of its last token.
+    def _prefill(self, row: int, prompt: list[int]) -> tuple:
+        """Fill a row's cache with the prompt; (1, V) logits of its last token (and their
+        argmax where the model found it, see `Decoder.next_token_logits`).
 
         The longest cached prefix is copied in and only the rest is computed.
         """
@@ -232,10 +233,10 @@ class Scheduler:
         if self.prefix is not None:
             reused = copy_into(self.prefix.match(prompt), view.k[:, 0], view.v[:, 0])
             self.cache.lengths[row] = reused
-        h = self.model.hidden(torch.tensor([prompt[reused:]]), cache=view)  # (1, T, C)
+        step = self.model.next_token_logits(torch.tensor([prompt[reused:]]), cache=view)
         if self.prefix is not None:
             self.prefix.store(prompt, view.k[:, 0], view.v[:, 0])
-        return self.model.head(h[:, -1]).float()
+        return step
 
     def _remember(self, rows: set[int]) -> None:
         """Keep finished rows' prompt + answer for the next turn of their conversation."""
@@ -264,19 +265,20 @@ class Scheduler:
         positions = self.cache.lengths[:n, None].clone()  # rows start at slot 0
         try:
             if n == 1:  # a batch of one: the compiled one-token step can take it
-                h = self.model.hidden(tokens, cache=RowView(self.cache, 0, 1), positions=positions)
+                view, mask = RowView(self.cache, 0, 1), None
             else:
                 mask = self.cache.slot_mask(n)  # the model narrows it for its sliding layers
                 view = BatchView(self.cache, n)
-                h = self.model.hidden(tokens, cache=view, positions=positions, attn_mask=mask)
-            logits = self.model.head(h[:, -1]).float()  # (n, V)
+            logits, argmax = self.model.next_token_logits(
+                tokens, cache=view, positions=positions, attn_mask=mask
+            )  # (n, V)
         except Exception as e:  # noqa: BLE001 - these rows' caches are now unknown
             for r in self.running:
                 self._fail(r.job, e)
             self._drop_finished(set(range(n)))
             return
         # all rows sampled together; a row whose sampling fails gets its exception
-        events = step_many([r.state for r in self.running], logits, isolate=True)
+        events = step_many([r.state for r in self.running], logits, isolate=True, argmax=argmax)
         finished = {
             row
             for row, (r, event) in enumerate(zip(self.running, events, strict=True))

@@ -773,6 +773,14 @@ typedef struct {
      * of the blocks' kind (layer_norm, norm_offset, eps of steps[0]) */
     const float *final_norm, *final_norm_bias;
     int team; /* decode rows may run as one team (decode_rows.h); 0: always layer by layer */
+    /* optional, so that a token step needs no Python between its id and its logits:
+     * ids (n): x is first filled with these rows of `embed` (its one part: ggml blocks, or
+     * int8 tiles where it has none), times embed_scale unless 0; NULL: x is given.
+     * head: after the final norm, logits = x @ head^T for the rows whose next token is
+     * wanted (a prompt's last row; every decode row), and argmax (may be NULL) each such
+     * row's first maximal logit; NULL: no head. */
+    const int64_t *ids; const packed_matrix *embed; float embed_scale;
+    const packed_matrix *head; float *logits; int64_t *argmax;
 } decode_call;
 
 int giraffe_layer_step_size(void) { return (int)sizeof(layer_step); }
@@ -806,7 +814,9 @@ static const field_place DECODE_CALL_FIELDS[] = {
     OFF(decode_call, rope_rows), OFF(decode_call, k_cache), OFF(decode_call, v_cache),
     OFF(decode_call, layer_stride), OFF(decode_call, row_stride), OFF(decode_call, slots),
     OFF(decode_call, max_len), OFF(decode_call, scratch), OFF(decode_call, n_threads),
-    OFF(decode_call, final_norm), OFF(decode_call, final_norm_bias), OFF(decode_call, team)};
+    OFF(decode_call, final_norm), OFF(decode_call, final_norm_bias), OFF(decode_call, team),
+    OFF(decode_call, ids), OFF(decode_call, embed), OFF(decode_call, embed_scale), OFF(decode_call, head),
+    OFF(decode_call, logits), OFF(decode_call, argmax)};
 #undef OFF
 
 /* Struct `which` (0 layer_step, 1 packed_matrix, 2 decode_call) as "name@offset,..." in
@@ -830,15 +840,98 @@ int giraffe_struct_fields(int which, char *out, int cap) {
 
 #include "decode_rows.h"
 
-/* Every layer in turn for c->n rows (see decode_layer), then the final norm: one call a
- * token, no Python between layers (after ~60 MB of weights have streamed through the
- * caches, even one small torch op costs ~0.2 ms: its code and data are cold). A few decode
+/* x (n, dim) = rows c->ids of c->embed, as the module path looks them up: from the ggml
+ * blocks (ggml's dequantize), or from the int8 tiles where the blocks gave way to them
+ * (the same numbers); then times embed_scale (Gemma's sqrt(width), already a float).
+ * Returns 0, or -1 on an id outside the table or a table it cannot read. */
+static int embed_rows(const decode_call *c, int64_t dim) {
+    const packed_matrix *e = c->embed;
+    if (!e || e->n_parts != 1 || e->n_in != dim || !kind_ok(e->kind[0], dim)) return -1;
+    for (int64_t r = 0; r < c->n; r++)
+        if (c->ids[r] < 0 || c->ids[r] >= e->n_out[0]) return -1;
+    if (e->w[0]) {
+        const int64_t row_bytes = row_bytes_of(e->kind[0], dim);
+        for (int64_t r = 0; r < c->n; r++) unpack_row(e->w[0] + c->ids[r] * row_bytes, e->kind[0], dim / 32, c->x + r * dim);
+    } else {
+#ifdef HAVE_GEMM_I8
+        if (!e->q8[0] || giraffe_dequantize_i8(e->q8[0], e->dm8[0], e->kind[0], (int)e->nib8[0], (int)e->sform8[0],
+                                               e->n_out[0], dim, c->ids, c->n, c->x, 1) != 0)
+            return -1;
+#else
+        return -1;
+#endif
+    }
+    if (c->embed_scale != 0.0f)
+        for (int64_t i = 0; i < c->n * dim; i++) c->x[i] *= c->embed_scale;
+    return 0;
+}
+
+/* The first index of the row's largest value, a NaN counting as largest (numpy's and
+ * torch's argmax: a greedy step picks the same token from these logits as from theirs).
+ * The maximum first (16 lanes at a time), then where it first is. */
+static int64_t argmax_row(const float *v, int64_t n) {
+    float best = v[0];
+    int nan = 0;
+    int64_t i = 0;
+#ifdef __AVX512F__
+    __m512 m = _mm512_set1_ps(v[0]);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(v + i);
+        nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0;
+        m = _mm512_max_ps(m, x);
+    }
+    best = _mm512_reduce_max_ps(m); /* (used only when no lane held a NaN) */
+#endif
+    for (; i < n; i++) {
+        nan |= v[i] != v[i];
+        if (v[i] > best) best = v[i];
+    }
+    for (int64_t j = 0; j < n; j++)
+        if (nan ? v[j] != v[j] : v[j] == best) return j;
+    return 0;
+}
+
+/* The head on the rows whose next token is wanted: a prompt's last row (its other rows only
+ * fill the cache), every row of a decode call. */
+static int head_rows(const decode_call *c, int64_t dim) {
+    const packed_matrix *h = c->head;
+    if (h->n_in != dim || !c->logits) return -1;
+    const int prompt = c->row_stride == 0 && c->n > 1;
+    const int64_t rows = prompt ? 1 : c->n, V = total_out(h);
+    matmul_rows(h, c->x + (c->n - rows) * dim, rows, c->logits, c->n_threads);
+    for (int64_t r = 0; c->argmax && r < rows; r++) c->argmax[r] = argmax_row(c->logits + r * V, V);
+    return 0;
+}
+
+/* Every layer in turn for c->n rows (see decode_layer), then the final norm. A few decode
  * rows (not a prompt) run as one team of threads when c->team allows (decode_rows.h: the
- * same numbers, without a parallel region per product).
+ * same numbers, without a parallel region per product). */
+static int run_layers(const decode_call *c, layer_step *steps, int n_layers) {
+#ifdef HAVE_GEMM_I8
+    const int prompt = c->row_stride == 0 && c->n > 1;
+    if (c->team && !prompt && c->n <= DECODE_ROWS_MAX && n_layers > 0 && rows_team_ok(steps, n_layers)) {
+        for (int i = 0; i < n_layers; i++)
+            if (layer_refuses(steps + i)) return -1 - i;
+        if (decode_rows_team(c, steps, n_layers) == 0) return 0;
+    }
+#endif
+    for (int i = 0; i < n_layers; i++)
+        if (decode_layer(steps + i) != 0) return -1 - i;
+    if (c->final_norm && n_layers > 0)
+        norm_rows(c->x, c->n, steps[0].dim, steps[0].layer_norm, c->final_norm, c->final_norm_bias,
+                  steps[0].norm_offset, steps[0].eps, c->x, c->n > 16, c->n_threads);
+    return 0;
+}
+
+/* One call a token, no Python between its id and its logits (after ~60 MB of weights have
+ * streamed through the caches, even one small torch op costs ~0.2 ms: its code and data are
+ * cold): the embedding lookup when c->ids is set, every layer, the final norm, the head
+ * and its argmax when c->head is set.
  * steps: n_layers structs holding each layer's fixed arguments; the call's are written
  * into them here. Returns 0; -1 - i when layer i refused its input;
  * -1000 on a struct declared differently by the caller; -2000 when a position is past
- * the RoPE tables (the caller grows them and calls again: nothing was written). */
+ * the RoPE tables (the caller grows them and calls again: no cache was written);
+ * -3000 on an id outside the embedding, -3001 on a head that does not fit. */
 int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers) {
     if (!c || c->size != (int64_t)sizeof(decode_call)) return -1000;
     if (n_layers > 0 && steps[0].rope_dims != -1) /* RoPE: every row's position in the tables */
@@ -855,20 +948,12 @@ int giraffe_decode_layers(const decode_call *c, layer_step *steps, int n_layers)
         s->row_stride = c->row_stride, s->slots = c->slots, s->max_len = c->max_len;
         s->scratch = c->scratch, s->n_threads = c->n_threads;
     }
-#ifdef HAVE_GEMM_I8
-    const int prompt = c->row_stride == 0 && c->n > 1;
-    if (c->team && !prompt && c->n <= DECODE_ROWS_MAX && n_layers > 0 && rows_team_ok(steps, n_layers)) {
-        for (int i = 0; i < n_layers; i++)
-            if (layer_refuses(steps + i)) return -1 - i;
-        if (decode_rows_team(c, steps, n_layers) == 0) return 0;
-    }
-#endif
-    for (int i = 0; i < n_layers; i++)
-        if (decode_layer(steps + i) != 0) return -1 - i;
-    if (c->final_norm && n_layers > 0)
-        norm_rows(c->x, c->n, steps[0].dim, steps[0].layer_norm, c->final_norm, c->final_norm_bias,
-                  steps[0].norm_offset, steps[0].eps, c->x, c->n > 16, c->n_threads);
-    return 0;
+    if (n_layers < 1) return c->ids || c->head ? -1000 : 0; /* (the width comes from a layer) */
+    const int64_t dim = steps[0].dim;
+    if (c->ids && embed_rows(c, dim) != 0) return -3000;
+    const int status = run_layers(c, steps, n_layers);
+    if (status != 0 || !c->head) return status;
+    return head_rows(c, dim) == 0 ? 0 : -3001;
 }
 
 /* Unpack n_out rows of blocks to float32 (out: n_out x n_in), as ggml's dequantize does
