@@ -13,6 +13,7 @@ SRC = Path(giraffe.__file__).parent
 LAYERS = {
     "config": 0,
     "files": 0,
+    "collector": 0,
     "nn": 1,
     "models": 2,
     "tokenizer": 2,

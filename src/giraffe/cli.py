@@ -265,7 +265,10 @@ def _megabytes(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from giraffe import commands
+    from giraffe.collector import collector_paused
+
+    with collector_paused():  # its imports bring torch: see giraffe.collector
+        from giraffe import commands
 
     handler = getattr(commands, args.command.replace("-", "_"))
     try:

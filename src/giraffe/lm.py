@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from giraffe.collector import collector_paused
 from giraffe.formats import load_weights, resolve, save_hf
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
 from giraffe.formats.hf import model_kind, read_json
@@ -365,6 +366,11 @@ def load(
     the kernel is available. packed=False dequantizes everything to float32, the
     reference that `transformers` also computes.
     """
+    with collector_paused():  # (already, when giraffe.load called this)
+        return _load(name_or_path, packed)
+
+
+def _load(name_or_path, packed: bool | None) -> LanguageModel:
     path = resolve(name_or_path)
     if model_kind(path) == "encoder":  # giraffe.load (the package's) sends these to embedder
         raise GenerationError(

@@ -273,6 +273,13 @@ class FastDecode:
         self.cfg = model.config
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
         self.head, self.embed = head, embed
+        self._head_ptr = None if head is None else ctypes.pointer(head)
+        self._embed_ptr = None if embed is None else ctypes.pointer(embed)
+        self._next_slot = torch.zeros(1, dtype=torch.int64)  # (1,): see _slots
+        self._next_slot_view = self._next_slot.numpy()
+        self._scratch_floats: dict[tuple, int] = {}  # (rows, max_len, prompt) -> floats
+        self._buffers: dict[str, torch.Tensor] = {}  # see _reused
+        self._reused_views: dict = {}  # their numpy views
         # Gemma's sqrt(width), rounded to float32 first as the module path does; 0: none
         self.embed_scale = self.cfg.hidden_size**0.5 if self.cfg.scale_embed else 0.0
         self.fn = kernels.decode_layer_function()
@@ -391,13 +398,14 @@ class FastDecode:
             return None
         if cache.k.stride() != cache.v.stride():
             return None  # the C step walks both caches with one set of strides
-        if self.int8_only and not int8_activations():
+        int8 = int8_activations()
+        if self.int8_only and not int8:
             return None  # float activations: the module path dequantizes
         slots, shared = self._slots(cache, B, T)
         if slots is None or not all(_set_adapter(*a) for a in self.adapters):
             return None
         n = B * T
-        self._use_int8(int8_activations())
+        self._use_int8(int8)
         if n > self.float_rows:
             return None  # products on the float kernel: the module path's GEMM is faster
         head_rows = 1 if shared else n  # a prompt's next token follows its last row only
@@ -405,8 +413,9 @@ class FastDecode:
             return None
         if positions is None:
             positions = slots[:, None]
-        x, token_ids = self._first_rows(model, ids, positions)  # (n, C), (n,) or None
-        at = positions.reshape(-1).to(torch.int64).contiguous()  # (n,)
+        # (n, C), (n,) or None; x is handed back only as hidden states, else reused
+        x, token_ids = self._first_rows(model, ids, positions, reuse=head)
+        at = _flat_int64(positions)  # (n,)
         # a long prompt in pieces of (nearly) equal size, none of one row (which would take
         # the decode path's attention) as prompt_rows >= 4: the scratch stays that of
         # `prompt_rows` rows however long the prompt
@@ -415,12 +424,14 @@ class FastDecode:
         self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, prompt=shared)
         rows = NewRows(x, slots, at, token_ids, shared)
         out = None
-        if head:  # (rows, V) logits and (rows,) argmax, written by the last piece's call
-            out = torch.empty(head_rows, self.head_width), torch.empty(head_rows, dtype=torch.int64)
+        if head:  # (rows, V) logits (the caller's) and (rows,) argmax, by the last piece
+            out = torch.empty(head_rows, self.head_width), self._reused("argmax", head_rows)
         for start, stop in itertools.pairwise(bounds):
             self._call(model, cache, rows, start, stop - start, out if stop == n else None)
         cache.advance(T)
-        return x, None if out is None else (out[0], out[1].tolist())  # x final-normed in C
+        if out is None:
+            return x, None  # x final-normed in C
+        return x, (out[0], self._reused_views["argmax"][:head_rows].tolist())
 
     def _call(self, model, cache, rows: NewRows, start: int, count: int, out) -> None:
         """Rows start .. start+count-1 through every layer: looked up first when the rows
@@ -429,10 +440,10 @@ class FastDecode:
         x = rows.x.data_ptr() + start * rows.x.shape[1] * f32
         call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x, n=count)
         if rows.ids is not None:
-            call.ids, call.embed = rows.ids.data_ptr() + start * i64, ctypes.pointer(self.embed)
+            call.ids, call.embed = rows.ids.data_ptr() + start * i64, self._embed_ptr
             call.embed_scale = self.embed_scale
         if out is not None:
-            call.head = ctypes.pointer(self.head)
+            call.head = self._head_ptr
             call.logits, call.argmax = out[0].data_ptr(), out[1].data_ptr()
         call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
         call.layer_stride = cache.k.stride(0)
@@ -443,23 +454,37 @@ class FastDecode:
         call.final_norm, call.final_norm_bias = self.final_norm
         call.team = self.team
         call.positions = rows.at.data_ptr() + start * i64
-        status = self._run(model, call, rows.at[start : start + count])
+        status = self._run(model, call, rows.at)
         if status == BAD_TOKEN_ID:
             raise IndexError(f"a token id is outside the vocabulary (0..{self.embed.n_out[0] - 1})")
         if status != 0:
             raise RuntimeError(
                 f"the compiled decode step refused layer {-1 - status} "
-                f"(slots {rows.slots[start : start + count].tolist()})"
+                f"(slots {rows.slots.reshape(-1)[start : start + count].tolist()})"
             )
 
-    def _first_rows(self, model, ids, positions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _first_rows(self, model, ids, positions, reuse: bool) -> tuple:
         """The rows the first layer reads (n, C) and the ids the C step fills them from;
-        None: they are filled here, as the module path forms them."""
+        None: they are filled here, as the module path forms them. reuse: the rows may go
+        in a buffer kept for the next call (they are not handed back)."""
         e = self.embed
         if e is None or not (e.w[0] or e.q8[0]):  # (a lookup from tiles needs them repacked)
             return self._embed(model, ids, positions), None
-        flat = ids.reshape(-1).to(torch.int64).contiguous()  # (n,)
-        return torch.empty(flat.numel(), self.cfg.hidden_size), flat
+        flat = _flat_int64(ids)  # (n,)
+        n, C = flat.numel(), self.cfg.hidden_size
+        x = self._reused("x", n * C).view(n, C) if reuse else torch.empty(n, C)
+        return x, flat
+
+    def _reused(self, name: str, numel: int) -> torch.Tensor:
+        """A buffer of at least numel values kept between calls (grown when too small; the
+        C step fills it within one call): the first numel. A fresh tensor costs ~10-20 us a
+        token once the weights have swept the caches."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            dtype = torch.int64 if name == "argmax" else torch.float32
+            buffer = self._buffers[name] = torch.empty(numel, dtype=dtype)
+            self._reused_views[name] = buffer.numpy()
+        return buffer[:numel]
 
     def _head_runs(self, rows: int) -> bool:
         """Whether the C step's head takes these rows as the module path's would: on the
@@ -488,8 +513,8 @@ class FastDecode:
         return x.reshape(B * T, -1).contiguous().float()
 
     def _run(self, model, call: DecodeCall, positions: torch.Tensor) -> int:
-        """Run every layer; a position past the RoPE tables grows them and runs again (the
-        C step checks positions before it writes anything)."""
+        """Run every layer; a position past the RoPE tables grows them (to the largest of
+        `positions`) and runs again (the C step checks positions before it writes anything)."""
         for _ in range(2):
             if self.rope:
                 (call.cos, call.sin), (call.cos_local, call.sin_local) = (
@@ -502,8 +527,7 @@ class FastDecode:
             self.rope = _rope_tables(model, int(positions.max()) + 1, self.local_rope)
         return status
 
-    @staticmethod
-    def _slots(cache, B: int, T: int) -> tuple[torch.Tensor | None, bool]:
+    def _slots(self, cache, B: int, T: int) -> tuple[torch.Tensor | None, bool]:
         """(n,) cache slot of each new token, and whether they are one sequence's run."""
         slots = getattr(cache, "slots", None)
         if T == 1 and slots is not None:
@@ -513,7 +537,12 @@ class FastDecode:
             return None, False
         if cache.length + T > cache.max_len:
             return None, False  # the module path says the cache is full
-        return torch.arange(cache.length, cache.length + T), T > 1
+        if T > 1:
+            return torch.arange(cache.length, cache.length + T), True
+        # one token of one sequence (every greedy step): no torch op, a reused tensor (the
+        # C step reads it during this call only)
+        self._next_slot_view[0] = cache.length
+        return self._next_slot, False
 
     def _use_int8(self, on: bool) -> None:
         """Products take the int8 GEMM (weights repacked once, on first need) or not."""
@@ -528,10 +557,22 @@ class FastDecode:
     def _ensure_scratch(self, n: int, max_len: int, prompt: bool) -> None:
         """Room for csrc/qmatmul.c's buffers of a call of n rows, as the library lays them
         out (giraffe_decode_scratch: no score rows where the flash kernel runs, the MLP's
-        buffers for at most MLP_ROWS rows)."""
-        need = kernels.decode_scratch_floats(self.steps, n, max_len, prompt)
+        buffers for at most MLP_ROWS rows); asked once per shape of call."""
+        key = (n, max_len, prompt)
+        need = self._scratch_floats.get(key)
+        if need is None:
+            need = kernels.decode_scratch_floats(self.steps, n, max_len, prompt)
+            self._scratch_floats[key] = need
         if self.scratch.numel() < need:
             self.scratch = torch.empty(need)
+
+
+def _flat_int64(t: torch.Tensor) -> torch.Tensor:
+    """t's values in order as one contiguous int64 run (t itself when it already is one:
+    the C step reads only its data pointer)."""
+    if t.dtype == torch.int64 and t.is_contiguous():
+        return t
+    return t.reshape(-1).to(torch.int64).contiguous()
 
 
 def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
