@@ -851,11 +851,13 @@ static int embed_rows(const decode_call *c, int64_t dim) {
         if (c->ids[r] < 0 || c->ids[r] >= e->n_out[0]) return -1;
     if (e->w[0]) {
         const int64_t row_bytes = row_bytes_of(e->kind[0], dim);
+        /* a prompt's rows on every thread; a decode row's on this one (a fork costs more) */
+        #pragma omp parallel for num_threads(c->n_threads) schedule(static) if (c->n * dim >= 65536)
         for (int64_t r = 0; r < c->n; r++) unpack_row(e->w[0] + c->ids[r] * row_bytes, e->kind[0], dim / 32, c->x + r * dim);
     } else {
 #ifdef HAVE_GEMM_I8
         if (!e->q8[0] || giraffe_dequantize_i8(e->q8[0], e->dm8[0], e->kind[0], (int)e->nib8[0], (int)e->sform8[0],
-                                               e->n_out[0], dim, c->ids, c->n, c->x, 1) != 0)
+                                               e->n_out[0], dim, c->ids, c->n, c->x, c->n_threads) != 0)
             return -1;
 #else
         return -1;
