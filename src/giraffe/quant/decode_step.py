@@ -11,7 +11,10 @@ partial RoPE, parallel residuals, per-layer windows and RoPE bases, scaled embed
 and learned positions; never a family name) - for one sequence's next
 token, for the n sequences of a continuous batch (each at its own cache slot), or for a
 whole prompt of one sequence (rows sharing its cache, causal flash attention; a prompt
-longer than `prompt_rows` goes in pieces, so its scratch stays bounded). It only
+longer than `prompt_rows` goes in pieces, so its scratch stays bounded). Where the model's
+embedding table and head qualify (`_ends`), the same C call also looks the rows up and,
+for `next_logits`, runs the head and each row's argmax: no Python between a token's id
+and its logits. It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
 maps asked for, every projection packed in ggml blocks, int8 tiles, group-wise
 int8/int4 or F16/BF16, optionally under a LoRA adapter whose low-rank delta the C step
@@ -425,7 +428,8 @@ class FastDecode:
         rows = NewRows(x, slots, at, token_ids, shared)
         out = None
         if head:  # (rows, V) logits (the caller's) and (rows,) argmax, by the last piece
-            out = torch.empty(head_rows, self.head_width), self._reused("argmax", head_rows)
+            argmax = self._reused("argmax", head_rows, torch.int64)
+            out = torch.empty(head_rows, self.head_width), argmax
         for start, stop in itertools.pairwise(bounds):
             self._call(model, cache, rows, start, stop - start, out if stop == n else None)
         cache.advance(T)
@@ -472,16 +476,15 @@ class FastDecode:
             return self._embed(model, ids, positions), None
         flat = _flat_int64(ids)  # (n,)
         n, C = flat.numel(), self.cfg.hidden_size
-        x = self._reused("x", n * C).view(n, C) if reuse else torch.empty(n, C)
+        x = self._reused("x", n * C, torch.float32).view(n, C) if reuse else torch.empty(n, C)
         return x, flat
 
-    def _reused(self, name: str, numel: int) -> torch.Tensor:
+    def _reused(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
         """A buffer of at least numel values kept between calls (grown when too small; the
         C step fills it within one call): the first numel. A fresh tensor costs ~10-20 us a
         token once the weights have swept the caches."""
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < numel:
-            dtype = torch.int64 if name == "argmax" else torch.float32
             buffer = self._buffers[name] = torch.empty(numel, dtype=dtype)
             self._reused_views[name] = buffer.numpy()
         return buffer[:numel]
