@@ -7,23 +7,15 @@ non-ASCII text, the loop-control extension, and transformers' `{% generation %}`
 which marks the text the model writes and so gives the assistant-token mask for
 fine-tuning. The template sees `messages`, `tools`, `documents`, `add_generation_prompt`,
 `bos_token`, `eos_token` and any extra keyword (`enable_thinking`, ...). Built-in templates
-cover models that ship none. Messages are checked and normalised in `chat_messages`. It
-does not tokenize, except to turn generation spans into a token mask on request.
+cover models that ship none. Messages are checked and normalised in `chat_messages`, the
+Jinja environment is built in `chat_jinja` (imported at the first template). It does not
+tokenize, except to turn generation spans into a token mask on request.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from contextvars import ContextVar
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
-
-import jinja2
-from jinja2 import nodes
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from giraffe.tokenizer.chat_messages import (
     ChatTemplateError,
@@ -132,64 +124,6 @@ BUILTIN_TEMPLATES = {
 }
 
 
-def _raise(message: str):
-    raise ChatTemplateError(f"the chat template refused the conversation: {message}")
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # Hugging Face overrides jinja's tojson so that it does not HTML-escape.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-# While `render_chat_spans` runs: (pieces rendered so far, (start, end, text) per block).
-_TRACKING: ContextVar[tuple[list[str], list[tuple[int, int, str]]] | None] = ContextVar(
-    "giraffe_generation_tracking", default=None
-)
-
-
-class GenerationBlocks(Extension):
-    """`{% generation %}...{% endgeneration %}`: renders its body and notes where it lands.
-
-    transformers' extension for the text the model writes (assistant turns). Outside
-    `render_chat_spans` the block renders its body and records nothing.
-    """
-
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("_note", []), [], [], body).set_lineno(lineno)
-
-    def _note(self, caller) -> str:
-        text = caller()
-        tracking = _TRACKING.get()
-        if tracking is not None:
-            # Output is streamed piece by piece, so what came before is all of `pieces`.
-            pieces, spans = tracking
-            start = sum(len(p) for p in pieces)
-            spans.append((start, start + len(text), text))
-        return text
-
-
-@lru_cache(maxsize=32)
-def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlocks, loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template)
-    except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(
-            f"chat template syntax error at line {e.lineno}: {e.message}"
-        ) from None
-
-
 def resolve_template(template: str | None) -> str:
     """None -> ChatML; a builtin name -> its text; anything else is a Jinja template."""
     if template is None:
@@ -209,7 +143,9 @@ def template_from_option(value: str) -> str:
             "nor a file holding a Jinja chat template"
         )
     text = path.read_text(encoding="utf-8")
-    _compile(text)  # a syntax error is reported now, not at the first message
+    from giraffe.tokenizer.chat_jinja import compile_template
+
+    compile_template(text)  # a syntax error is reported now, not at the first message
     return text
 
 
@@ -258,11 +194,13 @@ def render_chat(
     `tools` are JSON-schema function specs, `documents` objects with title and text; any
     other keyword (`enable_thinking=False`, ...) becomes a template variable.
     """
+    from giraffe.tokenizer.chat_jinja import compile_template, template_errors
+
     context = _context(
         messages, add_generation_prompt, bos_token, eos_token, tools, documents, extra
     )
-    with _errors():
-        return _compile(template).render(**context)
+    with template_errors():
+        return compile_template(template).render(**context)
 
 
 def render_chat_spans(
@@ -277,6 +215,8 @@ def render_chat_spans(
     **extra,
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans of its `{% generation %}` blocks."""
+    from giraffe.tokenizer.chat_jinja import TRACKING, compile_template, template_errors
+
     if not has_generation_blocks(template):
         raise ChatTemplateError(
             "the chat template has no {% generation %} blocks, so it does not say which text "
@@ -287,13 +227,13 @@ def render_chat_spans(
     )
     pieces: list[str] = []
     blocks: list[tuple[int, int, str]] = []
-    token = _TRACKING.set((pieces, blocks))
+    token = TRACKING.set((pieces, blocks))
     try:
-        with _errors():
-            for piece in _compile(template).generate(**context):
+        with template_errors():
+            for piece in compile_template(template).generate(**context):
                 pieces.append(piece)
     finally:
-        _TRACKING.reset(token)
+        TRACKING.reset(token)
     text = "".join(pieces)
     # A block inside {% set %} or a macro renders before its text is placed: its span
     # would be wrong (transformers' is too), so it is refused rather than trusted.
@@ -325,19 +265,3 @@ def generation_mask(
     text, spans = render_chat_spans(messages, template, **kw)
     ids, offsets = tokenizer.encode_with_offsets(text)
     return ids, token_mask(offsets, spans)
-
-
-class _errors:
-    """Template failures become one-line ChatTemplateErrors."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if e is None or isinstance(e, ChatTemplateError):
-            return False
-        if isinstance(e, jinja2.exceptions.SecurityError):
-            raise ChatTemplateError(f"the chat template tried something unsafe: {e}") from None
-        if isinstance(e, (jinja2.TemplateError, TypeError, KeyError, IndexError)):
-            raise ChatTemplateError(f"the chat template failed: {e}") from None
-        return False
