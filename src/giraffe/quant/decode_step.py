@@ -616,12 +616,14 @@ def _lookup_table(table) -> PackedMatrix | None:
     """The struct the C step looks rows up in: a table's ggml blocks, or the int8 tiles that
     replaced them (a tied table: the head's resident copy, no repack); None for stored
     groups, which only Python reads."""
-    if isinstance(table, QuantLinear) and table.packed is not None:
-        return _matrix(table) if table.kind in kernels.KIND_CODES else None
-    compacted = isinstance(table, QuantLinear) or getattr(table, "compacted", False)
-    if not (compacted and _packed(table)):
+    if isinstance(table, QuantLinear):
+        if table.packed is not None:  # its ggml blocks
+            return _matrix(table) if table.kind in kernels.KIND_CODES else None
+    elif not getattr(table, "compacted", False):
+        return None  # stored groups
+    if not _packed(table):
         return None
-    matrix = _matrix(table)
+    matrix = _matrix(table)  # the tiles, already made: attaching them repacks nothing
     _attach_int8(matrix)
     return matrix
 
