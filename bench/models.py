@@ -188,6 +188,9 @@ def read_bandwidth(threads: int) -> float:
 def run_engine(engine: str, path: Path, args) -> dict:
     """One fresh process measuring one engine on one file; {"error": ...} when it fails."""
     env = dict(os.environ)
+    # a "second run" finds Python's compiled modules cached, as an installed giraffe does;
+    # an environment that forbids writing them would charge every run their compilation
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if engine == "giraffe-baseline":
         env["PYTHONPATH"] = os.pathsep.join([args.baseline_src, str(HERE)])
     worker = "giraffe" if engine.startswith("giraffe") else engine

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from giraffe.config import PRESETS, ConfigError, ModelConfig
-from giraffe.formats.assemble import WeightsError
 from giraffe.formats.hf import load_hf, save_hf
+from giraffe.formats.names import WeightsError
 from giraffe.models import Encoder
 
 

@@ -13,8 +13,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from giraffe.config import PRESETS
-from giraffe.formats.assemble import WeightsError
 from giraffe.formats.gguf import load_gguf, save_gguf
+from giraffe.formats.names import WeightsError
 from giraffe.models import Decoder
 from giraffe.quant import kernels, types
 from giraffe.quant.decode_step import FastDecode

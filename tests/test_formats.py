@@ -7,9 +7,9 @@ import torch
 from hf_tiny import hf_logits, tiny_hf_model
 
 from giraffe.config import ConfigError
-from giraffe.formats.assemble import WeightsError
 from giraffe.formats.gguf import load_gguf, save_gguf
 from giraffe.formats.hf import load_hf, save_hf
+from giraffe.formats.names import WeightsError
 
 KINDS = ["llama", "qwen2", "gpt2", "mistral"]
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from giraffe.config import PRESETS, ConfigError, ModelConfig
-from giraffe.formats.hf import config_from_hf, config_to_hf, load_hf, save_hf
+from giraffe.formats.hf import load_hf, save_hf
+from giraffe.formats.hf_config import config_from_hf, config_to_hf
 from giraffe.models import Seq2Seq, build_model
 from giraffe.models.seq2seq import shift_right
 from giraffe.nn.relative_position import relative_position_bucket
@@ -213,7 +214,7 @@ def test_the_language_model_facade_names_the_door_for_t5(tmp_path):
 def test_incomplete_t5_file_names_the_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from giraffe.formats.assemble import WeightsError
+    from giraffe.formats.names import WeightsError
 
     save_hf(build_model(PRESETS["t5-tiny"]), tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")

@@ -53,6 +53,10 @@ def __getattr__(name: str):
         from giraffe import embedder
 
         return embedder.SentenceEncoder
+    if name == "load_tokenizer":  # (no torch: tokenizing needs no model)
+        from giraffe.formats.registry import load_tokenizer
+
+        return load_tokenizer
     if name in __all__:
         from giraffe import lm
 

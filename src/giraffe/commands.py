@@ -17,9 +17,17 @@ from rich.text import Text
 
 from giraffe.explain.sizes import human_bytes, memory_table, parameter_counts, total_parameters
 from giraffe.formats import registry
-from giraffe.lm import load, load_tokenizer
+from giraffe.formats.registry import load_tokenizer
 
 TOKEN_COLOURS = ("on #3b4a6b", "on #5b3b6b", "on #3b6b4a", "on #6b5b3b", "on #3b626b")
+
+
+def load(name, **kw):
+    """`giraffe.lm.load`, imported when a command needs a model: the others (models,
+    tokenize, info, pull) start without torch."""
+    from giraffe import lm
+
+    return lm.load(name, **kw)
 
 
 def load_model(args, name=None, **kw):

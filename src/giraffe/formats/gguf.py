@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giraffe.files.gguf_reader import FastGGUFReader, GGUFFormatError
-from giraffe.formats.assemble import WeightsError, assemble, disassemble
-from giraffe.formats.gguf_config import (  # noqa: F401 - config_from_gguf, field: this module's API
+from giraffe.formats.assemble import assemble, disassemble
+from giraffe.formats.gguf_config import (  # noqa: F401 - config_from_gguf, field, open_gguf: this module's API
     GGUF_FAMILIES,
     config_from_gguf,
     field,
     gguf_arch,
+    open_gguf,
     write_hparams,
 )
 from giraffe.formats.gguf_packed import (
@@ -31,24 +31,10 @@ from giraffe.formats.gguf_packed import (
     packable,
     warn_unpacked_types,
 )
-from giraffe.formats.names import GGUF_ROPE_PERMUTED
+from giraffe.formats.names import GGUF_ROPE_PERMUTED, WeightsError
 from giraffe.models import Decoder
 from giraffe.quant.blocks import dequantize
 from giraffe.quant.ptq import quantize_matrix
-
-
-def open_gguf(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path} does not exist or is not a file")
-    try:
-        return FastGGUFReader(path)
-    except GGUFFormatError as e:
-        raise WeightsError(f"{e}; re-download or re-convert it") from None
-    except (OSError, ValueError) as e:
-        raise WeightsError(
-            f"{path} is not a readable GGUF file ({e}); re-download or re-convert it"
-        ) from None
 
 
 def tensor_to_torch(t) -> torch.Tensor:

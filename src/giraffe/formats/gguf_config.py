@@ -8,12 +8,15 @@ travels as a `rope_freqs` tensor of per-frequency divisors (`rope_freq_factors`)
 llama.cpp runs Phi-3 without its sliding window (transformers and giraffe apply it).
 Where a config differs from what llama.cpp would assume, the writer stores the value
 under the matching GGUF key (giraffe reads it back) and warns that llama.cpp will not.
-This module reads and writes metadata only; tensors are `giraffe.formats.gguf`'s.
+This module opens files and reads and writes metadata only, with no torch (`giraffe
+info` starts without it); tensors are `giraffe.formats.gguf`'s.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -28,8 +31,8 @@ from giraffe.config import (
     ModelConfig,
     periodic_layer_types,
 )
-from giraffe.formats.assemble import WeightsError
-from giraffe.formats.names import GGUF_ROPE_FREQS
+from giraffe.files.gguf_reader import FastGGUFReader, GGUFFormatError
+from giraffe.formats.names import GGUF_ROPE_FREQS, WeightsError
 
 # general.architecture -> giraffe family
 GGUF_FAMILIES = {
@@ -56,6 +59,22 @@ _WIRING = {
 _SWA_PERIOD = {"gemma2": 2, "gemma3": 6}
 _GEMMA3_LOCAL_THETA = 10000.0
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+
+
+def open_gguf(path: str | os.PathLike):
+    """A GGUF file's reader (header parsed, tensors mapped, none read), or WeightsError
+    saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist or is not a file")
+    try:
+        return FastGGUFReader(path)
+    except GGUFFormatError as e:
+        raise WeightsError(f"{e}; re-download or re-convert it") from None
+    except (OSError, ValueError) as e:
+        raise WeightsError(
+            f"{path} is not a readable GGUF file ({e}); re-download or re-convert it"
+        ) from None
 
 
 def field(reader, key: str, default=None):

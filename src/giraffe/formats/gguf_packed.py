@@ -23,7 +23,7 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
-from giraffe.formats.assemble import WeightsError
+from giraffe.formats.names import WeightsError
 from giraffe.quant import tile_cache
 from giraffe.quant.linear import KERNEL_KINDS, QuantEmbedding, QuantLinear, int8_activations
 from giraffe.quant.runtime import PackedRuntime

@@ -20,7 +20,8 @@ import torch
 
 from giraffe.config import ModelConfig
 from giraffe.formats import names
-from giraffe.formats.assemble import WeightsError, assemble
+from giraffe.formats.assemble import assemble
+from giraffe.formats.names import WeightsError
 from giraffe.quant.groupwise import (
     PART_NAMES,
     GroupConfig,

@@ -1,6 +1,6 @@
 """Describe a model from its metadata alone (no weights loaded): config and file facts.
 
-Used by `giraffe info`; it reads headers, never tensor data.
+Used by `giraffe info`; it reads headers, never tensor data, and imports no torch.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from giraffe.config import ModelConfig
-from giraffe.formats.gguf import config_from_gguf, open_gguf
-from giraffe.formats.hf import config_from_hf, read_json, weight_files
+from giraffe.formats.gguf_config import config_from_gguf, open_gguf
+from giraffe.formats.hf_config import config_from_hf, read_json, weight_files
 from giraffe.formats.registry import resolve
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}

@@ -9,10 +9,16 @@ module spells an external tensor name. This module does not read files.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from giraffe.config import ModelConfig
+
+if TYPE_CHECKING:  # the table is read without torch (`giraffe info`, the registry)
+    import torch
+
+
+class WeightsError(ValueError):
+    """A weights file does not fit the model its config describes."""
 
 
 @dataclass(frozen=True)
@@ -375,6 +381,8 @@ def from_giraffe(
     rule: Rule, params: dict[str, torch.Tensor], cfg: ModelConfig, rope_permuted: bool = False
 ) -> torch.Tensor:
     """The external tensor for this rule, built from giraffe parameters (inverse of to_giraffe)."""
+    import torch  # (only writers join tensors; see the top)
+
     tensor = torch.cat([params[n] for n in rule.ours], dim=0)
     if rule.layout == "conv1d":
         tensor = tensor.t()

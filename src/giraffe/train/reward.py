@@ -31,7 +31,8 @@ from torch import nn
 
 from giraffe.formats import names
 from giraffe.formats.assemble import assemble, disassemble
-from giraffe.formats.hf import atomic_write, config_from_hf, config_to_hf, read_json
+from giraffe.formats.hf import atomic_write
+from giraffe.formats.hf_config import config_from_hf, config_to_hf, read_json
 from giraffe.models import Decoder
 from giraffe.tokenizer.tokenizer import load_tokenizer_file
 from giraffe.train.chat_data import pad_examples
