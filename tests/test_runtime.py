@@ -10,6 +10,11 @@ rounding.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from fast_path import counting
@@ -151,3 +156,16 @@ def test_no_code_swaps_a_module_class():
         if re.search(r"\.__class__\s*=[^=]", line)
     ]
     assert swaps == []
+
+
+@pytest.mark.parametrize("int8", ["1", "0"])
+def test_threads_sharing_a_model_get_the_answers_of_one_thread(tmp_path, int8):
+    """Python threads may share a loaded model (a web app's workers): the compiled step
+    takes one call at a time and the module path's dequantize buffer is per thread; the
+    step used to crash the interpreter, the shared buffer to give wrong logits."""
+    script = Path(__file__).parent / "fixtures" / "threads_share_a_model.py"
+    env = {**os.environ, "GIRAFFE_INT8_ACTIVATIONS": int8}
+    cmd = [sys.executable, str(script), str(tmp_path / "m.gguf")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("wrong: []"), r.stdout

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -283,6 +284,7 @@ class FastDecode:
         self._scratch_floats: dict[tuple, int] = {}  # (rows, max_len, prompt) -> floats
         self._buffers: dict[str, torch.Tensor] = {}  # see _reused
         self._reused_views: dict = {}  # their numpy views
+        self._one_call = threading.Lock()  # see _rows
         # Gemma's sqrt(width), rounded to float32 first as the module path does; 0: none
         self.embed_scale = self.cfg.hidden_size**0.5 if self.cfg.scale_embed else 0.0
         self.fn = kernels.decode_layer_function()
@@ -395,7 +397,15 @@ class FastDecode:
         return None if done is None else done[1]
 
     def _rows(self, model, ids, cache, positions, head: bool) -> tuple | None:
-        """(x (n, C) final-normed, (logits, argmax) or None), or None when it cannot."""
+        """(x (n, C) final-normed, (logits, argmax) or None), or None when it cannot.
+
+        One call at a time: threads sharing a model share this step's scratch, buffers
+        and RoPE tables (a second thread growing the scratch would free it under the
+        first one's C call). What it hands back is the caller's own."""
+        with self._one_call:
+            return self._rows_locked(model, ids, cache, positions, head)
+
+    def _rows_locked(self, model, ids, cache, positions, head: bool) -> tuple | None:
         B, T = ids.shape
         if torch.is_grad_enabled() or cache.k.shape[3] != cache.max_len:
             return None

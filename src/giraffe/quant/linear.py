@@ -17,6 +17,7 @@ Knows nothing of file names: a loader hands it bytes and a block type.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -163,19 +164,21 @@ class QuantLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {self.kind} packed"
 
 
-# One reusable float buffer for the unpacked weight of large-batch calls: a fresh 10 MB
-# allocation per layer per call spends more time in page faults than in unpacking.
+# One reusable float buffer per thread for the unpacked weight of large-batch calls: a
+# fresh 10 MB allocation per layer per call spends more time in page faults than in
+# unpacking; one per thread, as threads sharing a model would overwrite each other's.
 SCRATCH_MAX = 16 * 2**20  # floats; larger weights (e.g. a 49k-row head) get their own
-_SCRATCH: list[torch.Tensor] = [torch.empty(0)]
+_SCRATCH = threading.local()
 
 
 def _scratch(layer: QuantLinear) -> torch.Tensor | None:
     n = layer.out_features * layer.in_features
     if n > SCRATCH_MAX:
         return None
-    if _SCRATCH[0].numel() < n:
-        _SCRATCH[0] = torch.empty(n)
-    return _SCRATCH[0][:n].view(layer.out_features, layer.in_features)
+    buffer = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or buffer.numel() < n:
+        buffer = _SCRATCH.buffer = torch.empty(n)
+    return buffer[:n].view(layer.out_features, layer.in_features)
 
 
 class QuantEmbedding(nn.Module):
