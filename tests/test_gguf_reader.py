@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from giraffe.config import PRESETS
+from giraffe.files import gguf_reader
 from giraffe.files.gguf_reader import FastGGUFReader, GGUFFormatError
 from giraffe.formats.gguf import save_gguf
 from giraffe.models import Decoder
@@ -33,6 +34,25 @@ def test_real_model_file(smollm2_gguf):
 def test_files_we_write(tmp_path, dtype):
     path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype=dtype)
     assert_same_as_gguf(path)
+
+
+@pytest.mark.parametrize("window", [1, 9, 4096])
+def test_vocabulary_strings_across_any_window_edge(smollm2_gguf, monkeypatch, window):
+    """The string arrays are read through a window of the map refilled at the string
+    that does not fit: a window of 1 byte refills at every string (and at lengths cut
+    in two), 9 at most lengths, 4096 now and then; all read what one big window reads."""
+    whole = FastGGUFReader(smollm2_gguf).fields
+    monkeypatch.setattr(gguf_reader, "WINDOW", window)
+    assert FastGGUFReader(smollm2_gguf).fields == whole
+
+
+def test_a_string_past_the_end_of_the_file_is_a_damaged_header(tmp_path, smollm2_gguf):
+    data = smollm2_gguf.read_bytes()
+    at = data.index(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4 + 8
+    cut = tmp_path / "cut.gguf"  # the first token's length, then 5 of its bytes
+    cut.write_bytes(data[: at + 8 + 5])
+    with pytest.raises(GGUFFormatError, match="truncated"):
+        FastGGUFReader(cut)
 
 
 def test_truncated_and_foreign_files(tmp_path, smollm2_gguf):

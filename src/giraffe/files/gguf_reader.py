@@ -133,14 +133,21 @@ class FastGGUFReader:
         out, length = [], _U64.unpack_from
         append = out.append
         base, raw, pos = self._pos, b"", 0  # raw = map[base : base + len(raw)]; pos within it
+        size = 0  # len(raw)
         for _ in range(count):
-            if pos + 8 > len(raw) or pos + 8 + length(raw, pos)[0] > len(raw):
-                base, pos = base + pos, 0  # refill the window at the next string
-                (n,) = _U64.unpack_from(self._buf, base)
+            end = size + 1  # (forces a refill when the length itself is past the window)
+            if pos + 8 <= size:
+                (n,) = length(raw, pos)  # read once a string: ~1/3 of the loop's time
+                end = pos + 8 + n
+            if end > size:
+                base, pos = base + pos, 0  # refill the window at this string
+                (n,) = length(self._buf, base)
                 raw = bytes(self._buf[base : base + max(WINDOW, 8 + n)])
-            (n,) = length(raw, pos)
-            append(raw[pos + 8 : pos + 8 + n].decode("utf-8"))
-            pos += 8 + n
+                size, end = len(raw), 8 + n
+                if end > size:
+                    raise ValueError(f"a string of {n} bytes runs past the end of the file")
+            append(raw[pos + 8 : end].decode("utf-8"))
+            pos = end
         self._pos = base + pos
         return out
 
