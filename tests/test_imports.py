@@ -14,6 +14,7 @@ LAYERS = {
     "config": 0,
     "files": 0,
     "collector": 0,
+    "forks": 0,
     "nn": 1,
     "models": 2,
     "tokenizer": 2,

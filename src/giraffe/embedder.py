@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer as WordPiece
 
 from giraffe.config import ConfigError, InputError
+from giraffe.forks import guard_forks, note_if_forked
 from giraffe.formats import resolve
 from giraffe.formats.hf import load_hf
 from giraffe.formats.hf_config import model_kind
@@ -118,6 +119,7 @@ class SentenceEncoder:
         truncate: cut texts over `max_tokens` with a `TruncationWarning` naming them;
         False raises ValueError instead.
         """
+        note_if_forked()
         texts = _check_texts([texts] if isinstance(texts, str) else texts)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -216,6 +218,7 @@ def is_encoder(name_or_path: str | os.PathLike) -> bool:
 
 def load(name_or_path: str | os.PathLike) -> SentenceEncoder:
     """A registered alias (`minilm-l6`) or a Hugging Face BERT folder -> SentenceEncoder."""
+    guard_forks()  # a child forked after this process computes keeps one thread
     path = resolve(name_or_path)
     if not path.is_dir() or model_kind(path) != "encoder":
         raise ConfigError(

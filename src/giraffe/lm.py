@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from giraffe.collector import collector_paused
+from giraffe.forks import guard_forks
 from giraffe.formats import load_weights, resolve, save_hf
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
 from giraffe.formats.hf_config import model_kind, read_json
@@ -366,6 +367,7 @@ def load(
     the kernel is available. packed=False dequantizes everything to float32, the
     reference that `transformers` also computes.
     """
+    guard_forks()  # a child forked after this process computes keeps one thread
     with collector_paused():  # (already, when giraffe.load called this)
         return _load(name_or_path, packed)
 

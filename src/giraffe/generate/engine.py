@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from giraffe.forks import note_if_forked
 from giraffe.generate.params import DecodingConfig, GenerationError
 from giraffe.generate.sequence import SequenceState, TokenEvent, check_prompts, step_many
 
@@ -32,6 +33,7 @@ class DecodeSession:
         table=None,
     ) -> None:
         """table: a `constraint.TokenTable`, needed when cfg has a json_schema or grammar."""
+        note_if_forked()
         context = model.config.max_position_embeddings
         check_prompts(prompts, context)
         self.model, self.cfg = model, cfg
