@@ -9,14 +9,18 @@ torch, and `giraffe models`, `tokenize` and `info` start without it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from giraffe.formats.names import WeightsError
 from giraffe.formats.registry import ModelNotFound, resolve
 
+if TYPE_CHECKING:
+    from giraffe.models import Decoder
+
 _LAZY = {"load_gguf": "gguf", "save_gguf": "gguf", "load_hf": "hf", "save_hf": "hf"}
 
 
-def load_weights(path: str | Path, packed: bool | None = None):
+def load_weights(path: str | Path, packed: bool | None = None) -> Decoder:
     """A .gguf file or a Hugging Face folder -> Decoder in eval mode (float32).
 
     packed=False: a folder of group-wise int8/int4 weights comes back dequantized."""
