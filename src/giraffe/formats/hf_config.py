@@ -11,7 +11,12 @@ import json
 from pathlib import Path
 
 from giraffe.config import ARCHITECTURES, BERT_WIRING, GPT2_WIRING, ConfigError, ModelConfig
-from giraffe.formats.hf_families import MODEL_TYPES, family_config, family_config_to_hf
+from giraffe.formats.hf_families import (
+    MODEL_TYPES,
+    family_config,
+    family_config_to_hf,
+    rope_decoder_to_hf,
+)
 from giraffe.formats.hf_t5 import t5_config, t5_config_to_hf
 from giraffe.formats.names import WeightsError
 
@@ -205,30 +210,18 @@ def config_to_hf(cfg: ModelConfig, mlm_head: bool = True) -> dict:
     model_type = "qwen2" if cfg.attention_bias and not cfg.attention_out_bias else "llama"
     if model_type == "llama" and cfg.sliding_window:
         model_type = "mistral"
-    out = {
+    return {
         "model_type": model_type,
         "architectures": [
             {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[model_type] + "ForCausalLM"
         ],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.dim_per_head,
-        "intermediate_size": cfg.intermediate_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
+        **rope_decoder_to_hf(cfg),
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
         "hidden_act": "silu",
-        "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": cfg.attention_out_bias,
         "mlp_bias": cfg.mlp_bias,
         "sliding_window": cfg.sliding_window,
     }
-    if cfg.rope_scaling:
-        out["rope_scaling"] = cfg.rope_scaling_dict
-    return out
 
 
 def weight_files(folder: Path) -> list[Path]:

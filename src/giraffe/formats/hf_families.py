@@ -197,8 +197,8 @@ def _gptneox(raw: dict, source: str) -> ModelConfig:
     )
 
 
-def family_config_to_hf(cfg: ModelConfig) -> dict:
-    """config.json for a Qwen3, Gemma 2/3, Phi-3 or GPT-NeoX config."""
+def rope_decoder_to_hf(cfg: ModelConfig) -> dict:
+    """The config.json fields every RoPE decoder family spells alike (Llama's too)."""
     out = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -210,14 +210,22 @@ def family_config_to_hf(cfg: ModelConfig) -> dict:
         "max_position_embeddings": cfg.max_position_embeddings,
         "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_embeddings,
+    }
+    if cfg.rope_scaling:
+        out["rope_scaling"] = cfg.rope_scaling_dict
+    return out
+
+
+def family_config_to_hf(cfg: ModelConfig) -> dict:
+    """config.json for a Qwen3, Gemma 2/3, Phi-3 or GPT-NeoX config."""
+    out = {
+        **rope_decoder_to_hf(cfg),
         # transformers' per-family defaults (Phi-3: pad 32000) may not fit this vocabulary;
         # the tokenizer's ids, when a caller has them, are merged in by `save_hf`
         "pad_token_id": None,
         "bos_token_id": None,
         "eos_token_id": None,
     }
-    if cfg.rope_scaling:
-        out["rope_scaling"] = cfg.rope_scaling_dict
     return {**out, **_FAMILY_TO_HF[cfg.arch](cfg)}
 
 
