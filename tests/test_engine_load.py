@@ -238,6 +238,31 @@ def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
     assert (got - want).abs().max() / want.abs().max() < 0.05
 
 
+@needs_vnni
+def test_a_rebuilt_tile_cache_leaves_the_file_a_running_model_maps_whole(tmp_path, monkeypatch):
+    """A load that records the tiles anew (a damaged index, or two first loads at once)
+    writes a new file and renames it into place: rewriting the old one in place would cut
+    pages from under a process that maps it (a server: SIGBUS at its next token)."""
+    from giraffe.quant import tile_cache
+
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    path = untied_model(tmp_path)
+    load_gguf(path, packed=True)  # records the tiles
+    mapped = load_gguf(path, packed=True)  # maps them
+    with torch.inference_mode():
+        before = mapped(IDS)
+    (index,) = (tmp_path / "tiles").glob("*/index.json")
+    tiles = index.parent / "tiles.bin"
+    mapped_file = tiles.stat().st_ino
+    index.unlink()
+    load_gguf(path, packed=True)  # records them again
+    assert tiles.stat().st_ino != mapped_file and index.exists()
+    assert not list(index.parent.glob("*.tmp"))
+    with torch.inference_mode():
+        assert torch.equal(mapped(IDS), before)
+
+
 def test_a_mirror_with_two_fields_swapped_is_refused(tmp_path, monkeypatch):
     """Same size, same types, another order: the library's field table tells them apart."""
     from giraffe.quant import decode_step

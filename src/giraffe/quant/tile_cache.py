@@ -4,8 +4,9 @@ of repacking.
 Repacking every matrix of a 0.5B model at load takes seconds; the tiles depend only on
 the file's bytes, the block type and the library's ABI. `TileCache` is the `repack`
 function the packed layers take (`QuantLinear.compact`, `FusedQuant`): on a first load it
-repacks (giraffe.quant.kernels.repack_int8) and appends the tiles to one file; `finish()`
-then writes its index. A later load of the same file (same path, size, mtime, ABI and
+repacks (giraffe.quant.kernels.repack_int8) and appends the tiles to a new file; `finish()`
+renames it into place, then writes its index (so a process mapping the previous file
+keeps it whole). A later load of the same file (same path, size, mtime, ABI and
 block table) maps that file copy-on-write and hands out views: the tiles are the one resident copy, and
 pages the OS can drop and read back. Weights are named by where their bytes sit in the
 model file's map, so it only serves views of that map (a permuted copy is repacked
@@ -62,6 +63,7 @@ class TileCache:
         self.index: dict[str, list] = {}
         self.blob = None  # the mapped tiles of an earlier load
         self.writer = None  # the file being written by this (first) load
+        self._tiles_tmp: Path | None = None  # its name until finish() renames it
         self.new = False
         try:
             index = json.loads((self.dir / "index.json").read_text())
@@ -89,6 +91,9 @@ class TileCache:
             return
         self.writer.close()
         self.writer = None
+        # a new file, never the old one rewritten: a process that maps the old tiles (a
+        # server still running) would die of SIGBUS on pages cut from under its map
+        os.replace(self._tiles_tmp, self.dir / "tiles.bin")
         tmp = self.dir / f"index.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(self.index))
         os.replace(tmp, self.dir / "index.json")
@@ -107,7 +112,8 @@ class TileCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             _prune(self.dir.parent)
             (self.dir / "index.json").unlink(missing_ok=True)  # stale until finish() rewrites it
-            self.writer = open(self.dir / "tiles.bin", "wb")  # noqa: SIM115 (closed by finish)
+            self._tiles_tmp = self.dir / f"tiles.{os.getpid()}.tmp"  # renamed by finish()
+            self.writer = open(self._tiles_tmp, "wb")  # noqa: SIM115 (closed by finish)
         at = self.writer.tell()
         q, dm = tiles.q.numpy(), tiles.dm.numpy()
         self.writer.write(memoryview(q))  # written from the tensors' memory: no copy
