@@ -112,6 +112,16 @@ def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, NEG_INF)
 
 
+def keeps_logits(cfg: DecodingConfig, n_generated: int) -> bool:
+    """Whether `process_logits` hands the logits back unchanged (greedy, no penalty, no
+    n-gram ban, no stop token held back by min_new_tokens): then a row's token is their
+    first maximum, which the compiled step may already have found."""
+    changes = cfg.sampling or cfg.repetition_penalty != 1.0
+    changes = changes or bool(cfg.frequency_penalty or cfg.presence_penalty)
+    changes = changes or cfg.no_repeat_ngram_size > 0 or n_generated < cfg.min_new_tokens
+    return not changes
+
+
 def process_logits(
     logits: torch.Tensor,
     cfg: DecodingConfig,
@@ -122,6 +132,8 @@ def process_logits(
     n_generated: int,
     eos_ids,
 ) -> torch.Tensor:
+    if keeps_logits(cfg, n_generated):
+        return logits
     logits = apply_repetition_penalty(logits, seen_mask, cfg.repetition_penalty)
     logits = apply_frequency_presence(logits, counts, cfg.frequency_penalty, cfg.presence_penalty)
     logits = ban_repeated_ngrams(logits, sequences, cfg.no_repeat_ngram_size)

@@ -19,7 +19,7 @@ import torch
 
 from giraffe.generate.constraint import Constraint, TokenTable, mask_rows
 from giraffe.generate.params import DecodingConfig, GenerationError
-from giraffe.generate.samplers import choose_rows, logprobs_of, process_logits
+from giraffe.generate.samplers import choose_rows, keeps_logits, logprobs_of, process_logits
 
 
 @dataclass
@@ -121,14 +121,12 @@ class SequenceState:
         )  # fmt: skip
 
     def takes_argmax(self) -> bool:
-        """Whether this step's token is the raw logits' first maximum: greedy, with nothing
-        that changes the logits (penalties, n-gram bans, a bias, a grammar, stop tokens held
-        back by min_new_tokens) and no log-probabilities asked for."""
+        """Whether this step's token is the raw logits' first maximum: the samplers keep
+        them (`keeps_logits`), no bias or grammar applies (`_step_group` adds those) and no
+        log-probabilities are asked for."""
         c = self.cfg
-        changed = c.repetition_penalty != 1.0 or c.frequency_penalty or c.presence_penalty
-        changed = changed or c.no_repeat_ngram_size > 0 or bool(c.logit_bias)
-        changed = changed or self.constraint is not None or self.n_generated < c.min_new_tokens
-        return not (c.sampling or changed or c.logprobs or c.top_logprobs > 0)
+        extra = bool(c.logit_bias) or self.constraint is not None
+        return keeps_logits(c, self.n_generated) and not (extra or c.logprobs or c.top_logprobs > 0)
 
     def _record(self, token: int, lp) -> TokenEvent:
         if self.constraint is not None:
