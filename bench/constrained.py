@@ -94,7 +94,7 @@ def step_share(lm, k: int, repeats: int = 7) -> dict:
             model.hidden(ids, cache=cache)
             start = time.perf_counter()
             h = model.hidden(ids[:, :1], cache=cache, positions=torch.full((k, 1), 64))
-            logits = model.head(h[:, -1]).float()
+            logits = model.head(h[:, -1]).float().numpy()  # (B, V): the core speaks numpy
             forward.append(time.perf_counter() - start)
             start = time.perf_counter()
             mask_rows(logits, masks)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from fast_path import counting
@@ -210,9 +211,9 @@ def prompt_in_pieces(model, ids, prompt: int, piece_rows) -> tuple[list, list]:
     step, outputs, scratch, before = model.runtime.step, [], [], model.runtime.step.prompt_rows
     try:
         for rows in piece_rows:
-            step.prompt_rows, step.scratch = rows, torch.empty(0)
+            step.prompt_rows, step.scratch = rows, np.empty(0, np.float32)
             outputs.append(one_row(model, ids, prompt=prompt))
-            scratch.append(step.scratch.numel())
+            scratch.append(step.scratch.size)
     finally:
         step.prompt_rows = before
     return outputs, scratch
@@ -339,15 +340,16 @@ def test_a_prompt_past_mlp_rows_runs_its_mlp_in_chunks(long_context, monkeypatch
 
 
 def next_token_steps(model, ids: torch.Tensor, prompt: int, through_head: bool) -> list:
-    """(logits, argmax) of a prompt's next token, then of each following token fed one at a
-    time: through `next_token_logits` (one C call from ids to logits when the step has the
-    ends), or through `hidden` then the Python head."""
+    """(numpy logits, argmax) of a prompt's next token, then of each following token fed
+    one at a time: through `next_token_logits` (one C call from ids to logits when the
+    step has the ends), or through `hidden` then the Python head."""
     cache, out = model.new_cache(1, ids.shape[1]), []
     for lo, hi in [(0, prompt)] + [(t, t + 1) for t in range(prompt, ids.shape[1])]:
         if through_head:
             out.append(model.next_token_logits(ids[:, lo:hi], cache=cache))
         else:
-            out.append((model.head(model.hidden(ids[:, lo:hi], cache=cache)[:, -1]).float(), None))
+            h = model.hidden(ids[:, lo:hi], cache=cache)[:, -1]
+            out.append((model.head(h).float().numpy(), None))
     return out
 
 
@@ -364,11 +366,11 @@ def test_one_call_from_ids_to_logits_equals_layers_then_head(packed):
     apart = next_token_steps(model, ids, 6, through_head=False)
     step, cfg = model.runtime.step, model.config
     for (logits, argmax), (reference, _) in zip(one_call, apart, strict=True):
-        assert torch.equal(logits, reference)
+        assert logits.dtype == np.float32 and np.array_equal(logits, reference)
         if cfg.final_softcap is not None:
             assert argmax is None
         else:
-            assert argmax == reference.numpy().argmax(-1).tolist()
+            assert argmax == reference.argmax(-1).tolist()
     assert (step.head is None) == (cfg.final_softcap is not None)
     assert (step.embed is None) == (cfg.position == "learned")
 
@@ -390,9 +392,9 @@ def test_a_continuous_batch_through_the_head_in_c(packed):
         if through_head:
             runs.append(model.next_token_logits(tokens, **kw))
         else:
-            runs.append((model.head(model.hidden(tokens, **kw)[:, -1]).float(), None))
+            runs.append((model.head(model.hidden(tokens, **kw)[:, -1]).float().numpy(), None))
     (logits, argmax), (reference, _) = runs
-    assert torch.equal(logits, reference)
+    assert np.array_equal(logits, reference)
     if cfg.final_softcap is None:
         assert argmax == reference.argmax(-1).tolist()
 
@@ -428,4 +430,4 @@ def test_the_argmax_in_c_takes_the_first_of_equal_logits_and_a_nan(tmp_path, mon
         logits, argmax = packed.next_token_logits(
             torch.tensor([[3, 1, 4]]), cache=packed.new_cache(1, 4)
         )
-        assert argmax == [expected] == logits.numpy().argmax(-1).tolist()
+        assert argmax == [expected] == logits.argmax(-1).tolist()

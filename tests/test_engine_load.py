@@ -16,7 +16,7 @@ from giraffe.config import PRESETS
 from giraffe.formats.gguf import load_gguf, save_gguf
 from giraffe.formats.names import WeightsError
 from giraffe.models import Decoder
-from giraffe.quant import kernels, types
+from giraffe.quant import kernels, library, types
 from giraffe.quant.decode_step import FastDecode
 from giraffe.quant.linear import QuantEmbedding, QuantLinear
 
@@ -88,26 +88,26 @@ def test_mismatched_block_table_is_refused_at_load(monkeypatch):
     with pytest.raises(kernels.KernelMismatchError, match="block table differs .* Q6_K"):
         kernels.check_library(lib)
     monkeypatch.setitem(types.BLOCK_TYPES, "Q6_K", wrong._replace(bytes=210))
-    monkeypatch.setattr(kernels, "ABI_VERSION", kernels.ABI_VERSION + 1)
+    monkeypatch.setattr(library, "ABI_VERSION", library.ABI_VERSION + 1)
     with pytest.raises(kernels.KernelMismatchError, match="speaks ABI"):
         kernels.check_library(lib)
 
 
 def test_int8_tile_sizes_that_drifted_from_the_c_side_are_refused_at_load(monkeypatch):
-    """repack_int8 sizes its buffers from kernels.FORM_BLOCK_BYTES and tile_scale_bytes; a
+    """repack_int8 sizes its buffers from library.FORM_BLOCK_BYTES and tile_scale_bytes; a
     copy that disagrees with csrc/gemm_i8.h must be an error, not a write past a buffer."""
     path = kernels.library_path()
     if path is None or not kernels.int8_kinds():
         pytest.skip("no int8 GEMM built here")
     lib = ctypes.CDLL(str(path))
     kernels.check_library(lib)  # the real sizes agree
-    monkeypatch.setattr(kernels, "FORM_BLOCK_BYTES", (512, 256, 320, 352))
+    monkeypatch.setattr(library, "FORM_BLOCK_BYTES", (512, 256, 320, 352))
     with pytest.raises(kernels.KernelMismatchError, match="lay out Q6_K tiles"):
         kernels.check_library(lib)
     monkeypatch.undo()
-    real = kernels.tile_scale_bytes
+    real = library.tile_scale_bytes
     monkeypatch.setattr(  # Q4_K's super-block scales forgotten
-        kernels,
+        library,
         "tile_scale_bytes",
         lambda kind, n_in, dtype: real(kind, n_in, dtype) - (kind == "Q4_K"),
     )
@@ -119,7 +119,7 @@ def test_layer_struct_of_another_size_is_refused(tmp_path, monkeypatch):
     model = load_gguf(untied_model(tmp_path), packed=True)
     if model.runtime.step is None:
         pytest.skip("no compiled decode step on this machine")
-    monkeypatch.setattr(kernels, "struct_size", lambda name: 8)
+    monkeypatch.setattr(library, "struct_size", lambda name: 8)
     with pytest.raises(kernels.KernelMismatchError, match="layer_step is 8 bytes"):
         FastDecode.build(model, model.runtime.layers)
 
@@ -205,10 +205,10 @@ def test_f16_and_bf16_weights_run_packed_on_the_compiled_step(tmp_path, dtype):
 
 @needs_vnni
 def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
-    from giraffe.quant import tile_cache
+    from giraffe.quant import file_cache
 
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
-    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    monkeypatch.setattr(file_cache, "cache_root", lambda: tmp_path / "tiles")
     path = untied_model(tmp_path)
     real, calls = kernels.repack_int8, []
 
@@ -229,7 +229,7 @@ def test_second_load_maps_the_tiles_instead_of_repacking(tmp_path, monkeypatch):
     assert second.runtime.step is not None and second.lm_head.packed is None
     # a rewritten file is another file: its tiles are made afresh, never the stale ones
     monkeypatch.undo()
-    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    monkeypatch.setattr(file_cache, "cache_root", lambda: tmp_path / "tiles")
     torch.manual_seed(1)
     save_gguf(Decoder(first.config), path, dtype="q8_0")
     third, reference = load_gguf(path, packed=True), load_gguf(path, packed=False)
@@ -243,10 +243,10 @@ def test_a_rebuilt_tile_cache_leaves_the_file_a_running_model_maps_whole(tmp_pat
     """A load that records the tiles anew (a damaged index, or two first loads at once)
     writes a new file and renames it into place: rewriting the old one in place would cut
     pages from under a process that maps it (a server: SIGBUS at its next token)."""
-    from giraffe.quant import tile_cache
+    from giraffe.quant import file_cache
 
     monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
-    monkeypatch.setattr(tile_cache, "cache_root", lambda: tmp_path / "tiles")
+    monkeypatch.setattr(file_cache, "cache_root", lambda: tmp_path / "tiles")
     path = untied_model(tmp_path)
     load_gguf(path, packed=True)  # records the tiles
     mapped = load_gguf(path, packed=True)  # maps them
@@ -265,19 +265,19 @@ def test_a_rebuilt_tile_cache_leaves_the_file_a_running_model_maps_whole(tmp_pat
 
 def test_a_mirror_with_two_fields_swapped_is_refused(tmp_path, monkeypatch):
     """Same size, same types, another order: the library's field table tells them apart."""
-    from giraffe.quant import decode_step
+    from giraffe.quant import compiled_step
 
     model = load_gguf(untied_model(tmp_path), packed=True)
     if model.runtime.step is None:
         pytest.skip("no compiled decode step on this machine")
-    fields = list(decode_step.DecodeCall._fields_)
+    fields = list(compiled_step.DecodeCall._fields_)
     at = [name for name, _ in fields].index("cos")
     fields[at], fields[at + 1] = fields[at + 1], fields[at]  # cos <-> sin, both pointers
 
     class Swapped(ctypes.Structure):
         _fields_ = fields
 
-    assert ctypes.sizeof(Swapped) == ctypes.sizeof(decode_step.DecodeCall)
-    monkeypatch.setattr(decode_step, "DecodeCall", Swapped)
+    assert ctypes.sizeof(Swapped) == ctypes.sizeof(compiled_step.DecodeCall)
+    monkeypatch.setattr(compiled_step, "DecodeCall", Swapped)
     with pytest.raises(kernels.KernelMismatchError, match="decode_call .* place their fields"):
         FastDecode.build(model, model.runtime.layers)

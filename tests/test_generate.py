@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,7 +136,9 @@ class BigramModel(torch.nn.Module):
         return h @ self.table  # (B, T, V)
 
     def next_token_logits(self, ids, cache=None, positions=None, key_mask=None):
-        return self.head(self.hidden(ids, cache, positions, key_mask)[:, -1]), None
+        """The generation core's door: numpy in, numpy float32 (B, V) out."""
+        ids = torch.from_numpy(ids)
+        return self.head(self.hidden(ids, cache, positions, key_mask)[:, -1]).numpy(), None
 
 
 def test_beam_search_beats_greedy_on_a_constructed_case():
@@ -208,12 +211,63 @@ def test_rotary_roll_form_equals_rotate_half():
 )
 def test_a_row_takes_the_models_argmax_only_when_nothing_changes_its_logits(change, token):
     """A compiled step may hand each row's argmax with the logits (`next_token_logits`): a
-    greedy row whose logits nothing changes takes it without a torch op; any penalty, ban,
+    greedy row whose logits nothing changes takes it without an array op; any penalty, ban,
     bias, held-back stop token, log-probability or sampling goes through the samplers.
     The argmax handed in here is deliberately not the logits' (1 against 2), so which one
     a row took shows."""
     cfg = DecodingConfig.from_kwargs(**{"max_new_tokens": 4, "temperature": 0.0, **change})
     state = SequenceState([0, 1], cfg, vocab_size=5, budget=4, stop_ids=[4], seed=0)
-    logits = torch.tensor([[0.0, 0.0, 30.0, 0.0, 0.0]])
+    logits = np.array([[0.0, 0.0, 30.0, 0.0, 0.0]], dtype=np.float32)
     assert state.takes_argmax() == (token == 1)
     assert step_many([state], logits, argmax=[1])[0].token_id == token
+
+
+class Spy:
+    """A model that records what the session hands it, then lets the decoder answer."""
+
+    def __init__(self, model) -> None:
+        self.model, self.config, self.calls = model, model.config, []
+
+    def new_cache(self, batch, max_len):
+        return self.model.new_cache(batch, max_len)
+
+    def next_token_logits(self, ids, *, cache, positions=None, key_mask=None):
+        self.calls.append((ids, positions, key_mask, ids.copy(), positions.copy()))
+        return self.model.next_token_logits(
+            ids, cache=cache, positions=positions, key_mask=key_mask
+        )
+
+
+def test_the_session_speaks_numpy_and_reuses_its_step_arrays(model):
+    """ids and positions (B, L) int64, key mask (B, S) bool over the padded rows; every
+    decode step hands the same two (B, 1) arrays, rewritten in place."""
+    spy = Spy(model)
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    cfg = DecodingConfig(max_new_tokens=4, temperature=0.7, seed=1)
+    steps = [[e.token_id for e in events] for events in DecodeSession(spy, prompts, cfg)]
+    (ids, positions, key_mask, *_), *decode = spy.calls
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.int64 for a in (ids, positions))
+    assert ids.tolist() == [[3, 1, 4, 1, 5], [0, 0, 0, 9, 2]]
+    assert positions.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 0, 1]]
+    assert key_mask.dtype == bool and key_mask.tolist() == [[True] * 5, [False] * 3 + [True] * 2]
+    assert len(decode) == 3 and len({id(c[0]) for c in decode}) == 1
+    assert len({id(c[1]) for c in decode}) == 1
+    for step, (_, _, mask, fed, at) in enumerate(decode):
+        assert fed[:, 0].tolist() == steps[step] and at[:, 0].tolist() == [5 + step, 2 + step]
+        assert mask.shape == (2, 6 + step) and mask[1, :3].tolist() == [False] * 3
+
+
+def test_next_token_logits_takes_numpy_or_tensors_and_hands_numpy(model):
+    """float32 (B, V) numpy logits of the last position, with gradients on around it and
+    a cache made outside inference mode; numpy and torch arguments give the same numbers."""
+    prompt = [[5, 17, 42, 99, 7]]
+    with torch.inference_mode():
+        expected = model(torch.tensor(prompt))[0, -1]
+    got = []
+    for ids in (np.array(prompt), torch.tensor(prompt)):
+        logits, argmax = model.next_token_logits(ids, cache=model.new_cache(1, 8))
+        assert isinstance(logits, np.ndarray) and logits.dtype == np.float32
+        assert logits.shape == (1, model.config.vocab_size) and argmax is None
+        got.append(logits)
+    assert np.array_equal(got[0], got[1])
+    torch.testing.assert_close(torch.from_numpy(got[0][0]), expected, rtol=1e-5, atol=1e-5)

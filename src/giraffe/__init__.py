@@ -30,7 +30,8 @@ def load(name_or_path=None, **kw):
 
 
 def _load(name_or_path, **kw):
-    from giraffe import embedder, lm
+    from giraffe import lm  # (torch only where the model needs it: giraffe.lm.load)
+    from giraffe.formats.registry import is_encoder
 
     adapter = kw.pop("adapter", None)
     if adapter is not None:  # a LoRA adapter folder (PEFT layout) on top of the model
@@ -39,7 +40,9 @@ def _load(name_or_path, **kw):
         return load_with_adapter(name_or_path or lm.DEFAULT_CHAT_MODEL, adapter, **kw)
     if name_or_path is None:
         return lm.load(**kw)
-    if embedder.is_encoder(name_or_path):
+    if is_encoder(name_or_path):
+        from giraffe import embedder
+
         if kw:
             raise TypeError(
                 f"{name_or_path} is a sentence encoder; {', '.join(kw)} applies to language models"

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prefill-tokens", type=int, default=512, help="prompt length for prefill")
     b.add_argument("--decode-tokens", type=int, default=128, help="tokens generated for decode")
     b.add_argument("--repeats", type=int, default=3, help="runs; medians are reported")
-    b.add_argument("--threads", type=int, default=None, help="torch/kernel threads")
+    b.add_argument("--threads", type=int, default=None, help="kernel (and torch) threads")
     b.add_argument("--float", action="store_true", help="dequantize GGUF weights to float32")
     b.add_argument("--json", action="store_true")
 

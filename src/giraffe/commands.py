@@ -273,12 +273,11 @@ def _eval_divergence(lm, reference, ids: list[int], args) -> None:
 
 
 def bench(args) -> None:
-    import torch
-
     from giraffe.eval.speed import measure_speed
+    from giraffe.quant import library
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        library.set_threads(args.threads)
     r = measure_speed(
         args.model,
         args.prefill_tokens,
@@ -287,10 +286,10 @@ def bench(args) -> None:
         False if args.float else None,
     )
     if args.json:
-        print_json({"model": args.model, "threads": torch.get_num_threads(), **r.__dict__})
+        print_json({"model": args.model, "threads": library.threads(), **r.__dict__})
         return
     print(
-        f"{args.model} ({torch.get_num_threads()} threads): load {r.load_s:.2f} s, "
+        f"{args.model} ({library.threads()} threads): load {r.load_s:.2f} s, "
         f"prefill {r.prefill_tok_s:.1f} tok/s ({args.prefill_tokens} tokens, first token after "
         f"{r.ttft_s:.3f} s), decode {r.decode_tok_s:.1f} tok/s ({args.decode_tokens} tokens), "
         f"peak RSS {r.peak_rss_mib:.0f} MiB"

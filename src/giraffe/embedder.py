@@ -36,6 +36,7 @@ from giraffe.forks import guard_forks, note_if_forked
 from giraffe.formats import resolve
 from giraffe.formats.hf import load_hf
 from giraffe.formats.hf_config import model_kind
+from giraffe.formats.registry import is_encoder  # noqa: F401 - this module's API too
 from giraffe.models import Encoder
 from giraffe.tokenizer.tokenizer import SpecialTokens, Tokenizer, from_backend
 
@@ -211,11 +212,6 @@ def _check_texts(texts) -> list[str]:
 
 
 # ---- loading ----------------------------------------------------------------------------
-def is_encoder(name_or_path: str | os.PathLike) -> bool:
-    """Whether a model alias or path names an encoder folder (sentence embeddings)."""
-    return model_kind(resolve(name_or_path)) == "encoder"
-
-
 def load(name_or_path: str | os.PathLike) -> SentenceEncoder:
     """A registered alias (`minilm-l6`) or a Hugging Face BERT folder -> SentenceEncoder."""
     guard_forks()  # a child forked after this process computes keeps one thread

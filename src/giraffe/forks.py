@@ -6,8 +6,9 @@ threads do not exist, and the child's first parallel region waits for them forev
 (measured 2026-12-07: a forked child's first `x @ x` in torch hangs, as does its first
 giraffe generation; a gunicorn `--preload` server or a `multiprocessing` pool with the
 "fork" start method meets it). One thread needs no team. `guard_forks`, called by the
-loaders, registers once a handler that leaves a forked child torch's one thread (the
-kernels take torch's count), as torch's DataLoader does for its workers; `note_if_forked`
+loaders, registers once a handler that leaves a forked child one thread (torch's count,
+and OMP_NUM_THREADS, which the kernels take where torch is not loaded), as torch's
+DataLoader does for its workers; `note_if_forked`
 says so once, where the child first computes. Loading models after the fork, or the
 "spawn"/"forkserver" start methods, keep every thread. It does not know what is loaded.
 """
@@ -32,6 +33,9 @@ def guard_forks() -> None:
 
 def _one_thread() -> None:
     global _forked_unsaid
+    # the kernels' count where torch is not loaded (giraffe.quant.library.threads), and
+    # torch's if the child imports it later
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch = sys.modules.get("torch")  # (imported by whoever loaded a model)
     if torch is not None:
         torch.set_num_threads(1)  # sets a count; starts no parallel region

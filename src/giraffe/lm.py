@@ -15,24 +15,21 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from giraffe.collector import collector_paused
 from giraffe.forks import guard_forks
-from giraffe.formats import load_weights, resolve, save_hf
-from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
+from giraffe.formats.gguf_config import open_gguf
+from giraffe.formats.gguf_step import open_step_model
 from giraffe.formats.hf_config import model_kind, read_json
-from giraffe.formats.registry import DEFAULT_CHAT_MODEL, load_tokenizer  # noqa: F401 - the API's
+from giraffe.formats.registry import DEFAULT_CHAT_MODEL, load_tokenizer, resolve  # noqa: F401
 from giraffe.generate import constraint
-from giraffe.generate.beam import beam_search
 from giraffe.generate.engine import DecodeSession, GenerationError
 from giraffe.generate.params import DecodingConfig, DecodingError
 from giraffe.generate.sequence import stop_set
 from giraffe.generate.stops import StopText, TextStream
-from giraffe.models import Decoder
-from giraffe.quant import kernels
-from giraffe.quant.groupwise import GroupConfig
+from giraffe.quant import library
+from giraffe.quant.step_model import StepModel
 from giraffe.tokenizer import (
     Tokenizer,
     gguf_tokenizer_fields,
@@ -40,6 +37,12 @@ from giraffe.tokenizer import (
     tokenizer_from_gguf,
 )
 from giraffe.tokenizer.chat import render_chat, resolve_template
+
+if TYPE_CHECKING:
+    import torch
+
+    from giraffe.models import Decoder
+    from giraffe.quant.groupwise import GroupConfig
 
 # Recommended sampling for registered models (their model cards); GGUF files carry none.
 REGISTERED_DEFAULTS = {"smollm2-135m-instruct": {"temperature": 0.2, "top_p": 0.9}}
@@ -71,22 +74,54 @@ class Completion:
 
 class LanguageModel:
     def __init__(
-        self, model: Decoder, tokenizer: Tokenizer, source: str = "", defaults: dict | None = None
+        self,
+        model: Decoder | StepModel,
+        tokenizer: Tokenizer,
+        source: str = "",
+        defaults: dict | None = None,
+        load_module=None,
     ):
+        """model: a torch Decoder, or a StepModel (the compiled step alone, no torch) with
+        `load_module`, which builds the torch Decoder of the same file when something
+        needs it (batches, beams, scores, saving, training, inspection)."""
         if tokenizer.vocab_size > model.config.vocab_size:
             raise GenerationError(
                 f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                 f"{model.config.vocab_size} embeddings; they do not belong together"
             )
-        self.model, self.tokenizer, self.source = model.eval(), tokenizer, source
+        if isinstance(model, StepModel) and load_module is None:
+            raise ValueError("a LanguageModel over a StepModel needs load_module")
+        self._model = model if isinstance(model, StepModel) else model.eval()
+        self._load_module = load_module
+        self.tokenizer, self.source = tokenizer, source
         self.defaults = dict(defaults or {})
 
     @property
     def config(self):
-        return self.model.config
+        return self._model.config
+
+    @property
+    def model(self) -> Decoder:
+        """The torch model (built now from the file if this one was opened on its compiled
+        step alone; from then on generation runs on it too, so the weights are mapped once)."""
+        if isinstance(self._model, StepModel):
+            with collector_paused():
+                self._model = self._load_module().eval()
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        """Run on another model from now on (e.g. one fine-tuned in place of this one)."""
+        self._model = model
+
+    def decoder_for(self, n_sequences: int):
+        """What generation of n sequences runs on: the compiled step alone for one sequence
+        when this model was opened on it (no torch), else the torch model."""
+        if isinstance(self._model, StepModel) and n_sequences == 1:
+            return self._model
+        return self.model
 
     # ---- scores -------------------------------------------------------------------------
-    @torch.inference_mode()
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Next-token scores after every prefix: (len(ids), vocab) float32."""
         if len(ids) == 0:
@@ -96,11 +131,16 @@ class LanguageModel:
                 f"{len(ids)} tokens exceed the model's context of {self.config.max_position_embeddings}"
             )
         _check_ids(ids, self.config.vocab_size)
-        return self.model(torch.tensor([list(ids)]))[0].float()
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.tensor([list(ids)]))[0].float()
 
     def prompt_logprobs(self, ids: Sequence[int], top: int = 0) -> list[tuple]:
         """Each prompt token's log-probability given the tokens before it, as evaluation
         harnesses ask for: (logprob, [(id, logprob)] * top) per token, (None, None) first."""
+        import torch
+
         logp = self.logits(ids).log_softmax(dim=-1)  # (T, V): row t predicts token t + 1
         out: list[tuple] = [(None, None)]
         targets = torch.tensor(list(ids[1:]), dtype=torch.long)  # may be empty: one token
@@ -217,7 +257,12 @@ class LanguageModel:
     def _events(self, prompts, cfg: DecodingConfig, seeds):
         """Yield (row, text piece, TokenEvent) in order; a piece may be '' (held back)."""
         session = DecodeSession(
-            self.model, prompts, cfg, self.tokenizer.stop_ids, seeds, self.table_for(cfg)
+            self.decoder_for(len(prompts)),
+            prompts,
+            cfg,
+            self.tokenizer.stop_ids,
+            seeds,
+            self.table_for(cfg),
         )
         texts = [self.text_stream(cfg) for _ in prompts]
         for events in session:
@@ -232,6 +277,8 @@ class LanguageModel:
         return TextStream(self.tokenizer.stream_decoder(), cfg.stop, stops)
 
     def _beam(self, ids: list[int], cfg: DecodingConfig) -> Completion:
+        from giraffe.generate.beam import beam_search
+
         result = beam_search(self.model, ids, cfg, self.tokenizer.stop_ids)
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         stop = StopText(cfg.stop)
@@ -323,12 +370,16 @@ class LanguageModel:
             "generation_config.json": self._generation_config(),
             "config.json": {k: v for k, v in ids.items() if v is not None},
         }
+        from giraffe.formats import save_hf
+
         save_hf(self.model, folder, extra, group)
         self.tokenizer.save(folder)
         return folder
 
     def save_gguf(self, path: str | os.PathLike, dtype: str = "f32") -> Path:
         """One GGUF file with weights (f32, f16 or a block type, see `giraffe.quant.ptq`) and the vocabulary."""
+        from giraffe.formats.gguf import save_gguf
+
         fields = gguf_tokenizer_fields(self.tokenizer)
         return save_gguf(
             self.model, path, dtype=dtype, name=Path(self.source).name, tokenizer=fields
@@ -384,21 +435,34 @@ def _load(name_or_path, packed: bool | None) -> LanguageModel:
             f"{name_or_path} is an encoder-decoder (T5); giraffe's generation engine runs "
             "decoder-only models: load it with giraffe.formats.load_hf and call .generate()"
         )
-    model, tokenizer = _model_and_tokenizer(path, packed)
+    model, tokenizer, load_module = _model_and_tokenizer(path, packed)
     _return_freed_heap()  # the header and the tokenizer's build are garbage by now
     defaults = dict(REGISTERED_DEFAULTS.get(str(name_or_path), {}))
     if path.is_dir() and (path / "generation_config.json").exists():
         raw = read_json(path / "generation_config.json")
         defaults.update({k: raw[k] for k in GENERATION_CONFIG_KEYS if k in raw})
-    return LanguageModel(model, tokenizer, str(name_or_path), defaults)
+    return LanguageModel(model, tokenizer, str(name_or_path), defaults, load_module)
 
 
-def _model_and_tokenizer(path: Path, packed: bool | None) -> tuple[Decoder, Tokenizer]:
+def _model_and_tokenizer(path: Path, packed: bool | None) -> tuple:
+    """(model, tokenizer, how to build the torch model or None). A packed GGUF file whose
+    compiled step an earlier load saved opens on that step alone: no torch imported."""
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
-        packed = kernels.available() if packed is None else packed
-        return load_gguf(path, reader, packed), tokenizer_from_gguf(reader)
-    return load_weights(path, packed), load_tokenizer_file(path)
+        packed = library.available() if packed is None else packed
+
+        def load_module():
+            from giraffe.formats.gguf import load_gguf  # (torch)
+
+            return load_gguf(path, reader, packed)
+
+        step = open_step_model(path, reader) if packed else None
+        if step is not None:
+            return step, tokenizer_from_gguf(reader), load_module
+        return load_module(), tokenizer_from_gguf(reader), None
+    from giraffe.formats import load_weights
+
+    return load_weights(path, packed), load_tokenizer_file(path), None
 
 
 def _return_freed_heap() -> None:

@@ -103,7 +103,7 @@ def _runner(lm):
         """The start time, then one timestamp per generated token."""
         cfg = DecodingConfig(max_new_tokens=n, temperature=0.0, ignore_eos=True)
         stamps = [time.perf_counter()]
-        for _ in DecodeSession(lm.model, [ids], cfg):
+        for _ in DecodeSession(lm.decoder_for(1), [ids], cfg):
             stamps.append(time.perf_counter())
         return stamps
 

@@ -4,7 +4,8 @@
 each prefix of a text: its top-k tokens, and the rank, probability and surprisal (bits)
 of the token that actually came next. `reshape` shows one step's distribution after
 temperature, top-k and top-p, computed by the very samplers generation uses
-(`giraffe.generate.samplers`), drawn side by side by `write_reshape_png`.
+(`giraffe.generate.samplers`, on a numpy view of the logits), drawn side by side by
+`write_reshape_png`.
 
 It does not generate text, and it ignores penalties (repetition, presence, ...), which
 depend on a generation's history rather than on one distribution.
@@ -158,13 +159,14 @@ def reshape(logits: torch.Tensor, settings: dict) -> Reshaped:
             f"bad setting {label_of(settings)}: temperature must be >= 0, top_k >= 0 "
             "and top_p in (0, 1]."
         )
-    row = logits.float()[None]  # (1, V): samplers work on batches
+    raw = logits.detach().float()  # (V,)
     if t == 0:
-        probs = torch.zeros_like(row[0])
-        probs[row[0].argmax()] = 1.0
+        probs = torch.zeros_like(raw)
+        probs[raw.argmax()] = 1.0
     else:
+        row = raw[None].numpy()  # (1, V): the samplers work on numpy batches
         row = top_p_filter(top_k_filter(apply_temperature(row, t), k), p)
-        probs = row.softmax(-1)[0]
+        probs = torch.from_numpy(row[0]).softmax(-1)
     nz = probs[probs > 0]
     entropy = float(-(nz * nz.log2()).sum())
     return Reshaped(label_of(settings), probs, int((probs > 0).sum()), entropy)

@@ -204,6 +204,13 @@ def resolve(name_or_path: str | Path) -> Path:
     )
 
 
+def is_encoder(name_or_path: str | Path) -> bool:
+    """Whether a model alias or path names an encoder folder (sentence embeddings)."""
+    from giraffe.formats.hf_config import model_kind
+
+    return model_kind(resolve(name_or_path)) == "encoder"
+
+
 def load_tokenizer(name_or_path: str | Path) -> Tokenizer:
     """A tokenizer alone: a model alias or path, a tokenizer.json, or `cl100k_base`."""
     name = str(name_or_path)

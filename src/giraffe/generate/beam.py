@@ -4,7 +4,9 @@ Keeps the `num_beams` highest log-probability continuations; a beam that emits a
 token becomes a finished hypothesis scored sum(logprob) / length**length_penalty, with
 the length counting the generated tokens including the stop token (as Hugging Face
 does). Deterministic only: beam *sampling* is not offered, so the sampling knobs are
-ignored while penalties and n-gram bans still apply. It does not know text.
+ignored while penalties and n-gram bans still apply. It does not know text. Unlike the
+sampling session it keeps torch: it reorders the model's cache by beam; the penalties
+(numpy, `samplers.process_logits`) see the logits through a zero-copy numpy view.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from giraffe.generate.params import DecodingConfig
@@ -89,16 +92,16 @@ def _last(model, ids, cache, positions=None) -> torch.Tensor:
 
 
 def _beam_logprobs(logits, cfg, prompt, beams, step, stops) -> torch.Tensor:
+    """(K, V) log-probabilities of each beam's next token after penalties and bans."""
     K, V = logits.shape
-    seen = torch.zeros(K, V, dtype=torch.bool)
-    counts = torch.zeros(K, V, dtype=torch.long)
+    seen = np.zeros((K, V), dtype=bool)
+    counts = np.zeros((K, V), dtype=np.int64)
     sequences = [prompt + b for b in beams]
     for k, b in enumerate(beams):
-        seen[k, torch.tensor(prompt + b)] = True
-        if b:
-            counts[k].index_add_(0, torch.tensor(b), torch.ones(len(b), dtype=torch.long))
+        seen[k, prompt + b] = True
+        np.add.at(counts[k], b, 1)  # repeats add up
     processed = process_logits(
-        logits,
+        logits.numpy(),
         cfg,
         seen_mask=seen,
         counts=counts,
@@ -106,7 +109,7 @@ def _beam_logprobs(logits, cfg, prompt, beams, step, stops) -> torch.Tensor:
         n_generated=step,
         eos_ids=sorted(stops),
     )
-    return processed.log_softmax(dim=-1)
+    return torch.from_numpy(processed).log_softmax(dim=-1)
 
 
 def _done(finished, survivors, cfg: DecodingConfig, length: int) -> bool:

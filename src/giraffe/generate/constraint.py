@@ -24,7 +24,6 @@ import json
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
 from giraffe.generate.params import DecodingConfig, GenerationError
 
@@ -271,15 +270,13 @@ class Constraint:
             raise RuntimeError(f"grammar matcher refused token {token}: {self.matcher.get_error()}")
 
 
-_NEG_INF = torch.tensor(float("-inf"))
+def mask_rows(logits: np.ndarray, constraints: Sequence[Constraint | None]) -> np.ndarray:
+    """logits (k, V) float32 with every token a row's constraint forbids set to -inf (a
+    new array; the same one when no row is constrained).
 
-
-def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) -> torch.Tensor:
-    """logits (k, V) with every token a row's constraint forbids set to -inf (a new tensor).
-
-    Done in numpy on one bitmask for all constrained rows: a handful of full-vocabulary
-    passes per step, whatever the number of rows (torch's per-op overhead on a busy
-    CPU cost more than the grammar itself, measured in bench/constrained.py).
+    One bitmask for all constrained rows, unpacked once: a handful of full-vocabulary
+    passes per step, whatever the number of rows (per-row work on a busy CPU cost more
+    than the grammar itself, measured in bench/constrained.py).
     """
     rows = [i for i, c in enumerate(constraints) if c is not None]
     if not rows:
@@ -290,9 +287,9 @@ def mask_rows(logits: torch.Tensor, constraints: Sequence[Constraint | None]) ->
     for j, i in enumerate(rows):
         constraints[i].fill(words[j, : (constraints[i].table.n_vocab + 31) // 32])
     bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :V]  # (r, V) 0/1
-    allowed = torch.from_numpy(bits.view(bool))  # one torch.where for all rows: ~3x a row loop
+    allowed = bits.view(bool)  # one np.where for all rows: ~3x a row loop
     if len(rows) == logits.shape[0]:
-        return torch.where(allowed, logits, _NEG_INF)
-    out = logits.clone()
-    out[rows] = torch.where(allowed, logits[rows], _NEG_INF)
+        return np.where(allowed, logits, np.float32(-np.inf))
+    out = logits.copy()
+    out[rows] = np.where(allowed, logits[rows], np.float32(-np.inf))
     return out

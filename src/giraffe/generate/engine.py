@@ -4,16 +4,17 @@ A `DecodeSession` runs a batch of prompts of different lengths (left padding, pe
 positions, padding masked out of attention), applies the samplers, tracks what each row
 has produced, and yields one `TokenEvent` per live row per step. It sees the model only
 as "ids (+ cache, positions, key mask) -> next-token logits" (`next_token_logits`, which
-may bring each row's argmax: a greedy row then needs no torch op), and token ids
-only: stop strings, text and chat belong to the caller (`giraffe.lm`), which may end a
-row early with `finish(row)`.
+may bring each row's argmax: a greedy row then needs no array op), all numpy: it does
+not import torch, and the model runs its step without gradients itself. It sees token
+ids only: stop strings, text and chat belong to the caller (`giraffe.lm`), which may
+end a row early with `finish(row)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import torch
+import numpy as np
 
 from giraffe.forks import note_if_forked
 from giraffe.generate.params import DecodingConfig, GenerationError
@@ -51,43 +52,43 @@ class DecodeSession:
 
     def _setup(self, prompts) -> None:
         B, L = self.B, self.prompt_len
-        self.ids = torch.zeros(B, L, dtype=torch.long)
-        self.key_mask = torch.zeros(B, L + self.budget, dtype=torch.bool)  # (B, S)
+        self.ids = np.zeros((B, L), dtype=np.int64)
+        self.key_mask = np.zeros((B, L + self.budget), dtype=bool)  # (B, S)
         for i, p in enumerate(prompts):
-            self.ids[i, L - len(p) :] = torch.tensor(p)
+            self.ids[i, L - len(p) :] = p
             self.key_mask[i, L - len(p) :] = True  # generated slots are valid too
         self.padded = any(len(p) != L for p in prompts)
-        pad = (L - torch.tensor([len(p) for p in prompts]))[:, None]  # (B, 1)
-        self.positions = (torch.arange(L)[None] - pad).clamp(min=0)  # (B, L)
+        pad = L - np.array([len(p) for p in prompts], dtype=np.int64)[:, None]  # (B, 1)
+        self.positions = np.maximum(np.arange(L, dtype=np.int64)[None] - pad, 0)  # (B, L)
 
     def finish(self, row: int) -> None:
         """End a row early (e.g. the caller saw a stop string)."""
         self.rows[row].finished = True
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> tuple:
-        """((B, V) logits of the last position, argmax list or None)"""
+    def _forward(self, ids: np.ndarray, positions: np.ndarray) -> tuple:
+        """((B, V) float32 logits of the last position, argmax list or None)"""
         end = self.cache.length + ids.shape[1]
         key_mask = self.key_mask[:, :end] if self.padded else None
         return self.model.next_token_logits(
             ids, cache=self.cache, positions=positions, key_mask=key_mask
         )
 
-    @torch.inference_mode()
     def __iter__(self) -> Iterator[list[TokenEvent]]:
         if self.budget <= 0:
             return
         self.cache = self.model.new_cache(self.B, self.prompt_len + self.budget)
         logits = self._forward(self.ids, self.positions)
-        # each step's tokens and positions (B, 1), rewritten in place through numpy views:
-        # a torch op costs ~20-50 us once the weights have swept the caches
-        tokens, last_pos = torch.zeros(self.B, 1, dtype=torch.long), self.positions[:, -1:].clone()
-        tokens_view, pos_view = tokens.numpy(), last_pos.numpy()
+        # each step's tokens and positions (B, 1), rewritten in place and read by the model
+        # without a copy: a fresh array or tensor a step costs ~20-50 us once the weights
+        # have swept the caches
+        tokens = np.zeros((self.B, 1), dtype=np.int64)
+        last_pos = self.positions[:, -1:].copy()
         for step in range(self.budget):
-            tokens_view[:, 0], events = self._choose(logits)
+            tokens[:, 0], events = self._choose(logits)
             yield events
             if all(r.finished for r in self.rows) or step + 1 == self.budget:
                 return
-            pos_view += 1
+            last_pos += 1
             logits = self._forward(tokens, last_pos)
 
     def _choose(self, step: tuple) -> tuple[list[int], list[TokenEvent]]:

@@ -5,9 +5,9 @@ counts for OpenAI's penalties, the token list for n-gram bans, the per-sequence 
 generator, the grammar matcher of constrained decoding) lives here, one object per
 sequence, so that a sequence samples the same
 tokens alone, in a fixed batch (`DecodeSession`) or in a batch that others join and
-leave (the server's scheduler). It takes one row of logits and returns one
-`TokenEvent`; it does not know the model, the cache or text. `stop_set` is the one
-rule for which tokens end a sequence; `check_prompts` the one check on prompts.
+leave (the server's scheduler). It takes one row of logits (numpy float32) and returns
+one `TokenEvent`; it does not know the model, the cache, text or torch. `stop_set` is the
+one rule for which tokens end a sequence; `check_prompts` the one check on prompts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from giraffe.generate.constraint import Constraint, TokenTable, mask_rows
 from giraffe.generate.params import DecodingConfig, GenerationError
@@ -49,12 +49,14 @@ def check_prompts(prompts: Sequence[Sequence[int]], context: int) -> None:
             )
 
 
-def make_generator(cfg: DecodingConfig, seed: int | None) -> torch.Generator | None:
+def make_generator(cfg: DecodingConfig, seed: int | None) -> np.random.Generator | None:
+    """A sequence's own random stream (PCG64); None when it does not sample.
+
+    seed None: fresh entropy. numpy takes no negative seed: a negative one (the bounds
+    allow them) counts as its 64-bit two's complement, as torch's manual_seed read it."""
     if not cfg.sampling:
         return None
-    g = torch.Generator()
-    g.manual_seed(seed) if seed is not None else g.seed()
-    return g
+    return np.random.default_rng(None if seed is None else seed % 2**64)
 
 
 class SequenceState:
@@ -83,31 +85,30 @@ class SequenceState:
         # the penalties' views of self.tokens, brought up to date only when a penalty
         # reads them (seen_mask, generated_counts): two indexed writes a token cost
         # ~40 us of a ~4 ms SmolLM2 step when no penalty is on
-        self._seen = torch.zeros(1, vocab_size, dtype=torch.bool)  # prompt + generated
-        self._counts = torch.zeros(1, vocab_size, dtype=torch.long)  # generated only
+        self._seen = np.zeros((1, vocab_size), dtype=bool)  # prompt + generated
+        self._counts = np.zeros((1, vocab_size), dtype=np.int64)  # generated only
         self._seen_upto = self._counted_upto = 0
         self.generator = make_generator(cfg, cfg.seed if seed is None else seed)
         self.n_generated = 0
         self.finished = budget <= 0
 
-    def seen_mask(self) -> torch.Tensor:
+    def seen_mask(self) -> np.ndarray:
         """(1, V) bool: every token of the prompt and of what was generated."""
         new = self.tokens[self._seen_upto :]
         if new:
-            self._seen[0, torch.tensor(new, dtype=torch.long)] = True
+            self._seen[0, new] = True
             self._seen_upto = len(self.tokens)
         return self._seen
 
-    def generated_counts(self) -> torch.Tensor:
+    def generated_counts(self) -> np.ndarray:
         """(1, V) int64: how often each token was generated (the prompt not counted)."""
         new = self.tokens[max(self._counted_upto, self.n_prompt) :]
         if new:
-            ids = torch.tensor(new, dtype=torch.long)
-            self._counts[0].index_add_(0, ids, torch.ones_like(ids))  # repeats add up
+            np.add.at(self._counts[0], new, 1)  # repeats add up
             self._counted_upto = len(self.tokens)
         return self._counts
 
-    def step(self, logits: torch.Tensor) -> TokenEvent:
+    def step(self, logits: np.ndarray) -> TokenEvent:
         """Choose the next token from this sequence's logits (1, V) and record it."""
         return step_many([self], logits)[0]
 
@@ -149,14 +150,14 @@ class SequenceState:
 
 def step_many(
     states: Sequence[SequenceState],
-    logits: torch.Tensor,
+    logits: np.ndarray,
     isolate: bool = False,
     argmax: Sequence[int] | None = None,
 ) -> list[TokenEvent | Exception]:
-    """One token for each state from its row of logits (n, V), in order.
+    """One token for each state from its row of logits (n, V) float32, in order.
 
     argmax: each row's first maximal logit, when the model computed it with the logits;
-    when every state `takes_argmax`, those are the tokens, chosen without a torch op.
+    when every state `takes_argmax`, those are the tokens, chosen without an array op.
 
     States whose samplers agree (`sampler_key`) go through the pure samplers together,
     as one (k, V) batch: per-row work on a 49k vocabulary costs ~0.5 ms per sequence,
@@ -167,7 +168,7 @@ def step_many(
     still fails gets its exception in place of an event (a server must not fail every
     request for one bad one). A group fails before recording anything, so no row steps twice.
     """
-    if argmax is not None and all(s.takes_argmax() for s in states):  # greedy rows, no torch
+    if argmax is not None and all(s.takes_argmax() for s in states):  # greedy, no array op
         return [s._record(int(t), None) for s, t in zip(states, argmax, strict=True)]
     groups: dict[tuple, list[int]] = {}
     for i, state in enumerate(states):
@@ -187,14 +188,14 @@ def step_many(
     return events
 
 
-def _step_alone(state: SequenceState, logits: torch.Tensor) -> TokenEvent | Exception:
+def _step_alone(state: SequenceState, logits: np.ndarray) -> TokenEvent | Exception:
     try:
         return _step_group([state], logits)[0]
     except Exception as e:  # noqa: BLE001 - returned to the caller, who fails that row only
         return e
 
 
-def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[TokenEvent]:
+def _step_group(states: list[SequenceState], logits: np.ndarray) -> list[TokenEvent]:
     first = states[0]
     cfg = first.cfg
     raw = logits
@@ -202,9 +203,9 @@ def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[Token
     logits = mask_rows(logits, [s.constraint for s in states])
     seen = counts = None
     if cfg.repetition_penalty != 1.0:
-        seen = torch.cat([s.seen_mask() for s in states])  # (k, V)
+        seen = np.concatenate([s.seen_mask() for s in states])  # (k, V)
     if cfg.frequency_penalty or cfg.presence_penalty:
-        counts = torch.cat([s.generated_counts() for s in states])
+        counts = np.concatenate([s.generated_counts() for s in states])  # (k, V)
     processed = process_logits(
         logits,
         cfg,
@@ -232,11 +233,11 @@ def _step_group(states: list[SequenceState], logits: torch.Tensor) -> list[Token
     return events
 
 
-def _bias(logits: torch.Tensor, biases: list[tuple[tuple[int, float], ...]]) -> torch.Tensor:
+def _bias(logits: np.ndarray, biases: list[tuple[tuple[int, float], ...]]) -> np.ndarray:
     """OpenAI's logit_bias: add each row's (id, bias); -100 (or below) bans the token outright."""
     if not any(biases):
         return logits
-    out = logits.clone()
+    out = logits.copy()
     for row, pairs in enumerate(biases):
         for token, bias in pairs:
             out[row, token] = float("-inf") if bias <= -100 else out[row, token] + bias

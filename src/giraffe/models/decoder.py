@@ -12,7 +12,8 @@ in `giraffe.formats.names` alone.
 
 `forward(ids, targets=None)` returns logits (B, T, V), or the mean cross-entropy when
 targets (aligned with ids: targets[t] is the token after ids[t], -100 = ignore) are given.
-Generation uses `hidden` + `head` to skip the vocabulary projection where it is not needed.
+Generation uses `hidden` + `head` to skip the vocabulary projection where it is not needed;
+`next_token_logits` is the generation core's door, in its types (numpy in and out).
 A packed loader attaches a runtime (`attach_runtime`, giraffe.quant.runtime): `hidden`
 then offers each call to its compiled step first and hands each block its layer's fused
 kernels; `detach_runtime` takes it off, leaving the modules as the reference path.
@@ -20,6 +21,7 @@ kernels; `detach_runtime` takes it off, leaving the modules as the reference pat
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -155,26 +157,33 @@ class Decoder(nn.Module):
             cache.advance(T)
         return self.norm(x)
 
+    @torch.inference_mode()
     def next_token_logits(
         self,
-        ids: torch.Tensor,
+        ids: np.ndarray | torch.Tensor,
         *,
         cache: KVCache,
-        positions: torch.Tensor | None = None,
-        key_mask: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[int] | None]:
-        """What a decoding step needs: float32 logits (B, V) of each row's last new token,
-        and each row's first maximal logit where the compiled step found it in the same C
-        call as its layers (None otherwise; a greedy sampler then takes the argmax itself).
-        Arguments as `hidden`; the cache advances by T."""
+        positions: np.ndarray | torch.Tensor | None = None,
+        key_mask: np.ndarray | torch.Tensor | None = None,
+        attn_mask: np.ndarray | torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, list[int] | None]:
+        """What a decoding step needs, in the generation core's types: numpy float32 logits
+        (B, V) of each row's last new token, and each row's first maximal logit where the
+        compiled step found it in the same C call as its layers (None otherwise; a greedy
+        sampler then takes the argmax itself).
+
+        Arguments as `hidden`, as numpy arrays (the session's, read in place) or tensors
+        (the server's cache views and masks); the cache advances by T. Runs without
+        gradients (inference mode, which the compiled step needs), so a cache made outside
+        it is written in place; the logits are the float32 tensor's memory, not a copy."""
+        ids, positions, key_mask, attn_mask = map(_tensor, (ids, positions, key_mask, attn_mask))
         if self._compiled_may_take(cache, key_mask, attn_mask):
             done = self._runtime.next_logits(self, ids, cache, positions)
             if done is not None:
-                return done
+                return done  # (numpy logits, argmax) from the compiled step
         kw = {"positions": positions, "key_mask": key_mask, "attn_mask": attn_mask}
         h = self.hidden(ids, cache=cache, **kw)  # (B, T, C)
-        return self.head(h[:, -1]).float(), None
+        return self.head(h[:, -1]).float().numpy(), None
 
     def _compiled_may_take(self, cache, key_mask, attn_mask) -> bool:
         """Whether the runtime's compiled step may be asked (it still checks the rest)."""
@@ -247,6 +256,11 @@ class Decoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _tensor(x: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+    """A numpy argument as a tensor over the same memory (no copy); tensors and None as they are."""
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
 
 
 def _windowed(mask: torch.Tensor, window: int | None) -> torch.Tensor:

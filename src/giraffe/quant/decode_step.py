@@ -21,22 +21,31 @@ int8/int4 or F16/BF16, optionally under a LoRA adapter whose low-rank delta the 
 adds; with F16/BF16 products, at most `FLOAT_KIND_MAX_ROWS` rows a call, past which the
 module path's GEMM is faster); everything else returns None and the model runs its
 ordinary path. Tests hold the two equal.
-The C arguments are one struct per layer (`LayerStep`, fixed at build) and one per call
-(`DecodeCall`: rows, cache, RoPE rows, scratch), mirrored from csrc/qmatmul.c and
-size-checked against the library.
+The C arguments (one `LayerStep` per layer, fixed at build; one `DecodeCall` per call) and
+the calls themselves are `giraffe.quant.compiled_step`'s, which needs no torch; this module
+builds them from a torch model's packed modules and hands tensors in and out.
 """
 
 from __future__ import annotations
 
 import ctypes
-import itertools
 import sys
-import threading
-from dataclasses import dataclass
+import weakref
 
+import numpy as np
 import torch
 
 from giraffe.quant import kernels
+from giraffe.quant.compiled_step import (
+    ACTIVATIONS,
+    MAX_PARTS,
+    CacheSpan,
+    CompiledStep,
+    LayerStep,
+    NewRows,
+    PackedMatrix,
+    check_structs,
+)
 from giraffe.quant.groupwise import GroupQuantLinear
 from giraffe.quant.linear import (
     KERNEL_KINDS,
@@ -46,104 +55,6 @@ from giraffe.quant.linear import (
     kernel_max_rows,
 )
 from giraffe.quant.types import FLOAT_KINDS
-
-MAX_PARTS = 3  # as csrc/qmatmul.c's packed_matrix
-
-
-class PackedMatrix(ctypes.Structure):
-    _fields_ = [
-        ("w", ctypes.c_void_p * MAX_PARTS),
-        ("kind", ctypes.c_int * MAX_PARTS),
-        ("n_out", ctypes.c_int64 * MAX_PARTS),
-        ("n_parts", ctypes.c_int),
-        ("n_in", ctypes.c_int64),
-        ("bias", ctypes.c_void_p),
-        ("q8", ctypes.c_void_p * MAX_PARTS),
-        ("dm8", ctypes.c_void_p * MAX_PARTS),
-        ("nib8", ctypes.c_int64 * MAX_PARTS),
-        ("use_i8", ctypes.c_int64),
-        ("lora_a", ctypes.c_void_p * MAX_PARTS),
-        ("lora_b", ctypes.c_void_p * MAX_PARTS),
-        ("lora_r", ctypes.c_int64 * MAX_PARTS),
-        ("lora_scale", ctypes.c_float * MAX_PARTS),
-        ("sform8", ctypes.c_int64 * MAX_PARTS),
-    ]
-
-
-class LayerStep(ctypes.Structure):
-    """csrc/qmatmul.c's layer_step: one layer's arguments, declared once on each side.
-
-    The library reports its size and the C side checks the `size` stamped here, so a
-    struct that drifted on one side is refused, never read wrongly."""
-
-    _P, _I64 = ctypes.c_void_p, ctypes.c_int64
-    _M = ctypes.POINTER(PackedMatrix)
-    _fields_ = [
-        ("size", _I64), ("x", _P), ("n", _I64), ("dim", _I64),
-        ("attn_norm", _P), ("mlp_norm", _P), ("eps", ctypes.c_float),
-        ("qkv", _M), ("o", _M), ("gate_up", _M), ("down", _M),
-        ("n_heads", ctypes.c_int), ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int),
-        ("cos", _P), ("sin", _P), ("k_cache", _P), ("v_cache", _P),
-        ("row_stride", _I64), ("slots", _P), ("max_len", _I64), ("window", _I64),
-        ("scratch", _P), ("n_threads", ctypes.c_int),
-        ("q_norm", _P), ("k_norm", _P), ("attn_post_norm", _P), ("mlp_post_norm", _P),
-        ("norm_offset", ctypes.c_float), ("query_scale", ctypes.c_float),
-        ("attn_softcap", ctypes.c_float), ("activation", ctypes.c_int),
-        ("layer_norm", ctypes.c_int), ("attn_norm_bias", _P), ("mlp_norm_bias", _P),
-        ("rope_dims", ctypes.c_int), ("plain_mlp", ctypes.c_int), ("parallel", ctypes.c_int),
-        ("local_rope", ctypes.c_int), ("positions", _P),
-    ]  # fmt: skip
-
-
-class DecodeCall(ctypes.Structure):
-    """csrc/qmatmul.c's decode_call: what every layer of one call shares."""
-
-    _P, _I64 = ctypes.c_void_p, ctypes.c_int64
-    _fields_ = [
-        ("size", _I64), ("x", _P), ("n", _I64),
-        ("cos", _P), ("sin", _P), ("cos_local", _P), ("sin_local", _P),
-        ("positions", _P), ("rope_rows", _I64),
-        ("k_cache", _P), ("v_cache", _P), ("layer_stride", _I64),
-        ("row_stride", _I64), ("slots", _P), ("max_len", _I64),
-        ("scratch", _P), ("n_threads", ctypes.c_int),
-        ("final_norm", _P), ("final_norm_bias", _P), ("team", ctypes.c_int),
-        ("ids", _P), ("embed", ctypes.POINTER(PackedMatrix)), ("embed_scale", ctypes.c_float),
-        ("head", ctypes.POINTER(PackedMatrix)), ("logits", _P), ("argmax", _P),
-    ]  # fmt: skip
-
-
-PROMPT_ROWS = 512  # FastDecode.prompt_rows' default (at least 4)
-ROPE_TOO_SHORT = -2000  # giraffe_decode_layers: a position is past the RoPE tables
-BAD_TOKEN_ID = -3000  # giraffe_decode_layers: an id outside the embedding table
-
-# csrc/qmatmul.c's ACT_SILU, ACT_GELU_TANH, ACT_GELU (erf), ACT_RELU
-ACTIVATIONS = {"silu": 0, "gelu_tanh": 1, "gelu": 2, "relu": 3}
-
-
-def check_structs() -> None:
-    """KernelMismatchError when the library's structs differ from these mirrors: in size, or
-    in any field's place (a mirror listing fields in another order has the same size)."""
-    mirrors = (
-        ("layer_step", LayerStep),
-        ("packed_matrix", PackedMatrix),
-        ("decode_call", DecodeCall),
-    )
-    for name, mirror in mirrors:
-        theirs = kernels.struct_size(name)
-        if theirs != ctypes.sizeof(mirror):
-            raise kernels.KernelMismatchError(
-                f"csrc/qmatmul.c's {name} is {theirs} bytes, giraffe's mirror "
-                f"{ctypes.sizeof(mirror)}; the two declarations must change together"
-            )
-        ours = [(field, getattr(mirror, field).offset) for field, *_ in mirror._fields_]
-        theirs = kernels.struct_fields(name)
-        if ours != theirs:
-            differ = next((a, b) for a, b in itertools.zip_longest(ours, theirs) if a != b)
-            raise kernels.KernelMismatchError(
-                f"csrc/qmatmul.c's {name} and giraffe's mirror place their fields differently "
-                f"(first: C {differ[1]}, Python {differ[0]}); declare the same fields in the "
-                "same order on both sides"
-            )
 
 
 def _adapter(p) -> tuple:
@@ -250,20 +161,10 @@ def _packed(p) -> bool:
     return GroupParts.of([p]) is not None
 
 
-@dataclass
-class NewRows:
-    """One call's new rows: x (n, C) float32 for the first layer, their cache slots and
-    positions (n,) int64, the ids the C step fills x from (None: x is filled), and whether
-    they are one sequence's prompt (sharing its cache) rather than decode rows."""
+class FastDecode(CompiledStep):
+    """A torch model's compiled step: built from its packed modules (`build`), called with
+    its tensors and caches, handing tensors back; the calls themselves are CompiledStep's."""
 
-    x: torch.Tensor
-    slots: torch.Tensor
-    at: torch.Tensor
-    ids: torch.Tensor | None
-    shared: bool
-
-
-class FastDecode:
     def __init__(
         self,
         model,
@@ -274,21 +175,10 @@ class FastDecode:
     ) -> None:
         """head / embed: the output head and the embedding table as structs, where the C
         step can run them as the module path does (`_ends`); None: Python runs them."""
-        self.cfg = model.config
+        cfg = model.config
         self.layers = layers  # per layer: (attn_norm, mlp_norm, qkv, o, gate_up, down)
-        self.head, self.embed = head, embed
-        self._head_ptr = None if head is None else ctypes.pointer(head)
-        self._embed_ptr = None if embed is None else ctypes.pointer(embed)
-        self._next_slot = torch.zeros(1, dtype=torch.int64)  # (1,): see _slots
-        self._next_slot_view = self._next_slot.numpy()
-        self._scratch_floats: dict[tuple, int] = {}  # (rows, max_len, prompt) -> floats
-        self._buffers: dict[str, torch.Tensor] = {}  # see _reused
-        self._reused_views: dict = {}  # their numpy views
-        self._one_call = threading.Lock()  # see _rows
-        # Gemma's sqrt(width), rounded to float32 first as the module path does; 0: none
-        self.embed_scale = self.cfg.hidden_size**0.5 if self.cfg.scale_embed else 0.0
-        self.fn = kernels.decode_layer_function()
-        self.scratch = torch.empty(0)
+        self.extra_norms = norms
+        self._next_slot = np.zeros(1, np.int64)  # (1,): see _slots
         self.int8_on = None  # whether the C step's products use the int8 GEMM (None: not set)
         # rows a call may have: past them an F16/BF16 product (always on the float kernel)
         # loses to the module path's dequantize-then-GEMM (a 512-token SmolLM2 BF16 prompt:
@@ -299,44 +189,35 @@ class FastDecode:
             for m in layer[2:]
             for _, kind, _ in m._source.segments
         )
-        self.float_rows = kernel_max_rows(FLOAT_KINDS[0]) if float_parts else sys.maxsize
-        # decode rows run as one team of threads for all layers (csrc/decode_rows.h: the
-        # same numbers as layer by layer, which tests compare by turning this off)
-        self.team = True
-        # a prompt's rows per call (longer prompts go in equal pieces): bounds the scratch
-        # (~8 KB a row of attention buffers on SmolLM2-135M, plus the MLP's for 128 rows;
-        # whole, an 8k prompt would hold ~70 MB of it). Measured 2026-12-07: a
-        # 1,536-token SmolLM2 prompt 1-4 % slower in three pieces, Qwen2.5-0.5B's the same;
-        # pieces of 256 cost Qwen's 512-token prompt 8-10 %, hence 512 (llama.cpp's batch)
-        self.prompt_rows = PROMPT_ROWS
+        float_rows = kernel_max_rows(FLOAT_KINDS[0]) if float_parts else sys.maxsize
         # group-wise and compacted weights exist only as int8-GEMM tiles: no float kernel
         self.int8_only = any(
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
         )
         check_structs()
+        self.local_rope = any(cfg.layer_local_rope(i) for i in range(len(layers)))
+        norm = model.norm  # the final norm, of the blocks' kind: applied by the C step
+        self._norm_weights = [norm.weight.detach(), getattr(norm, "bias", None)]
+        self._model = weakref.ref(model)  # its rotary modules make the RoPE tables
         # one C array: giraffe_decode_layers runs them all in one call
-        self.steps = (LayerStep * len(layers))(
+        steps = (LayerStep * len(layers))(
             *(
-                self._step(i, layer, extra)
+                self._step(cfg, i, layer, extra)
                 for i, (layer, extra) in enumerate(zip(layers, norms, strict=True))
             )
         )
-        self.local_rope = any(self.cfg.layer_local_rope(i) for i in range(len(layers)))
-        # RoPE tables the C step reads by position, grown on demand; none for learned positions
-        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
+        final_norm = tuple(None if t is None else t.data_ptr() for t in self._norm_weights)
+        super().__init__(cfg, steps, head, embed, final_norm, self._rope_tables, float_rows)
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
         # every struct whose products may take the int8 GEMM (not a lookup-only table)
         self.products = [m for layer in layers for m in layer[2:]] + ([head] if head else [])
-        norm = model.norm  # the final norm, of the blocks' kind: applied by the C step
-        self._norm_weights = [norm.weight.detach(), getattr(norm, "bias", None)]
-        self.final_norm = tuple(None if t is None else t.data_ptr() for t in self._norm_weights)
 
-    def _step(self, i: int, layer: tuple, norms: dict) -> LayerStep:
+    @staticmethod
+    def _step(cfg, i: int, layer: tuple, norms: dict) -> LayerStep:
         """Layer i's fixed arguments; each call fills in the rows, cache and scratch.
 
         norms: the block's optional norm weights by LayerStep field (q_norm, k_norm,
         attn_post_norm, mlp_post_norm, the pre-norms' biases), as the block has them."""
-        cfg = self.cfg
         attn_norm, mlp_norm, qkv, o, gate_up, down = layer
         step = LayerStep(size=ctypes.sizeof(LayerStep), dim=cfg.hidden_size, eps=cfg.norm_eps)
         step.attn_norm, step.mlp_norm = attn_norm.data_ptr(), mlp_norm.data_ptr()
@@ -387,12 +268,12 @@ class FastDecode:
         sequence, written at the cache's next T slots, attending causally.
         """
         done = self._rows(model, ids, cache, positions, head=False)
-        return None if done is None else done[0].view(*ids.shape, -1)
+        return None if done is None else torch.from_numpy(done[0]).view(*ids.shape, -1)
 
     def next_logits(self, model, ids, cache, positions) -> tuple | None:
-        """The same call through the head, in the same C call: (logits (B, V) float32 of
-        each sequence's last new token, each row's first maximal logit as a list), or None
-        when the step or the head cannot take it (then nothing ran)."""
+        """The same call through the head, in the same C call: (logits (B, V) float32 numpy
+        of each sequence's last new token, each row's first maximal logit as a list), or
+        None when the step or the head cannot take it (then nothing ran)."""
         done = self._rows(model, ids, cache, positions, head=True)
         return None if done is None else done[1]
 
@@ -402,7 +283,7 @@ class FastDecode:
         One call at a time: threads sharing a model share this step's scratch, buffers
         and RoPE tables (a second thread growing the scratch would free it under the
         first one's C call). What it hands back is the caller's own."""
-        with self._one_call:
+        with self.lock:
             return self._rows_locked(model, ids, cache, positions, head)
 
     def _rows_locked(self, model, ids, cache, positions, head: bool) -> tuple | None:
@@ -422,60 +303,25 @@ class FastDecode:
         if n > self.float_rows:
             return None  # products on the float kernel: the module path's GEMM is faster
         head_rows = 1 if shared else n  # a prompt's next token follows its last row only
-        if head and not self._head_runs(head_rows):
+        if head and not self.head_runs(head_rows):
             return None
         if positions is None:
-            positions = slots[:, None]
+            positions = torch.from_numpy(slots)[:, None]
         # (n, C), (n,) or None; x is handed back only as hidden states, else reused
         x, token_ids = self._first_rows(model, ids, positions, reuse=head)
-        at = _flat_int64(positions)  # (n,)
-        # a long prompt in pieces of (nearly) equal size, none of one row (which would take
-        # the decode path's attention) as prompt_rows >= 4: the scratch stays that of
-        # `prompt_rows` rows however long the prompt
-        pieces = -(-n // self.prompt_rows) if shared else 1
-        bounds = [i * n // pieces for i in range(pieces + 1)]
-        self._ensure_scratch(bounds[1] + (n % pieces > 0), cache.max_len, prompt=shared)
-        rows = NewRows(x, slots, at, token_ids, shared)
-        out = None
-        if head:  # (rows, V) logits (the caller's) and (rows,) argmax, by the last piece
-            argmax = self._reused("argmax", head_rows, torch.int64)
-            out = torch.empty(head_rows, self.head_width), argmax
-        for start, stop in itertools.pairwise(bounds):
-            self._call(model, cache, rows, start, stop - start, out if stop == n else None)
-        cache.advance(T)
-        if out is None:
-            return x, None  # x final-normed in C
-        return x, (out[0], self._reused_views["argmax"][:head_rows].tolist())
-
-    def _call(self, model, cache, rows: NewRows, start: int, count: int, out) -> None:
-        """Rows start .. start+count-1 through every layer: looked up first when the rows
-        have ids, through the head into `out` ((logits, argmax) tensors) when given."""
-        f32, i64 = rows.x.element_size(), rows.slots.element_size()
-        x = rows.x.data_ptr() + start * rows.x.shape[1] * f32
-        call = DecodeCall(size=ctypes.sizeof(DecodeCall), x=x, n=count)
-        if rows.ids is not None:
-            call.ids, call.embed = rows.ids.data_ptr() + start * i64, self._embed_ptr
-            call.embed_scale = self.embed_scale
-        if out is not None:
-            call.head = self._head_ptr
-            call.logits, call.argmax = out[0].data_ptr(), out[1].data_ptr()
-        call.k_cache, call.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
-        call.layer_stride = cache.k.stride(0)
+        rows = NewRows(x, slots, _flat_int64(positions), token_ids, shared)
+        k = cache.k
         # floats between rows' (H, S, D) caches; 0: a prompt's rows share one
-        call.row_stride = 0 if rows.shared else cache.k.stride(1)
-        call.slots, call.max_len = rows.slots.data_ptr() + start * i64, cache.max_len
-        call.scratch, call.n_threads = self.scratch.data_ptr(), torch.get_num_threads()
-        call.final_norm, call.final_norm_bias = self.final_norm
-        call.team = self.team
-        call.positions = rows.at.data_ptr() + start * i64
-        status = self._run(model, call, rows.at)
-        if status == BAD_TOKEN_ID:
-            raise IndexError(f"a token id is outside the vocabulary (0..{self.embed.n_out[0] - 1})")
-        if status != 0:
-            raise RuntimeError(
-                f"the compiled decode step refused layer {-1 - status} "
-                f"(slots {rows.slots.reshape(-1)[start : start + count].tolist()})"
-            )
+        span = CacheSpan(
+            k.data_ptr(),
+            cache.v.data_ptr(),
+            k.stride(0),
+            0 if shared else k.stride(1),
+            cache.max_len,
+        )
+        out = self.run_rows(rows, span, head_rows if head else 0)
+        cache.advance(T)
+        return x, out
 
     def _first_rows(self, model, ids, positions, reuse: bool) -> tuple:
         """The rows the first layer reads (n, C) and the ids the C step fills them from;
@@ -483,37 +329,27 @@ class FastDecode:
         in a buffer kept for the next call (they are not handed back)."""
         e = self.embed
         if e is None or not (e.w[0] or e.q8[0]):  # (a lookup from tiles needs them repacked)
-            return self._embed(model, ids, positions), None
+            return self._embed(model, ids, positions).numpy(), None
         flat = _flat_int64(ids)  # (n,)
-        n, C = flat.numel(), self.cfg.hidden_size
-        x = self._reused("x", n * C, torch.float32).view(n, C) if reuse else torch.empty(n, C)
+        n, C = flat.size, self.cfg.hidden_size
+        x = (
+            self.reused("x", n * C, np.float32).reshape(n, C)
+            if reuse
+            else np.empty((n, C), np.float32)
+        )
         return x, flat
 
-    def _reused(self, name: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """A buffer of at least numel values kept between calls (grown when too small; the
-        C step fills it within one call): the first numel. A fresh tensor costs ~10-20 us a
-        token once the weights have swept the caches."""
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[name] = torch.empty(numel, dtype=dtype)
-            self._reused_views[name] = buffer.numpy()
-        return buffer[:numel]
-
-    def _head_runs(self, rows: int) -> bool:
+    def head_runs(self, rows: int) -> bool:
         """Whether the C step's head takes these rows as the module path's would: on the
         int8 GEMM, or on the packed float kernel within its rows (past them the module path
         dequantizes and multiplies in torch)."""
+        if super().head_runs(rows):
+            return True
         m = self.head
         if m is None:
             return False
-        if m.use_i8 and m.q8[0]:
-            return True
         kind = m._source.segments[0][1]
         return bool(m.w[0]) and kind in KERNEL_KINDS and rows <= kernel_max_rows(kind)
-
-    @property
-    def head_width(self) -> int:
-        return int(self.head.n_out[0])
 
     def _embed(self, model, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The rows the first layer reads (n, C) float32, as the module path forms them."""
@@ -525,37 +361,56 @@ class FastDecode:
             x = x + model.pos_embed(positions.reshape(B, T))
         return x.reshape(B * T, -1).contiguous().float()
 
-    def _run(self, model, call: DecodeCall, positions: torch.Tensor) -> int:
-        """Run every layer; a position past the RoPE tables grows them (to the largest of
-        `positions`) and runs again (the C step checks positions before it writes anything)."""
-        for _ in range(2):
-            if self.rope:
-                (call.cos, call.sin), (call.cos_local, call.sin_local) = (
-                    (cos.data_ptr(), sin.data_ptr()) for cos, sin in self.rope
-                )
-                call.rope_rows = self.rope[0][0].shape[0]
-            status = self.fn(ctypes.byref(call), self.steps, len(self.steps))
-            if status != ROPE_TOO_SHORT:
-                return status
-            self.rope = _rope_tables(model, int(positions.max()) + 1, self.local_rope)
-        return status
+    def _rope_tables(self, need: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The model's RoPE (cos, signed sin) for positions 0 .. >= need-1, each (rows, R), as
+        its rotary modules compute them (so every row equals the module path's); then the
+        sliding layers' own (Gemma 3) or the same tables again. Rows: a power of two, at
+        least 1024, so a growing context recomputes them a few times only."""
+        rows = max(1024, 1 << (need - 1).bit_length())
+        positions = torch.arange(rows)[None]  # (1, rows)
+        model = self._model()
 
-    def _slots(self, cache, B: int, T: int) -> tuple[torch.Tensor | None, bool]:
+        def table(rotary) -> tuple[np.ndarray, np.ndarray]:
+            return tuple(t.reshape(rows, -1).contiguous().numpy() for t in rotary(positions))
+
+        main = table(model.rotary)
+        return [main, table(model.rotary_local) if self.local_rope else main]
+
+    def _slots(self, cache, B: int, T: int) -> tuple[np.ndarray | None, bool]:
         """(n,) cache slot of each new token, and whether they are one sequence's run."""
         slots = getattr(cache, "slots", None)
         if T == 1 and slots is not None:
             ok = len(slots) == B
-            return (slots.to(torch.int64).contiguous() if ok else None), False
+            return (slots.to(torch.int64).contiguous().numpy() if ok else None), False
         if slots is not None or B != 1 or cache.batch != 1:
             return None, False
         if cache.length + T > cache.max_len:
             return None, False  # the module path says the cache is full
         if T > 1:
-            return torch.arange(cache.length, cache.length + T), True
-        # one token of one sequence (every greedy step): no torch op, a reused tensor (the
-        # C step reads it during this call only)
-        self._next_slot_view[0] = cache.length
+            return np.arange(cache.length, cache.length + T, dtype=np.int64), True
+        # one token of one sequence (every greedy step): a reused array (the C step reads
+        # it during this call only)
+        self._next_slot[0] = cache.length
         return self._next_slot, False
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every tensor the structs may point into (norms, biases, blocks, tiles), as bytes:
+        what `giraffe.quant.step_image` needs to place each address."""
+        tensors = list(self._norm_weights)
+        for layer, extra in zip(self.layers, self.extra_norms, strict=True):
+            tensors += [layer[0], layer[1], *extra.values()]
+        for m in self.products + ([self.embed] if self.embed is not None else []):
+            tensors.append(m._keep)
+            sources = getattr(m._source, "bases", [m._source])
+            for part in [m._source, *sources]:
+                tiles = getattr(part, "_int8", None)
+                tensors += [getattr(part, "packed", None), getattr(tiles, "q", None)]
+                tensors.append(getattr(tiles, "dm", None))
+        return [
+            t.detach().contiguous().view(torch.uint8).numpy()
+            for t in tensors
+            if isinstance(t, torch.Tensor)
+        ]
 
     def _use_int8(self, on: bool) -> None:
         """Products take the int8 GEMM (weights repacked once, on first need) or not."""
@@ -567,40 +422,13 @@ class FastDecode:
             matrix.use_i8 = int(on)
         self.int8_on = on
 
-    def _ensure_scratch(self, n: int, max_len: int, prompt: bool) -> None:
-        """Room for csrc/qmatmul.c's buffers of a call of n rows, as the library lays them
-        out (giraffe_decode_scratch: no score rows where the flash kernel runs, the MLP's
-        buffers for at most MLP_ROWS rows); asked once per shape of call."""
-        key = (n, max_len, prompt)
-        need = self._scratch_floats.get(key)
-        if need is None:
-            need = kernels.decode_scratch_floats(self.steps, n, max_len, prompt)
-            self._scratch_floats[key] = need
-        if self.scratch.numel() < need:
-            self.scratch = torch.empty(need)
 
-
-def _flat_int64(t: torch.Tensor) -> torch.Tensor:
-    """t's values in order as one contiguous int64 run (t itself when it already is one:
-    the C step reads only its data pointer)."""
-    if t.dtype == torch.int64 and t.is_contiguous():
-        return t
-    return t.reshape(-1).to(torch.int64).contiguous()
-
-
-def _rope_tables(model, need: int, local: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The model's RoPE (cos, signed sin) for positions 0 .. >= need-1, each (rows, R), as its
-    rotary module computes them (so every row equals the module path's); then the sliding
-    layers' own (Gemma 3) or the same tables again. Rows: a power of two, at least 1024, so
-    a growing context recomputes them a few times only."""
-    rows = max(1024, 1 << (need - 1).bit_length())
-    positions = torch.arange(rows)[None]  # (1, rows)
-
-    def table(rotary) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(t.reshape(rows, -1).contiguous() for t in rotary(positions))
-
-    main = table(model.rotary)
-    return [main, table(model.rotary_local) if local else main]
+def _flat_int64(t: torch.Tensor) -> np.ndarray:
+    """t's values in order as one contiguous int64 run, as numpy (a view of t when it
+    already is one: the C step reads only its address)."""
+    if t.dtype != torch.int64 or not t.is_contiguous():
+        t = t.reshape(-1).to(torch.int64).contiguous()
+    return t.numpy().reshape(-1)
 
 
 def _ends(model) -> tuple[PackedMatrix | None, PackedMatrix | None]:

@@ -16,7 +16,6 @@ Knows nothing of file names: a loader hands it bytes and a block type.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 
 from giraffe.quant import kernels
 from giraffe.quant.blocks import BLOCK_SIZES, dequantize, row_bytes
+from giraffe.quant.library import int8_activations  # noqa: F401 - this module's API too
 from giraffe.quant.types import FLOAT_KINDS
 
 KERNEL_KINDS = tuple(kernels.KIND_CODES)
@@ -41,21 +41,6 @@ FLOAT_KIND_MAX_ROWS = 24
 def kernel_max_rows(kind: str) -> int:
     """Input rows up to which the packed float kernel beats dequantize-then-matmul."""
     return FLOAT_KIND_MAX_ROWS if kind in FLOAT_KINDS else KERNEL_MAX_ROWS
-
-
-def int8_activations() -> bool:
-    """Whether inference rounds activations to int8 for the VNNI GEMM (the default).
-
-    As llama.cpp does for every product: per block of 32, d = max|x|/127, x ~ d * q. It
-    measured ~2.3x faster 512-token prompts and ~1.4x faster decoding on SmolLM2-135M
-    Q4_1 (4-bit types stay two integers a byte, so decode reads no more than before),
-    for +0.25% perplexity against float activations (and within 0.1% of llama.cpp's
-    own). GIRAFFE_INT8_ACTIVATIONS=0 keeps float activations (equal to the dequantized
-    float model to rounding). Needs AVX-512 VNNI.
-    """
-    if os.environ.get("GIRAFFE_INT8_ACTIVATIONS") == "0":
-        return False
-    return bool(kernels.int8_kinds())
 
 
 class _GradToInput(torch.autograd.Function):

@@ -83,7 +83,7 @@ class PackedRuntime:
         return self.step(model, ids, cache, positions)
 
     def next_logits(self, model, ids: torch.Tensor, cache, positions) -> tuple | None:
-        """(logits (B, V), argmax list) of each sequence's last new token from one C call
+        """(logits (B, V) float32 numpy, argmax list) of each sequence's last new token from one C call
         (lookup, layers, head), or None when it cannot take this call (nothing ran)."""
         if self.step is None:
             return None

@@ -16,7 +16,6 @@ GIRAFFE_TILE_CACHE=0 turns it off. It knows byte ranges, not tensor names or mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,26 +24,7 @@ import numpy as np
 import torch
 
 from giraffe.quant import kernels
-from giraffe.quant.types import BLOCK_TYPES
-
-
-def cache_root() -> Path:
-    return kernels.cache_dir().parent / "tiles"
-
-
-def enabled() -> bool:
-    return os.environ.get("GIRAFFE_TILE_CACHE") != "0"
-
-
-KEEP = 8  # model files whose tiles stay cached; the least recently written go first
-
-
-def _prune(root: Path) -> None:
-    dirs = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-    for old in dirs[:-KEEP]:
-        for f in old.iterdir():
-            f.unlink(missing_ok=True)
-        old.rmdir()
+from giraffe.quant.file_cache import cache_dir_for, prune
 
 
 class TileCache:
@@ -54,17 +34,14 @@ class TileCache:
     handed to `repack` are views inside it)."""
 
     def __init__(self, model_file: Path, base: int, size: int) -> None:
-        stat = model_file.stat()
-        # the layout's every input: the file, the library's ABI and the block table
-        table = sorted(BLOCK_TYPES.items())
-        ident = f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{kernels.ABI_VERSION}|{table}"
-        self.dir = cache_root() / hashlib.sha256(ident.encode()).hexdigest()[:24]
+        self.dir = cache_dir_for(model_file)
         self.base, self.size = base, size
         self.index: dict[str, list] = {}
         self.blob = None  # the mapped tiles of an earlier load
         self.writer = None  # the file being written by this (first) load
         self._tiles_tmp: Path | None = None  # its name until finish() renames it
         self.new = False
+        self._placed: list[tuple[int, int, int]] = []  # this load's tiles: (address, bytes, at)
         try:
             index = json.loads((self.dir / "index.json").read_text())
             blob = np.memmap(self.dir / "tiles.bin", dtype=np.uint8, mode="c")
@@ -110,7 +87,7 @@ class TileCache:
     def _record(self, key: str, tiles: kernels.Int8Weights) -> None:
         if self.writer is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _prune(self.dir.parent)
+            prune(self.dir.parent)
             (self.dir / "index.json").unlink(missing_ok=True)  # stale until finish() rewrites it
             self._tiles_tmp = self.dir / f"tiles.{os.getpid()}.tmp"  # renamed by finish()
             self.writer = open(self._tiles_tmp, "wb")  # noqa: SIM115 (closed by finish)
@@ -119,6 +96,18 @@ class TileCache:
         self.writer.write(memoryview(q))  # written from the tensors' memory: no copy
         self.writer.write(memoryview(dm).cast("B"))
         self.index[key] = [at, q.nbytes, dm.nbytes, tiles.nibbles, str(dm.dtype)]
+        self._placed += [(q.ctypes.data, q.nbytes, at), (dm.ctypes.data, dm.nbytes, at + q.nbytes)]
+
+    def offset_of(self, address: int) -> int | None:
+        """Where in tiles.bin the tile byte at this address sits (mapped from it, or written
+        to it by this load), or None when it is no tile of this cache's."""
+        if self.blob is not None:
+            at = address - self.blob.ctypes.data
+            return at if 0 <= at < len(self.blob) else None
+        for start, nbytes, at in self._placed:
+            if start <= address < start + nbytes:
+                return at + address - start
+        return None
 
     def _view(self, entry: list, kind: str, n_out: int, n_in: int) -> kernels.Int8Weights:
         at, q_bytes, dm_bytes, form, dtype = entry

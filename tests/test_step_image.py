@@ -1,0 +1,173 @@
+"""The compiled step's image (giraffe.quant.step_image) and the torch-free load it allows.
+
+A packed GGUF load with torch saves its step beside the file's tiles; a later load opens
+the file on that image alone (`giraffe.formats.gguf_step.open_step_model`, a `StepModel`):
+its logits must equal the torch model's bit for bit (the same bytes at the same offsets),
+for a tied Llama (llama.cpp's permuted q/k rows: copies, stored in the image), an untied
+Qwen3 (QK-norm) and a Gemma 3 (sliding layers with their own RoPE, sandwich norms). An
+image from other sources or a damaged one is ignored; a family the step cannot run whole
+(learned positions) gets none. `giraffe.load` of such a file imports no torch until
+something needs the torch model (checked in a real process on SmolLM2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from giraffe.config import (
+    GEMMA3_WIRING,
+    GPT2_WIRING,
+    QWEN3_WIRING,
+    ModelConfig,
+    periodic_layer_types,
+)
+from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
+from giraffe.formats.gguf_step import open_step_model
+from giraffe.models import Decoder
+from giraffe.quant import file_cache, kernels, step_image
+
+pytestmark = pytest.mark.skipif(
+    not kernels.int8_kinds() or kernels.decode_layer_function() is None,
+    reason="the compiled step with int8 tiles is not built here",
+)
+
+SHAPE = dict(
+    vocab_size=300, hidden_size=256, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=64,
+    intermediate_size=256, max_position_embeddings=64,
+)  # fmt: skip
+FAMILIES = {
+    "llama": ({}, "q4_0"),
+    "qwen3": (dict(QWEN3_WIRING, tie_embeddings=False), "q8_0"),
+    "gemma3": (
+        dict(
+            GEMMA3_WIRING,
+            sliding_window=4,
+            layer_types=periodic_layer_types(3, 3),
+            rope_theta=1e6,
+            rope_local_theta=1e4,
+        ),
+        "q4_k",
+    ),  # fmt: skip
+}
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own tile cache folder (images and tiles), int8 activations on."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("GIRAFFE_INT8_ACTIVATIONS", "1")
+
+
+def write_model(folder, family: str):
+    wiring, dtype = FAMILIES.get(family, ({}, "q8_0"))
+    if family == "gpt2":
+        wiring = dict(GPT2_WIRING, n_kv_heads=None)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(**{**SHAPE, **wiring})).eval()
+    with torch.no_grad():  # random init leaves every norm at 1 (or 0 with an offset)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return save_gguf(model, folder / f"{family}.gguf", dtype=dtype)
+
+
+def steps(model, prompt: list[int], n: int, as_tensor) -> list[np.ndarray]:
+    """Logits of the prompt's last token, then of n greedy tokens, each (1, V)."""
+    cache = model.new_cache(1, 32)
+    out = []
+    logits, argmax = model.next_token_logits(as_tensor([prompt]), cache=cache)
+    for _ in range(n + 1):
+        out.append(np.array(logits))
+        logits, argmax = model.next_token_logits(as_tensor([[argmax[0]]]), cache=cache)
+    return out
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_saved_step_equals_the_torch_step(tmp_path, family):
+    path = write_model(tmp_path, family)
+    model = load_gguf(path, packed=True)  # writes the image
+    bare = open_step_model(path, open_gguf(path))
+    assert bare is not None
+    prompt = [5, 17, 250, 3, 99, 42, 7]  # past the sliding window of 4
+    with torch.inference_mode():
+        want = steps(model, prompt, 6, torch.tensor)
+    got = steps(bare, prompt, 6, np.array)
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a, b), np.abs(a - b).max()
+
+
+def test_an_image_of_other_sources_or_damaged_is_ignored(tmp_path, monkeypatch):
+    path = write_model(tmp_path, "llama")
+    load_gguf(path, packed=True)
+    folder = file_cache.cache_dir_for(path)
+    assert open_step_model(path, open_gguf(path)) is not None
+    monkeypatch.setattr(step_image, "source_tag", lambda: "other code")
+    assert open_step_model(path, open_gguf(path)) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    blob = folder / step_image.BLOB
+    blob.write_bytes(blob.read_bytes()[:100])  # cut short
+    assert open_step_model(path, open_gguf(path)) is None
+    image = json.loads((folder / step_image.IMAGE).read_text())
+    image["matrices"][0][1]["q8"][0] = ["tiles", 1 << 40]  # an address past the tiles
+    (folder / step_image.IMAGE).write_text(json.dumps(image))
+    load_gguf(path, packed=True)  # an image that does not match is written again
+    assert open_step_model(path, open_gguf(path)) is not None
+
+
+def test_learned_positions_get_no_image(tmp_path):
+    path = write_model(tmp_path, "gpt2")
+    load_gguf(path, packed=True)
+    assert not (file_cache.cache_dir_for(path) / step_image.IMAGE).exists()
+    assert open_step_model(path, open_gguf(path)) is None
+
+
+GENERATE = """
+import sys, giraffe
+lm = giraffe.load("smollm2-135m-instruct")
+text = lm.complete("The capital of France is", max_new_tokens=8, temperature=0).text
+print(type(lm._model).__name__, "torch" in sys.modules, repr(text))
+both = lm.complete_batch(["Hi", "The capital of France is"], max_new_tokens=8, temperature=0)
+print(type(lm._model).__name__, "torch" in sys.modules, repr(both[1].text))
+"""
+
+
+def test_a_second_load_generates_without_torch(tmp_path, smollm2_gguf):
+    """The first process loads with torch and saves the step; the second opens on it and
+    generates with no torch, the same text; a batch then builds the torch model."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    run = [sys.executable, "-c", GENERATE]
+    first = subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout
+    second = subprocess.run(run, capture_output=True, text=True, env=env, check=True).stdout
+    first, second = first.splitlines(), second.splitlines()
+    assert first[0].startswith("Decoder True")
+    assert second[0].startswith("StepModel False")
+    assert second[0].split(" ", 2)[2] == first[0].split(" ", 2)[2]  # the same text
+    assert second[1].startswith("Decoder True") and second[1] == first[1]
+
+
+def test_the_step_model_refuses_a_batch_and_a_full_cache(tmp_path):
+    """It runs one sequence: a batch or a padding mask is the torch model's to run (what
+    `LanguageModel.decoder_for` decides), and a full cache is an error, not a write past it."""
+    path = write_model(tmp_path, "llama")
+    load_gguf(path, packed=True)
+    bare = open_step_model(path, open_gguf(path))
+    with pytest.raises(ValueError, match="one sequence"):
+        bare.next_token_logits(np.array([[1], [2]]), cache=bare.new_cache(2, 8))
+    with pytest.raises(ValueError, match="one sequence"):
+        cache = bare.new_cache(1, 8)
+        bare.next_token_logits(np.array([[1, 2]]), cache=cache, key_mask=np.ones((1, 2), bool))
+    cache = bare.new_cache(1, 4)
+    bare.next_token_logits(np.array([[1, 2, 3]]), cache=cache)
+    with pytest.raises(ValueError, match="KV cache full"):
+        bare.next_token_logits(np.array([[4, 5]]), cache=cache)
+    assert cache.length == 3  # nothing written
