@@ -401,8 +401,10 @@ class FastDecode(CompiledStep):
             tensors += [layer[0], layer[1], *extra.values()]
         for m in self.products + ([self.embed] if self.embed is not None else []):
             tensors.append(m._keep)
-            sources = getattr(m._source, "bases", [m._source])
-            for part in [m._source, *sources]:
+            # a fused buffer's own tiles or blocks, else its parts' (FusedQuant.parts,
+            # GroupParts.bases)
+            source = m._source
+            for part in [source, *getattr(source, "bases", ()), *getattr(source, "parts", ())]:
                 tiles = getattr(part, "_int8", None)
                 tensors += [getattr(part, "packed", None), getattr(tiles, "q", None)]
                 tensors.append(getattr(tiles, "dm", None))
