@@ -1,7 +1,7 @@
 """The compiled step's image (giraffe.quant.step_image) and the torch-free load it allows.
 
 A packed GGUF load with torch saves its step beside the file's tiles; a later load opens
-the file on that image alone (`giraffe.formats.gguf_step.open_step_model`, a `StepModel`):
+the file on that image alone (`giraffe.formats.saved_step.open_saved_step`, a `StepModel`):
 its logits must equal the torch model's bit for bit (the same bytes at the same offsets),
 for a tied Llama (llama.cpp's permuted q/k rows: copies, stored in the image), an untied
 Qwen3 (QK-norm) and a Gemma 3 (sliding layers with their own RoPE, sandwich norms). An
@@ -29,7 +29,7 @@ from giraffe.config import (
     periodic_layer_types,
 )
 from giraffe.formats.gguf import load_gguf, open_gguf, save_gguf
-from giraffe.formats.gguf_step import open_step_model
+from giraffe.formats.saved_step import open_saved_step
 from giraffe.models import Decoder
 from giraffe.quant import file_cache, kernels, step_image
 
@@ -106,7 +106,7 @@ def steps(model, prompt: list[int], n: int, as_tensor) -> list[np.ndarray]:
 def test_the_saved_step_equals_the_torch_step(tmp_path, family, monkeypatch):
     path = write_model(tmp_path, family, monkeypatch)
     model = load_gguf(path, packed=True)  # writes the image
-    bare = open_step_model(path, open_gguf(path))
+    bare = open_saved_step(path, open_gguf(path))
     assert bare is not None
     prompt = [5, 17, 250, 3, 99, 42, 7]  # past the sliding window of 4
     with torch.inference_mode():
@@ -116,30 +116,59 @@ def test_the_saved_step_equals_the_torch_step(tmp_path, family, monkeypatch):
         assert np.array_equal(a, b), np.abs(a - b).max()
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_group_wise_folder_saves_its_step_too(tmp_path, bits):
+    """giraffe's own int4/int8 folders have no file map the tiles could come from: the
+    image holds every array, and a later load opens the folder on it. (A tied table: an
+    untied one stays in its stored groups, which only Python looks rows up in - no image.)"""
+    from giraffe.formats.hf import load_hf, save_hf
+    from giraffe.quant.groupwise import GroupConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**SHAPE)
+    assert cfg.tie_embeddings
+    folder = save_hf(Decoder(cfg).eval(), tmp_path / "int", group=GroupConfig(bits=bits))
+    model = load_hf(folder)  # writes the image
+    bare = open_saved_step(folder)
+    assert bare is not None
+    prompt = [5, 17, 250, 3, 99, 42, 7]
+    with torch.inference_mode():
+        want = steps(model, prompt, 6, torch.tensor)
+    for a, b in zip(steps(bare, prompt, 6, np.array), want, strict=True):
+        assert np.array_equal(a, b), np.abs(a - b).max()
+    # float weights have no step of the kind, nor an untied group-wise table
+    plain = save_hf(Decoder(cfg).eval(), tmp_path / "float")
+    untied = cfg.replace(tie_embeddings=False)
+    untied = save_hf(Decoder(untied).eval(), tmp_path / "untied", group=GroupConfig(bits=bits))
+    for other in (plain, untied):
+        load_hf(other)
+        assert open_saved_step(other) is None
+
+
 def test_an_image_of_other_sources_or_damaged_is_ignored(tmp_path, monkeypatch):
     path = write_model(tmp_path, "llama")
     load_gguf(path, packed=True)
     folder = file_cache.cache_dir_for(path)
-    assert open_step_model(path, open_gguf(path)) is not None
+    assert open_saved_step(path, open_gguf(path)) is not None
     monkeypatch.setattr(step_image, "source_tag", lambda: "other code")
-    assert open_step_model(path, open_gguf(path)) is None
+    assert open_saved_step(path, open_gguf(path)) is None
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     blob = folder / step_image.BLOB
     blob.write_bytes(blob.read_bytes()[:100])  # cut short
-    assert open_step_model(path, open_gguf(path)) is None
+    assert open_saved_step(path, open_gguf(path)) is None
     image = json.loads((folder / step_image.IMAGE).read_text())
     image["matrices"][0][1]["q8"][0] = ["tiles", 1 << 40]  # an address past the tiles
     (folder / step_image.IMAGE).write_text(json.dumps(image))
     load_gguf(path, packed=True)  # an image that does not match is written again
-    assert open_step_model(path, open_gguf(path)) is not None
+    assert open_saved_step(path, open_gguf(path)) is not None
 
 
 def test_learned_positions_get_no_image(tmp_path):
     path = write_model(tmp_path, "gpt2")
     load_gguf(path, packed=True)
     assert not (file_cache.cache_dir_for(path) / step_image.IMAGE).exists()
-    assert open_step_model(path, open_gguf(path)) is None
+    assert open_saved_step(path, open_gguf(path)) is None
 
 
 GENERATE = """
@@ -171,7 +200,7 @@ def test_the_step_model_refuses_a_batch_and_a_full_cache(tmp_path):
     `LanguageModel.decoder_for` decides), and a full cache is an error, not a write past it."""
     path = write_model(tmp_path, "llama")
     load_gguf(path, packed=True)
-    bare = open_step_model(path, open_gguf(path))
+    bare = open_saved_step(path, open_gguf(path))
     with pytest.raises(ValueError, match="one sequence"):
         bare.next_token_logits(np.array([[1], [2]]), cache=bare.new_cache(2, 8))
     with pytest.raises(ValueError, match="one sequence"):

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from giraffe.collector import collector_paused
 from giraffe.forks import guard_forks
 from giraffe.formats.gguf_config import open_gguf
-from giraffe.formats.gguf_step import open_step_model
 from giraffe.formats.hf_config import model_kind, read_json
 from giraffe.formats.registry import DEFAULT_CHAT_MODEL, load_tokenizer, resolve  # noqa: F401
+from giraffe.formats.saved_step import open_saved_step
 from giraffe.generate import constraint
 from giraffe.generate.engine import DecodeSession, GenerationError
 from giraffe.generate.params import DecodingConfig, DecodingError
@@ -445,8 +445,9 @@ def _load(name_or_path, packed: bool | None) -> LanguageModel:
 
 
 def _model_and_tokenizer(path: Path, packed: bool | None) -> tuple:
-    """(model, tokenizer, how to build the torch model or None). A packed GGUF file whose
-    compiled step an earlier load saved opens on that step alone: no torch imported."""
+    """(model, tokenizer, how to build the torch model or None). A packed GGUF file or
+    group-wise folder whose compiled step an earlier load saved opens on that step alone:
+    no torch imported."""
     if path.is_file() and path.suffix.lower() == ".gguf":
         reader = open_gguf(path)  # parse the header once for weights and vocabulary
         packed = library.available() if packed is None else packed
@@ -456,13 +457,20 @@ def _model_and_tokenizer(path: Path, packed: bool | None) -> tuple:
 
             return load_gguf(path, reader, packed)
 
-        step = open_step_model(path, reader) if packed else None
+        step = open_saved_step(path, reader) if packed else None
         if step is not None:
             return step, tokenizer_from_gguf(reader), load_module
         return load_module(), tokenizer_from_gguf(reader), None
-    from giraffe.formats import load_weights
 
-    return load_weights(path, packed), load_tokenizer_file(path), None
+    def load_folder():
+        from giraffe.formats import load_weights  # (torch)
+
+        return load_weights(path, packed)
+
+    step = open_saved_step(path) if path.is_dir() and packed is not False else None
+    if step is not None:
+        return step, load_tokenizer_file(path), load_folder
+    return load_folder(), load_tokenizer_file(path), None
 
 
 def _return_freed_heap() -> None:

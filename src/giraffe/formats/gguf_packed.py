@@ -16,7 +16,6 @@ to float rows, since blocks run along the input dimension. It does not parse fil
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -97,22 +96,9 @@ def build_runtime(model, reader=None) -> PackedRuntime:
     runtime = PackedRuntime.build(model, None if cache is None else cache.repack, release)
     if cache is not None:
         cache.finish()
-        _save_step_image(runtime.step, cache, reader, model.config)
+        # the next load of this file may run without torch (formats/saved_step.py)
+        step_image.keep(runtime.step, cache.dir, model.config, reader, cache.offset_of)
     return runtime
-
-
-def _save_step_image(step, cache: TileCache, reader, cfg: ModelConfig) -> None:
-    """Keep the compiled step's image beside the tiles, so the next load of this file runs
-    without torch (`giraffe.formats.gguf_step`). Only a step that needs no Python of the
-    model's: it looks rows up and runs the head itself, and every product is on the int8
-    GEMM (F16/BF16 products hand long prompts to the module path)."""
-    if step is None or step.head is None or step.embed is None or step.float_rows != sys.maxsize:
-        return
-    if step_image.load(cache.dir, cfg, reader) is not None:
-        return  # an earlier load's, which this process would rebuild the same
-    step._use_int8(True)  # what its first call would do: the structs point at the tiles
-    context = cfg.max_position_embeddings
-    step_image.save(step, cache.dir, reader.map_span(), cache.offset_of, step.arrays(), context)
 
 
 def _tile_cache(reader) -> TileCache | None:

@@ -24,6 +24,7 @@ from giraffe.formats.hf_config import config_from_hf, config_to_hf, read_json, w
 from giraffe.formats.hf_quantized import assemble_grouped, quantize_tensors
 from giraffe.formats.names import WeightsError
 from giraffe.models import Decoder, Encoder, Seq2Seq
+from giraffe.quant import file_cache, library, step_image
 from giraffe.quant.groupwise import GroupConfig, GroupQuantLinear
 from giraffe.quant.linear import QuantLinear
 
@@ -44,7 +45,11 @@ def load_hf(folder: str | os.PathLike, dequantize: bool = False) -> Decoder | En
     fetch = lambda name: handles[where[name][0]].get_tensor(where[name][1])  # noqa: E731
     if "quantization_config" in raw:
         group = GroupConfig.from_json(raw["quantization_config"])
-        return assemble_grouped(cfg, group, set(where), fetch, str(folder), dequantize)
+        model = assemble_grouped(cfg, group, set(where), fetch, str(folder), dequantize)
+        if not dequantize and library.int8_activations() and file_cache.enabled():
+            # the next load of this folder may run without torch (formats/saved_step.py)
+            step_image.keep(model.runtime.step, file_cache.cache_dir_for(folder), cfg)
+        return model
     return assemble(cfg, "hf", where, fetch, str(folder))
 
 

@@ -299,7 +299,7 @@ class FastDecode(CompiledStep):
         if slots is None or not all(_set_adapter(*a) for a in self.adapters):
             return None
         n = B * T
-        self._use_int8(int8)
+        self.use_int8(int8)
         if n > self.float_rows:
             return None  # products on the float kernel: the module path's GEMM is faster
         head_rows = 1 if shared else n  # a prompt's next token follows its last row only
@@ -414,7 +414,7 @@ class FastDecode(CompiledStep):
             if isinstance(t, torch.Tensor)
         ]
 
-    def _use_int8(self, on: bool) -> None:
+    def use_int8(self, on: bool) -> None:
         """Products take the int8 GEMM (weights repacked once, on first need) or not."""
         if on == self.int8_on:
             return

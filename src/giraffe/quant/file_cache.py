@@ -1,8 +1,9 @@
-"""Where giraffe keeps what it derived from one model file: the int8 tiles
-(`giraffe.quant.tile_cache`) and the compiled step's image (`giraffe.quant.step_image`).
+"""Where giraffe keeps what it derived from one model file (or model folder): the int8
+tiles (`giraffe.quant.tile_cache`) and the compiled step's image (`giraffe.quant.step_image`).
 
-One folder per model file, named by everything the derived bytes depend on: the file
-(resolved path, size, modification time), the kernel library's ABI and the block table.
+One folder per model, named by everything the derived bytes depend on: the file or the
+folder's files (resolved path, size, modification time), the kernel library's ABI and
+the block table.
 A file changed in place gets a new folder; the old one ages out (`prune`). It knows
 paths, not what is in them; it imports no torch.
 """
@@ -28,13 +29,15 @@ def enabled() -> bool:
     return os.environ.get("GIRAFFE_TILE_CACHE") != "0"
 
 
-def cache_dir_for(model_file: Path) -> Path:
-    stat = model_file.stat()
-    # the layout's every input: the file, the library's ABI and the block table
+def cache_dir_for(model: Path) -> Path:
+    """The folder of a model file's derived bytes; for a model folder (Hugging Face
+    layout), of every file in it."""
+    files = sorted(f for f in model.iterdir() if f.is_file()) if model.is_dir() else [model]
+    stats = [(f.resolve(), f.stat()) for f in files]
+    # the layout's every input: the file(s), the library's ABI and the block table
     table = sorted(BLOCK_TYPES.items())
-    ident = (
-        f"{model_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{library.ABI_VERSION}|{table}"
-    )
+    ident = "|".join(f"{f}|{st.st_size}|{st.st_mtime_ns}" for f, st in stats)
+    ident += f"|{library.ABI_VERSION}|{table}"
     return cache_root() / hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 

@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,21 @@ class _Places:
         return self.in_blob[id(a)]
 
 
+def keep(step, directory: Path, cfg, file_map=None, tile_offset=None) -> None:
+    """Save a torch load's step (a `FastDecode`) as the image in `directory`, unless an
+    image of it is there already. Only a step that needs no Python of the model's gets
+    one: it looks rows up and runs the head itself, and every product is on the int8
+    GEMM (F16/BF16 products hand long prompts to the module path). file_map: the model
+    file's reader (None for a folder); tile_offset: its tile cache's `offset_of`."""
+    if step is None or step.head is None or step.embed is None or step.float_rows != sys.maxsize:
+        return
+    if load(directory, cfg, file_map) is not None:
+        return  # an earlier load's, which this one would write the same
+    step.use_int8(True)  # what its first call would do: the structs point at the tiles
+    span = (0, 0) if file_map is None else file_map.map_span()
+    save(step, directory, span, tile_offset, step.arrays(), cfg.max_position_embeddings)
+
+
 def save(
     step: CompiledStep,
     directory: Path,
@@ -107,8 +123,9 @@ def save(
 ) -> bool:
     """Write the step's image into `directory`; False (nothing written) when some address
     falls outside the file, the tiles and `arrays` (the step's own arrays: norms, biases,
-    copies). The RoPE tables are taken for the whole `context`."""
-    places = _Places(file_span, tile_offset, arrays)
+    copies; for a model folder - no file span, no tile_offset - every array). The RoPE
+    tables are taken for the whole `context`."""
+    places = _Places(file_span, tile_offset or (lambda address: None), arrays)
     matrices: list[PackedMatrix] = []
 
     def matrix_index(pointer) -> int | None:
@@ -175,7 +192,8 @@ def _write(directory: Path, image: dict, places: _Places) -> None:
 
 def load(directory: Path, cfg, file_map) -> CompiledStep | None:
     """The step an image in `directory` describes, over `file_map` (the model file mapped
-    in this process: its reader, whose map_span() says where) and the folder's tiles.bin;
+    in this process: its reader, whose map_span() says where; None for a model folder,
+    whose image holds every array) and the folder's tiles.bin (where there is one);
     None when there is no usable image (missing, from other sources, damaged or not
     matching the library's structs): then the caller loads the model the ordinary way,
     which writes a new one."""
@@ -183,13 +201,14 @@ def load(directory: Path, cfg, file_map) -> CompiledStep | None:
         image = json.loads((directory / IMAGE).read_text())
         if image.get("source") != source_tag():
             return None
-        tiles = np.memmap(directory / "tiles.bin", dtype=np.uint8, mode="r")
+        has_tiles = (directory / "tiles.bin").exists()  # (a folder's tiles are in the blob)
+        tiles = np.memmap(directory / "tiles.bin", dtype=np.uint8, mode="r") if has_tiles else None
         blob = np.memmap(directory / BLOB, dtype=np.uint8, mode="r")
         if len(blob) < image["blob_size"]:
             return None
         regions = {
-            "file": file_map.map_span(),
-            "tiles": (tiles.ctypes.data, len(tiles)),
+            "file": (0, 0) if file_map is None else file_map.map_span(),
+            "tiles": (0, 0) if tiles is None else (tiles.ctypes.data, len(tiles)),
             "blob": (blob.ctypes.data, len(blob)),
         }
         check_structs()
