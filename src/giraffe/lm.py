@@ -2,9 +2,11 @@
 
 The public facade that the CLI, the server and users share (the three doors call the
 same functions). It turns text into ids, drives `giraffe.generate`, and turns ids back
-into text: streaming without half characters, stop strings, chat rendering. It does
-not know file formats beyond asking `giraffe.formats` for weights and
-`giraffe.tokenizer` for the vocabulary.
+into text: streaming without half characters, stop strings, chat rendering. A model
+opened on its saved compiled step (`giraffe.formats.saved_step`) generates one sequence
+with no torch imported; the torch model is built from the same file the first time
+something needs it (`LanguageModel.model`). It does not know file formats beyond asking
+`giraffe.formats` for weights and `giraffe.tokenizer` for the vocabulary.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from giraffe.collector import collector_paused
 from giraffe.forks import guard_forks
 from giraffe.formats.gguf_config import open_gguf
 from giraffe.formats.hf_config import model_kind, read_json
-from giraffe.formats.registry import DEFAULT_CHAT_MODEL, load_tokenizer, resolve  # noqa: F401
+from giraffe.formats.registry import (  # noqa: F401 - load_tokenizer: the API's
+    DEFAULT_CHAT_MODEL,
+    load_tokenizer,
+    resolve,
+)
 from giraffe.formats.saved_step import open_saved_step
 from giraffe.generate import constraint
 from giraffe.generate.engine import DecodeSession, GenerationError

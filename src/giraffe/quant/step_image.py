@@ -27,7 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from giraffe.quant.compiled_step import CompiledStep, LayerStep, PackedMatrix, check_structs
+from giraffe.quant.compiled_step import (
+    CompiledStep,
+    DecodeCall,
+    LayerStep,
+    PackedMatrix,
+    check_structs,
+)
 
 IMAGE, BLOB = "step.json", "step.bin"
 ALIGN = 64  # every array in the blob starts on a cache line
@@ -48,11 +54,18 @@ def source_tag() -> str:
     return digest.hexdigest()[:24]
 
 
+# what each call fills into every layer's struct (the fields a layer_step shares with the
+# decode_call, but its own size): stale after a call, never part of an image
+PER_CALL = {name for name, _ in DecodeCall._fields_} - {"size"}
+
+
 def _fields(struct) -> tuple[dict, dict]:
-    """(numbers, addresses) of a struct: each field as it is; void pointers (and arrays of
-    them) as raw addresses. Struct pointers are left to the caller."""
+    """(numbers, addresses) of a struct's fixed fields: each as it is; void pointers (and
+    arrays of them) as raw addresses. Struct pointers are left to the caller."""
     numbers, addresses = {}, {}
     for name, ctype in type(struct)._fields_:
+        if name in PER_CALL:
+            continue
         value = getattr(struct, name)
         if ctype is ctypes.c_void_p:
             addresses[name] = [value]
