@@ -44,6 +44,7 @@ from giraffe.quant.compiled_step import (
     LayerStep,
     NewRows,
     PackedMatrix,
+    aligned,
     check_structs,
 )
 from giraffe.quant.groupwise import GroupQuantLinear
@@ -335,7 +336,7 @@ class FastDecode(CompiledStep):
         x = (
             self.reused("x", n * C, np.float32).reshape(n, C)
             if reuse
-            else np.empty((n, C), np.float32)
+            else aligned((n, C), np.float32)
         )
         return x, flat
 

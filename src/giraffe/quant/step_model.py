@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from giraffe.quant.compiled_step import CacheSpan, CompiledStep, NewRows
+from giraffe.quant.compiled_step import CacheSpan, CompiledStep, NewRows, aligned
 
 
 class ArrayCache:
@@ -22,8 +22,8 @@ class ArrayCache:
 
     def __init__(self, n_layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int):
         shape = (n_layers, batch, kv_heads, max_len, head_dim)  # (L, B, H, S, D)
-        self.k = np.zeros(shape, np.float32)  # pages come from the OS as they are written
-        self.v = np.zeros(shape, np.float32)
+        self.k = aligned(shape, np.float32, zeros=True)  # pages come as they are written
+        self.v = aligned(shape, np.float32, zeros=True)
         self.max_len, self.length = max_len, 0
 
     @property
