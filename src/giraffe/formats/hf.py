@@ -24,7 +24,7 @@ from giraffe.formats.hf_config import config_from_hf, config_to_hf, read_json, w
 from giraffe.formats.hf_quantized import assemble_grouped, quantize_tensors
 from giraffe.formats.names import WeightsError
 from giraffe.models import Decoder, Encoder, Seq2Seq
-from giraffe.quant import file_cache, library, step_image
+from giraffe.quant import file_cache, step_image
 from giraffe.quant.groupwise import GroupConfig, GroupQuantLinear
 from giraffe.quant.linear import QuantLinear
 
@@ -46,8 +46,7 @@ def load_hf(folder: str | os.PathLike, dequantize: bool = False) -> Decoder | En
     if "quantization_config" in raw:
         group = GroupConfig.from_json(raw["quantization_config"])
         model = assemble_grouped(cfg, group, set(where), fetch, str(folder), dequantize)
-        if not dequantize and library.int8_activations() and file_cache.enabled():
-            # the next load of this folder may run without torch (formats/saved_step.py)
+        if not dequantize:  # the next load of this folder may run without torch
             step_image.keep(model.runtime.step, file_cache.cache_dir_for(folder), cfg)
         return model
     return assemble(cfg, "hf", where, fetch, str(folder))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from giraffe.quant import file_cache, library
 from giraffe.quant.compiled_step import (
     CompiledStep,
     DecodeCall,
@@ -117,6 +118,8 @@ def keep(step, directory: Path, cfg, file_map=None, tile_offset=None) -> None:
     one: it looks rows up and runs the head itself, and every product is on the int8
     GEMM (F16/BF16 products hand long prompts to the module path). file_map: the model
     file's reader (None for a folder); tile_offset: its tile cache's `offset_of`."""
+    if not (file_cache.enabled() and library.int8_activations()):
+        return  # (what `giraffe.formats.saved_step` asks before it opens one)
     if step is None or step.head is None or step.embed is None or step.float_rows != sys.maxsize:
         return
     if load(directory, cfg, file_map) is not None:
