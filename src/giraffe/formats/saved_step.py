@@ -15,14 +15,14 @@ from pathlib import Path
 
 from giraffe.formats.gguf_config import config_from_gguf
 from giraffe.formats.hf_config import config_from_hf, read_json
-from giraffe.quant import file_cache, library, step_image
+from giraffe.quant import file_cache, step_image
 from giraffe.quant.step_model import StepModel
 
 
 def open_saved_step(path: Path, reader=None) -> StepModel | None:
     """path: a GGUF file (with its opened `reader`, whose header gives the config) or a
     model folder."""
-    if not (library.available() and library.int8_activations() and file_cache.enabled()):
+    if not step_image.kept():
         return None
     if path.is_dir():
         raw = read_json(path / "config.json")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,13 @@ ALIGN = 64  # every array in the blob starts on a cache line
 SOURCES = ("quant", "formats", "models", "nn", "files", "config.py")
 
 
+def kept() -> bool:
+    """Whether steps are saved and opened at all: the kernel library is there, activations
+    are int8 (the image's products are), the cache is on (GIRAFFE_TILE_CACHE)."""
+    return library.available() and library.int8_activations() and file_cache.enabled()
+
+
+@lru_cache(maxsize=1)  # the sources do not change under a running process
 def source_tag() -> str:
     """A digest of the giraffe sources that decide what a step holds."""
     root = Path(__file__).resolve().parent.parent
@@ -118,8 +126,8 @@ def keep(step, directory: Path, cfg, file_map=None, tile_offset=None) -> None:
     one: it looks rows up and runs the head itself, and every product is on the int8
     GEMM (F16/BF16 products hand long prompts to the module path). file_map: the model
     file's reader (None for a folder); tile_offset: its tile cache's `offset_of`."""
-    if not (file_cache.enabled() and library.int8_activations()):
-        return  # (what `giraffe.formats.saved_step` asks before it opens one)
+    if not kept():
+        return
     if step is None or step.head is None or step.embed is None or step.float_rows != sys.maxsize:
         return
     if load(directory, cfg, file_map) is not None:
