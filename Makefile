@@ -53,8 +53,13 @@ bench: $(TESTS)
 	$(BIN)/python bench/decode.py
 
 # Benchmark and fixture peers, never needed by the tests: llama.cpp builds from source (~10 min).
+# On CPUs with AMX it is built without it: llama-cpp-python 0.3.36's AMX matmul crashes
+# (SIGSEGV in ggml_backend_amx_mul_mat on the first prompt, seen 2026-12-07); its other
+# fast paths (AVX-512 VNNI, the repacked Q4_0 / IQ4_NL layouts) stay.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+PEER_CMAKE := $(if $(shell grep -m1 -o amx_int8 /proc/cpuinfo),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 peers: $(TESTS)
-	$(BIN)/pip install 'llama-cpp-python[server]'
+	CMAKE_ARGS="$(PEER_CMAKE)" $(BIN)/pip install 'llama-cpp-python[server]==0.3.36'
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -10,7 +10,7 @@ from fast_path import counting
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
-from giraffe.quant import kernels
+from giraffe.quant import kernels, library
 from giraffe.quant.blocks import BLOCK_SIZES, round_activations_int8
 from giraffe.quant.linear import (
     KERNEL_KINDS,
@@ -182,6 +182,43 @@ def test_int8_gemm_equals_rounded_activations_then_float_reference(kind, rows, n
     # and the rounding of activations costs about what llama.cpp's does: well under 2%
     exact = F.linear(x, layer.dequantized_weight())
     assert ((got - exact).abs().max() / exact.abs().max()) < 0.02
+
+
+def amx_weights():
+    """Every int8 form the AMX path takes: each type in its own packed form and as bytes,
+    and giraffe's group-wise forms (asymmetric int8: unsigned bytes 0..255 and a min)."""
+    from giraffe.quant.groupwise import GroupConfig, GroupQuantLinear, quantize_groups
+
+    for kind in INT8_KINDS:
+        for nibbles in dict.fromkeys((None, False)):
+            packed = packed_weight(kind, rows=97, cols=512)
+            yield (
+                f"{kind}-{'bytes' if nibbles is False else 'own'}",
+                lambda p=packed, k=kind, n=nibbles: kernels.repack_int8(p, k, 97, 512, nibbles=n),
+            )
+    for cfg in (GroupConfig(8, 64, False), GroupConfig(8, 32, True), GroupConfig(4, 128, False)):
+        w = torch.randn(97, 512) * torch.linspace(0.01, 2, 512)
+        yield (
+            str(cfg),
+            lambda w=w, cfg=cfg: GroupQuantLinear(quantize_groups(w, cfg), cfg).int8_weights(),
+        )
+
+
+@pytest.mark.skipif(not library.amx(), reason="no AMX tiles here: the VNNI path is the only one")
+@pytest.mark.parametrize("name, make", list(amx_weights()), ids=[n for n, _ in amx_weights()])
+@pytest.mark.parametrize("rows", [16, 33, 47])  # whole chunks of 16, and a ragged last one
+def test_amx_products_equal_the_vnni_path_bit_for_bit(name, make, rows):
+    """Same integers, same float steps in the same order: the same bits on either unit."""
+    weights = make()
+    x = torch.randn(rows, 512) * torch.linspace(0.01, 3, 512)
+    x[3] = 0.0  # an all-zero row
+    on = kernels.gemm_int8(weights, x)
+    try:
+        assert not library.amx(False)
+        off = kernels.gemm_int8(weights, x)
+    finally:
+        assert library.amx(True)
+    assert torch.equal(on, off)
 
 
 @needs_vnni

@@ -27,13 +27,13 @@ from giraffe.quant.types import BLOCK_TYPES
 SOURCE = Path(__file__).parent / "csrc" / "qmatmul.c"
 HEADERS = [
     Path(__file__).parent / "csrc" / name
-    for name in ("blocks.h", "gemm_i8.h", "attention.h", "decode_rows.h")
+    for name in ("blocks.h", "gemm_i8.h", "gemm_amx.h", "attention.h", "decode_rows.h")
 ]
 # Block type -> the code csrc/blocks.h uses for it (from the one table, giraffe.quant.types).
 KIND_CODES = {name: t.code for name, t in BLOCK_TYPES.items()}
 # What the library must report (csrc/blocks.h's GIRAFFE_ABI_VERSION): its functions' and
 # structs' shapes as this module calls them.
-ABI_VERSION = 22
+ABI_VERSION = 23
 
 
 class KernelMismatchError(RuntimeError):
@@ -112,6 +112,7 @@ SIGNATURES = {
     "giraffe_decode_call_size": [],
     "giraffe_struct_fields": [_I, _P, _I],
     "giraffe_packed_matrix_size": [],
+    "giraffe_amx": [_I],
 }  # fmt: skip
 RETURNS_INT64 = ("giraffe_decode_scratch",)
 I8_ONLY = ("giraffe_repack_i8", "giraffe_gemm_i8", "giraffe_dequantize_i8")  # need AVX-512 VNNI
@@ -147,6 +148,8 @@ def _library() -> dict | None:
         fn.restype = ctypes.c_int64 if name in RETURNS_INT64 else ctypes.c_int
         fn.argtypes = argtypes
         functions[name] = fn
+    if os.environ.get("GIRAFFE_AMX") == "0":
+        lib.giraffe_amx(0)
     return functions
 
 
@@ -337,6 +340,15 @@ def set_threads(n: int) -> None:
 @lru_cache(maxsize=1)
 def _cpus() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def amx(on: bool | None = None) -> bool:
+    """Whether the int8 GEMM runs products of 16 rows or more (prompts, large batches) on
+    AMX tiles (csrc/gemm_amx.h): where the CPU has them (Intel Xeon since Sapphire
+    Rapids) and Linux grants them, unless GIRAFFE_AMX=0. The results are the VNNI path's
+    bits. `on` switches it for this process (the tests compare both paths)."""
+    fn = _function("giraffe_amx")
+    return fn is not None and bool(fn(-1 if on is None else int(on)))
 
 
 def int8_activations() -> bool:

@@ -28,7 +28,7 @@
 
 /* Bumped whenever an exported signature, struct or table below changes; giraffe.quant.kernels
  * refuses a library whose version or block table differs from its own (never a wrong answer). */
-#define GIRAFFE_ABI_VERSION 22
+#define GIRAFFE_ABI_VERSION 23
 
 /* F16 and BF16 are plain 2-byte floats; here a "block" is 32 of them, so that the float
  * kernel walks their rows as it walks the 32-weight types'. */

@@ -366,7 +366,9 @@ static inline __attribute__((always_inline)) void gemm_i8_block(
         }
     }
     const __mmask16 k0 = (__mmask16)((1u << cols0) - 1), k1 = (__mmask16)((1u << cols1) - 1);
-    for (int r = 0; r < rows; r++) {
+    #pragma GCC unroll 8
+    for (int r = 0; r < I8_ROWS; r++) { /* constant indices: the accumulators stay in registers */
+        if (r >= rows) break;
         _mm512_mask_storeu_ps(y + r * y_stride, k0, acc0[r]);
         if (q1) _mm512_mask_storeu_ps(y + r * y_stride + I8_TILE, k1, acc1[r]);
     }
@@ -394,23 +396,29 @@ typedef struct { const uint8_t *q; const uint8_t *dm; int kind, form, sform; int
 
 static inline int64_t i8_pairs(const i8_part *w) { return ((w->n_out + I8_TILE - 1) / I8_TILE + 1) / 2; }
 
-/* A tile's packed integers (nibbles, fives or sixes) spelled out as bytes (form 0), every
- * block: the unpacking the kernel would otherwise redo for each chunk of rows. */
-static void spell_tile(const uint8_t *q, int form, int64_t n_blocks, uint8_t *out) {
-    const __m512i low4 = _mm512_set1_epi8(0x0F);
+/* A tile's integers spelled out as bytes (form 0), every block, each plus `add` (modulo
+ * 256): the unpacking the kernel would otherwise redo for each chunk of rows. add = 0
+ * keeps them unsigned, for vpdpbusd; add = the type's offset makes them the signed
+ * weights q + offset, for AMX's signed-by-signed product (gemm_amx.h). */
+static void spell_tile(const uint8_t *q, int form, int64_t n_blocks, int add, uint8_t *out) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F), shift = _mm512_set1_epi8((char)add);
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *w = q + b * i8_block_bytes(form);
         for (int g = 0; g < 8; g++) { /* as gemm_i8_block reads group g */
-            __m512i v = _mm512_loadu_si512(w + (g / 2) * I8_GROUP_BYTES);
-            if (g % 2) v = _mm512_srli_epi16(v, 4);
-            v = _mm512_and_si512(v, low4);
+            __m512i v;
+            if (form == 0) v = _mm512_loadu_si512(w + g * I8_GROUP_BYTES);
+            else {
+                v = _mm512_loadu_si512(w + (g / 2) * I8_GROUP_BYTES);
+                if (g % 2) v = _mm512_srli_epi16(v, 4);
+                v = _mm512_and_si512(v, low4);
+            }
             if (form == 4) v = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)IQ4_VALUES)), v);
             for (int plane = 0; plane < i8_planes(form); plane++) { /* fifth, then sixth bits */
                 uint64_t bits;
                 memcpy(&bits, w + I8_NIBBLE_BYTES + 64 * plane + 8 * g, 8);
                 v = _mm512_mask_add_epi8(v, _cvtu64_mask64(bits), v, _mm512_set1_epi8((char)(0x10 << plane)));
             }
-            _mm512_storeu_si512(out + b * I8_BLOCK_BYTES + g * I8_GROUP_BYTES, v);
+            _mm512_storeu_si512(out + b * I8_BLOCK_BYTES + g * I8_GROUP_BYTES, _mm512_add_epi8(v, shift));
         }
     }
 }
@@ -449,8 +457,8 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
     const uint8_t *dm0 = w->dm + t0 * tile_dm, *dm1 = has1 ? w->dm + (t0 + 1) * tile_dm : NULL;
     uint8_t *spelled = nibbles && m >= I8_SPELL_ROWS ? thread_scratch((size_t)(2 * n_blocks * I8_BLOCK_BYTES)) : NULL;
     if (spelled) { /* the same integers as bytes: the kernel's byte form, no unpacking per chunk */
-        spell_tile(q0, nibbles, n_blocks, spelled);
-        if (q1) spell_tile(q1, nibbles, n_blocks, spelled + n_blocks * I8_BLOCK_BYTES);
+        spell_tile(q0, nibbles, n_blocks, 0, spelled);
+        if (q1) spell_tile(q1, nibbles, n_blocks, 0, spelled + n_blocks * I8_BLOCK_BYTES);
         q0 = spelled, q1 = q1 ? spelled + n_blocks * I8_BLOCK_BYTES : NULL, nibbles = 0;
     }
     for (int64_t r0 = 0; r0 < m; r0 += I8_ROWS) {
@@ -498,15 +506,35 @@ static void gemm_i8_pair(const i8_part *w, const i8_acts *s, int64_t p, int64_t 
     }
 }
 
+#include "gemm_amx.h"
+
 /* Several weights of the same input (q|k|v segments) in one parallel region: one fork, no
- * barrier between the parts (each part's pairs are shared out, `nowait`). */
+ * barrier between the parts (each part's pairs are shared out, `nowait`). Products of
+ * AMX_ROWS rows or more run on AMX tiles where the CPU has them (gemm_amx.h). */
 static void gemm_i8_parts(const i8_part *parts, int n_parts, const i8_acts *s, int64_t y_stride, int n_threads) {
+#ifdef HAVE_AMX
+    amx_tables t;
+    const int amx = s->m >= AMX_ROWS && amx_on() && amx_tables_make(parts, n_parts, s, n_threads, &t) == 0;
+#else
+    const int amx = 0;
+#endif
     #pragma omp parallel num_threads(n_threads)
     for (int k = 0; k < n_parts; k++) {
         const int64_t pairs = i8_pairs(&parts[k]);
         #pragma omp for schedule(static) nowait
-        for (int64_t p = 0; p < pairs; p++) gemm_i8_pair(&parts[k], s, p, y_stride);
+        for (int64_t p = 0; p < pairs; p++) {
+#ifdef HAVE_AMX
+            if (amx) {
+                gemm_amx_pair(&parts[k], s, &t, p, y_stride);
+                continue;
+            }
+#endif
+            gemm_i8_pair(&parts[k], s, p, y_stride);
+        }
     }
+#ifdef HAVE_AMX
+    if (amx) free(t.da);
+#endif
 }
 
 /* y (m rows, y_stride apart; columns 0..n_out-1) = x (m, n_in) @ W^T for W repacked by
@@ -570,5 +598,6 @@ int giraffe_dequantize_i8(const uint8_t *q, const uint8_t *dm, int kind, int nib
 }
 #else
 int giraffe_i8_supported(int kind) { (void)kind; return 0; }
+int giraffe_amx(int want) { (void)want; return 0; }
 int giraffe_i8_nibbles(int kind) { (void)kind; return 0; }
 #endif
