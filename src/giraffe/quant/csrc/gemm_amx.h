@@ -151,8 +151,9 @@ static inline __attribute__((always_inline)) void amx_tile_rows(
         for (int r = 0; r < AMX_ROWS; r++) /* gemm_i8_block's step: int sum -> float, times d * da */
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci + 16 * r)),
                                      _mm512_mul_ps(d, _mm512_set1_ps(da[r])), acc[r]);
+        if (!has_min || half != per - 1) continue;
         #pragma GCC unroll 2
-        for (int mh = 0; has_min && half == per - 1 && mh < per; mh++) { /* then the mins */
+        for (int mh = 0; mh < 1 + split; mh++) { /* then the block's mins */
             const __m512 m = tile_scales(dm, n_blocks, b, 1 + split + mh, sform, 1, split);
             const float *ds = (!split ? k->da_sum : mh ? k->da_hi : k->da_lo) + 16 * b;
             #pragma GCC unroll 16
