@@ -231,3 +231,32 @@ def test_every_buffer_the_step_reads_starts_on_a_cache_line(tmp_path):
     step = bare.step
     buffers = [step.scratch, logits, cache.k, cache.v, *step._buffers.values()]
     assert [b.ctypes.data % 64 for b in buffers] == [0] * len(buffers)
+
+
+def test_threads_asking_for_the_torch_model_at_once_build_it_once(tmp_path, tiny_folder):
+    """A server's request threads may all need `lm.model` on their first batch: one builds
+    it, the others wait for that one (two builds would map and repack the file twice)."""
+    import threading
+    import time
+
+    import giraffe
+    from giraffe.lm import LanguageModel
+
+    path = save_gguf(giraffe.load(tiny_folder).model, tmp_path / "tiny.gguf", dtype="q4_0")
+    load_gguf(path, packed=True)  # writes the image
+    bare = open_saved_step(path, open_gguf(path))
+    built = []
+
+    def build():
+        time.sleep(0.2)  # long enough for every thread to ask while the first builds
+        built.append(load_gguf(path, packed=True))
+        return built[-1]
+
+    lm = LanguageModel(bare, giraffe.load_tokenizer(tiny_folder), "tiny", load_module=build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(lm.model)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and all(m is built[0] for m in got) and len(got) == 4

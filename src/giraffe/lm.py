@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class LanguageModel:
             raise ValueError("a LanguageModel over a StepModel needs load_module")
         self._model = model if isinstance(model, StepModel) else model.eval()
         self._load_module = load_module
+        self._building = threading.Lock()  # one build of the torch model, whoever asks first
         self.tokenizer, self.source = tokenizer, source
         self.defaults = dict(defaults or {})
 
@@ -111,8 +113,10 @@ class LanguageModel:
         """The torch model (built now from the file if this one was opened on its compiled
         step alone; from then on generation runs on it too, so the weights are mapped once)."""
         if isinstance(self._model, StepModel):
-            with collector_paused():
-                self._model = self._load_module().eval()
+            with self._building:  # a server's threads may ask at once: build it once
+                if isinstance(self._model, StepModel):
+                    with collector_paused():
+                        self._model = self._load_module().eval()
         return self._model
 
     @model.setter
