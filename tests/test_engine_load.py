@@ -175,12 +175,9 @@ def test_block_type_the_engine_lacks_runs_dequantized_with_one_warning(tmp_path,
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 def test_f16_and_bf16_weights_run_packed_on_the_compiled_step(tmp_path, dtype):
     """2-byte float files stay in the file's map (no float32 copy, q/k/v not concatenated)
-    and run on the float kernel: decode rows on the compiled step, a prompt past
-    FLOAT_KIND_MAX_ROWS on the module path (its GEMM is faster there); the float32
-    model's logits either way, int8 activations or not."""
+    and run on the float kernel, prompts (its panel GEMM) and decode rows alike, on the
+    compiled step: the float32 model's logits, int8 activations or not."""
     from fast_path import counting
-
-    from giraffe.quant.linear import FLOAT_KIND_MAX_ROWS
 
     torch.manual_seed(0)
     path = save_gguf(Decoder(PRESETS["llama-tiny"]), tmp_path / "m.gguf", dtype=dtype)
@@ -190,7 +187,7 @@ def test_f16_and_bf16_weights_run_packed_on_the_compiled_step(tmp_path, dtype):
     assert isinstance(model.embed, QuantEmbedding) and model.runtime.layers[0].qkv.kind is None
     fast, taken = model.runtime.step, []
     model.runtime.step = counting(fast, taken)
-    prompt = torch.randint(0, 500, (1, FLOAT_KIND_MAX_ROWS + 6))
+    prompt = torch.randint(0, 500, (1, 30))  # 2 tiles of 12 rows and 6
     outputs = []
     for m in (model, reference):
         cache = m.new_cache(1, 64)
@@ -199,7 +196,7 @@ def test_f16_and_bf16_weights_run_packed_on_the_compiled_step(tmp_path, dtype):
             steps += [m.hidden(torch.tensor([[t]]), cache=cache) for t in (7, 300, 2)]
             steps.append(m.hidden(torch.tensor([[1, 2, 3, 4, 5]]), cache=cache))  # a short chunk
             outputs.append(torch.cat([m.head(h) for h in steps], dim=1))
-    assert taken == [False, True, True, True, True]
+    assert taken == [True] * 5
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=1e-4)
 
 

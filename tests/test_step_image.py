@@ -44,6 +44,7 @@ SHAPE = dict(
 )  # fmt: skip
 FAMILIES = {
     "llama": ({}, "q4_0"),
+    "llama-bf16": ({}, "bf16"),  # the float kernel's products, prompts and decode rows
     "qwen3": (dict(QWEN3_WIRING, tie_embeddings=False), "q8_0"),
     "gemma3": (
         dict(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
-import sys
 import threading
 from dataclasses import dataclass
 
@@ -185,11 +184,10 @@ class CompiledStep:
         embed: PackedMatrix | None,
         final_norm: tuple,
         rope_tables,
-        float_rows: int = sys.maxsize,
         held: tuple = (),
     ) -> None:
         self.cfg, self.steps, self.head, self.embed = cfg, steps, head, embed
-        self.final_norm, self.rope_tables, self.float_rows = final_norm, rope_tables, float_rows
+        self.final_norm, self.rope_tables = final_norm, rope_tables
         self._held = held
         self._head_ptr = None if head is None else ctypes.pointer(head)
         self._embed_ptr = None if embed is None else ctypes.pointer(embed)

@@ -18,9 +18,7 @@ and its logits. It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
 maps asked for, every projection packed in ggml blocks, int8 tiles, group-wise
 int8/int4 or F16/BF16, optionally under a LoRA adapter whose low-rank delta the C step
-adds; with F16/BF16 products, at most `FLOAT_KIND_MAX_ROWS` rows a call, past which the
-module path's GEMM is faster); everything else returns None and the model runs its
-ordinary path. Tests hold the two equal.
+adds); everything else returns None and the model runs its ordinary path. Tests hold the two equal.
 The C arguments (one `LayerStep` per layer, fixed at build; one `DecodeCall` per call) and
 the calls themselves are `giraffe.quant.compiled_step`'s, which needs no torch; this module
 builds them from a torch model's packed modules and hands tensors in and out.
@@ -29,7 +27,6 @@ builds them from a torch model's packed modules and hands tensors in and out.
 from __future__ import annotations
 
 import ctypes
-import sys
 import weakref
 
 import numpy as np
@@ -55,7 +52,6 @@ from giraffe.quant.linear import (
     int8_activations,
     kernel_max_rows,
 )
-from giraffe.quant.types import FLOAT_KINDS
 
 
 def _adapter(p) -> tuple:
@@ -181,16 +177,6 @@ class FastDecode(CompiledStep):
         self.extra_norms = norms
         self._next_slot = np.zeros(1, np.int64)  # (1,): see _slots
         self.int8_on = None  # whether the C step's products use the int8 GEMM (None: not set)
-        # rows a call may have: past them an F16/BF16 product (always on the float kernel)
-        # loses to the module path's dequantize-then-GEMM (a 512-token SmolLM2 BF16 prompt:
-        # 2.1 s in the C step, 0.8 s on the module path; measured 2026-12-07)
-        float_parts = any(
-            kind in FLOAT_KINDS
-            for layer in layers
-            for m in layer[2:]
-            for _, kind, _ in m._source.segments
-        )
-        float_rows = kernel_max_rows(FLOAT_KINDS[0]) if float_parts else sys.maxsize
         # group-wise and compacted weights exist only as int8-GEMM tiles: no float kernel
         self.int8_only = any(
             not m.w[i] for layer in layers for m in layer[2:] for i in range(m.n_parts)
@@ -208,7 +194,7 @@ class FastDecode(CompiledStep):
             )
         )
         final_norm = tuple(None if t is None else t.data_ptr() for t in self._norm_weights)
-        super().__init__(cfg, steps, head, embed, final_norm, self._rope_tables, float_rows)
+        super().__init__(cfg, steps, head, embed, final_norm, self._rope_tables)
         self.adapters = [a for layer in layers for m in layer[2:] for a in _adapters(m)]
         # every struct whose products may take the int8 GEMM (not a lookup-only table)
         self.products = [m for layer in layers for m in layer[2:]] + ([head] if head else [])
@@ -301,8 +287,6 @@ class FastDecode(CompiledStep):
             return None
         n = B * T
         self.use_int8(int8)
-        if n > self.float_rows:
-            return None  # products on the float kernel: the module path's GEMM is faster
         head_rows = 1 if shared else n  # a prompt's next token follows its last row only
         if head and not self.head_runs(head_rows):
             return None

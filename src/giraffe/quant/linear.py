@@ -16,6 +16,7 @@ Knows nothing of file names: a loader hands it bytes and a block type.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
@@ -32,15 +33,14 @@ KERNEL_KINDS = tuple(kernels.KIND_CODES)
 # unpacks each block once per 8 rows (measured on SmolLM2, 2 threads: the kernel is faster
 # up to ~256 prompt tokens, 0.87x at 512).
 KERNEL_MAX_ROWS = 192
-# F16/BF16 weights cost the kernel no unpacking, so the float GEMM wins much sooner:
-# 1536x576 on 2 threads, the kernel 0.45 ms at 16 rows vs 0.60, 0.91 at 32 vs 0.72
-# (measured 2026-12-07).
-FLOAT_KIND_MAX_ROWS = 24
 
 
 def kernel_max_rows(kind: str) -> int:
-    """Input rows up to which the packed float kernel beats dequantize-then-matmul."""
-    return FLOAT_KIND_MAX_ROWS if kind in FLOAT_KINDS else KERNEL_MAX_ROWS
+    """Input rows up to which the packed float kernel beats dequantize-then-matmul: every
+    count for F16/BF16, whose many-row kernel widens each 32 columns of weights once
+    (csrc/qmatmul.c's half_gemm; 1536 x 576 BF16 on 2 threads: 16 rows 0.31 ms vs torch's
+    1.26, 512 rows 3.27 vs 3.37; measured 2026-12-07)."""
+    return sys.maxsize if kind in FLOAT_KINDS else KERNEL_MAX_ROWS
 
 
 class _GradToInput(torch.autograd.Function):

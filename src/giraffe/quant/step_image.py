@@ -22,7 +22,6 @@ import ctypes
 import hashlib
 import json
 import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def keep(step, directory: Path, cfg, file_map=None, tile_offset=None) -> None:
     file's reader (None for a folder); tile_offset: its tile cache's `offset_of`."""
     if not kept():
         return
-    if step is None or step.head is None or step.embed is None or step.float_rows != sys.maxsize:
+    if step is None or step.head is None or step.embed is None:
         return
     if load(directory, cfg, file_map) is not None:
         return  # an earlier load's, which this one would write the same
@@ -189,7 +188,6 @@ def save(
         "ends": ends,
         "final_norm": final_norm,
         "rope": rope,
-        "float_rows": step.float_rows,
         "blob_size": places.blob_size,
     }
     _write(directory, image, places)
@@ -288,7 +286,6 @@ def _rebuild(image: dict, cfg, regions: dict[str, tuple[int, int]], keep: tuple)
         embed,
         final_norm,
         None if rope is None else _stored_tables(rope),
-        image["float_rows"],
         held=(keep, matrices),
     )
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <omp.h>
 #include <string.h>
 #include <math.h>
 #ifdef __AVX512F__
@@ -179,13 +180,129 @@ static void half_rows_dot2(const uint8_t *w, int64_t row_bytes, int kind, int n_
     }
 }
 
-/* Input rows (m, n_in) against F16/BF16 weights: n_threads over groups of HALF_ROWS
- * weight rows, each group against the input rows two at a time (its 4 rows stay in L1
- * meanwhile). For a continuous batch of decode rows this reads the weights once, not once
- * a row as rows_times_chunk's pairs of weight rows nearly did (measured 2026-12-07, the
- * 49152 x 576 head: 2 rows 2.9 ms vs 5.9, 4 rows 3.7 vs 8.8). */
+/* The many-row F16/BF16 product (a prompt's): panels of PANEL_COLS output columns, each
+ * widened once to float32 k-major (panel[k][c], n_in x 32 floats, in L2), against tiles of
+ * PANEL_ROWS input rows: 12 rows x 2 vectors of columns = 24 accumulators, each k one
+ * broadcast per row and two FMAs. Each output is summed over k in order, exactly widened
+ * weights times float32 activations: dequantize-then-matmul's numbers to float32 rounding.
+ * Why: past ~24 rows half_rows_dot2 rereads every weight once per two rows; the 512-token
+ * SmolLM2 BF16 prompt took 2.1 s there and 0.8 s on torch's dequantize-then-GEMM. */
+enum { PANEL_COLS = 32, PANEL_ROWS = 12, HALF_GEMM_MIN_ROWS = 10 };
+
+/* A 16 x 16 block of floats transposed in registers: r[i] = row i -> r[i] = column i. */
+static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) { /* pairs of rows interleaved */
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* then fours, within each 128-bit lane */
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) { /* then the 128-bit lanes themselves, twice */
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+
+/* Columns o .. o + cols - 1 of the weights, widened, as panel[k][c] (columns past cols 0):
+ * 16 rows' block at a time, each half of it transposed in registers (a store a float with
+ * a stride of 128 bytes took ~1 ms for a 1536 x 576 weight, as long as 16 rows' GEMM). */
+static void half_panel(const uint8_t *w, int kind, int64_t row_bytes, int64_t n_blocks, int64_t o, int cols,
+                       float *panel) {
+    for (int c0 = 0; c0 < PANEL_COLS; c0 += 16)
+        for (int64_t b = 0; b < n_blocks; b++) {
+            __m512 lo[16], hi[16];
+            for (int c = 0; c < 16; c++) {
+                if (c0 + c < cols) sub_block_values(w + (o + c0 + c) * row_bytes, kind, b, &lo[c], &hi[c]);
+                else lo[c] = hi[c] = _mm512_setzero_ps();
+            }
+            transpose16(lo), transpose16(hi);
+            for (int j = 0; j < 16; j++) {
+                _mm512_store_ps(panel + (32 * b + j) * PANEL_COLS + c0, lo[j]);
+                _mm512_store_ps(panel + (32 * b + 16 + j) * PANEL_COLS + c0, hi[j]);
+            }
+        }
+}
+
+/* y[i][0..31] (masks k0, k1) = x[i] . panel, for ROWS (a constant) input rows. */
+static inline __attribute__((always_inline)) void half_gemm_tile(const float *panel, int64_t n_in, const float *x,
+                                                                 float *y, int64_t y_stride, __mmask16 k0,
+                                                                 __mmask16 k1, const int rows) {
+    __m512 a0[PANEL_ROWS], a1[PANEL_ROWS];
+    #pragma GCC unroll 12
+    for (int i = 0; i < PANEL_ROWS; i++) a0[i] = a1[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n_in; k++) {
+        const __m512 w0 = _mm512_load_ps(panel + PANEL_COLS * k), w1 = _mm512_load_ps(panel + PANEL_COLS * k + 16);
+        #pragma GCC unroll 12
+        for (int i = 0; i < PANEL_ROWS; i++)
+            if (i < rows) {
+                const __m512 xi = _mm512_set1_ps(x[i * n_in + k]);
+                a0[i] = _mm512_fmadd_ps(w0, xi, a0[i]), a1[i] = _mm512_fmadd_ps(w1, xi, a1[i]);
+            }
+    }
+    #pragma GCC unroll 12
+    for (int i = 0; i < PANEL_ROWS; i++)
+        if (i < rows) {
+            _mm512_mask_storeu_ps(y + i * y_stride, k0, a0[i]);
+            _mm512_mask_storeu_ps(y + i * y_stride + 16, k1, a1[i]);
+        }
+}
+
+/* Returns 0, or -1 out of memory (nothing written). */
+static int half_gemm(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, const float *x, int64_t m, float *y,
+                     int64_t y_stride, int n_threads) {
+    const int64_t n_blocks = n_in / 32, row_bytes = row_bytes_of(kind, n_in);
+    const int64_t panels = (n_out + PANEL_COLS - 1) / PANEL_COLS, panel_floats = n_in * PANEL_COLS;
+    float *panels_of = (float *)aligned_alloc(64, sizeof(float) * (size_t)(n_threads * panel_floats));
+    if (!panels_of) return -1;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        float *panel = panels_of + omp_get_thread_num() * panel_floats;
+        #pragma omp for schedule(static)
+        for (int64_t p = 0; p < panels; p++) {
+            const int64_t o = p * PANEL_COLS;
+            const int cols = n_out - o < PANEL_COLS ? (int)(n_out - o) : PANEL_COLS;
+            const __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
+            const __mmask16 k1 = (__mmask16)(cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : (1u << (cols - 16)) - 1);
+            half_panel(w, kind, row_bytes, n_blocks, o, cols, panel);
+            int64_t r = 0;
+            for (; r + PANEL_ROWS <= m; r += PANEL_ROWS)
+                half_gemm_tile(panel, n_in, x + r * n_in, y + r * y_stride + o, y_stride, k0, k1, PANEL_ROWS);
+            switch (m - r) { /* the last rows, each count its own loop */
+#define HALF_TAIL(R) \
+    case R: half_gemm_tile(panel, n_in, x + r * n_in, y + r * y_stride + o, y_stride, k0, k1, R); break;
+                HALF_TAIL(1) HALF_TAIL(2) HALF_TAIL(3) HALF_TAIL(4) HALF_TAIL(5) HALF_TAIL(6)
+                HALF_TAIL(7) HALF_TAIL(8) HALF_TAIL(9) HALF_TAIL(10) HALF_TAIL(11)
+#undef HALF_TAIL
+                default: break;
+            }
+        }
+    }
+    free(panels_of);
+    return 0;
+}
+
+/* Input rows (m, n_in) against F16/BF16 weights. From HALF_GEMM_MIN_ROWS rows, half_gemm;
+ * below, n_threads over groups of HALF_ROWS weight rows, each group against the input rows
+ * two at a time (its 4 rows stay in L1 meanwhile). For a continuous batch of decode rows
+ * this reads the weights once, not once a row as rows_times_chunk's pairs of weight rows
+ * nearly did (measured 2026-12-07, the 49152 x 576 head: 2 rows 2.9 ms vs 5.9, 4 rows 3.7
+ * vs 8.8). */
 static void half_matmul(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, const float *x, int64_t m,
                         float *y, int64_t y_stride, int n_threads) {
+    if (m >= HALF_GEMM_MIN_ROWS && half_gemm(w, kind, n_out, n_in, x, m, y, y_stride, n_threads) == 0) return;
     const int64_t n_blocks = n_in / 32, row_bytes = row_bytes_of(kind, n_in);
     #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
     for (int64_t o = 0; o < n_out; o += HALF_ROWS) {
