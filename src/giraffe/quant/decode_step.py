@@ -18,7 +18,8 @@ and its logits. It only
 takes the cases it can do exactly as the model would (no padding mask, no attention
 maps asked for, every projection packed in ggml blocks, int8 tiles, group-wise
 int8/int4 or F16/BF16, optionally under a LoRA adapter whose low-rank delta the C step
-adds); everything else returns None and the model runs its ordinary path. Tests hold the two equal.
+adds); everything else returns None and the model runs its ordinary path. Tests hold the
+two equal.
 The C arguments (one `LayerStep` per layer, fixed at build; one `DecodeCall` per call) and
 the calls themselves are `giraffe.quant.compiled_step`'s, which needs no torch; this module
 builds them from a torch model's packed modules and hands tensors in and out.

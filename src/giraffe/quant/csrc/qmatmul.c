@@ -185,8 +185,10 @@ static void half_rows_dot2(const uint8_t *w, int64_t row_bytes, int kind, int n_
  * PANEL_ROWS input rows: 12 rows x 2 vectors of columns = 24 accumulators, each k one
  * broadcast per row and two FMAs. Each output is summed over k in order, exactly widened
  * weights times float32 activations: dequantize-then-matmul's numbers to float32 rounding.
- * Why: past ~24 rows half_rows_dot2 rereads every weight once per two rows; the 512-token
- * SmolLM2 BF16 prompt took 2.1 s there and 0.8 s on torch's dequantize-then-GEMM. */
+ * Why: half_rows_dot2 rereads every weight once per two rows; the 512-token SmolLM2 BF16
+ * prompt took 2.1 s there and 0.8 s on torch's dequantize-then-GEMM. From
+ * HALF_GEMM_MIN_ROWS rows on, where the two cross (1536 x 576 BF16, 2 threads: the row
+ * kernel ~0.02 ms a row, the panels' widening ~0.15 ms once; measured 2026-12-07). */
 enum { PANEL_COLS = 32, PANEL_ROWS = 12, HALF_GEMM_MIN_ROWS = 10 };
 
 /* A 16 x 16 block of floats transposed in registers: r[i] = row i -> r[i] = column i. */
@@ -236,7 +238,8 @@ static void half_panel(const uint8_t *w, int kind, int64_t row_bytes, int64_t n_
         }
 }
 
-/* y[i][0..31] (masks k0, k1) = x[i] . panel, for ROWS (a constant) input rows. */
+/* y[i][0..31] (masks k0, k1) = x[i] . panel for `rows` input rows (a constant after
+ * inlining, so the accumulators stay in registers). */
 static inline __attribute__((always_inline)) void half_gemm_tile(const float *panel, int64_t n_in, const float *x,
                                                                  float *y, int64_t y_stride, __mmask16 k0,
                                                                  __mmask16 k1, const int rows) {
