@@ -515,8 +515,6 @@ static void gemm_i8_parts(const i8_part *parts, int n_parts, const i8_acts *s, i
 #ifdef HAVE_AMX
     amx_tables t;
     const int amx = s->m >= AMX_ROWS && amx_on() && amx_tables_make(parts, n_parts, s, n_threads, &t) == 0;
-#else
-    const int amx = 0;
 #endif
     #pragma omp parallel num_threads(n_threads)
     for (int k = 0; k < n_parts; k++) {
