@@ -285,11 +285,21 @@ def bench(args) -> None:
         args.repeats,
         False if args.float else None,
     )
+    # the unit a prompt's int8 products run on: an AMX CPU's numbers are not a VNNI CPU's
+    unit = "amx" if library.amx() else "vnni" if library.int8_activations() else "float"
     if args.json:
-        print_json({"model": args.model, "threads": library.threads(), **r.__dict__})
+        print_json(
+            {
+                "model": args.model,
+                "threads": library.threads(),
+                "int8_products": unit,
+                **r.__dict__,
+            }
+        )
         return
     print(
-        f"{args.model} ({library.threads()} threads): load {r.load_s:.2f} s, "
+        f"{args.model} ({library.threads()} threads, int8 prompt products on {unit.upper()}): "
+        f"load {r.load_s:.2f} s, "
         f"prefill {r.prefill_tok_s:.1f} tok/s ({args.prefill_tokens} tokens, first token after "
         f"{r.ttft_s:.3f} s), decode {r.decode_tok_s:.1f} tok/s ({args.decode_tokens} tokens), "
         f"peak RSS {r.peak_rss_mib:.0f} MiB"
