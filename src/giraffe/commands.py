@@ -285,8 +285,7 @@ def bench(args) -> None:
         args.repeats,
         False if args.float else None,
     )
-    # the unit a prompt's int8 products run on: an AMX CPU's numbers are not a VNNI CPU's
-    unit = "amx" if library.amx() else "vnni" if library.int8_activations() else "float"
+    unit = library.int8_unit()  # an AMX CPU's numbers are not a VNNI CPU's
     if args.json:
         print_json(
             {

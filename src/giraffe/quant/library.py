@@ -351,6 +351,12 @@ def amx(on: bool | None = None) -> bool:
     return fn is not None and bool(fn(-1 if on is None else int(on)))
 
 
+def int8_unit() -> str:
+    """Where a prompt's int8 products run here: "amx", "vnni", or "float" (int8
+    activations off or not built)."""
+    return "amx" if amx() else "vnni" if int8_activations() else "float"
+
+
 def int8_activations() -> bool:
     """Whether inference rounds activations to int8 for the VNNI GEMM (the default).
 

@@ -238,22 +238,21 @@ static void half_panel(const uint8_t *w, int kind, int64_t row_bytes, int64_t n_
         }
 }
 
-/* y[i][0..31] (masks k0, k1) = x[i] . panel for `rows` input rows (a constant after
- * inlining, so the accumulators stay in registers). */
+/* y[i][0..31] (masks k0, k1) = x[i] . panel for PANEL_ROWS input rows, of which the first
+ * `rows` are stored (the rest: padding). Constant indices keep the accumulators in registers. */
 static inline __attribute__((always_inline)) void half_gemm_tile(const float *panel, int64_t n_in, const float *x,
                                                                  float *y, int64_t y_stride, __mmask16 k0,
-                                                                 __mmask16 k1, const int rows) {
+                                                                 __mmask16 k1, int rows) {
     __m512 a0[PANEL_ROWS], a1[PANEL_ROWS];
     #pragma GCC unroll 12
     for (int i = 0; i < PANEL_ROWS; i++) a0[i] = a1[i] = _mm512_setzero_ps();
     for (int64_t k = 0; k < n_in; k++) {
         const __m512 w0 = _mm512_load_ps(panel + PANEL_COLS * k), w1 = _mm512_load_ps(panel + PANEL_COLS * k + 16);
         #pragma GCC unroll 12
-        for (int i = 0; i < PANEL_ROWS; i++)
-            if (i < rows) {
-                const __m512 xi = _mm512_set1_ps(x[i * n_in + k]);
-                a0[i] = _mm512_fmadd_ps(w0, xi, a0[i]), a1[i] = _mm512_fmadd_ps(w1, xi, a1[i]);
-            }
+        for (int i = 0; i < PANEL_ROWS; i++) {
+            const __m512 xi = _mm512_set1_ps(x[i * n_in + k]);
+            a0[i] = _mm512_fmadd_ps(w0, xi, a0[i]), a1[i] = _mm512_fmadd_ps(w1, xi, a1[i]);
+        }
     }
     #pragma GCC unroll 12
     for (int i = 0; i < PANEL_ROWS; i++)
@@ -263,16 +262,22 @@ static inline __attribute__((always_inline)) void half_gemm_tile(const float *pa
         }
 }
 
-/* Returns 0, or -1 out of memory (nothing written). */
+/* Returns 0, or -1 out of memory (nothing written). The last, ragged tile of rows runs
+ * from a zero-padded copy (its extra rows' outputs are not stored). */
 static int half_gemm(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, const float *x, int64_t m, float *y,
                      int64_t y_stride, int n_threads) {
     const int64_t n_blocks = n_in / 32, row_bytes = row_bytes_of(kind, n_in);
     const int64_t panels = (n_out + PANEL_COLS - 1) / PANEL_COLS, panel_floats = n_in * PANEL_COLS;
-    float *panels_of = (float *)aligned_alloc(64, sizeof(float) * (size_t)(n_threads * panel_floats));
-    if (!panels_of) return -1;
+    const int64_t full = m / PANEL_ROWS * PANEL_ROWS, tail = m - full;
+    /* per thread: its panel; once: the padded tail rows */
+    float *buf = (float *)aligned_alloc(64, sizeof(float) * (size_t)((n_threads * PANEL_COLS + PANEL_ROWS) * n_in));
+    if (!buf) return -1;
+    float *padded = buf + n_threads * panel_floats;
+    memset(padded, 0, sizeof(float) * (size_t)(PANEL_ROWS * n_in));
+    memcpy(padded, x + full * n_in, sizeof(float) * (size_t)(tail * n_in));
     #pragma omp parallel num_threads(n_threads)
     {
-        float *panel = panels_of + omp_get_thread_num() * panel_floats;
+        float *panel = buf + omp_get_thread_num() * panel_floats;
         #pragma omp for schedule(static)
         for (int64_t p = 0; p < panels; p++) {
             const int64_t o = p * PANEL_COLS;
@@ -280,20 +285,12 @@ static int half_gemm(const uint8_t *w, int kind, int64_t n_out, int64_t n_in, co
             const __mmask16 k0 = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
             const __mmask16 k1 = (__mmask16)(cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : (1u << (cols - 16)) - 1);
             half_panel(w, kind, row_bytes, n_blocks, o, cols, panel);
-            int64_t r = 0;
-            for (; r + PANEL_ROWS <= m; r += PANEL_ROWS)
+            for (int64_t r = 0; r < full; r += PANEL_ROWS)
                 half_gemm_tile(panel, n_in, x + r * n_in, y + r * y_stride + o, y_stride, k0, k1, PANEL_ROWS);
-            switch (m - r) { /* the last rows, each count its own loop */
-#define HALF_TAIL(R) \
-    case R: half_gemm_tile(panel, n_in, x + r * n_in, y + r * y_stride + o, y_stride, k0, k1, R); break;
-                HALF_TAIL(1) HALF_TAIL(2) HALF_TAIL(3) HALF_TAIL(4) HALF_TAIL(5) HALF_TAIL(6)
-                HALF_TAIL(7) HALF_TAIL(8) HALF_TAIL(9) HALF_TAIL(10) HALF_TAIL(11)
-#undef HALF_TAIL
-                default: break;
-            }
+            if (tail) half_gemm_tile(panel, n_in, padded, y + full * y_stride + o, y_stride, k0, k1, (int)tail);
         }
     }
-    free(panels_of);
+    free(buf);
     return 0;
 }
 
